@@ -1,0 +1,175 @@
+package policy_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"runtime"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/podgate/podgate/policy"
+)
+
+// scaleCluster builds a cluster shaped like a multi-tenant one: nsCount
+// namespaces of podsPerNS pods (labels app, tier; namespaces labelled with
+// a team), and policies spread over the namespaces, each selecting one app
+// and allowing ingress from its own namespace, from its team's namespaces
+// and from a CIDR on two ports, and egress to its team, to DNS and to a
+// CIDR.
+func scaleCluster(nsCount, podsPerNS, policies int) *policy.Cluster {
+	c := &policy.Cluster{}
+	for n := range nsCount {
+		ns := fmt.Sprintf("ns-%d", n)
+		c.Namespaces = append(c.Namespaces, newNamespace(ns, fmt.Sprintf("team=team-%d", n%50), "env=prod"))
+		for p := range podsPerNS {
+			i := n*podsPerNS + p
+			ip := fmt.Sprintf("10.%d.%d.%d", 64+i>>16, (i>>8)&255, i&255)
+			pod := newPod(ns, fmt.Sprintf("pod-%d", p), []string{ip}, fmt.Sprintf("app=app-%d", p%5), "tier=web")
+			withPorts(pod, corev1.ContainerPort{Name: "http", ContainerPort: 8080})
+			c.Pods = append(c.Pods, pod)
+		}
+	}
+	udp := corev1.ProtocolUDP
+	for i := range policies {
+		n := i % nsCount
+		team := fmt.Sprintf("team-%d", n%50)
+		p80, p443, named, dns := intstr.FromInt32(80), intstr.FromInt32(443), intstr.FromString("http"), intstr.FromInt32(53)
+		np := &networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Namespace: fmt.Sprintf("ns-%d", n), Name: fmt.Sprintf("np-%d", i)},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": fmt.Sprintf("app-%d", (i/nsCount)%5)}},
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{
+					From: []networkingv1.NetworkPolicyPeer{
+						{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"tier": "web"}}},
+						{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": team}}, PodSelector: &metav1.LabelSelector{}},
+						{IPBlock: &networkingv1.IPBlock{CIDR: "192.168.0.0/16", Except: []string{"192.168.1.0/24"}}},
+					},
+					Ports: []networkingv1.NetworkPolicyPort{{Port: &p80}, {Port: &p443}, {Port: &named}},
+				}},
+				Egress: []networkingv1.NetworkPolicyEgressRule{
+					{To: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": team}}}}},
+					{Ports: []networkingv1.NetworkPolicyPort{{Port: &dns, Protocol: &udp}}},
+					{To: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "172.16.0.0/12"}}}},
+				},
+			},
+		}
+		c.Policies = append(c.Policies, np)
+	}
+	return c
+}
+
+type query struct {
+	src, dst netip.Addr
+	proto    policy.Protocol
+	port     uint16
+}
+
+func queries(tab *policy.Table, n int) []query {
+	r := rand.New(rand.NewPCG(1, 2))
+	eps := tab.Endpoints()
+	out := make([]query, n)
+	ports := []uint16{80, 443, 8080, 5432}
+	for i := range out {
+		src := eps[r.IntN(len(eps))].IPs[0]
+		if r.IntN(10) == 0 {
+			src = netip.AddrFrom4([4]byte{192, 168, byte(r.IntN(4)), byte(r.IntN(256))})
+		}
+		out[i] = query{src, eps[r.IntN(len(eps))].IPs[0], policy.TCP, ports[r.IntN(len(ports))]}
+	}
+	return out
+}
+
+func BenchmarkLookup(b *testing.B) {
+	for _, pols := range []int{0, 100, 2000} {
+		b.Run(fmt.Sprintf("pods=10000/namespaces=1000/policies=%d", pols), func(b *testing.B) {
+			tab := mustCompile(b, scaleCluster(1000, 10, pols))
+			qs := queries(tab, 1<<14)
+			allowed := 0
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				q := &qs[i&(len(qs)-1)]
+				if tab.Lookup(q.src, q.dst, q.proto, q.port).Allowed() {
+					allowed++
+				}
+			}
+			b.ReportMetric(float64(allowed)/float64(b.N), "allowed/op")
+		})
+	}
+}
+
+// BenchmarkLookupManyPoliciesOnOnePod is the worst case: every policy
+// selects the destination, so a denied lookup scans all their rules. The
+// cost grows with the policies that select the pod, not with the total.
+func BenchmarkLookupManyPoliciesOnOnePod(b *testing.B) {
+	for _, pols := range []int{1, 10, 100} {
+		b.Run(fmt.Sprintf("policies-selecting-dst=%d", pols), func(b *testing.B) {
+			c := scaleCluster(pols, 10, pols)
+			for _, np := range c.Policies {
+				np.Namespace = "ns-0"
+			}
+			tab := mustCompile(b, c)
+			dst, _ := tab.EndpointByName("ns-0", "pod-0")
+			src, _ := tab.EndpointByName(fmt.Sprintf("ns-%d", pols-1), "pod-1")
+			s, d := tab.Endpoint(src).IPs[0], tab.Endpoint(dst).IPs[0]
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				tab.Ingress(s, d, policy.TCP, 5432)
+			}
+		})
+	}
+}
+
+func BenchmarkCompile(b *testing.B) {
+	for _, size := range []struct{ ns, perNS, pols int }{{1000, 10, 0}, {1000, 10, 100}, {1000, 10, 2000}} {
+		b.Run(fmt.Sprintf("pods=%d/namespaces=%d/policies=%d", size.ns*size.perNS, size.ns, size.pols), func(b *testing.B) {
+			c := scaleCluster(size.ns, size.perNS, size.pols)
+			b.ReportAllocs()
+			var tab *policy.Table
+			for i := 0; i < b.N; i++ {
+				tab = mustCompile(b, c)
+			}
+			b.StopTimer()
+			rules := tab.Stats().Rules
+			tab = nil
+			b.ReportMetric(retainedMiB(func() any { return mustCompile(b, c) }), "MiB-retained")
+			b.ReportMetric(float64(rules), "rules")
+			runtime.KeepAlive(c) // the cluster is not part of what the table retains
+		})
+	}
+}
+
+// retainedMiB is the heap that the value f returns keeps alive.
+func retainedMiB(f func() any) float64 {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	v := f()
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(v)
+	return float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / (1 << 20)
+}
+
+func TestLookupDoesNotAllocate(t *testing.T) {
+	tab := mustCompile(t, scaleCluster(100, 10, 200))
+	qs := queries(tab, 256)
+	i := 0
+	allocs := testing.AllocsPerRun(1000, func() {
+		q := &qs[i%len(qs)]
+		i++
+		_ = tab.Lookup(q.src, q.dst, q.proto, q.port)
+		_ = tab.Ingress(q.src, q.dst, q.proto, q.port)
+		_ = tab.Egress(q.src, q.dst, q.proto, q.port)
+	})
+	if allocs != 0 {
+		t.Errorf("Lookup, Ingress and Egress allocate %v times per call, want 0", allocs)
+	}
+}

@@ -1,0 +1,556 @@
+package policy
+
+import (
+	"cmp"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// Cluster holds the objects a [Table] is compiled from. Compile reads them
+// and never modifies them; the table may keep references to their label
+// maps, so callers must not modify those afterwards either (informer caches
+// and [Load] results satisfy this).
+type Cluster struct {
+	Namespaces []*corev1.Namespace
+	Pods       []*corev1.Pod
+	Policies   []*networkingv1.NetworkPolicy
+}
+
+// ErrInvalid is wrapped by the errors [Compile] and [Load] return for
+// objects that fail validation.
+var ErrInvalid = errors.New("invalid object")
+
+// defaultNamespace is where objects without metadata.namespace live, as
+// with kubectl's default context.
+const defaultNamespace = "default"
+
+func namespaceOf(m *metav1.ObjectMeta) string {
+	if m.Namespace == "" {
+		return defaultNamespace
+	}
+	return m.Namespace
+}
+
+// DefaultNetworkPolicy returns a copy of np with the API server's defaults
+// applied: the namespace defaults to "default", policyTypes to Ingress plus
+// Egress when the policy has egress rules, and each port's protocol to TCP.
+func DefaultNetworkPolicy(np *networkingv1.NetworkPolicy) *networkingv1.NetworkPolicy {
+	out := np.DeepCopy()
+	out.Namespace = namespaceOf(&out.ObjectMeta)
+	if len(out.Spec.PolicyTypes) == 0 {
+		out.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
+		if len(out.Spec.Egress) > 0 {
+			out.Spec.PolicyTypes = append(out.Spec.PolicyTypes, networkingv1.PolicyTypeEgress)
+		}
+	}
+	tcp := corev1.ProtocolTCP
+	for i := range out.Spec.Ingress {
+		for j := range out.Spec.Ingress[i].Ports {
+			if out.Spec.Ingress[i].Ports[j].Protocol == nil {
+				out.Spec.Ingress[i].Ports[j].Protocol = &tcp
+			}
+		}
+	}
+	for i := range out.Spec.Egress {
+		for j := range out.Spec.Egress[i].Ports {
+			if out.Spec.Egress[i].Ports[j].Protocol == nil {
+				out.Spec.Egress[i].Ports[j].Protocol = &tcp
+			}
+		}
+	}
+	return out
+}
+
+// PodTakesPart reports whether policy applies to a pod at all: it has an
+// address, is not hostNetwork (its traffic is the node's) and has not
+// terminated.
+func PodTakesPart(pod *corev1.Pod) bool {
+	if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return false
+	}
+	return pod.Status.PodIP != "" || len(pod.Status.PodIPs) > 0
+}
+
+// Compile validates and compiles a cluster into a table. Invalid objects
+// make it fail with an error wrapping [ErrInvalid] that names every invalid
+// object and field; problems that do not stop it (two pods with one IP,
+// rules that policyTypes disables) are in [Table.Warnings].
+func Compile(c *Cluster) (*Table, error) {
+	start := time.Now()
+	b := &builder{
+		t:         &Table{},
+		nsIndex:   make(map[string]int32),
+		idIndex:   make(map[string]int32),
+		portNames: make(map[string]int32),
+		nsSel:     make(map[string][]int32),
+		peerSets:  make(map[string]bitset),
+	}
+	var errs []error
+	errs = append(errs, b.addNamespaces(c.Namespaces)...)
+	errs = append(errs, b.addPods(c.Pods)...)
+	pols, perrs := b.defaultPolicies(c.Policies)
+	errs = append(errs, perrs...)
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if err := b.addPolicies(pols); err != nil {
+		return nil, err
+	}
+	b.buildGroups()
+	t := b.t
+	t.namespaces = b.nsNames
+	t.stats = CompileStats{
+		Namespaces: len(b.nsNames),
+		Pods:       len(c.Pods),
+		Endpoints:  len(t.endpoints),
+		Identities: len(t.identities),
+		Policies:   len(t.policies),
+		Groups:     len(t.groups),
+		Duration:   time.Since(start),
+	}
+	for _, g := range t.groups {
+		t.stats.Rules += len(g.rules)
+	}
+	return t, nil
+}
+
+type builder struct {
+	t *Table
+
+	nsNames  []string
+	nsLabels []labels.Set
+	nsIndex  map[string]int32
+	nsIDs    [][]int32 // identities per namespace
+
+	idIndex  map[string]int32
+	idLabels []labels.Set
+
+	portNames map[string]int32
+
+	// selected[p] are the identities policy p selects.
+	selected [][]int32
+
+	nsSel    map[string][]int32 // namespace selector string -> namespaces
+	peerSets map[string]bitset  // peer key -> identities
+
+	// compiled[p][dir] are the rules of policy p.
+	compiled [][2][]rule
+}
+
+func invalid(kind, ns, name string, err error) error {
+	if ns != "" {
+		return fmt.Errorf("%s %s/%s: %w: %w", kind, ns, name, ErrInvalid, err)
+	}
+	return fmt.Errorf("%s %s: %w: %w", kind, name, ErrInvalid, err)
+}
+
+func (b *builder) namespace(name string) int32 {
+	if i, ok := b.nsIndex[name]; ok {
+		return i
+	}
+	i := int32(len(b.nsNames))
+	b.nsIndex[name] = i
+	b.nsNames = append(b.nsNames, name)
+	b.nsLabels = append(b.nsLabels, labels.Set{namespaceNameLabel: name})
+	b.nsIDs = append(b.nsIDs, nil)
+	return i
+}
+
+func (b *builder) addNamespaces(nss []*corev1.Namespace) []error {
+	var errs []error
+	sorted := slices.Clone(nss)
+	slices.SortFunc(sorted, func(a, b *corev1.Namespace) int { return cmp.Compare(a.Name, b.Name) })
+	for _, ns := range sorted {
+		if el := validateNamespace(ns); len(el) > 0 {
+			errs = append(errs, invalid("Namespace", "", ns.Name, el.ToAggregate()))
+			continue
+		}
+		if _, dup := b.nsIndex[ns.Name]; dup {
+			errs = append(errs, invalid("Namespace", "", ns.Name, errors.New("declared more than once")))
+			continue
+		}
+		i := b.namespace(ns.Name)
+		set := make(labels.Set, len(ns.Labels)+1)
+		for k, v := range ns.Labels {
+			set[k] = v
+		}
+		// The API server always sets this label to the name.
+		set[namespaceNameLabel] = ns.Name
+		b.nsLabels[i] = set
+	}
+	return errs
+}
+
+// canonicalLabels is a stable string form of a label set.
+func canonicalLabels(l map[string]string) string {
+	keys := make([]string, 0, len(l))
+	for k := range l {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var sb strings.Builder
+	for _, k := range keys {
+		sb.WriteString(k)
+		sb.WriteByte(0)
+		sb.WriteString(l[k])
+		sb.WriteByte(0)
+	}
+	return sb.String()
+}
+
+func (b *builder) addPods(pods []*corev1.Pod) []error {
+	var errs []error
+	sorted := make([]*corev1.Pod, 0, len(pods))
+	for _, p := range pods {
+		if PodTakesPart(p) {
+			sorted = append(sorted, p)
+		}
+	}
+	slices.SortFunc(sorted, func(x, y *corev1.Pod) int {
+		return cmp.Or(cmp.Compare(namespaceOf(&x.ObjectMeta), namespaceOf(&y.ObjectMeta)), cmp.Compare(x.Name, y.Name))
+	})
+	// First pass: validate and parse addresses, to size the index.
+	type parsed struct {
+		pod *corev1.Pod
+		ns  string
+		ips []netip.Addr
+	}
+	ok := make([]parsed, 0, len(sorted))
+	n4, n6 := 0, 0
+	for _, p := range sorted {
+		ns := namespaceOf(&p.ObjectMeta)
+		pc := p
+		if p.Namespace == "" {
+			pc = p.DeepCopy()
+			pc.Namespace = ns
+		}
+		if el := validatePod(pc); len(el) > 0 {
+			errs = append(errs, invalid("Pod", ns, p.Name, el.ToAggregate()))
+			continue
+		}
+		if n := len(ok); n > 0 && ok[n-1].ns == ns && ok[n-1].pod.Name == p.Name {
+			errs = append(errs, invalid("Pod", ns, p.Name, errors.New("declared more than once")))
+			continue
+		}
+		ips, _ := podIPs(p)
+		for _, a := range ips {
+			if a.Is4() {
+				n4++
+			} else {
+				n6++
+			}
+		}
+		ok = append(ok, parsed{p, ns, ips})
+	}
+	t := b.t
+	t.byAddr = newAddrIndex(n4, n6)
+	t.endpoints = make([]Endpoint, 0, len(ok))
+	for _, pp := range ok {
+		p, ns := pp.pod, pp.ns
+		nsi := b.namespace(ns)
+		key := ns + "\x00" + canonicalLabels(p.Labels)
+		id, found := b.idIndex[key]
+		if !found {
+			id = int32(len(t.identities))
+			b.idIndex[key] = id
+			t.identities = append(t.identities, identity{groups: [2]int32{-1, -1}})
+			b.idLabels = append(b.idLabels, labels.Set(p.Labels))
+			b.nsIDs[nsi] = append(b.nsIDs[nsi], id)
+		}
+		ep := Endpoint{
+			Namespace: ns,
+			Name:      p.Name,
+			NodeName:  p.Spec.NodeName,
+			Labels:    p.Labels,
+			identity:  id,
+		}
+		idx := int32(len(t.endpoints))
+		for _, a := range pp.ips {
+			if !t.byAddr.insert(a, idx) {
+				prev := t.byAddr.get(a)
+				t.warnings = append(t.warnings, fmt.Sprintf("pods %s and %s/%s both have IP %s; the address belongs to %s",
+					t.endpoints[prev].String(), ns, p.Name, a, t.endpoints[prev].String()))
+				continue
+			}
+			ep.IPs = append(ep.IPs, a)
+		}
+		for _, c := range p.Spec.Containers {
+			for _, cp := range c.Ports {
+				if cp.Name == "" {
+					continue
+				}
+				proto := cp.Protocol
+				ep.namedPorts = append(ep.namedPorts, namedPort{
+					name:  b.portName(cp.Name),
+					proto: protocolOf(&proto),
+					port:  uint16(cp.ContainerPort),
+				})
+			}
+		}
+		t.endpoints = append(t.endpoints, ep)
+	}
+	return errs
+}
+
+func (b *builder) portName(n string) int32 {
+	if i, ok := b.portNames[n]; ok {
+		return i
+	}
+	i := int32(len(b.t.portNames))
+	b.portNames[n] = i
+	b.t.portNames = append(b.t.portNames, n)
+	return i
+}
+
+func (b *builder) defaultPolicies(nps []*networkingv1.NetworkPolicy) ([]*networkingv1.NetworkPolicy, []error) {
+	var errs []error
+	out := make([]*networkingv1.NetworkPolicy, 0, len(nps))
+	for _, np := range nps {
+		d := DefaultNetworkPolicy(np)
+		if el := ValidateNetworkPolicy(d); len(el) > 0 {
+			errs = append(errs, invalid("NetworkPolicy", d.Namespace, d.Name, el.ToAggregate()))
+			continue
+		}
+		out = append(out, d)
+	}
+	slices.SortFunc(out, func(x, y *networkingv1.NetworkPolicy) int {
+		return cmp.Or(cmp.Compare(x.Namespace, y.Namespace), cmp.Compare(x.Name, y.Name))
+	})
+	for i := 1; i < len(out); i++ {
+		if out[i].Namespace == out[i-1].Namespace && out[i].Name == out[i-1].Name {
+			errs = append(errs, invalid("NetworkPolicy", out[i].Namespace, out[i].Name, errors.New("declared more than once")))
+		}
+	}
+	return out, errs
+}
+
+func hasType(np *networkingv1.NetworkPolicy, t networkingv1.PolicyType) bool {
+	return slices.Contains(np.Spec.PolicyTypes, t)
+}
+
+func (b *builder) addPolicies(nps []*networkingv1.NetworkPolicy) error {
+	t := b.t
+	t.policies = make([]PolicyInfo, len(nps))
+	b.selected = make([][]int32, len(nps))
+	for pi, np := range nps {
+		info := PolicyInfo{
+			Namespace:  np.Namespace,
+			Name:       np.Name,
+			Ingress:    hasType(np, networkingv1.PolicyTypeIngress),
+			Egress:     hasType(np, networkingv1.PolicyTypeEgress),
+			NumIngress: len(np.Spec.Ingress),
+			NumEgress:  len(np.Spec.Egress),
+		}
+		if !info.Ingress && len(np.Spec.Ingress) > 0 {
+			t.warnings = append(t.warnings, fmt.Sprintf("NetworkPolicy %s: spec.ingress is ignored because spec.policyTypes does not include Ingress", info))
+		}
+		if !info.Egress && len(np.Spec.Egress) > 0 {
+			t.warnings = append(t.warnings, fmt.Sprintf("NetworkPolicy %s: spec.egress is ignored because spec.policyTypes does not include Egress", info))
+		}
+		t.policies[pi] = info
+		nsi := b.namespace(np.Namespace)
+		sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+		if err != nil {
+			return invalid("NetworkPolicy", np.Namespace, np.Name, fmt.Errorf("spec.podSelector: %w", err))
+		}
+		for _, id := range b.nsIDs[nsi] {
+			if sel.Matches(b.idLabels[id]) {
+				b.selected[pi] = append(b.selected[pi], id)
+			}
+		}
+	}
+	// Rules are compiled per policy, then copied into the groups of the
+	// identities the policy selects.
+	compiled := make([][2][]rule, len(nps))
+	for pi, np := range nps {
+		info := t.policies[pi]
+		if info.Ingress {
+			for ri, r := range np.Spec.Ingress {
+				cr, err := b.compileRule(np, RuleRef{Policy: int32(pi), Index: int32(ri)}, r.From, r.Ports)
+				if err != nil {
+					return invalid("NetworkPolicy", np.Namespace, np.Name, fmt.Errorf("spec.ingress[%d]: %w", ri, err))
+				}
+				compiled[pi][Ingress] = append(compiled[pi][Ingress], cr)
+			}
+		}
+		if info.Egress {
+			for ri, r := range np.Spec.Egress {
+				cr, err := b.compileRule(np, RuleRef{Policy: int32(pi), Index: int32(ri)}, r.To, r.Ports)
+				if err != nil {
+					return invalid("NetworkPolicy", np.Namespace, np.Name, fmt.Errorf("spec.egress[%d]: %w", ri, err))
+				}
+				compiled[pi][Egress] = append(compiled[pi][Egress], cr)
+			}
+		}
+	}
+	b.compiled = compiled
+	return nil
+}
+
+func (b *builder) compileRule(np *networkingv1.NetworkPolicy, ref RuleRef, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) (rule, error) {
+	r := rule{ref: ref}
+	if len(ports) == 0 {
+		r.ports.all = true
+	}
+	for _, p := range ports {
+		e := portEntry{proto: protocolOf(p.Protocol), lo: 0, hi: 65535, name: -1}
+		switch {
+		case p.Port == nil:
+		case p.Port.Type == intstr.String:
+			e.name = b.portName(p.Port.StrVal)
+		default:
+			e.lo, e.hi = uint16(p.Port.IntVal), uint16(p.Port.IntVal)
+			if p.EndPort != nil {
+				e.hi = uint16(*p.EndPort)
+			}
+		}
+		r.ports.entries = append(r.ports.entries, e)
+	}
+	if len(peers) == 0 {
+		r.allPeers = true
+		return r, nil
+	}
+	var sets []bitset
+	for i, peer := range peers {
+		if peer.IPBlock != nil {
+			cidr, err := parseCIDR(peer.IPBlock.CIDR)
+			if err != nil {
+				return rule{}, fmt.Errorf("peer %d: ipBlock.cidr: %w", i, err)
+			}
+			blk := ipBlock{cidr: cidr}
+			for _, e := range peer.IPBlock.Except {
+				ex, err := parseCIDR(e)
+				if err != nil {
+					return rule{}, fmt.Errorf("peer %d: ipBlock.except: %w", i, err)
+				}
+				blk.except = append(blk.except, ex)
+			}
+			r.blocks = append(r.blocks, blk)
+			continue
+		}
+		set, err := b.peerSet(np.Namespace, peer.NamespaceSelector, peer.PodSelector)
+		if err != nil {
+			return rule{}, fmt.Errorf("peer %d: %w", i, err)
+		}
+		sets = append(sets, set)
+	}
+	switch len(sets) {
+	case 0:
+	case 1:
+		r.peers = sets[0]
+	default:
+		r.peers = newBitset(len(b.t.identities))
+		for _, s := range sets {
+			r.peers.or(s)
+		}
+	}
+	return r, nil
+}
+
+// peerSet returns the identities a pod/namespace selector peer of a policy
+// in namespace ns matches. Results are shared between equal peers.
+func (b *builder) peerSet(ns string, nsSel, podSel *metav1.LabelSelector) (bitset, error) {
+	var nsKey string
+	var namespaces []int32
+	if nsSel == nil {
+		nsKey = "ns=" + ns
+		namespaces = []int32{b.namespace(ns)}
+	} else {
+		sel, err := metav1.LabelSelectorAsSelector(nsSel)
+		if err != nil {
+			return nil, fmt.Errorf("namespaceSelector: %w", err)
+		}
+		nsKey = "sel=" + sel.String()
+		var ok bool
+		if namespaces, ok = b.nsSel[nsKey]; !ok {
+			for i, l := range b.nsLabels {
+				if sel.Matches(l) {
+					namespaces = append(namespaces, int32(i))
+				}
+			}
+			b.nsSel[nsKey] = namespaces
+		}
+	}
+	var podMatch labels.Selector
+	podKey := "*"
+	if podSel != nil {
+		sel, err := metav1.LabelSelectorAsSelector(podSel)
+		if err != nil {
+			return nil, fmt.Errorf("podSelector: %w", err)
+		}
+		podMatch, podKey = sel, sel.String()
+	}
+	key := nsKey + "\x00" + podKey
+	if s, ok := b.peerSets[key]; ok {
+		return s, nil
+	}
+	s := newBitset(len(b.t.identities))
+	for _, nsi := range namespaces {
+		for _, id := range b.nsIDs[nsi] {
+			if podMatch == nil || podMatch.Matches(b.idLabels[id]) {
+				s.set(id)
+			}
+		}
+	}
+	b.peerSets[key] = s
+	return s, nil
+}
+
+// buildGroups gives each identity, per direction, the group of rules of
+// the policies that select it; identities selected by the same policies
+// share one group.
+func (b *builder) buildGroups() {
+	t := b.t
+	perID := make([][2][]int32, len(t.identities))
+	for pi, ids := range b.selected {
+		for _, id := range ids {
+			if t.policies[pi].Ingress {
+				perID[id][Ingress] = append(perID[id][Ingress], int32(pi))
+			}
+			if t.policies[pi].Egress {
+				perID[id][Egress] = append(perID[id][Egress], int32(pi))
+			}
+		}
+	}
+	index := make(map[string]int32)
+	var key []byte
+	for id := range perID {
+		for dir := Ingress; dir <= Egress; dir++ {
+			pols := perID[id][dir]
+			if len(pols) == 0 {
+				continue
+			}
+			key = append(key[:0], byte(dir))
+			for _, p := range pols {
+				key = binary.LittleEndian.AppendUint32(key, uint32(p))
+			}
+			g, ok := index[string(key)]
+			if !ok {
+				g = int32(len(t.groups))
+				index[string(key)] = g
+				var rules []rule
+				for _, p := range pols {
+					rules = append(rules, b.compiled[p][dir]...)
+				}
+				t.groups = append(t.groups, group{policies: pols, rules: rules})
+			}
+			t.identities[id].groups[dir] = g
+		}
+	}
+	t.hot = make([]endpointHot, len(t.endpoints))
+	for i := range t.endpoints {
+		id := t.endpoints[i].identity
+		t.hot[i] = endpointHot{identity: id, groups: t.identities[id].groups}
+	}
+}

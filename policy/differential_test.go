@@ -1,0 +1,452 @@
+package policy_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/podgate/podgate/policy"
+)
+
+// This file checks the compiled table against a reference evaluator written
+// from the NetworkPolicy documentation, sharing no code with the package:
+// its own defaulting, selector matching, CIDR matching and port matching,
+// applied to the raw objects for every query.
+
+type refWorld struct {
+	c       *policy.Cluster
+	nsLabel map[string]map[string]string
+}
+
+func newRefWorld(c *policy.Cluster) *refWorld {
+	w := &refWorld{c: c, nsLabel: map[string]map[string]string{}}
+	for _, ns := range c.Namespaces {
+		l := map[string]string{}
+		for k, v := range ns.Labels {
+			l[k] = v
+		}
+		l["kubernetes.io/metadata.name"] = ns.Name
+		w.nsLabel[ns.Name] = l
+	}
+	return w
+}
+
+func (w *refWorld) namespaceLabels(ns string) map[string]string {
+	if l, ok := w.nsLabel[ns]; ok {
+		return l
+	}
+	return map[string]string{"kubernetes.io/metadata.name": ns}
+}
+
+// refPod finds the live pod that owns an address.
+func (w *refWorld) refPod(a netip.Addr) *corev1.Pod {
+	for _, p := range w.c.Pods {
+		if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		for _, ip := range p.Status.PodIPs {
+			if ip.IP == a.String() {
+				return p
+			}
+		}
+	}
+	return nil
+}
+
+func refSelectorMatches(sel *metav1.LabelSelector, l map[string]string) bool {
+	for k, v := range sel.MatchLabels {
+		if got, ok := l[k]; !ok || got != v {
+			return false
+		}
+	}
+	for _, e := range sel.MatchExpressions {
+		v, has := l[e.Key]
+		in := false
+		for _, x := range e.Values {
+			if has && x == v {
+				in = true
+			}
+		}
+		switch e.Operator {
+		case metav1.LabelSelectorOpIn:
+			if !in {
+				return false
+			}
+		case metav1.LabelSelectorOpNotIn:
+			if in {
+				return false
+			}
+		case metav1.LabelSelectorOpExists:
+			if !has {
+				return false
+			}
+		case metav1.LabelSelectorOpDoesNotExist:
+			if has {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func refTypes(np *networkingv1.NetworkPolicy) (ingress, egress bool) {
+	if len(np.Spec.PolicyTypes) == 0 {
+		return true, len(np.Spec.Egress) > 0
+	}
+	for _, t := range np.Spec.PolicyTypes {
+		ingress = ingress || t == networkingv1.PolicyTypeIngress
+		egress = egress || t == networkingv1.PolicyTypeEgress
+	}
+	return ingress, egress
+}
+
+func refCIDR(s string, a netip.Addr) bool {
+	_, n, err := net.ParseCIDR(s)
+	if err != nil {
+		panic(err)
+	}
+	return n.Contains(net.IP(a.AsSlice()))
+}
+
+func (w *refWorld) peerMatches(np *networkingv1.NetworkPolicy, peer networkingv1.NetworkPolicyPeer, a netip.Addr, p *corev1.Pod) bool {
+	if peer.IPBlock != nil {
+		if !refCIDR(peer.IPBlock.CIDR, a) {
+			return false
+		}
+		for _, e := range peer.IPBlock.Except {
+			if refCIDR(e, a) {
+				return false
+			}
+		}
+		return true
+	}
+	if p == nil {
+		return false
+	}
+	if peer.NamespaceSelector == nil {
+		if p.Namespace != np.Namespace {
+			return false
+		}
+	} else if !refSelectorMatches(peer.NamespaceSelector, w.namespaceLabels(p.Namespace)) {
+		return false
+	}
+	return peer.PodSelector == nil || refSelectorMatches(peer.PodSelector, p.Labels)
+}
+
+func refPortMatches(ports []networkingv1.NetworkPolicyPort, proto policy.Protocol, port uint16, dst *corev1.Pod) bool {
+	if len(ports) == 0 {
+		return true
+	}
+	for _, pp := range ports {
+		want := "TCP"
+		if pp.Protocol != nil {
+			want = string(*pp.Protocol)
+		}
+		if want != proto.String() {
+			continue
+		}
+		if pp.Port == nil {
+			return true
+		}
+		if pp.Port.Type == intstr.Int {
+			hi := pp.Port.IntVal
+			if pp.EndPort != nil {
+				hi = *pp.EndPort
+			}
+			if int32(port) >= pp.Port.IntVal && int32(port) <= hi {
+				return true
+			}
+			continue
+		}
+		if dst == nil {
+			continue
+		}
+		for _, c := range dst.Spec.Containers {
+			for _, cp := range c.Ports {
+				cproto := "TCP"
+				if cp.Protocol != "" {
+					cproto = string(cp.Protocol)
+				}
+				if cp.Name == pp.Port.StrVal && cproto == want && cp.ContainerPort == int32(port) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// refSide decides one direction for pod self against the peer.
+func (w *refWorld) refSide(egress bool, self *corev1.Pod, peerAddr netip.Addr, peer, dst *corev1.Pod, proto policy.Protocol, port uint16) bool {
+	if self == nil {
+		return true
+	}
+	if peer == self {
+		return true
+	}
+	isolated := false
+	for _, np := range w.c.Policies {
+		in, eg := refTypes(np)
+		if (egress && !eg) || (!egress && !in) {
+			continue
+		}
+		if np.Namespace != self.Namespace || !refSelectorMatches(&np.Spec.PodSelector, self.Labels) {
+			continue
+		}
+		isolated = true
+		if egress {
+			for _, r := range np.Spec.Egress {
+				if !refPortMatches(r.Ports, proto, port, dst) {
+					continue
+				}
+				if len(r.To) == 0 {
+					return true
+				}
+				for _, pe := range r.To {
+					if w.peerMatches(np, pe, peerAddr, peer) {
+						return true
+					}
+				}
+			}
+		} else {
+			for _, r := range np.Spec.Ingress {
+				if !refPortMatches(r.Ports, proto, port, dst) {
+					continue
+				}
+				if len(r.From) == 0 {
+					return true
+				}
+				for _, pe := range r.From {
+					if w.peerMatches(np, pe, peerAddr, peer) {
+						return true
+					}
+				}
+			}
+		}
+	}
+	return !isolated
+}
+
+func (w *refWorld) decide(src, dst netip.Addr, proto policy.Protocol, port uint16) (egress, ingress bool) {
+	s, d := w.refPod(src), w.refPod(dst)
+	return w.refSide(true, s, dst, d, d, proto, port), w.refSide(false, d, src, s, d, proto, port)
+}
+
+// --- random clusters ---
+
+type gen struct{ r *rand.Rand }
+
+func (g gen) pick(xs ...string) string { return xs[g.r.IntN(len(xs))] }
+
+func (g gen) labels(n int) map[string]string {
+	l := map[string]string{}
+	for range g.r.IntN(n + 1) {
+		l[g.pick("app", "tier", "team", "env")] = g.pick("a", "b", "c")
+	}
+	return l
+}
+
+func (g gen) selector() *metav1.LabelSelector {
+	s := &metav1.LabelSelector{}
+	if g.r.IntN(2) == 0 {
+		s.MatchLabels = g.labels(1)
+	}
+	for range g.r.IntN(2) {
+		op := []metav1.LabelSelectorOperator{metav1.LabelSelectorOpIn, metav1.LabelSelectorOpNotIn, metav1.LabelSelectorOpExists, metav1.LabelSelectorOpDoesNotExist}[g.r.IntN(4)]
+		e := metav1.LabelSelectorRequirement{Key: g.pick("app", "tier", "team", "env"), Operator: op}
+		if op == metav1.LabelSelectorOpIn || op == metav1.LabelSelectorOpNotIn {
+			e.Values = []string{g.pick("a", "b", "c")}
+			if g.r.IntN(2) == 0 {
+				e.Values = append(e.Values, g.pick("a", "b", "c"))
+			}
+		}
+		s.MatchExpressions = append(s.MatchExpressions, e)
+	}
+	return s
+}
+
+var genNets = map[bool][]string{
+	true:  {"10.0.0.0/8", "10.1.0.0/16", "10.1.0.0/24", "10.1.1.0/24", "10.1.0.4/30", "192.0.2.0/24", "0.0.0.0/0"},
+	false: {"fd00::/8", "fd00:1::/32", "fd00:1::/120", "fd00:1::100/120", "fd00:1::4/126", "2001:db8::/32", "::/0"},
+}
+
+func (g gen) ipBlock() *networkingv1.IPBlock {
+	v4 := g.r.IntN(2) == 0
+	nets := genNets[v4]
+	i := g.r.IntN(len(nets))
+	b := &networkingv1.IPBlock{CIDR: nets[i]}
+	// except entries must be strict subsets.
+	_, outer, _ := net.ParseCIDR(nets[i])
+	ob, _ := outer.Mask.Size()
+	for _, e := range nets {
+		_, inner, _ := net.ParseCIDR(e)
+		ib, _ := inner.Mask.Size()
+		if ib > ob && outer.Contains(inner.IP) && g.r.IntN(2) == 0 {
+			b.Except = append(b.Except, e)
+		}
+	}
+	return b
+}
+
+func (g gen) peer() networkingv1.NetworkPolicyPeer {
+	switch g.r.IntN(4) {
+	case 0:
+		return networkingv1.NetworkPolicyPeer{PodSelector: g.selector()}
+	case 1:
+		return networkingv1.NetworkPolicyPeer{NamespaceSelector: g.selector()}
+	case 2:
+		return networkingv1.NetworkPolicyPeer{PodSelector: g.selector(), NamespaceSelector: g.selector()}
+	}
+	return networkingv1.NetworkPolicyPeer{IPBlock: g.ipBlock()}
+}
+
+func (g gen) ports() []networkingv1.NetworkPolicyPort {
+	var out []networkingv1.NetworkPolicyPort
+	for range g.r.IntN(3) {
+		var p networkingv1.NetworkPolicyPort
+		if g.r.IntN(3) > 0 {
+			proto := corev1.Protocol(g.pick("TCP", "UDP", "SCTP"))
+			p.Protocol = &proto
+		}
+		switch g.r.IntN(4) {
+		case 0: // protocol only
+		case 1:
+			v := intstr.FromString(g.pick("http", "dns", "metrics"))
+			p.Port = &v
+		default:
+			v := intstr.FromInt32(int32(80 + g.r.IntN(4)))
+			p.Port = &v
+			if g.r.IntN(2) == 0 {
+				end := v.IntVal + int32(g.r.IntN(3))
+				p.EndPort = &end
+			}
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func (g gen) cluster() *policy.Cluster {
+	c := &policy.Cluster{}
+	nss := []string{"a", "b", "c", "d"}
+	for _, ns := range nss[:1+g.r.IntN(3)] {
+		c.Namespaces = append(c.Namespaces, newNamespace(ns))
+		c.Namespaces[len(c.Namespaces)-1].Labels = g.labels(2)
+	}
+	for i := range 4 + g.r.IntN(10) {
+		ns := nss[g.r.IntN(len(nss))] // may be undeclared
+		var ips []string
+		switch g.r.IntN(4) {
+		case 0:
+			ips = []string{fmt.Sprintf("10.1.%d.%d", i%2, i+1)}
+		case 1:
+			ips = []string{fmt.Sprintf("fd00:1::%x", 0x100*(i%2)+i+1)}
+		default:
+			ips = []string{fmt.Sprintf("10.1.%d.%d", i%2, i+1), fmt.Sprintf("fd00:1::%x", 0x100*(i%2)+i+1)}
+		}
+		p := newPod(ns, fmt.Sprintf("p%d", i), ips)
+		p.Labels = g.labels(3)
+		switch g.r.IntN(12) {
+		case 0:
+			p.Spec.HostNetwork = true
+		case 1:
+			p.Status.Phase = corev1.PodSucceeded
+		case 2:
+			p.Status.PodIP, p.Status.PodIPs = "", nil
+		}
+		for _, name := range []string{"http", "dns", "metrics"} {
+			if g.r.IntN(2) == 0 {
+				proto := corev1.Protocol(g.pick("TCP", "UDP", "SCTP"))
+				withPorts(p, corev1.ContainerPort{Name: name, ContainerPort: int32(80 + g.r.IntN(4)), Protocol: proto})
+			}
+		}
+		c.Pods = append(c.Pods, p)
+	}
+	for i := range g.r.IntN(6) {
+		np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("np%d", i), Namespace: nss[g.r.IntN(len(nss))]}}
+		np.Spec.PodSelector = *g.selector()
+		switch g.r.IntN(4) {
+		case 0:
+			np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
+		case 1:
+			np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}
+		case 2:
+			np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}
+		}
+		for range g.r.IntN(3) {
+			r := networkingv1.NetworkPolicyIngressRule{Ports: g.ports()}
+			for range g.r.IntN(3) {
+				r.From = append(r.From, g.peer())
+			}
+			np.Spec.Ingress = append(np.Spec.Ingress, r)
+		}
+		for range g.r.IntN(3) {
+			r := networkingv1.NetworkPolicyEgressRule{Ports: g.ports()}
+			for range g.r.IntN(3) {
+				r.To = append(r.To, g.peer())
+			}
+			np.Spec.Egress = append(np.Spec.Egress, r)
+		}
+		c.Policies = append(c.Policies, np)
+	}
+	return c
+}
+
+func TestDifferentialAgainstReference(t *testing.T) {
+	seeds := 3000
+	if testing.Short() {
+		seeds = 300
+	}
+	outside := []netip.Addr{netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("10.9.9.9"), netip.MustParseAddr("2001:db8::7"), netip.MustParseAddr("fd00:2::1")}
+	type q struct {
+		proto policy.Protocol
+		port  uint16
+	}
+	queries := []q{{policy.TCP, 80}, {policy.TCP, 81}, {policy.TCP, 83}, {policy.UDP, 80}, {policy.UDP, 82}, {policy.SCTP, 81}, {policy.ICMP, 0}}
+	checked := 0
+	for seed := range seeds {
+		g := gen{rand.New(rand.NewPCG(uint64(seed), 7))}
+		c := g.cluster()
+		tab, err := policy.Compile(c)
+		if err != nil {
+			t.Fatalf("seed %d: Compile: %v", seed, err)
+		}
+		ref := newRefWorld(c)
+		var addrs []netip.Addr
+		for _, p := range c.Pods {
+			for _, ip := range p.Status.PodIPs {
+				addrs = append(addrs, netip.MustParseAddr(ip.IP))
+			}
+		}
+		addrs = append(addrs, outside...)
+		for _, src := range addrs {
+			for _, dst := range addrs {
+				if src.Is4() != dst.Is4() {
+					continue
+				}
+				for _, qq := range queries {
+					proto := qq.proto
+					if proto == policy.ICMP && src.Is6() {
+						proto = policy.ICMPv6
+					}
+					v := tab.Lookup(src, dst, proto, qq.port)
+					wantE, wantI := ref.decide(src, dst, proto, qq.port)
+					checked++
+					if v.Egress.Allowed() != wantE || v.Ingress.Allowed() != wantI {
+						e := tab.Explain(src, dst, proto, qq.port)
+						t.Fatalf("seed %d: %s -> %s %s/%d: table egress=%v ingress=%v, reference egress=%v ingress=%v\n%s\n%s",
+							seed, e.From, e.To, proto, qq.port, v.Egress.Allowed(), v.Ingress.Allowed(), wantE, wantI, e.Egress.Detail, e.Ingress.Detail)
+					}
+				}
+			}
+		}
+	}
+	t.Logf("%d queries over %d random clusters agree", checked, seeds)
+}

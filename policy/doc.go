@@ -1,0 +1,33 @@
+// Package policy turns Kubernetes Namespaces, Pods and NetworkPolicies into
+// an immutable, compiled [Table] that answers "may this source talk to this
+// destination on this protocol and port, and why" without locks or
+// allocation.
+//
+// The semantics are those of networking.k8s.io/v1 as the API server and the
+// upstream conformance suite define them:
+//
+//   - A pod is isolated for a direction only if a policy with that policy
+//     type selects it; policies are allow-lists combined as a union.
+//   - A connection is allowed only if the source's egress side and the
+//     destination's ingress side both allow it. Sides that are not pods
+//     (addresses outside the cluster, hostNetwork pods, the node) are not
+//     subject to policy.
+//   - A pod's traffic to itself never leaves its network namespace and is
+//     always allowed (the conformance suite's "loopback").
+//
+// The package has three layers:
+//
+//   - [Load] reads manifest files (YAML or JSON, multi-document, kind: List)
+//     into a [Cluster], validating every object the way the API server does
+//     and naming file, object and field in errors.
+//   - [Compile] turns a [Cluster] into a [Table]: pods are grouped into
+//     identities (namespace and labels), selectors are evaluated once into
+//     bitsets over identities, and each identity points at the compiled rules
+//     of the policies that select it.
+//   - [Table] lookups ([Table.Ingress], [Table.Egress], [Table.Lookup]) cost
+//     two map lookups and a scan of the rules of the policies that select the
+//     pod in question, independent of the total number of policies.
+//
+// A [Store] publishes the current table through an atomic pointer so that
+// readers (the fastpath workers) never lock.
+package policy

@@ -1,0 +1,315 @@
+package policy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	sigsjson "sigs.k8s.io/json"
+	"sigs.k8s.io/yaml"
+)
+
+// Source locates an object in the files [Load] read.
+type Source struct {
+	File string
+	// Doc is the 1-based YAML document in the file.
+	Doc int
+	// Item is the 0-based index in a List's items, or -1.
+	Item int
+}
+
+// String returns "file: document N" or "file: document N, items[I]".
+func (s Source) String() string {
+	if s.Item >= 0 {
+		return fmt.Sprintf("%s: document %d, items[%d]", s.File, s.Doc, s.Item)
+	}
+	return fmt.Sprintf("%s: document %d", s.File, s.Doc)
+}
+
+// Object is a manifest object of a kind the policy engine does not use, kept
+// for other readers (the lab reads its own kinds from the same files).
+type Object struct {
+	Source     Source
+	APIVersion string
+	Kind       string
+	Namespace  string
+	Name       string
+	// JSON is the object as JSON.
+	JSON []byte
+}
+
+// Manifests is what [Load] read: the cluster objects with their sources,
+// the objects of other kinds, and notes for the user.
+type Manifests struct {
+	Cluster
+	// Sources maps "Kind namespace/name" (Namespace: "Namespace name") to
+	// where the object was read.
+	Sources map[string]Source
+	// Other holds objects of kinds other than Namespace, Pod and
+	// NetworkPolicy.
+	Other []Object
+	// Notes are things the user should hear about that are not errors:
+	// skipped files and objects, API server warnings.
+	Notes []string
+}
+
+// ErrManifest is wrapped by the errors [Load] returns for unreadable or
+// malformed manifests.
+var ErrManifest = errors.New("bad manifest")
+
+// objectKey names an object for duplicate detection and Sources.
+func objectKey(kind, ns, name string) string {
+	if kind == "Namespace" {
+		return kind + " " + name
+	}
+	return kind + " " + ns + "/" + name
+}
+
+// Load reads Namespaces, Pods and NetworkPolicies from files or directories
+// of YAML or JSON manifests. A directory contributes its *.yaml, *.yml and
+// *.json files (not subdirectories). Documents may be multi-document YAML or
+// a kind: List such as kubectl get -o yaml prints. Objects are decoded
+// strictly (unknown or duplicate fields are errors), defaulted and validated
+// as the API server would; all problems are returned together, each naming
+// the file, the document, the object and the field.
+func Load(paths ...string) (*Manifests, error) {
+	if len(paths) == 0 {
+		return nil, fmt.Errorf("%w: no manifest files given", ErrManifest)
+	}
+	l := &loader{m: &Manifests{Sources: make(map[string]Source)}}
+	for _, p := range paths {
+		l.path(p)
+	}
+	if len(l.errs) > 0 {
+		return nil, errors.Join(l.errs...)
+	}
+	return l.m, nil
+}
+
+type loader struct {
+	m    *Manifests
+	errs []error
+}
+
+func (l *loader) fail(format string, args ...any) {
+	l.errs = append(l.errs, fmt.Errorf("%w: %s", ErrManifest, fmt.Sprintf(format, args...)))
+}
+
+func (l *loader) path(p string) {
+	fi, err := os.Stat(p)
+	if err != nil {
+		l.fail("%v", err)
+		return
+	}
+	if !fi.IsDir() {
+		l.file(p)
+		return
+	}
+	entries, err := os.ReadDir(p)
+	if err != nil {
+		l.fail("%v", err)
+		return
+	}
+	n := 0
+	for _, e := range entries {
+		name := filepath.Join(p, e.Name())
+		switch ext := strings.ToLower(filepath.Ext(e.Name())); {
+		case e.IsDir():
+			l.m.Notes = append(l.m.Notes, fmt.Sprintf("%s: skipped directory (directories are not read recursively)", name))
+		case ext == ".yaml" || ext == ".yml" || ext == ".json":
+			l.file(name)
+			n++
+		default:
+			l.m.Notes = append(l.m.Notes, fmt.Sprintf("%s: skipped file (not .yaml, .yml or .json)", name))
+		}
+	}
+	if n == 0 {
+		l.fail("%s: directory has no .yaml, .yml or .json files", p)
+	}
+}
+
+func (l *loader) file(name string) {
+	f, err := os.Open(name)
+	if err != nil {
+		l.fail("%v", err)
+		return
+	}
+	defer f.Close()
+	r := utilyaml.NewYAMLReader(bufio.NewReader(f))
+	objects := 0
+	for doc := 1; ; doc++ {
+		data, err := r.Read()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			l.fail("%s: document %d: %v", name, doc, err)
+			return
+		}
+		if len(bytes.TrimSpace(data)) == 0 {
+			continue
+		}
+		j, err := yaml.YAMLToJSONStrict(data)
+		if err != nil {
+			l.fail("%s: document %d: %v", name, doc, err)
+			continue
+		}
+		if bytes.Equal(bytes.TrimSpace(j), []byte("null")) {
+			continue // a document of comments only
+		}
+		objects++
+		l.object(Source{File: name, Doc: doc, Item: -1}, j)
+	}
+	if objects == 0 {
+		l.m.Notes = append(l.m.Notes, fmt.Sprintf("%s: no objects in file", name))
+	}
+}
+
+// header is the part of every object that identifies it.
+type header struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name      string `json:"name"`
+		Namespace string `json:"namespace"`
+	} `json:"metadata"`
+}
+
+func (l *loader) object(src Source, data []byte) {
+	var h header
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(data, &h); err != nil {
+		l.fail("%s: not a Kubernetes object: %v", src, err)
+		return
+	}
+	if h.Kind == "" {
+		l.fail("%s: kind: Required value", src)
+		return
+	}
+	if h.APIVersion == "" {
+		l.fail("%s: %s %s: apiVersion: Required value", src, h.Kind, h.Metadata.Name)
+		return
+	}
+	if strings.HasSuffix(h.Kind, "List") {
+		l.list(src, h, data)
+		return
+	}
+	ns := h.Metadata.Namespace
+	if ns == "" && h.Kind != "Namespace" {
+		ns = defaultNamespace
+	}
+	what := fmt.Sprintf("%s %s", h.Kind, h.Metadata.Name)
+	if h.Kind != "Namespace" {
+		what = fmt.Sprintf("%s %s/%s", h.Kind, ns, h.Metadata.Name)
+	}
+	want := map[string]string{"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1"}[h.Kind]
+	if want == "" {
+		l.m.Other = append(l.m.Other, Object{Source: src, APIVersion: h.APIVersion, Kind: h.Kind, Namespace: h.Metadata.Namespace, Name: h.Metadata.Name, JSON: data})
+		return
+	}
+	if h.APIVersion != want {
+		l.fail("%s: %s: apiVersion: Unsupported value: %q: supported values: %q", src, what, h.APIVersion, want)
+		return
+	}
+	key := objectKey(h.Kind, ns, h.Metadata.Name)
+	if prev, dup := l.m.Sources[key]; dup {
+		l.fail("%s: %s: already declared at %s", src, what, prev)
+		return
+	}
+	var errs []error
+	switch h.Kind {
+	case "Namespace":
+		obj := &corev1.Namespace{}
+		if errs = decodeStrict(data, obj); errs == nil {
+			errs = fieldErrors(validateNamespace(obj))
+			l.m.Namespaces = append(l.m.Namespaces, obj)
+		}
+	case "Pod":
+		obj := &corev1.Pod{}
+		if errs = decodeStrict(data, obj); errs == nil {
+			obj.Namespace = ns
+			errs = fieldErrors(validatePod(obj))
+			l.m.Pods = append(l.m.Pods, obj)
+		}
+	case "NetworkPolicy":
+		obj := &networkingv1.NetworkPolicy{}
+		if errs = decodeStrict(data, obj); errs == nil {
+			obj = DefaultNetworkPolicy(obj)
+			errs = fieldErrors(ValidateNetworkPolicy(obj))
+			for _, w := range NetworkPolicyWarnings(obj) {
+				l.m.Notes = append(l.m.Notes, fmt.Sprintf("%s: %s: warning: %s", src, what, w))
+			}
+			l.m.Policies = append(l.m.Policies, obj)
+		}
+	}
+	for _, err := range errs {
+		l.errs = append(l.errs, fmt.Errorf("%w: %s: %s: %w", ErrInvalid, src, what, err))
+	}
+	l.m.Sources[key] = src
+}
+
+func (l *loader) list(src Source, h header, data []byte) {
+	var list struct {
+		Items []jsonRaw `json:"items"`
+	}
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(data, &list); err != nil {
+		l.fail("%s: %s: items: %v", src, h.Kind, err)
+		return
+	}
+	for i, item := range list.Items {
+		l.object(Source{File: src.File, Doc: src.Doc, Item: i}, item)
+	}
+}
+
+// jsonRaw keeps a list item's bytes for a second decoding.
+type jsonRaw []byte
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (r *jsonRaw) UnmarshalJSON(b []byte) error {
+	*r = slices.Clone(b)
+	return nil
+}
+
+// decodeStrict decodes JSON into obj case-sensitively and reports unknown
+// and duplicate fields, as the API server's strict field validation does.
+func decodeStrict(data []byte, obj any) []error {
+	strict, err := sigsjson.UnmarshalStrict(data, obj, sigsjson.DisallowDuplicateFields, sigsjson.DisallowUnknownFields)
+	if err != nil {
+		return []error{err}
+	}
+	return strict
+}
+
+func fieldErrors(el field.ErrorList) []error {
+	out := make([]error, len(el))
+	for i, e := range el {
+		out[i] = e
+	}
+	return out
+}
+
+// SkippedNotes returns a note for each object of a kind the policy engine
+// does not read, except kinds the caller reads itself.
+func (m *Manifests) SkippedNotes(readByCaller ...string) []string {
+	var out []string
+	for _, o := range m.Other {
+		if slices.Contains(readByCaller, o.Kind) {
+			continue
+		}
+		name := o.Name
+		if o.Namespace != "" {
+			name = o.Namespace + "/" + o.Name
+		}
+		out = append(out, fmt.Sprintf("%s: skipped %s %s (podgate reads Namespace, Pod and NetworkPolicy)", o.Source, o.Kind, name))
+	}
+	return out
+}

@@ -1,0 +1,238 @@
+package policy_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/podgate/podgate/policy"
+)
+
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const npHeader = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: ns1}\n"
+
+func TestLoadRejectsBadInputNamingFileObjectAndField(t *testing.T) {
+	tests := []struct {
+		name    string
+		content string
+		// want are substrings the error must contain.
+		want []string
+	}{
+		{"endPort without port", npHeader + "spec: {podSelector: {}, ingress: [{ports: [{endPort: 90}]}]}",
+			[]string{"document 1", "NetworkPolicy ns1/np", "spec.ingress[0].ports[0].endPort", "may not be specified when `port` is not specified"}},
+		{"endPort with a named port", npHeader + "spec: {podSelector: {}, egress: [{ports: [{port: http, endPort: 90}]}]}",
+			[]string{"spec.egress[0].ports[0].endPort", "may not be specified when `port` is non-numeric"}},
+		{"endPort below port", npHeader + "spec: {podSelector: {}, ingress: [{ports: [{port: 100, endPort: 90}]}]}",
+			[]string{"spec.ingress[0].ports[0].endPort", "must be greater than or equal to `port`"}},
+		{"port out of range", npHeader + "spec: {podSelector: {}, ingress: [{ports: [{port: 70000}]}]}",
+			[]string{"spec.ingress[0].ports[0].port", "between 1 and 65535"}},
+		{"bad port name", npHeader + "spec: {podSelector: {}, ingress: [{ports: [{port: Not_A_Name}]}]}",
+			[]string{"spec.ingress[0].ports[0].port", "Not_A_Name"}},
+		{"unknown protocol", npHeader + "spec: {podSelector: {}, ingress: [{ports: [{protocol: ICMP, port: 1}]}]}",
+			[]string{"spec.ingress[0].ports[0].protocol", `Unsupported value: "ICMP"`}},
+		{"bad CIDR", npHeader + "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}",
+			[]string{"spec.ingress[0].from[0].ipBlock.cidr", "must be a valid CIDR"}},
+		{"empty CIDR", npHeader + "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: ''}}]}]}",
+			[]string{"spec.ingress[0].from[0].ipBlock.cidr", "Required value"}},
+		{"except outside cidr", npHeader + "spec: {podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}}]}]}",
+			[]string{"spec.egress[0].to[0].ipBlock.except[0]", "must be a strict subset of `cidr`"}},
+		{"except equal to cidr", npHeader + "spec: {podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.0.0/16]}}]}]}",
+			[]string{"spec.egress[0].to[0].ipBlock.except[0]", "strict subset"}},
+		{"ipBlock with another peer", npHeader + "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]}",
+			[]string{"spec.ingress[0].from[0]", "may not specify both ipBlock and another peer"}},
+		{"empty peer", npHeader + "spec: {podSelector: {}, ingress: [{from: [{}]}]}",
+			[]string{"spec.ingress[0].from[0]", "must specify a peer"}},
+		{"bad operator", npHeader + "spec: {podSelector: {matchExpressions: [{key: a, operator: Equals, values: [b]}]}}",
+			[]string{"spec.podSelector.matchExpressions[0].operator", "Equals"}},
+		{"In without values", npHeader + "spec: {podSelector: {matchExpressions: [{key: a, operator: In}]}}",
+			[]string{"spec.podSelector.matchExpressions[0].values", "must be specified when `operator` is 'In' or 'NotIn'"}},
+		{"bad label key", npHeader + "spec: {podSelector: {matchLabels: {'bad key': x}}}",
+			[]string{"spec.podSelector.matchLabels", "bad key"}},
+		{"bad policyType", npHeader + "spec: {podSelector: {}, policyTypes: [Both]}",
+			[]string{"spec.policyTypes[0]", `Unsupported value: "Both"`}},
+		{"unknown field", npHeader + "spec: {podSelectr: {}}",
+			[]string{"NetworkPolicy ns1/np", `unknown field "spec.podSelectr"`}},
+		{"field with wrong case", npHeader + "spec: {podselector: {}}",
+			[]string{`unknown field "spec.podselector"`}},
+		{"duplicate field", npHeader + "spec: {podSelector: {}, podSelector: {}}",
+			[]string{"document 1", "podSelector"}},
+		{"bad name", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: Bad_Name}\nspec: {podSelector: {}}",
+			[]string{"NetworkPolicy default/Bad_Name", "metadata.name"}},
+		{"missing kind", "apiVersion: v1\nmetadata: {name: x}", []string{"document 1", "kind: Required value"}},
+		{"missing apiVersion", "kind: Pod\nmetadata: {name: x}", []string{"Pod x: apiVersion: Required value"}},
+		{"old apiVersion", "apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: x}\nspec: {podSelector: {}}",
+			[]string{"NetworkPolicy default/x", "apiVersion", `"extensions/v1beta1"`, "networking.k8s.io/v1"}},
+		{"bad pod IP", "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a}\nstatus: {podIP: 10.0.0.300}",
+			[]string{"Pod a/p", "status.podIP", "must be a valid IP address"}},
+		{"podIP differs from podIPs", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nstatus: {podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.2}]}",
+			[]string{"Pod default/p", "status.podIP", "must match status.podIPs[0]"}},
+		{"two IPs of one family", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nstatus: {podIPs: [{ip: 10.0.0.1}, {ip: 10.0.0.2}]}",
+			[]string{"status.podIPs[1].ip", "one IP for each IP family"}},
+		{"bad container port", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, ports: [{containerPort: 0, name: http}]}]}",
+			[]string{"spec.containers[0].ports[0].containerPort"}},
+		{"bad namespace name", "apiVersion: v1\nkind: Namespace\nmetadata: {name: Bad.NS}", []string{"Namespace Bad.NS", "metadata.name"}},
+		{"bad label value", "apiVersion: v1\nkind: Namespace\nmetadata: {name: ok, labels: {a: 'not ok'}}", []string{"Namespace ok", "metadata.labels"}},
+		{"malformed YAML", "apiVersion: v1\nkind: [Pod\n", []string{"document 1"}},
+		{"not an object", "- a\n- b\n", []string{"document 1", "not a Kubernetes object"}},
+		{"duplicate object", "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n",
+			[]string{"document 2", "Namespace a", "already declared at", "document 1"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := writeFile(t, t.TempDir(), "m.yaml", tc.content)
+			_, err := policy.Load(p)
+			if err == nil {
+				t.Fatal("Load succeeded, want an error")
+			}
+			msg := err.Error()
+			for _, w := range append([]string{p}, tc.want...) {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error does not mention %q:\n%s", w, msg)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadReportsEveryProblemAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "a.yaml", npHeader+"spec: {podSelector: {}, ingress: [{ports: [{endPort: 1}]}, {from: [{}]}]}")
+	writeFile(t, dir, "b.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nstatus: {podIP: nope}")
+	_, err := policy.Load(dir)
+	if err == nil {
+		t.Fatal("Load succeeded")
+	}
+	for _, w := range []string{"a.yaml", "spec.ingress[0].ports[0].endPort", "spec.ingress[1].from[0]", "b.yaml", "status.podIP"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error does not mention %q:\n%v", w, err)
+		}
+	}
+	if !errors.Is(err, policy.ErrInvalid) {
+		t.Errorf("error does not wrap ErrInvalid: %v", err)
+	}
+}
+
+func TestLoadFormats(t *testing.T) {
+	dir := t.TempDir()
+	// Multi-document YAML with a comment-only document and a document
+	// without a namespace.
+	writeFile(t, dir, "multi.yaml", `# leading comment
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: a, labels: {team: x}}
+---
+# only a comment
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p1}
+status: {podIP: 10.0.0.1}
+`)
+	// kubectl get -o yaml prints kind: List.
+	writeFile(t, dir, "list.yml", `apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: p2, namespace: a, labels: {app: x}}
+  status: {podIP: 10.0.0.2, podIPs: [{ip: 10.0.0.2}, {ip: "fd00::2"}]}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: svc, namespace: a}
+`)
+	writeFile(t, dir, "np.json", `{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+ "metadata": {"name": "np", "namespace": "a"},
+ "spec": {"podSelector": {}, "egress": [{"ports": [{"port": 53, "protocol": "UDP"}]}],
+          "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.1/8"}}]}]}}`)
+	writeFile(t, dir, "notes.txt", "not a manifest")
+	m, err := policy.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, ns := range m.Namespaces {
+		got = append(got, "Namespace "+ns.Name)
+	}
+	for _, p := range m.Pods {
+		got = append(got, "Pod "+p.Namespace+"/"+p.Name)
+	}
+	for _, np := range m.Policies {
+		got = append(got, "NetworkPolicy "+np.Namespace+"/"+np.Name)
+		// Defaulting happened: Ingress and Egress, protocol TCP... here UDP.
+		if diff := cmp.Diff([]string{"Ingress", "Egress"}, []string{string(np.Spec.PolicyTypes[0]), string(np.Spec.PolicyTypes[1])}); diff != "" {
+			t.Errorf("policyTypes (-want +got):\n%s", diff)
+		}
+	}
+	for _, o := range m.Other {
+		got = append(got, "other "+o.Kind+" "+o.Namespace+"/"+o.Name)
+	}
+	want := []string{"Namespace a", "Pod a/p2", "Pod default/p1", "NetworkPolicy a/np", "other Service a/svc"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("objects (-want +got):\n%s", diff)
+	}
+	if src := m.Sources["Pod a/p2"]; src.Doc != 1 || src.Item != 0 || !strings.HasSuffix(src.File, "list.yml") {
+		t.Errorf("source of a/p2 = %v", src)
+	}
+	notes := strings.Join(append(m.Notes, m.SkippedNotes()...), "\n")
+	for _, w := range []string{"notes.txt: skipped file", `CIDR value "10.0.0.1/8" is ambiguous`, "skipped Service a/svc", "list.yml: document 1, items[1]"} {
+		if !strings.Contains(notes, w) {
+			t.Errorf("notes do not mention %q:\n%s", w, notes)
+		}
+	}
+	if _, err := policy.Compile(&m.Cluster); err != nil {
+		t.Fatalf("Compile: %v", err)
+	}
+}
+
+func TestLoadMissingPathAndEmptyDir(t *testing.T) {
+	if _, err := policy.Load(filepath.Join(t.TempDir(), "nope.yaml")); err == nil || !strings.Contains(err.Error(), "nope.yaml") {
+		t.Errorf("missing file: err = %v", err)
+	}
+	if _, err := policy.Load(t.TempDir()); err == nil || !strings.Contains(err.Error(), "no .yaml, .yml or .json files") {
+		t.Errorf("empty dir: err = %v", err)
+	}
+	if _, err := policy.Load(); err == nil {
+		t.Error("no paths: no error")
+	}
+}
+
+func TestCompileRejectsInvalidObjectsWithoutPanicking(t *testing.T) {
+	c := world()
+	c.Policies = append(c.Policies, mustPolicy(t, npHeader+"spec: {podSelector: {}, ingress: [{ports: [{endPort: 3}]}]}"))
+	c.Pods = append(c.Pods, newPod("x", "bad", []string{"not-an-ip"}))
+	_, err := policy.Compile(c)
+	if err == nil {
+		t.Fatal("Compile succeeded")
+	}
+	for _, w := range []string{"NetworkPolicy ns1/np", "endPort", "Pod x/bad", "status.podIPs[0].ip"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error does not mention %q: %v", w, err)
+		}
+	}
+}
+
+func TestCompileWarnsAboutSharedIPs(t *testing.T) {
+	c := world()
+	c.Pods = append(c.Pods, newPod("z", "twin", []string{"10.0.2.1"}))
+	tab := mustCompile(t, c)
+	if len(tab.Warnings()) != 1 || !strings.Contains(tab.Warnings()[0], "z/a and z/twin both have IP 10.0.2.1") {
+		t.Errorf("warnings = %q", tab.Warnings())
+	}
+	i, _ := tab.EndpointByAddr(addr(t, "10.0.2.1"))
+	if got := tab.Endpoint(i).String(); got != "z/a" {
+		t.Errorf("10.0.2.1 belongs to %s, want z/a (first by name)", got)
+	}
+}

@@ -1,0 +1,36 @@
+package policy
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// Store publishes the current [Table]. Readers call [Store.Load] without
+// locking; a writer publishes a new table with [Store.Publish]. The zero
+// Store holds no table.
+type Store struct {
+	cur atomic.Pointer[Table]
+	mu  sync.Mutex // serializes publishers
+	gen uint64
+}
+
+// Load returns the current table, or nil before the first publication.
+func (s *Store) Load() *Table { return s.cur.Load() }
+
+// Publish makes t the current table, numbering it with the next
+// generation, which it returns. t must not have been published before;
+// readers holding the previous table keep a consistent snapshot.
+func (s *Store) Publish(t *Table) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gen++
+	t.generation = s.gen
+	s.cur.Store(t)
+	return s.gen
+}
+
+// Empty returns a table with no pods and no policies: every address is
+// outside the cluster and nothing is isolated.
+func Empty() *Table {
+	return &Table{byAddr: newAddrIndex(0, 0)}
+}

@@ -1,0 +1,396 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Direction is the side of a connection a policy governs.
+type Direction uint8
+
+// The two policy directions.
+const (
+	Ingress Direction = iota
+	Egress
+)
+
+// String returns "ingress" or "egress".
+func (d Direction) String() string {
+	if d == Egress {
+		return "egress"
+	}
+	return "ingress"
+}
+
+// Reason says how one side of a connection was decided.
+type Reason uint8
+
+// Reasons for a [Decision]. Only [Denied] denies.
+const (
+	// NotPod: the address on this side is not a pod's (outside the
+	// cluster, the node, a hostNetwork pod), so no policy applies to it.
+	NotPod Reason = iota
+	// NotIsolated: the pod is selected by no policy of this direction.
+	NotIsolated
+	// AllowedByRule: the pod is isolated and [Decision.Rule] allows it.
+	AllowedByRule
+	// Denied: the pod is isolated and no rule of the policies that select
+	// it allows the connection.
+	Denied
+	// Loopback: a pod talking to itself; this never leaves the pod's
+	// network namespace, so policy does not apply.
+	Loopback
+)
+
+// String returns a short lower-case name, usable as a metric label.
+func (r Reason) String() string {
+	switch r {
+	case NotPod:
+		return "not-pod"
+	case NotIsolated:
+		return "not-isolated"
+	case AllowedByRule:
+		return "allowed-by-rule"
+	case Denied:
+		return "denied"
+	case Loopback:
+		return "loopback"
+	}
+	return fmt.Sprintf("reason-%d", uint8(r))
+}
+
+// RuleRef names one rule of one policy in a [Table]: Policy indexes
+// [Table.Policy], Index is the rule's position in the policy's ingress or
+// egress list (the direction is the decision's).
+type RuleRef struct {
+	Policy int32
+	Index  int32
+}
+
+// noRule is the RuleRef of decisions that no rule made.
+var noRule = RuleRef{Policy: -1, Index: -1}
+
+// Decision is the outcome for one direction of a connection.
+type Decision struct {
+	Reason Reason
+	// Endpoint is the pod on the side being decided (the destination for
+	// ingress, the source for egress), or -1.
+	Endpoint int32
+	// Rule is the first rule that allowed the connection when Reason is
+	// AllowedByRule, and {-1, -1} otherwise.
+	Rule RuleRef
+}
+
+// Allowed reports whether this side lets the connection through.
+func (d Decision) Allowed() bool { return d.Reason != Denied }
+
+// Verdict is the outcome for a connection: both sides must allow it.
+type Verdict struct {
+	Egress  Decision // the source's egress side
+	Ingress Decision // the destination's ingress side
+}
+
+// Allowed reports whether both sides allow the connection.
+func (v Verdict) Allowed() bool { return v.Egress.Allowed() && v.Ingress.Allowed() }
+
+// Endpoint is a pod that takes part in policy: it has an IP, is not
+// hostNetwork and has not terminated.
+type Endpoint struct {
+	Namespace string
+	Name      string
+	NodeName  string
+	Labels    map[string]string
+	// IPs are the pod's addresses, primary first (one per family).
+	IPs []netip.Addr
+
+	identity   int32
+	namedPorts []namedPort
+}
+
+// String returns "namespace/name".
+func (e *Endpoint) String() string { return e.Namespace + "/" + e.Name }
+
+// namedPort is a container port with a name, for resolving named ports in
+// rules. name indexes Table.portNames.
+type namedPort struct {
+	name  int32
+	proto Protocol
+	port  uint16
+}
+
+// endpointHot is the part of an endpoint that lookups read, kept apart so
+// that it is dense in memory.
+type endpointHot struct {
+	identity int32
+	groups   [2]int32 // per Direction: index into Table.groups, or -1 if not isolated
+}
+
+// PolicyInfo identifies a compiled NetworkPolicy.
+type PolicyInfo struct {
+	Namespace string
+	Name      string
+	// Types are the effective policy types after defaulting.
+	Ingress, Egress bool
+	// NumIngress and NumEgress are the numbers of rules per direction.
+	NumIngress, NumEgress int
+}
+
+// String returns "namespace/name".
+func (p PolicyInfo) String() string { return p.Namespace + "/" + p.Name }
+
+// identity groups pods that policy cannot tell apart: same namespace, same
+// labels. Each points at the groups of rules that apply to it.
+type identity struct {
+	groups [2]int32 // per Direction: index into Table.groups, or -1 if not isolated
+}
+
+// group is the union of the rules of one set of policies, for one
+// direction. Identities selected by the same set of policies share a group.
+type group struct {
+	policies []int32
+	rules    []rule
+}
+
+// rule is one compiled ingress or egress rule.
+type rule struct {
+	ref      RuleRef
+	allPeers bool   // no from/to: every peer
+	peers    bitset // identities matched by the pod/namespace selector peers
+	blocks   []ipBlock
+	ports    portMatch
+}
+
+type ipBlock struct {
+	cidr   netip.Prefix
+	except []netip.Prefix
+}
+
+func (b *ipBlock) contains(a netip.Addr) bool {
+	if !b.cidr.Contains(a) {
+		return false
+	}
+	for _, e := range b.except {
+		if e.Contains(a) {
+			return false
+		}
+	}
+	return true
+}
+
+// portMatch is a rule's ports list. all is set when the rule has no ports
+// (every protocol, every port, ICMP included).
+type portMatch struct {
+	all     bool
+	entries []portEntry
+}
+
+// portEntry matches one protocol and either a port range or, when name >= 0,
+// a named port resolved on the destination pod.
+type portEntry struct {
+	proto  Protocol
+	lo, hi uint16
+	name   int32
+}
+
+// matches reports whether the ports admit proto and port to the pod dstEp
+// (or -1), whose container ports resolve named ports.
+func (m *portMatch) matches(t *Table, proto Protocol, port uint16, dstEp int32) bool {
+	if m.all {
+		return true
+	}
+	for i := range m.entries {
+		e := &m.entries[i]
+		if e.proto != proto {
+			continue
+		}
+		if e.name < 0 {
+			if port >= e.lo && port <= e.hi {
+				return true
+			}
+			continue
+		}
+		if dstEp < 0 {
+			continue
+		}
+		for _, np := range t.endpoints[dstEp].namedPorts {
+			if np.name == e.name && np.proto == proto && np.port == port {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (r *rule) matches(t *Table, peer int32, peerAddr netip.Addr, proto Protocol, port uint16, dstEp int32) bool {
+	if !r.ports.matches(t, proto, port, dstEp) {
+		return false
+	}
+	if r.allPeers || r.peers.has(peer) {
+		return true
+	}
+	for i := range r.blocks {
+		if r.blocks[i].contains(peerAddr) {
+			return true
+		}
+	}
+	return false
+}
+
+// CompileStats describes a compilation.
+type CompileStats struct {
+	Namespaces, Pods, Endpoints, Identities, Policies, Groups, Rules int
+	Duration                                                         time.Duration
+}
+
+// Table is a compiled, immutable policy snapshot. All methods are safe for
+// concurrent use; lookups do not allocate or lock.
+type Table struct {
+	generation uint64
+	endpoints  []Endpoint
+	hot        []endpointHot // per endpoint, what lookups read
+	byAddr     *addrIndex
+	identities []identity
+	namespaces []string
+	groups     []group
+	policies   []PolicyInfo
+	portNames  []string
+	warnings   []string
+	stats      CompileStats
+}
+
+// Generation is the number the [Store] gave the table when it was
+// published, or 0 for a table that was never published.
+func (t *Table) Generation() uint64 { return t.generation }
+
+// Warnings are the problems found while compiling that did not stop it, such
+// as two pods claiming the same IP.
+func (t *Table) Warnings() []string { return t.warnings }
+
+// Stats describes the compilation that produced the table.
+func (t *Table) Stats() CompileStats { return t.stats }
+
+// Endpoints returns the pods of the table, sorted by namespace and name. The
+// caller must not modify them.
+func (t *Table) Endpoints() []Endpoint { return t.endpoints }
+
+// Endpoint returns the pod with index i, or nil when i is out of range.
+func (t *Table) Endpoint(i int32) *Endpoint {
+	if i < 0 || int(i) >= len(t.endpoints) {
+		return nil
+	}
+	return &t.endpoints[i]
+}
+
+// EndpointByAddr returns the index of the pod that owns addr.
+func (t *Table) EndpointByAddr(addr netip.Addr) (int32, bool) {
+	i := t.byAddr.get(addr)
+	return i, i >= 0
+}
+
+// EndpointByName returns the index of the pod namespace/name.
+func (t *Table) EndpointByName(namespace, name string) (int32, bool) {
+	// Endpoints are sorted by namespace and name: binary search.
+	lo, hi := 0, len(t.endpoints)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		e := &t.endpoints[m]
+		if e.Namespace < namespace || (e.Namespace == namespace && e.Name < name) {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	if lo < len(t.endpoints) && t.endpoints[lo].Namespace == namespace && t.endpoints[lo].Name == name {
+		return int32(lo), true
+	}
+	return -1, false
+}
+
+// Policies returns the compiled policies, sorted by namespace and name.
+func (t *Table) Policies() []PolicyInfo { return t.policies }
+
+// Policy returns the policy with index i; i must come from a [RuleRef] or
+// an index below len(Policies()).
+func (t *Table) Policy(i int32) PolicyInfo { return t.policies[i] }
+
+// Isolated reports whether the pod with index ep is isolated for dir.
+func (t *Table) Isolated(ep int32, dir Direction) bool {
+	return t.Endpoint(ep) != nil && t.hot[ep].groups[dir] >= 0
+}
+
+// Selecting returns the indexes of the policies that select the pod with
+// index ep for dir (they make it isolated). The caller must not modify it.
+func (t *Table) Selecting(ep int32, dir Direction) []int32 {
+	if t.Endpoint(ep) == nil {
+		return nil
+	}
+	g := t.hot[ep].groups[dir]
+	if g < 0 {
+		return nil
+	}
+	return t.groups[g].policies
+}
+
+func (t *Table) resolve(a netip.Addr) int32 { return t.byAddr.get(a) }
+
+// Lookup decides a connection from src to dst with protocol proto and
+// destination port dport (ignored for protocols without ports). Both sides
+// are decided; the fastpath enforces only the sides that are local to its
+// node.
+func (t *Table) Lookup(src, dst netip.Addr, proto Protocol, dport uint16) Verdict {
+	s, d := t.resolve(src), t.resolve(dst)
+	return Verdict{
+		Egress:  t.decide(Egress, s, d, dst, proto, dport, d),
+		Ingress: t.decide(Ingress, d, s, src, proto, dport, d),
+	}
+}
+
+// Ingress decides only the destination's ingress side of a connection.
+func (t *Table) Ingress(src, dst netip.Addr, proto Protocol, dport uint16) Decision {
+	d := t.resolve(dst)
+	if d < 0 {
+		return Decision{Reason: NotPod, Endpoint: -1, Rule: noRule}
+	}
+	return t.decide(Ingress, d, t.resolve(src), src, proto, dport, d)
+}
+
+// Egress decides only the source's egress side of a connection.
+func (t *Table) Egress(src, dst netip.Addr, proto Protocol, dport uint16) Decision {
+	s := t.resolve(src)
+	if s < 0 {
+		return Decision{Reason: NotPod, Endpoint: -1, Rule: noRule}
+	}
+	d := t.resolve(dst)
+	return t.decide(Egress, s, d, dst, proto, dport, d)
+}
+
+// decide judges direction dir for the pod self (or -1) against peer (pod
+// index or -1) at peerAddr; dstEp is the destination pod whose named ports
+// resolve named port rules.
+func (t *Table) decide(dir Direction, self, peer int32, peerAddr netip.Addr, proto Protocol, port uint16, dstEp int32) Decision {
+	if self < 0 {
+		return Decision{Reason: NotPod, Endpoint: -1, Rule: noRule}
+	}
+	if self == peer {
+		return Decision{Reason: Loopback, Endpoint: self, Rule: noRule}
+	}
+	g := t.hot[self].groups[dir]
+	if g < 0 {
+		return Decision{Reason: NotIsolated, Endpoint: self, Rule: noRule}
+	}
+	peerID := int32(-1)
+	if peer >= 0 {
+		peerID = t.hot[peer].identity
+	}
+	if !proto.HasPorts() {
+		port = 0
+	}
+	rules := t.groups[g].rules
+	for i := range rules {
+		if rules[i].matches(t, peerID, peerAddr, proto, port, dstEp) {
+			return Decision{Reason: AllowedByRule, Endpoint: self, Rule: rules[i].ref}
+		}
+	}
+	return Decision{Reason: Denied, Endpoint: self, Rule: noRule}
+}
