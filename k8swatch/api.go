@@ -213,6 +213,8 @@ func NewAPISource(cfg APIConfig) (*APISource, error) {
 		policies:   cfg.NetworkPolicies.Lister(),
 		handlers:   make(map[string]cache.ResourceEventHandler),
 	}
+	// The API server validated every object it serves.
+	s.pub.opts = policy.Options{Trusted: true}
 	s.runner = newRunner(s.rebuild, cfg.MinInterval, cfg.Clock)
 	add := func(name string, inf cache.SharedIndexInformer, h cache.ResourceEventHandler) {
 		s.watched = append(s.watched, &watched{name: name, inf: inf, lastRV: inf.LastSyncResourceVersion})

@@ -103,6 +103,9 @@ func (s Status) Err() error {
 // publisher is what both sources share: it compiles views, publishes
 // tables and keeps the status.
 type publisher struct {
+	// opts compile the tables: the API source's objects are Trusted, as
+	// the API server validated them.
+	opts  policy.Options
 	store *policy.Store
 	log   *slog.Logger
 	clock clock.PassiveClock
@@ -138,7 +141,7 @@ func (p *publisher) event() {
 // not. start is when reading the inputs began; current says whether the
 // view was believed current when read.
 func (p *publisher) publish(c *policy.Cluster, start time.Time, current bool) {
-	t, err := policy.Compile(c)
+	t, err := policy.CompileWith(c, p.opts)
 	if err != nil {
 		p.fail(fmt.Errorf("compile policy table: %w", err))
 		return

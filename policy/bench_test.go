@@ -158,6 +158,18 @@ func retainedMiB(f func() any) float64 {
 	return float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / (1 << 20)
 }
 
+// BenchmarkCompileTrusted compiles objects that the API server validated,
+// as the Kubernetes source does.
+func BenchmarkCompileTrusted(b *testing.B) {
+	c := scaleCluster(1000, 10, 2000)
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if _, err := policy.CompileWith(c, policy.Options{Trusted: true}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 func TestLookupDoesNotAllocate(t *testing.T) {
 	tab := mustCompile(t, scaleCluster(100, 10, 200))
 	qs := queries(tab, 256)

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 )
 
 // Cluster holds the objects a [Table] is compiled from. Compile reads them
@@ -82,13 +83,27 @@ func PodTakesPart(pod *corev1.Pod) bool {
 	return pod.Status.PodIP != "" || len(pod.Status.PodIPs) > 0
 }
 
+// Options change how [CompileWith] works.
+type Options struct {
+	// Trusted says the objects were validated already, by the API server:
+	// names, labels and selectors are then not checked again (the regular
+	// expressions cost most of a compilation). Addresses, CIDRs, ports and
+	// selectors are still parsed, and a malformed value is still an error,
+	// never a panic.
+	Trusted bool
+}
+
 // Compile validates and compiles a cluster into a table. Invalid objects
 // make it fail with an error wrapping [ErrInvalid] that names every invalid
 // object and field; problems that do not stop it (two pods with one IP,
 // rules that policyTypes disables) are in [Table.Warnings].
-func Compile(c *Cluster) (*Table, error) {
+func Compile(c *Cluster) (*Table, error) { return CompileWith(c, Options{}) }
+
+// CompileWith is [Compile] with options.
+func CompileWith(c *Cluster, opts Options) (*Table, error) {
 	start := time.Now()
 	b := &builder{
+		opts:      opts,
 		t:         &Table{},
 		nsIndex:   make(map[string]int32),
 		idIndex:   make(map[string]int32),
@@ -126,7 +141,8 @@ func Compile(c *Cluster) (*Table, error) {
 }
 
 type builder struct {
-	t *Table
+	t    *Table
+	opts Options
 
 	nsNames  []string
 	nsLabels []labels.Set
@@ -172,7 +188,7 @@ func (b *builder) addNamespaces(nss []*corev1.Namespace) []error {
 	sorted := slices.Clone(nss)
 	slices.SortFunc(sorted, func(a, b *corev1.Namespace) int { return cmp.Compare(a.Name, b.Name) })
 	for _, ns := range sorted {
-		if el := validateNamespace(ns); len(el) > 0 {
+		if el := b.validateNamespace(ns); len(el) > 0 {
 			errs = append(errs, invalid("Namespace", "", ns.Name, el.ToAggregate()))
 			continue
 		}
@@ -235,7 +251,7 @@ func (b *builder) addPods(pods []*corev1.Pod) []error {
 			pc = p.DeepCopy()
 			pc.Namespace = ns
 		}
-		if el := validatePod(pc); len(el) > 0 {
+		if el := b.validatePod(pc); len(el) > 0 {
 			errs = append(errs, invalid("Pod", ns, p.Name, el.ToAggregate()))
 			continue
 		}
@@ -318,7 +334,7 @@ func (b *builder) defaultPolicies(nps []*networkingv1.NetworkPolicy) ([]*network
 	out := make([]*networkingv1.NetworkPolicy, 0, len(nps))
 	for _, np := range nps {
 		d := DefaultNetworkPolicy(np)
-		if el := ValidateNetworkPolicy(d); len(el) > 0 {
+		if el := b.validatePolicy(d); len(el) > 0 {
 			errs = append(errs, invalid("NetworkPolicy", d.Namespace, d.Name, el.ToAggregate()))
 			continue
 		}
@@ -333,6 +349,42 @@ func (b *builder) defaultPolicies(nps []*networkingv1.NetworkPolicy) ([]*network
 		}
 	}
 	return out, errs
+}
+
+func (b *builder) validateNamespace(ns *corev1.Namespace) field.ErrorList {
+	if b.opts.Trusted {
+		return nil
+	}
+	return validateNamespace(ns)
+}
+
+func (b *builder) validatePod(p *corev1.Pod) field.ErrorList {
+	if b.opts.Trusted {
+		return validatePodPorts(p)
+	}
+	return validatePod(p)
+}
+
+// validatePolicy checks a defaulted policy. Trusted policies are checked
+// only for what compiling cannot catch itself: port numbers and ranges,
+// which it would otherwise truncate.
+func (b *builder) validatePolicy(np *networkingv1.NetworkPolicy) field.ErrorList {
+	if !b.opts.Trusted {
+		return ValidateNetworkPolicy(np)
+	}
+	var el field.ErrorList
+	spec := field.NewPath("spec")
+	for i, r := range np.Spec.Ingress {
+		for j := range r.Ports {
+			el = append(el, validatePort(&r.Ports[j], spec.Child("ingress").Index(i).Child("ports").Index(j))...)
+		}
+	}
+	for i, r := range np.Spec.Egress {
+		for j := range r.Ports {
+			el = append(el, validatePort(&r.Ports[j], spec.Child("egress").Index(i).Child("ports").Index(j))...)
+		}
+	}
+	return el
 }
 
 func hasType(np *networkingv1.NetworkPolicy, t networkingv1.PolicyType) bool {

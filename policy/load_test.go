@@ -236,3 +236,26 @@ func TestCompileWarnsAboutSharedIPs(t *testing.T) {
 		t.Errorf("10.0.2.1 belongs to %s, want z/a (first by name)", got)
 	}
 }
+
+func TestTrustedCompileStillRejectsMalformedValues(t *testing.T) {
+	for name, mutate := range map[string]func(c *policy.Cluster){
+		"pod IP": func(c *policy.Cluster) { c.Pods = append(c.Pods, newPod("x", "bad", []string{"not-an-ip"})) },
+		"CIDR": func(c *policy.Cluster) {
+			c.Policies = append(c.Policies, mustPolicy(t, npHeader+"spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: nope}}]}]}"))
+		},
+		"operator": func(c *policy.Cluster) {
+			c.Policies = append(c.Policies, mustPolicy(t, npHeader+"spec: {podSelector: {matchExpressions: [{key: a, operator: Equals}]}}"))
+		},
+		"port": func(c *policy.Cluster) {
+			c.Policies = append(c.Policies, mustPolicy(t, npHeader+"spec: {podSelector: {}, ingress: [{ports: [{port: 70000}]}]}"))
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := world()
+			mutate(c)
+			if _, err := policy.CompileWith(c, policy.Options{Trusted: true}); err == nil {
+				t.Error("trusted compile accepted a malformed value")
+			}
+		})
+	}
+}

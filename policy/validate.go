@@ -200,6 +200,13 @@ func parseCIDR(s string) (netip.Prefix, error) {
 func validatePod(pod *corev1.Pod) field.ErrorList {
 	allErrs := apimachineryvalidation.ValidateObjectMeta(&pod.ObjectMeta, true,
 		apimachineryvalidation.NameIsDNSSubdomain, field.NewPath("metadata"))
+	return append(allErrs, validatePodPorts(pod)...)
+}
+
+// validatePodPorts checks a Pod's addresses and container ports: what
+// compiling reads from it besides names and labels.
+func validatePodPorts(pod *corev1.Pod) field.ErrorList {
+	var allErrs field.ErrorList
 	spec := field.NewPath("spec")
 	for i, c := range pod.Spec.Containers {
 		cp := spec.Child("containers").Index(i)
