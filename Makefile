@@ -28,5 +28,13 @@ demo: build ## the article's scenario: policy verdicts
 bench-policy: ## policy table lookup and compile benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem ./policy/
 
+.PHONY: image deploy-check
+
+image: ## container image with podman (FROM scratch + bin/podgate), then `podgate version` in it
+	VERSION=$(VERSION) bash hack/image.sh
+
+deploy-check: ## deploy/ tests: manifest security, kustomize, server-side dry run, RBAC, image
+	$(GO) test -count=1 -v ./deploy/
+
 clean: ## remove build output
 	rm -rf bin
