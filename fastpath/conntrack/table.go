@@ -1,0 +1,686 @@
+package conntrack
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/podgate/podgate/policy"
+)
+
+// Dir is the direction of a packet relative to its flow.
+type Dir uint8
+
+// Directions. Original is the direction of the flow's first packet (the one
+// passed to [Table.Insert]), Reply the other one.
+const (
+	Original Dir = 0
+	Reply    Dir = 1
+)
+
+// String returns "original" or "reply".
+func (d Dir) String() string {
+	if d == Reply {
+		return "reply"
+	}
+	return "original"
+}
+
+// Flags are bits that the fastpath keeps in an [Entry]. The table clears
+// them on insert and never reads them; bits other than FlagAllowed are free
+// for the caller.
+type Flags uint8
+
+// FlagAllowed: the cached verdict lets the flow through.
+const FlagAllowed Flags = 1 << 0
+
+// Traffic classes: each has its own timeout and its own LRU list, so that
+// within a list the least recently seen entry is also the first to expire.
+// The TCP classes have the numbers of their TCPState (SYN_SENT2 shares
+// SYN_SENT's class).
+const (
+	classFree = iota // entry not in use
+	classTCPSynSent
+	classTCPSynRecv
+	classTCPEstablished
+	classTCPFinWait
+	classTCPCloseWait
+	classTCPLastAck
+	classTCPTimeWait
+	classTCPClose
+	classUDP
+	classUDPStream
+	classICMP
+	classGeneric
+	numClasses
+)
+
+// Entry.bits.
+const (
+	bitSwapped = 1 << 0 // the original direction goes from endpoint b to a
+	bitReplied = 1 << 1 // a packet was seen in the reply direction
+	finShift   = 2      // bit finShift+d: a FIN was seen in direction d
+)
+
+// noIdx marks the end of a list and "no entry".
+const noIdx = math.MaxUint32
+
+// Entry is one tracked flow. It has no pointers and is exactly 128 bytes,
+// two cache lines: the first holds what a lookup compares (key, times), the
+// second what the fastpath reads and writes per packet (verdict, counters).
+//
+// A *Entry returned by [Table.Lookup], [Table.LookupBatch],
+// [Table.LookupRelated], [Table.LookupFragment], [Table.Insert],
+// [Table.InsertEstablished] or [Table.Range] stays valid until the next
+// call of Insert, InsertEstablished, Delete or Expire on the table; after
+// that it may describe another flow. Only the table's owning goroutine may
+// use it, and never after the table itself became unreachable: the entries
+// may live outside the Go heap (see [Table]), so the pointer does not keep
+// them alive.
+//
+// The exported fields belong to the caller, which writes the verdict after
+// an insert and when it re-evaluates the flow. [Table.Update] maintains the
+// counters.
+type Entry struct {
+	k        ckey
+	lastSeen int64
+	expires  int64
+	// filed is when the entry was last moved to the head of its LRU list:
+	// lastSeen-filed < the LRU granularity.
+	filed int64
+
+	// Generation is the policy table generation ([policy.Table.Generation])
+	// that the verdict was computed with; 0 after insert.
+	Generation uint64
+	// Egress and Ingress attribute the verdict: the rules that allowed the
+	// source's egress and the destination's ingress, or {-1, -1}.
+	Egress, Ingress policy.RuleRef
+	// Packets and Bytes count the packets that Update accepted or ignored
+	// and those passed to Count, per direction (index with Original and
+	// Reply). Bytes sums the lengths passed.
+	Packets, Bytes [2]uint64
+	epoch          uint32 // incremented whenever the entry is freed or reused
+	// Flags, e.g. FlagAllowed.
+	Flags Flags
+
+	state TCPState
+	class uint8
+	bits  uint8
+}
+
+// entrySize is the size of an Entry.
+const entrySize = unsafe.Sizeof(Entry{})
+
+// Key returns the flow's key in the original direction.
+func (e *Entry) Key() Key { return e.k.key(e.bits&bitSwapped != 0) }
+
+// State returns the TCP state, or TCPNone for other protocols.
+func (e *Entry) State() TCPState { return e.state }
+
+// LastSeen returns the time of the last packet that refreshed the entry
+// (insert, or an accepted update), as passed by the caller.
+func (e *Entry) LastSeen() int64 { return e.lastSeen }
+
+// Expires returns the time at which the entry expires: LastSeen plus the
+// timeout of its state.
+func (e *Entry) Expires() int64 { return e.expires }
+
+// Replied reports whether a packet was seen in the reply direction.
+func (e *Entry) Replied() bool { return e.bits&bitReplied != 0 }
+
+// link is an entry's place in its class's LRU list, or in the free list
+// (next only).
+type link struct{ prev, next uint32 }
+
+// Table is a bounded connection-tracking table. Its memory is allocated by
+// [New]; no method allocates afterwards. On Linux its large arrays are
+// mapped outside the Go heap, with transparent huge pages requested, and
+// unmapped once the Table is garbage; elsewhere they are ordinary slices.
+//
+// A Table is not safe for concurrent use: one goroutine (the fastpath
+// worker) owns it and calls every method except [Table.Stats], which any
+// goroutine may call at any time.
+//
+// Every method that takes now expects a monotonic time in nanoseconds (for
+// example one reading per batch of a monotonic clock, as an int64 offset
+// from a fixed start). A now smaller than one already seen is taken as the
+// latest now seen, so the table's order stays consistent.
+type Table struct {
+	entries []Entry
+	// lru holds the list links of entry i at i, and the sentinel of class
+	// c at len(entries)+c. The lists are circular and doubly linked, the
+	// most recently seen entry first.
+	lru   []link
+	index index
+	seed  seed
+	// timeout per class, in nanoseconds.
+	timeout [numClasses]int64
+	// granularity is the minimum age of an entry's LRU position before a
+	// packet moves it to the head of its list, at least 1.
+	granularity int64
+	free        uint32 // free list through lru[].next
+	fresh       uint32 // entries at and above fresh were never used
+	n           int    // entries in use
+	now         int64  // the latest now seen
+	cursor      int    // class at which Expire starts
+	frags       fragTable
+	batch       batch
+	stats       counters
+}
+
+// counters are written by the owner and read by any goroutine.
+type counters struct {
+	entries       atomic.Uint64
+	inserts       atomic.Uint64
+	evictions     atomic.Uint64
+	expirations   atomic.Uint64
+	deletes       atomic.Uint64
+	fragInserts   atomic.Uint64
+	fragEvictions atomic.Uint64
+}
+
+// Stats are counters of a [Table]. They only grow, except Entries.
+type Stats struct {
+	// Capacity is the configured maximum number of flows.
+	Capacity int
+	// Entries is the number of flows held, expired ones that were not
+	// reclaimed yet included.
+	Entries uint64
+	// Inserts counts Insert and InsertEstablished calls. Inserting never
+	// fails: a full table evicts.
+	Inserts uint64
+	// Evictions counts flows that were removed before they expired because
+	// the table was full.
+	Evictions uint64
+	// Expirations counts expired flows that were reclaimed, by Expire or
+	// by an insert that reused them.
+	Expirations uint64
+	// Deletes counts flows removed by Delete.
+	Deletes uint64
+	// FragInserts counts fragmented packets recorded by InsertFragment;
+	// FragEvictions those replaced before their timeout because the
+	// fragment table was full (their later fragments then find nothing).
+	FragInserts, FragEvictions uint64
+}
+
+// New returns an empty table for cfg, after [Config.SetDefaults].
+func New(cfg Config) (*Table, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("new conntrack table: %w", err)
+	}
+	s := cfg.Seed
+	if s == 0 {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, fmt.Errorf("new conntrack table: read random seed: %w", err)
+		}
+		s = binary.LittleEndian.Uint64(b[:])
+	}
+	var mem arena
+	t := &Table{
+		entries:     makeArray[Entry](&mem, cfg.Capacity),
+		lru:         makeArray[link](&mem, cfg.Capacity+numClasses),
+		index:       newIndex(&mem, cfg.Capacity),
+		seed:        newSeed(s),
+		free:        noIdx,
+		frags:       newFragTable(&mem, cfg.FragCapacity, int64(cfg.FragTimeout)),
+		granularity: max(1, int64(cfg.LRUGranularity)),
+	}
+	mem.releaseWith(t)
+	for i, f := range cfg.Timeouts.fields() {
+		t.timeout[i+1] = int64(*f.d)
+	}
+	for c := uint8(1); c < numClasses; c++ {
+		s := t.sentinel(c)
+		t.lru[s] = link{prev: s, next: s}
+	}
+	return t, nil
+}
+
+// Cap returns the table's capacity.
+func (t *Table) Cap() int { return len(t.entries) }
+
+// Len returns the number of flows held, expired ones not yet reclaimed
+// included.
+func (t *Table) Len() int { return t.n }
+
+// MemoryBytes returns the memory that the table allocated: entries, LRU
+// links, hash index and fragment table.
+func (t *Table) MemoryBytes() int {
+	const entrySize, linkSize, slotSize = 128, 8, 8
+	return len(t.entries)*entrySize + len(t.lru)*linkSize + len(t.index.slots)*slotSize + t.frags.memoryBytes()
+}
+
+// Stats returns the table's counters. It is safe for concurrent use.
+func (t *Table) Stats() Stats {
+	return Stats{
+		Capacity:      len(t.entries),
+		Entries:       t.stats.entries.Load(),
+		Inserts:       t.stats.inserts.Load(),
+		Evictions:     t.stats.evictions.Load(),
+		Expirations:   t.stats.expirations.Load(),
+		Deletes:       t.stats.deletes.Load(),
+		FragInserts:   t.stats.fragInserts.Load(),
+		FragEvictions: t.stats.fragEvictions.Load(),
+	}
+}
+
+// clock returns now, or the latest now seen if that is later.
+func (t *Table) clock(now int64) int64 {
+	if now < t.now {
+		return t.now
+	}
+	t.now = now
+	return now
+}
+
+// deadline returns now plus the timeout of class c, saturated.
+func (t *Table) deadline(now int64, c uint8) int64 { return addSat(now, t.timeout[c]) }
+
+// addSat returns now+d for d > 0, or math.MaxInt64 if that overflows.
+func addSat(now, d int64) int64 {
+	if now > math.MaxInt64-d {
+		return math.MaxInt64
+	}
+	return now + d
+}
+
+func (t *Table) sentinel(c uint8) uint32 { return uint32(len(t.entries)) + uint32(c) }
+
+func (t *Table) unlink(i uint32) {
+	l := t.lru[i]
+	t.lru[l.prev].next = l.next
+	t.lru[l.next].prev = l.prev
+}
+
+func (t *Table) pushFront(i uint32, c uint8) {
+	s := t.sentinel(c)
+	h := t.lru[s].next
+	t.lru[i] = link{prev: s, next: h}
+	t.lru[h].prev = i
+	t.lru[s].next = i
+}
+
+// tail returns the least recently seen entry of class c, or noIdx.
+func (t *Table) tail(c uint8) uint32 {
+	i := t.lru[t.sentinel(c)].prev
+	if i >= uint32(len(t.entries)) {
+		return noIdx
+	}
+	return i
+}
+
+// find returns the position of the entry with key c and hash h, or noIdx.
+func (t *Table) find(c *ckey, h uint64) uint32 {
+	tag := uint32(h)
+	slots, mask := t.index.slots, t.index.mask
+	for pos := uint64(tag) & mask; ; pos = (pos + 1) & mask {
+		s := slots[pos]
+		if s == 0 {
+			return noIdx
+		}
+		if uint32(s>>32) == tag {
+			i := uint32(s) - 1
+			if i < uint32(len(t.entries)) && t.entries[i].k.equal(c) {
+				return i
+			}
+		}
+	}
+}
+
+// owned returns the position of e if e is an entry of t that is in use.
+func (t *Table) owned(e *Entry) (uint32, bool) {
+	off := uintptr(unsafe.Pointer(e)) - uintptr(unsafe.Pointer(unsafe.SliceData(t.entries)))
+	if e == nil || off >= uintptr(len(t.entries))*entrySize || off%entrySize != 0 {
+		return 0, false
+	}
+	i := uint32(off / entrySize)
+	return i, t.entries[i].class != classFree
+}
+
+// Lookup finds the flow of a packet with key k, in either direction, and
+// returns it with the packet's direction. It returns nil if the flow is not
+// tracked or has expired at now. Lookup changes nothing: call
+// [Table.Update] to account the packet. For a table much larger than the
+// CPU caches, [Table.LookupBatch] is several times faster per packet.
+func (t *Table) Lookup(k Key, now int64) (*Entry, Dir) {
+	now = t.clock(now)
+	var c ckey
+	swapped := canon(&k, &c)
+	i := t.find(&c, t.seed.hash(&c))
+	if i == noIdx {
+		return nil, Original
+	}
+	e := &t.entries[i]
+	if e.expires <= now {
+		return nil, Original
+	}
+	return e, Dir((uint8(b2u64(swapped)) ^ e.bits) & bitSwapped)
+}
+
+// LookupRelated finds the flow that an ICMP or ICMPv6 error message relates
+// to. inner is the key of the packet quoted in the error, exactly as
+// quoted: Src and SrcPort are the quoted packet's source, Dst and DstPort
+// its destination (for a quoted ICMP echo, the identifier as both ports),
+// Proto its protocol; do not reverse it. The quoted packet is one that an
+// endpoint of the flow sent, and the error travels back to that endpoint,
+// so the returned Dir is the direction of the error message: the reverse of
+// the quoted packet's direction (an error about an original-direction
+// packet travels in the reply direction).
+//
+// The caller should also check that the error's outer destination is
+// inner.Src, the endpoint that sent the quoted packet; the outer source may
+// be any router on the path. Like Lookup, it changes nothing; errors should
+// not keep a flow alive, so do not Update the flow for them.
+func (t *Table) LookupRelated(inner Key, now int64) (*Entry, Dir) {
+	e, d := t.Lookup(inner, now)
+	if e == nil {
+		return nil, Original
+	}
+	return e, d ^ 1
+}
+
+// Insert starts tracking the flow of a packet with key k, whose direction
+// becomes the Original direction, and returns the new entry with Flags 0,
+// Generation 0 and rules {-1, -1}: the caller records the verdict in it and
+// then calls [Table.Update] for the packet. A TCP flow starts in SYN_SENT:
+// insert TCP flows only for packets that [ClassifyNewTCP] calls
+// NewTCPOpen. UDP flows start unreplied, ICMP and ICMPv6 queries and other
+// protocols in their own classes. ICMP errors are never inserted (see
+// [Table.LookupRelated]).
+//
+// If the flow is already tracked, its entry is reset for the new flow (its
+// direction may change). Otherwise, when the table is full, an expired flow
+// is reused if there is one (the one that expired first), else the least
+// recently seen flow is evicted, and evicted is true; either way the
+// returned entry is the old flow's, reused. Insert never fails. Pointers to
+// entries obtained before are invalidated (see [Table.LookupBatch] for
+// which ones).
+func (t *Table) Insert(k Key, now int64) (e *Entry, evicted bool) {
+	return t.insert(&k, TCPSynSent, now)
+}
+
+// InsertEstablished is [Table.Insert] for a TCP packet that picks up a
+// connection in the middle (see NewTCPPickup): the flow starts in
+// ESTABLISHED, and the packet's direction becomes Original even if the
+// packet was in fact sent by the connection's responder. For other
+// protocols it is Insert.
+func (t *Table) InsertEstablished(k Key, now int64) (e *Entry, evicted bool) {
+	return t.insert(&k, TCPEstablished, now)
+}
+
+func (t *Table) insert(k *Key, st TCPState, now int64) (*Entry, bool) {
+	now = t.clock(now)
+	var c ckey
+	swapped := canon(k, &c)
+	h := t.seed.hash(&c)
+	// In a full table, choose the victim first and start loading its
+	// hash slot, so that its cache miss overlaps with that of the new
+	// key's slot in find.
+	v, vh, vexpired := uint32(noIdx), uint64(0), false
+	if t.free == noIdx && t.fresh == uint32(len(t.entries)) {
+		v, vexpired = t.victim(now)
+		vh = t.seed.hash(&t.entries[v].k)
+		t.batch.sink += t.index.slots[uint64(uint32(vh))&t.index.mask]
+	}
+	evicted := false
+	i := t.find(&c, h)
+	switch {
+	case i != noIdx:
+		if t.entries[i].expires <= now {
+			t.stats.expirations.Add(1)
+		}
+		t.unlink(i)
+	case v != noIdx:
+		next := t.lru[v].prev // the next victim of this class, or its sentinel
+		t.releaseHashed(v, vh)
+		if next < uint32(len(t.entries)) {
+			// Start loading what the next eviction reads (the next
+			// victim's key and list neighbour).
+			t.batch.sink += t.entries[next].k.a0 + uint64(t.lru[t.lru[next].prev].next)
+		}
+		if vexpired {
+			t.stats.expirations.Add(1)
+		} else {
+			t.stats.evictions.Add(1)
+			evicted = true
+		}
+		i = t.alloc()
+		t.index.insert(h, i+1)
+		t.n++
+	default:
+		i = t.alloc()
+		t.index.insert(h, i+1)
+		t.n++
+		t.stats.entries.Store(uint64(t.n))
+	}
+	e := &t.entries[i]
+	var cls uint8
+	switch c.proto() {
+	case policy.TCP:
+		cls = uint8(st)
+	case policy.UDP:
+		cls, st = classUDP, TCPNone
+	case policy.ICMP, policy.ICMPv6:
+		cls, st = classICMP, TCPNone
+	default:
+		cls, st = classGeneric, TCPNone
+	}
+	*e = Entry{
+		k:        c,
+		lastSeen: now,
+		expires:  t.deadline(now, cls),
+		filed:    now,
+		epoch:    e.epoch + 1,
+		Egress:   policy.RuleRef{Policy: -1, Index: -1},
+		Ingress:  policy.RuleRef{Policy: -1, Index: -1},
+		state:    st,
+		class:    cls,
+		bits:     uint8(b2u64(swapped)),
+	}
+	t.pushFront(i, cls)
+	t.stats.inserts.Add(1)
+	return e, evicted
+}
+
+// alloc takes an unused entry, or returns noIdx if the table is full.
+func (t *Table) alloc() uint32 {
+	if i := t.free; i != noIdx {
+		t.free = t.lru[i].next
+		return i
+	}
+	if t.fresh < uint32(len(t.entries)) {
+		t.fresh++
+		return t.fresh - 1
+	}
+	return noIdx
+}
+
+// victim chooses the entry to reuse in a full table: of the entries that
+// expired at now, the one that expired first (then the least recently
+// seen); if none expired, the least recently seen entry. Ties go to the
+// lower class. Only the class tails need looking at: within a class, the
+// tail is the least recently seen entry and the first to expire.
+func (t *Table) victim(now int64) (i uint32, expired bool) {
+	best := uint32(noIdx)
+	var k1, k2 int64
+	for c := uint8(1); c < numClasses; c++ {
+		j := t.tail(c)
+		if j == noIdx {
+			continue
+		}
+		e := &t.entries[j]
+		switch {
+		case e.expires <= now:
+			if !expired || e.expires < k1 || (e.expires == k1 && e.lastSeen < k2) {
+				best, expired, k1, k2 = j, true, e.expires, e.lastSeen
+			}
+		case !expired && (best == noIdx || e.lastSeen < k1):
+			best, k1 = j, e.lastSeen
+		}
+	}
+	return best, expired
+}
+
+// release frees entry i, which is in use.
+func (t *Table) release(i uint32) { t.releaseHashed(i, t.seed.hash(&t.entries[i].k)) }
+
+// releaseHashed is release for an entry whose key hashes to h.
+func (t *Table) releaseHashed(i uint32, h uint64) {
+	e := &t.entries[i]
+	t.index.remove(h, i+1)
+	t.unlink(i)
+	e.class = classFree
+	e.epoch++
+	t.lru[i] = link{prev: noIdx, next: t.free}
+	t.free = i
+	t.n--
+}
+
+// Update accounts a packet of length bytes in direction dir of flow e:
+// counters, TCP state (from tcpFlags, ignored for other protocols), UDP
+// reply upgrade, last-seen time, expiry and LRU position. See [Result] for
+// what to do with the packet. It returns Invalid, changing nothing, if e is
+// nil or not an entry of t in use.
+func (t *Table) Update(e *Entry, dir Dir, tcpFlags uint8, length int, now int64) Result {
+	i, ok := t.owned(e)
+	if !ok {
+		return Invalid
+	}
+	now = t.clock(now)
+	dir &= 1
+	cls := e.class
+	res := Accepted
+	switch e.k.proto() {
+	case policy.TCP:
+		st, r := tcpStep(e.state, dir, tcpFlags, e.bits>>finShift)
+		if r >= Invalid {
+			return r
+		}
+		res = r
+		if r == Accepted {
+			if st == TCPSynSent && (e.state == TCPTimeWait || e.state == TCPClose) {
+				// Reopened in the original direction: a new connection
+				// with the same 5-tuple and orientation, so the same
+				// verdict.
+				e.Packets, e.Bytes = [2]uint64{}, [2]uint64{}
+				e.bits &= bitSwapped
+			}
+			if tcpFlags&TCPFlagFIN != 0 {
+				e.bits |= 1 << (finShift + dir)
+			}
+			e.state = st
+			cls = uint8(st)
+			if st == TCPSynSent2 {
+				cls = classTCPSynSent
+			}
+		}
+	case policy.UDP:
+		if dir == Reply {
+			cls = classUDPStream
+		}
+	}
+	e.Packets[dir]++
+	if length > 0 {
+		e.Bytes[dir] += uint64(length)
+	}
+	if res == Ignored {
+		return Ignored
+	}
+	if dir == Reply {
+		e.bits |= bitReplied
+	}
+	if cls != e.class || now-e.filed >= t.granularity {
+		// Moving costs cache misses on the list neighbours, so an entry
+		// moves at most once per granularity: the list is sorted by filed,
+		// and lastSeen-filed < granularity.
+		if cls != e.class || t.lru[t.sentinel(cls)].next != i {
+			t.unlink(i)
+			t.pushFront(i, cls)
+			e.class = cls
+		}
+		e.filed = now
+	}
+	e.lastSeen = now
+	e.expires = t.deadline(now, cls)
+	return Accepted
+}
+
+// Count adds a packet of length bytes to the counters of direction dir of
+// flow e without running the state machine or refreshing the flow: for
+// packets that belong to a flow but carry no header of their own, such as
+// non-first fragments ([Table.LookupFragment]). It does nothing if e is nil
+// or not an entry of t in use.
+func (t *Table) Count(e *Entry, dir Dir, length int) {
+	if _, ok := t.owned(e); !ok {
+		return
+	}
+	e.Packets[dir&1]++
+	if length > 0 {
+		e.Bytes[dir&1] += uint64(length)
+	}
+}
+
+// Delete stops tracking flow e and reports whether it did; it returns
+// false if e is nil or not an entry of t in use. Pointers to entries
+// obtained before are invalidated.
+func (t *Table) Delete(e *Entry) bool {
+	i, ok := t.owned(e)
+	if !ok {
+		return false
+	}
+	t.release(i)
+	t.stats.deletes.Add(1)
+	t.stats.entries.Store(uint64(t.n))
+	return true
+}
+
+// Expire reclaims up to budget flows that expired at now and returns how
+// many it reclaimed. Its cost is proportional to that number, plus a few
+// nanoseconds per traffic class: call it once per batch, or when idle, with
+// a budget of a few entries. Expired flows are absent for lookups whether
+// or not they were reclaimed, and inserts reuse them when the table is
+// full. Pointers to entries obtained before are invalidated.
+func (t *Table) Expire(now int64, budget int) int {
+	now = t.clock(now)
+	n := 0
+	const classes = numClasses - 1
+	for k := 0; k < classes && n < budget; k++ {
+		c := uint8(1 + (t.cursor+k)%classes)
+		for n < budget {
+			i := t.tail(c)
+			if i == noIdx || t.entries[i].expires > now {
+				break
+			}
+			t.release(i)
+			n++
+		}
+	}
+	t.cursor = (t.cursor + 1) % classes
+	if n > 0 {
+		t.stats.expirations.Add(uint64(n))
+		t.stats.entries.Store(uint64(t.n))
+	}
+	return n
+}
+
+// Range calls fn for every flow that has not expired at now, in no
+// particular order, until fn returns false. It is for the owning goroutine
+// (e.g. to publish flow lists): fn may read and write the entry's exported
+// fields and may Delete it, but must not insert into the table or call
+// Expire. It takes time proportional to the number of entries ever used.
+func (t *Table) Range(now int64, fn func(e *Entry) bool) {
+	now = t.clock(now)
+	for i := range t.entries[:t.fresh] {
+		e := &t.entries[i]
+		if e.class != classFree && e.expires > now {
+			if !fn(e) {
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,189 @@
+package fastpath
+
+import (
+	"fmt"
+	"sync/atomic"
+
+	"github.com/podgate/podgate/fastpath/packet"
+)
+
+// Drop is why the fastpath dropped a frame. The first values are the
+// parser's reasons ([packet.Reason]); the rest are the fastpath's own.
+type Drop uint8
+
+// Drop reasons beyond the parser's.
+const (
+	// DropDeniedEgress: the source pod's egress policy denies the flow.
+	DropDeniedEgress Drop = packet.NumReasons + iota
+	// DropDeniedIngress: the destination pod's ingress policy denies it.
+	DropDeniedIngress
+	// DropUnknownEndpoint: a local pod's address is not (yet) in the policy
+	// table; its traffic is denied until it is.
+	DropUnknownEndpoint
+	// DropSpoofedSource: a pod sent from an address that is not its own.
+	DropSpoofedSource
+	// DropSpoofedMAC: a pod sent from a MAC other than its own.
+	DropSpoofedMAC
+	// DropNoRoute: the kernel leg sent a frame for an address that is not a
+	// local pod's.
+	DropNoRoute
+	// DropNotRouted: multicast, broadcast, link-local or other traffic that
+	// the gateway does not route (DHCP, MLD, router solicitations, ...).
+	DropNotRouted
+	// DropInvalidTCP: invalid TCP flags, or a TCP packet that does not fit
+	// its flow's state, or cannot start one (SYN-ACK, FIN, RST without a
+	// flow).
+	DropInvalidTCP
+	// DropICMPUnrelated: an ICMP error that relates to no tracked flow.
+	DropICMPUnrelated
+	// DropFragmentNoState: a non-first fragment whose first fragment was not
+	// seen (or was denied).
+	DropFragmentNoState
+	// DropTxRingFull: no free frame or TX slot on the output port.
+	DropTxRingFull
+	// DropTooBig: the frame does not fit a frame of the output port.
+	DropTooBig
+	// DropNeighbor: an ARP or NDP message the gateway consumed or ignored
+	// (replies and gratuitous messages; requests it answers are not drops).
+	DropNeighbor
+
+	// NumDrops is the number of Drop values.
+	NumDrops = int(DropNeighbor) + 1
+)
+
+// String returns the reason as a snake_case metric label.
+func (d Drop) String() string {
+	if d < packet.NumReasons {
+		return packet.Reason(d).String()
+	}
+	switch d {
+	case DropDeniedEgress:
+		return "denied_egress"
+	case DropDeniedIngress:
+		return "denied_ingress"
+	case DropUnknownEndpoint:
+		return "unknown_endpoint"
+	case DropSpoofedSource:
+		return "spoofed_source"
+	case DropSpoofedMAC:
+		return "spoofed_mac"
+	case DropNoRoute:
+		return "no_route"
+	case DropNotRouted:
+		return "not_routed"
+	case DropInvalidTCP:
+		return "invalid_tcp"
+	case DropICMPUnrelated:
+		return "icmp_unrelated"
+	case DropFragmentNoState:
+		return "fragment_no_state"
+	case DropTxRingFull:
+		return "tx_ring_full"
+	case DropTooBig:
+		return "too_big"
+	case DropNeighbor:
+		return "neighbor"
+	}
+	return fmt.Sprintf("drop_%d", uint8(d))
+}
+
+// Path is the way a forwarded frame took.
+type Path uint8
+
+// Paths of forwarded frames.
+const (
+	// PodToPod: between two local pods.
+	PodToPod Path = iota
+	// PodToKernel: from a local pod out of the kernel leg (egress).
+	PodToKernel
+	// KernelToPod: from the kernel leg to a local pod (ingress).
+	KernelToPod
+	// Reply: ARP and neighbor advertisements the gateway sent.
+	Reply
+
+	// NumPaths is the number of Path values.
+	NumPaths = int(Reply) + 1
+)
+
+// String returns the path as a snake_case metric label.
+func (p Path) String() string {
+	switch p {
+	case PodToPod:
+		return "pod_to_pod"
+	case PodToKernel:
+		return "pod_to_kernel"
+	case KernelToPod:
+		return "kernel_to_pod"
+	case Reply:
+		return "reply"
+	}
+	return fmt.Sprintf("path_%d", uint8(p))
+}
+
+// Counter indexes. The layout is flat so that publication is one loop.
+const (
+	cRxPackets  = 0
+	cRxBytes    = 1
+	cFwdPackets = 2                      // + Path
+	cFwdBytes   = cFwdPackets + NumPaths // + Path
+	cDrops      = cFwdBytes + NumPaths   // + Drop
+	cFlowsNew   = cDrops + NumDrops      // flows allowed and inserted
+	cFlowsCut   = cFlowsNew + 1          // established flows cut by a new table
+	cRechecks   = cFlowsCut + 1          // flows judged again after a table change
+	cBatches    = cRechecks + 1
+	numCounters = cBatches + 1
+)
+
+// counters are the worker's own counters (plain integers) and their
+// published copy (atomics), written once per batch.
+type counters struct {
+	local     [numCounters]uint64
+	published [numCounters]uint64
+	shared    [numCounters]atomic.Uint64
+}
+
+func (c *counters) drop(d Drop)         { c.local[cDrops+int(d)]++ }
+func (c *counters) add(i int, n uint64) { c.local[i] += n }
+
+// publish stores the counters that changed since the last publication.
+func (c *counters) publish() {
+	for i := range c.local {
+		if c.local[i] != c.published[i] {
+			c.published[i] = c.local[i]
+			c.shared[i].Store(c.local[i])
+		}
+	}
+}
+
+// Stats is a snapshot of the fastpath's counters. Counters only grow.
+type Stats struct {
+	RxPackets, RxBytes uint64
+	// Forwarded packets and bytes, by [Path].
+	FwdPackets, FwdBytes [NumPaths]uint64
+	// Drops by [Drop] reason.
+	Drops [NumDrops]uint64
+	// FlowsNew counts flows judged allowed and tracked; FlowsCut
+	// established flows that a new policy table denied; Rechecks flows
+	// judged again after a table change.
+	FlowsNew, FlowsCut, Rechecks uint64
+	// Batches counts receive batches that had frames.
+	Batches uint64
+}
+
+func (c *counters) snapshot() Stats {
+	var s Stats
+	s.RxPackets = c.shared[cRxPackets].Load()
+	s.RxBytes = c.shared[cRxBytes].Load()
+	for p := range NumPaths {
+		s.FwdPackets[p] = c.shared[cFwdPackets+p].Load()
+		s.FwdBytes[p] = c.shared[cFwdBytes+p].Load()
+	}
+	for d := range NumDrops {
+		s.Drops[d] = c.shared[cDrops+d].Load()
+	}
+	s.FlowsNew = c.shared[cFlowsNew].Load()
+	s.FlowsCut = c.shared[cFlowsCut].Load()
+	s.Rechecks = c.shared[cRechecks].Load()
+	s.Batches = c.shared[cBatches].Load()
+	return s
+}

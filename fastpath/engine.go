@@ -1,0 +1,320 @@
+package fastpath
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/podgate/podgate/fastpath/conntrack"
+	"github.com/podgate/podgate/fastpath/packet"
+	"github.com/podgate/podgate/fastpath/xsk"
+	"github.com/podgate/podgate/policy"
+)
+
+// Port is where frames come from and go to: an [xsk.Socket], or an
+// in-memory stand-in in tests. A port belongs to the worker; its methods
+// are called from the worker goroutine only.
+type Port interface {
+	// Receive fills batch with received frames and returns how many.
+	Receive(batch []xsk.Frame) int
+	// Bytes returns the frame's data, f.Len bytes.
+	Bytes(f xsk.Frame) []byte
+	// Release gives a frame back to the port.
+	Release(f xsk.Frame)
+	// Alloc returns a free frame to transmit, whose Len is its capacity.
+	Alloc() (xsk.Frame, bool)
+	// Transmit queues a frame; on false the caller still owns it.
+	Transmit(f xsk.Frame) bool
+	// Flush publishes what was queued and released since the last Flush.
+	Flush() error
+}
+
+// PortKind says what a port is attached to.
+type PortKind uint8
+
+// Port kinds.
+const (
+	// PodPort is the host-side veth of a local pod.
+	PodPort PortKind = iota
+	// KernelPort is the gateway end of the kernel leg.
+	KernelPort
+)
+
+// PortSpec describes a port to [Engine.AddPort].
+type PortSpec struct {
+	// Name identifies the port in errors and stats (the interface name).
+	Name string
+	Kind PortKind
+	Port Port
+	// MAC is the MAC of the interface the port is bound to: the pod's
+	// gateway MAC for a pod port, the gateway MAC of the kernel leg.
+	MAC [6]byte
+	// PeerMAC is the MAC at the other end: the pod's eth0 for a pod port
+	// (zero if unknown: it is then learned from the pod's frames, and frames
+	// to the pod go to the broadcast MAC until it is), the kernel end of the
+	// kernel leg for the kernel port (required).
+	PeerMAC [6]byte
+	// PodIPs are the pod's addresses (pod ports only).
+	PodIPs []netip.Addr
+}
+
+// Config configures an [Engine].
+type Config struct {
+	// Store is where the engine reads the current policy table, once per
+	// batch.
+	Store *policy.Store
+	// Conntrack configures the flow table.
+	Conntrack conntrack.Config
+	// AllowNodeToPod lets the node's own addresses ([Engine.SetNodeAddrs])
+	// reach its local pods whatever their ingress policy says (kubelet
+	// probes), as NetworkPolicy implementations do.
+	AllowNodeToPod bool
+	// KeepEstablished keeps flows that were allowed when they started even
+	// when a new policy table denies them. By default they are judged again
+	// and cut.
+	KeepEstablished bool
+	// BatchSize is the number of frames received from a port at a time.
+	BatchSize int
+	// IdleWait is how long the worker sleeps when no port has frames
+	// before it looks for commands and expired flows again.
+	IdleWait time.Duration
+	// Now returns monotonic nanoseconds; nil means the real clock.
+	Now func() int64
+}
+
+// Engine is the fastpath worker. Create it with [New], start [Engine.Run]
+// in a goroutine, and change its ports and node addresses with
+// [Engine.AddPort], [Engine.RemovePort] and [Engine.SetNodeAddrs] from any
+// goroutine; [Engine.Stats] may be called from any goroutine too.
+type Engine struct {
+	cfg  Config
+	cmds chan command
+	cnt  counters
+	done chan struct{}
+
+	// Owned by the worker goroutine.
+	ct        *conntrack.Table
+	ports     []*port
+	kernel    *port
+	byAddr    map[netip.Addr]*port
+	nodeAddrs []netip.Addr
+	batch     []xsk.Frame
+	pkt       packet.Packet
+	tab       *policy.Table
+	now       int64
+	waiter    waiter
+}
+
+type port struct {
+	PortSpec
+	learned bool // PeerMAC was learned from the pod's frames
+	dirty   bool // needs a Flush
+}
+
+// ErrStopped is returned by commands sent to an engine that is not running.
+var ErrStopped = errors.New("fastpath engine stopped")
+
+// New returns an engine. It makes no system call; ports are added later.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("new fastpath engine: Config.Store is nil")
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = 64
+	}
+	if cfg.IdleWait <= 0 {
+		cfg.IdleWait = 20 * time.Millisecond
+	}
+	if cfg.Now == nil {
+		start := time.Now()
+		cfg.Now = func() int64 { return int64(time.Since(start)) + int64(time.Second) }
+	}
+	ct, err := conntrack.New(cfg.Conntrack)
+	if err != nil {
+		return nil, fmt.Errorf("new fastpath engine: %w", err)
+	}
+	return &Engine{
+		cfg:    cfg,
+		cmds:   make(chan command),
+		done:   make(chan struct{}),
+		ct:     ct,
+		byAddr: make(map[netip.Addr]*port),
+		batch:  make([]xsk.Frame, cfg.BatchSize),
+	}, nil
+}
+
+// command is a change the worker makes between batches.
+type command struct {
+	fn    func(e *Engine) error
+	reply chan error
+}
+
+func (e *Engine) do(ctx context.Context, fn func(e *Engine) error) error {
+	c := command{fn: fn, reply: make(chan error, 1)}
+	select {
+	case e.cmds <- c:
+	case <-e.done:
+		return ErrStopped
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-c.reply:
+		return err
+	case <-e.done:
+		return ErrStopped
+	}
+}
+
+// AddPort adds a port. For a pod port, its addresses become routed to it;
+// a second kernel port, or an address another port has, is an error.
+func (e *Engine) AddPort(ctx context.Context, spec PortSpec) error {
+	return e.do(ctx, func(e *Engine) error { return e.addPort(spec) })
+}
+
+// RemovePort removes the port named name, after which the caller may close
+// it; frames queued on it are flushed first.
+func (e *Engine) RemovePort(ctx context.Context, name string) error {
+	return e.do(ctx, func(e *Engine) error { return e.removePort(name) })
+}
+
+// SetNodeAddrs sets the node's own addresses (for [Config.AllowNodeToPod]).
+func (e *Engine) SetNodeAddrs(ctx context.Context, addrs []netip.Addr) error {
+	a := append([]netip.Addr(nil), addrs...)
+	return e.do(ctx, func(e *Engine) error { e.nodeAddrs = a; return nil })
+}
+
+// Stats returns the counters as of the last batch.
+func (e *Engine) Stats() Stats { return e.cnt.snapshot() }
+
+// ConntrackStats returns the flow table's counters. It runs on the worker.
+func (e *Engine) ConntrackStats(ctx context.Context) (conntrack.Stats, error) {
+	var s conntrack.Stats
+	err := e.do(ctx, func(e *Engine) error { s = e.ct.Stats(); return nil })
+	return s, err
+}
+
+// Flows calls fn for every tracked flow, on the worker goroutine, between
+// two batches; fn must not keep the entry.
+func (e *Engine) Flows(ctx context.Context, fn func(*conntrack.Entry) bool) error {
+	return e.do(ctx, func(e *Engine) error { e.ct.Range(e.now, fn); return nil })
+}
+
+func (e *Engine) addPort(s PortSpec) error {
+	if s.Port == nil {
+		return fmt.Errorf("add port %s: no Port", s.Name)
+	}
+	for _, p := range e.ports {
+		if p.Name == s.Name {
+			return fmt.Errorf("add port %s: already added", s.Name)
+		}
+	}
+	p := &port{PortSpec: s}
+	switch s.Kind {
+	case KernelPort:
+		if e.kernel != nil {
+			return fmt.Errorf("add port %s: kernel port %s already added", s.Name, e.kernel.Name)
+		}
+		if s.PeerMAC == ([6]byte{}) {
+			return fmt.Errorf("add port %s: kernel port needs PeerMAC", s.Name)
+		}
+		e.kernel = p
+	case PodPort:
+		if len(s.PodIPs) == 0 {
+			return fmt.Errorf("add port %s: pod port has no PodIPs", s.Name)
+		}
+		for _, a := range s.PodIPs {
+			if q, ok := e.byAddr[a.Unmap()]; ok {
+				return fmt.Errorf("add port %s: address %s already belongs to port %s", s.Name, a, q.Name)
+			}
+		}
+		p.PodIPs = make([]netip.Addr, len(s.PodIPs))
+		for i, a := range s.PodIPs {
+			p.PodIPs[i] = a.Unmap()
+			e.byAddr[p.PodIPs[i]] = p
+		}
+	default:
+		return fmt.Errorf("add port %s: unknown kind %d", s.Name, s.Kind)
+	}
+	e.ports = append(e.ports, p)
+	e.waiter = nil
+	return nil
+}
+
+func (e *Engine) removePort(name string) error {
+	for i, p := range e.ports {
+		if p.Name != name {
+			continue
+		}
+		err := p.Port.Flush()
+		for _, a := range p.PodIPs {
+			delete(e.byAddr, a)
+		}
+		if e.kernel == p {
+			e.kernel = nil
+		}
+		e.ports = append(e.ports[:i], e.ports[i+1:]...)
+		e.waiter = nil
+		if err != nil {
+			return fmt.Errorf("remove port %s: flush: %w", name, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("remove port %s: no such port", name)
+}
+
+// Run runs the worker until ctx is done. It must be called once.
+func (e *Engine) Run(ctx context.Context) error {
+	defer close(e.done)
+	for {
+		select {
+		case <-ctx.Done():
+			e.flushAll()
+			return nil
+		case c := <-e.cmds:
+			c.reply <- c.fn(e)
+			continue
+		default:
+		}
+		if !e.runOnce() {
+			e.idle(ctx)
+		}
+	}
+}
+
+// runOnce receives one batch from every port and processes it, and
+// reports whether there was any frame.
+func (e *Engine) runOnce() bool {
+	e.now = e.cfg.Now()
+	e.tab = e.cfg.Store.Load()
+	worked := false
+	for _, p := range e.ports {
+		n := p.Port.Receive(e.batch)
+		if n == 0 {
+			continue
+		}
+		worked = true
+		e.cnt.add(cBatches, 1)
+		for _, f := range e.batch[:n] {
+			e.frame(p, f)
+		}
+		p.dirty = true
+	}
+	e.flushAll()
+	e.ct.Expire(e.now, 64)
+	e.cnt.publish()
+	return worked
+}
+
+func (e *Engine) flushAll() {
+	for _, p := range e.ports {
+		if p.dirty {
+			p.dirty = false
+			// A flush error (a failed sendto) loses at most the batch; the
+			// port's own statistics count it.
+			_ = p.Port.Flush()
+		}
+	}
+}

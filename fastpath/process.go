@@ -1,0 +1,463 @@
+package fastpath
+
+import (
+	"encoding/binary"
+	"net/netip"
+
+	"github.com/podgate/podgate/fastpath/conntrack"
+	"github.com/podgate/podgate/fastpath/packet"
+	"github.com/podgate/podgate/fastpath/xsk"
+	"github.com/podgate/podgate/policy"
+)
+
+var broadcastMAC = [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+
+// frame handles one received frame; it always releases or transmits f.
+func (e *Engine) frame(in *port, f xsk.Frame) {
+	b := in.Port.Bytes(f)
+	e.cnt.add(cRxPackets, 1)
+	e.cnt.add(cRxBytes, uint64(len(b)))
+	p := &e.pkt
+	if r := packet.Parse(b, p); r != packet.OK {
+		e.drop(in, f, Drop(r))
+		return
+	}
+	if p.HasVLAN {
+		e.drop(in, f, DropNotRouted)
+		return
+	}
+	if in.Kind == KernelPort {
+		e.fromKernel(in, f, b, p)
+		return
+	}
+	e.fromPod(in, f, b, p)
+}
+
+func (e *Engine) drop(in *port, f xsk.Frame, d Drop) {
+	in.Port.Release(f)
+	in.dirty = true
+	e.cnt.drop(d)
+}
+
+func (in *port) owns(a netip.Addr) bool {
+	for _, x := range in.PodIPs {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+// checkPodMAC learns the pod's MAC from its first frame when it was not
+// given, and reports whether mac is the pod's.
+func (in *port) checkPodMAC(mac [6]byte) bool {
+	if in.PeerMAC == ([6]byte{}) {
+		in.PeerMAC, in.learned = mac, true
+		return true
+	}
+	return in.PeerMAC == mac
+}
+
+// routable reports whether the gateway forwards packets to a.
+func routable(a netip.Addr) bool {
+	return a.IsGlobalUnicast() || a.IsPrivate() || (a.Is4() && !a.IsMulticast() && !a.IsLinkLocalUnicast() &&
+		!a.IsLoopback() && !a.IsUnspecified() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255}))
+}
+
+func isNDP(p *packet.Packet) bool {
+	return p.L3 == packet.L3IPv6 && p.Proto == packet.ProtoICMPv6 &&
+		p.ICMPType >= packet.ICMPv6RouterSolicit && p.ICMPType <= packet.ICMPv6Redirect
+}
+
+func (e *Engine) fromPod(in *port, f xsk.Frame, b []byte, p *packet.Packet) {
+	if !in.checkPodMAC(p.SrcMAC) {
+		e.drop(in, f, DropSpoofedMAC)
+		return
+	}
+	if p.L3 == packet.L3ARP {
+		a := &p.ARP
+		if a.SenderMAC != in.PeerMAC || (!in.owns(a.SenderIP) && !a.SenderIP.IsUnspecified()) {
+			e.drop(in, f, DropSpoofedSource)
+			return
+		}
+		// The gateway answers for every address but the pod's own (those
+		// requests are duplicate address probes).
+		if a.Op == packet.ARPRequest && !in.owns(a.TargetIP) {
+			e.replyARP(in, f, b, p)
+			return
+		}
+		e.drop(in, f, DropNeighbor)
+		return
+	}
+	if isNDP(p) {
+		if p.ICMPType == packet.ICMPv6NeighborSolicit && !in.owns(p.NDP.Target) &&
+			(in.owns(p.Src) || p.Src.IsUnspecified() || p.Src.IsLinkLocalUnicast()) {
+			e.replyNA(in, f, p, packet.NARouter|packet.NAOverride)
+			return
+		}
+		d := DropNeighbor
+		if p.ICMPType != packet.ICMPv6NeighborAdvert && p.ICMPType != packet.ICMPv6NeighborSolicit {
+			d = DropNotRouted
+		}
+		e.drop(in, f, d)
+		return
+	}
+	if !in.owns(p.Src) {
+		d := DropSpoofedSource
+		if p.Src.IsLinkLocalUnicast() || p.Src.IsUnspecified() {
+			d = DropNotRouted
+		}
+		e.drop(in, f, d)
+		return
+	}
+	if !routable(p.Dst) {
+		e.drop(in, f, DropNotRouted)
+		return
+	}
+	out, path := e.byAddr[p.Dst], PodToPod
+	if out == nil {
+		out, path = e.kernel, PodToKernel
+		if out == nil {
+			e.drop(in, f, DropNoRoute)
+			return
+		}
+	}
+	if d, ok := e.judge(p, true, path == PodToPod); !ok {
+		e.drop(in, f, d)
+		return
+	}
+	e.forward(in, f, b, p, out, path)
+}
+
+func (e *Engine) fromKernel(in *port, f xsk.Frame, b []byte, p *packet.Packet) {
+	if p.L3 == packet.L3ARP {
+		if p.ARP.Op == packet.ARPRequest && e.byAddr[p.ARP.TargetIP] != nil {
+			e.replyARP(in, f, b, p)
+			return
+		}
+		e.drop(in, f, DropNeighbor)
+		return
+	}
+	if isNDP(p) {
+		if p.ICMPType == packet.ICMPv6NeighborSolicit && e.byAddr[p.NDP.Target] != nil {
+			e.replyNA(in, f, p, packet.NAOverride)
+			return
+		}
+		d := DropNeighbor
+		if p.ICMPType != packet.ICMPv6NeighborAdvert && p.ICMPType != packet.ICMPv6NeighborSolicit {
+			d = DropNotRouted
+		}
+		e.drop(in, f, d)
+		return
+	}
+	out := e.byAddr[p.Dst]
+	if out == nil {
+		d := DropNoRoute
+		if !routable(p.Dst) {
+			d = DropNotRouted
+		}
+		e.drop(in, f, d)
+		return
+	}
+	// A local source here is a pod's packet that the kernel sent back (a
+	// Service address DNATed to a local pod): its egress is judged too.
+	if d, ok := e.judge(p, e.byAddr[p.Src] != nil, true); !ok {
+		e.drop(in, f, d)
+		return
+	}
+	e.forward(in, f, b, p, out, KernelToPod)
+}
+
+func (e *Engine) replyARP(in *port, f xsk.Frame, b []byte, p *packet.Packet) {
+	if !packet.ReplyARP(b, p, in.MAC) {
+		e.drop(in, f, DropNeighbor)
+		return
+	}
+	e.transmitBack(in, f, len(b))
+}
+
+func (e *Engine) replyNA(in *port, f xsk.Frame, p *packet.Packet, flags packet.NAFlags) {
+	nf, ok := in.Port.Alloc()
+	if !ok {
+		e.drop(in, f, DropTxRingFull)
+		return
+	}
+	n := packet.BuildNeighborAdvertisement(in.Port.Bytes(nf), p, in.MAC, flags)
+	in.Port.Release(f)
+	if n == 0 {
+		in.Port.Release(nf)
+		in.dirty = true
+		e.cnt.drop(DropNeighbor)
+		return
+	}
+	e.transmitBack(in, nf, n)
+}
+
+// transmitBack sends f (n bytes) out of the port it came from.
+func (e *Engine) transmitBack(in *port, f xsk.Frame, n int) {
+	in.dirty = true
+	f.Len = uint32(n)
+	if !in.Port.Transmit(f) {
+		in.Port.Release(f)
+		e.cnt.drop(DropTxRingFull)
+		return
+	}
+	e.cnt.add(cFwdPackets+int(Reply), 1)
+	e.cnt.add(cFwdBytes+int(Reply), uint64(n))
+}
+
+// forward copies the IP packet of f into a frame of out, rewrites it and
+// transmits it.
+func (e *Engine) forward(in *port, f xsk.Frame, b []byte, p *packet.Packet, out *port, path Path) {
+	n := p.L3Off + p.L3Len // without Ethernet padding
+	if r := packet.DecrementTTL(b, p); r != packet.OK {
+		e.drop(in, f, Drop(r))
+		return
+	}
+	nf, ok := out.Port.Alloc()
+	if !ok {
+		e.drop(in, f, DropTxRingFull)
+		return
+	}
+	ob := out.Port.Bytes(nf)
+	if n > len(ob) {
+		out.Port.Release(nf)
+		e.drop(in, f, DropTooBig)
+		return
+	}
+	copy(ob, b[:n])
+	in.Port.Release(f)
+	in.dirty, out.dirty = true, true
+	ob = ob[:n]
+	completeChecksum(ob, p)
+	dst := out.PeerMAC
+	if dst == ([6]byte{}) {
+		dst = broadcastMAC // a pod whose MAC is not known yet
+	}
+	packet.SetMACs(ob, dst, out.MAC)
+	nf.Len = uint32(n)
+	if !out.Port.Transmit(nf) {
+		out.Port.Release(nf)
+		e.cnt.drop(DropTxRingFull)
+		return
+	}
+	e.cnt.add(cFwdPackets+int(path), 1)
+	e.cnt.add(cFwdBytes+int(path), uint64(n))
+}
+
+// completeChecksum finishes a TCP or UDP checksum that checksum offload in
+// the sending pod left partial: the field then holds the folded
+// pseudo-header sum (Linux CHECKSUM_PARTIAL), and the receiver of a frame
+// sent from an AF_XDP socket verifies it. A complete checksum is left
+// alone; one that happens to equal the pseudo-header sum is recomputed to
+// the same value.
+func completeChecksum(b []byte, p *packet.Packet) {
+	if p.Fragmented {
+		return
+	}
+	var off int
+	switch p.Proto {
+	case packet.ProtoTCP:
+		off = 16
+	case packet.ProtoUDP:
+		off = 6
+	default:
+		return
+	}
+	end := p.L3Off + p.L3Len
+	if p.L4Off+off+2 > end || end > len(b) {
+		return
+	}
+	l4 := b[p.L4Off:end]
+	field := binary.BigEndian.Uint16(l4[off:])
+	if field == 0 && p.Proto == packet.ProtoUDP && p.L3 == packet.L3IPv4 {
+		return // no checksum
+	}
+	pseudo := packet.PseudoHeaderSum(p.Src, p.Dst, p.Proto, len(l4))
+	if field != pseudo {
+		return
+	}
+	l4[off], l4[off+1] = 0, 0
+	c := ^packet.Sum(l4, pseudo)
+	if c == 0 && p.Proto == packet.ProtoUDP {
+		c = 0xffff
+	}
+	binary.BigEndian.PutUint16(l4[off:], c)
+}
+
+// flowKey is the conntrack key of a packet: ports for TCP, UDP and SCTP,
+// the identifier (as both ports) for ICMP queries, zeros otherwise.
+func flowKey(p *packet.Packet) conntrack.Key {
+	proto := policy.Protocol(p.Proto)
+	switch {
+	case p.HasPorts:
+		return conntrack.MakeKey(p.Src, p.Dst, proto, p.SrcPort, p.DstPort)
+	case p.HasICMPID:
+		return conntrack.MakeKey(p.Src, p.Dst, proto, p.ICMPID, p.ICMPID)
+	}
+	return conntrack.MakeKey(p.Src, p.Dst, proto, 0, 0)
+}
+
+func innerKey(in *packet.Embedded) conntrack.Key {
+	proto := policy.Protocol(in.Proto)
+	switch {
+	case in.HasPorts:
+		return conntrack.MakeKey(in.Src, in.Dst, proto, in.SrcPort, in.DstPort)
+	case in.HasICMPID:
+		return conntrack.MakeKey(in.Src, in.Dst, proto, in.ICMPID, in.ICMPID)
+	}
+	return conntrack.MakeKey(in.Src, in.Dst, proto, 0, 0)
+}
+
+// judge decides a packet: a tracked flow passes (after a re-check when the
+// policy table changed), a new flow is judged by policy and tracked. It
+// returns the drop reason when the packet must be dropped. srcLocal and
+// dstLocal say which sides are local pods, whose policies this node
+// enforces.
+func (e *Engine) judge(p *packet.Packet, srcLocal, dstLocal bool) (Drop, bool) {
+	now := e.now
+	// Non-first fragments follow their first fragment.
+	if p.Fragmented && p.FragOffset != 0 {
+		v, ok := e.ct.LookupFragment(conntrack.MakeFragKey(p.Src, p.Dst, policy.Protocol(p.Proto), p.FragID), now)
+		if !ok || !v.Allowed {
+			return DropFragmentNoState, false
+		}
+		return 0, true
+	}
+	if p.ICMPError {
+		rel, _ := e.ct.LookupRelated(innerKey(&p.Inner), now)
+		if rel == nil || p.Dst != p.Inner.Src {
+			return DropICMPUnrelated, false
+		}
+		return 0, true
+	}
+	key := flowKey(p)
+	ent, dir := e.ct.Lookup(key, now)
+	if ent != nil {
+		if !e.cfg.KeepEstablished && e.tab != nil && ent.Generation != e.tab.Generation() {
+			e.cnt.add(cRechecks, 1)
+			var d Drop
+			var ok bool
+			var eg, ing policy.RuleRef
+			if dir == conntrack.Original {
+				d, eg, ing, ok = e.decide(p.Src, p.Dst, p.Proto, p.DstPort, srcLocal, dstLocal)
+			} else {
+				d, eg, ing, ok = e.decide(p.Dst, p.Src, p.Proto, p.SrcPort, dstLocal, srcLocal)
+			}
+			if !ok {
+				e.ct.Delete(ent)
+				e.cnt.add(cFlowsCut, 1)
+				return d, false
+			}
+			ent.Generation, ent.Egress, ent.Ingress = e.tab.Generation(), eg, ing
+		}
+		switch e.ct.Update(ent, dir, p.TCPFlags, p.L3Len, now) {
+		case conntrack.Invalid:
+			return DropInvalidTCP, false
+		case conntrack.Restart:
+			e.ct.Delete(ent)
+			return e.newFlow(p, key, srcLocal, dstLocal)
+		}
+		e.firstFragment(p, ent, dir)
+		return 0, true
+	}
+	return e.newFlow(p, key, srcLocal, dstLocal)
+}
+
+func (e *Engine) newFlow(p *packet.Packet, key conntrack.Key, srcLocal, dstLocal bool) (Drop, bool) {
+	established := false
+	if p.Proto == packet.ProtoTCP {
+		switch conntrack.ClassifyNewTCP(p.TCPFlags) {
+		case conntrack.NewTCPOpen:
+		case conntrack.NewTCPPickup:
+			// A connection this agent does not know, e.g. after a restart:
+			// judged like a new one, so allowed connections survive.
+			established = true
+		default:
+			return DropInvalidTCP, false
+		}
+	}
+	dir := conntrack.Original
+	d, eg, ing, ok := e.decide(p.Src, p.Dst, p.Proto, p.DstPort, srcLocal, dstLocal)
+	if !ok && established {
+		// A picked-up connection's first packet may be the server's: judge
+		// the connection the other way round too, and track it with the
+		// packet as a reply if that way is allowed.
+		if _, reg, ring, rok := e.decide(p.Dst, p.Src, p.Proto, p.SrcPort, dstLocal, srcLocal); rok {
+			key, dir, eg, ing, ok = key.Reverse(), conntrack.Reply, reg, ring, true
+		}
+	}
+	if !ok {
+		return d, false
+	}
+	var ent *conntrack.Entry
+	if established {
+		ent, _ = e.ct.InsertEstablished(key, e.now)
+	} else {
+		ent, _ = e.ct.Insert(key, e.now)
+	}
+	ent.Flags |= conntrack.FlagAllowed
+	if e.tab != nil {
+		ent.Generation = e.tab.Generation()
+	}
+	ent.Egress, ent.Ingress = eg, ing
+	e.ct.Update(ent, dir, p.TCPFlags, p.L3Len, e.now)
+	e.cnt.add(cFlowsNew, 1)
+	e.firstFragment(p, ent, dir)
+	return 0, true
+}
+
+func (e *Engine) firstFragment(p *packet.Packet, ent *conntrack.Entry, dir conntrack.Dir) {
+	if p.Fragmented && p.FragOffset == 0 {
+		e.ct.InsertFragment(conntrack.MakeFragKey(p.Src, p.Dst, policy.Protocol(p.Proto), p.FragID), ent, dir, true, e.now)
+	}
+}
+
+func (e *Engine) isNode(a netip.Addr) bool {
+	for _, n := range e.nodeAddrs {
+		if n == a {
+			return true
+		}
+	}
+	return false
+}
+
+// decide judges a new flow from src to dst: the egress of src when it is a
+// local pod, the ingress of dst when it is. A local pod the table does not
+// know is denied.
+func (e *Engine) decide(src, dst netip.Addr, proto uint8, dport uint16, srcLocal, dstLocal bool) (d Drop, eg, ing policy.RuleRef, ok bool) {
+	none := policy.RuleRef{Policy: -1, Index: -1}
+	eg, ing = none, none
+	t := e.tab
+	if t == nil {
+		return DropUnknownEndpoint, none, none, false
+	}
+	pr := policy.Protocol(proto)
+	if srcLocal {
+		dec := t.Egress(src, dst, pr, dport)
+		switch {
+		case dec.Reason == policy.NotPod:
+			return DropUnknownEndpoint, none, none, false
+		case !dec.Allowed():
+			return DropDeniedEgress, none, none, false
+		}
+		eg = dec.Rule
+	}
+	if dstLocal {
+		if e.cfg.AllowNodeToPod && !srcLocal && e.isNode(src) {
+			if _, known := t.EndpointByAddr(dst); !known {
+				return DropUnknownEndpoint, none, none, false
+			}
+			return 0, eg, ing, true
+		}
+		dec := t.Ingress(src, dst, pr, dport)
+		switch {
+		case dec.Reason == policy.NotPod:
+			return DropUnknownEndpoint, none, none, false
+		case !dec.Allowed():
+			return DropDeniedIngress, none, none, false
+		}
+		ing = dec.Rule
+	}
+	return 0, eg, ing, true
+}
