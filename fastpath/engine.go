@@ -10,6 +10,7 @@ import (
 	"github.com/podgate/podgate/fastpath/conntrack"
 	"github.com/podgate/podgate/fastpath/packet"
 	"github.com/podgate/podgate/fastpath/xsk"
+	"github.com/podgate/podgate/internal/addrmap"
 	"github.com/podgate/podgate/policy"
 )
 
@@ -98,10 +99,16 @@ type Engine struct {
 	ct        *conntrack.Table
 	ports     []*port
 	kernel    *port
-	byAddr    map[netip.Addr]*port
+	byAddr    *addrmap.Map[*port] // local pod addresses; rebuilt when ports change
 	nodeAddrs []netip.Addr
 	batch     []xsk.Frame
-	pkt       packet.Packet
+	pkts      []packet.Packet // parsed frames of the batch
+	reasons   []packet.Reason // their parse results
+	pre       []int32         // per frame: index of its flow in keys, ents, dirs, or -1
+	keys      []conntrack.Key
+	ents      []*conntrack.Entry
+	dirs      []conntrack.Dir
+	changed   bool // the flow table changed during this batch
 	tab       *policy.Table
 	now       int64
 	waiter    waiter
@@ -136,12 +143,18 @@ func New(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("new fastpath engine: %w", err)
 	}
 	return &Engine{
-		cfg:    cfg,
-		cmds:   make(chan command),
-		done:   make(chan struct{}),
-		ct:     ct,
-		byAddr: make(map[netip.Addr]*port),
-		batch:  make([]xsk.Frame, cfg.BatchSize),
+		cfg:     cfg,
+		cmds:    make(chan command),
+		done:    make(chan struct{}),
+		ct:      ct,
+		byAddr:  addrmap.New[*port](0, 0),
+		batch:   make([]xsk.Frame, cfg.BatchSize),
+		pkts:    make([]packet.Packet, cfg.BatchSize),
+		reasons: make([]packet.Reason, cfg.BatchSize),
+		pre:     make([]int32, cfg.BatchSize),
+		keys:    make([]conntrack.Key, cfg.BatchSize),
+		ents:    make([]*conntrack.Entry, cfg.BatchSize),
+		dirs:    make([]conntrack.Dir, cfg.BatchSize),
 	}, nil
 }
 
@@ -226,21 +239,42 @@ func (e *Engine) addPort(s PortSpec) error {
 			return fmt.Errorf("add port %s: pod port has no PodIPs", s.Name)
 		}
 		for _, a := range s.PodIPs {
-			if q, ok := e.byAddr[a.Unmap()]; ok {
+			if q, ok := e.byAddr.Get(a.Unmap()); ok {
 				return fmt.Errorf("add port %s: address %s already belongs to port %s", s.Name, a, q.Name)
 			}
 		}
 		p.PodIPs = make([]netip.Addr, len(s.PodIPs))
 		for i, a := range s.PodIPs {
 			p.PodIPs[i] = a.Unmap()
-			e.byAddr[p.PodIPs[i]] = p
 		}
 	default:
 		return fmt.Errorf("add port %s: unknown kind %d", s.Name, s.Kind)
 	}
 	e.ports = append(e.ports, p)
-	e.waiter = nil
+	e.portsChanged()
 	return nil
+}
+
+// portsChanged rebuilds what depends on the set of ports.
+func (e *Engine) portsChanged() {
+	e.waiter = nil
+	n4, n6 := 0, 0
+	for _, p := range e.ports {
+		for _, a := range p.PodIPs {
+			if a.Is4() {
+				n4++
+			} else {
+				n6++
+			}
+		}
+	}
+	m := addrmap.New[*port](n4, n6)
+	for _, p := range e.ports {
+		for _, a := range p.PodIPs {
+			m.Insert(a, p)
+		}
+	}
+	e.byAddr = m
 }
 
 func (e *Engine) removePort(name string) error {
@@ -249,14 +283,11 @@ func (e *Engine) removePort(name string) error {
 			continue
 		}
 		err := p.Port.Flush()
-		for _, a := range p.PodIPs {
-			delete(e.byAddr, a)
-		}
 		if e.kernel == p {
 			e.kernel = nil
 		}
 		e.ports = append(e.ports[:i], e.ports[i+1:]...)
-		e.waiter = nil
+		e.portsChanged()
 		if err != nil {
 			return fmt.Errorf("remove port %s: flush: %w", name, err)
 		}
@@ -297,8 +328,9 @@ func (e *Engine) runOnce() bool {
 		}
 		worked = true
 		e.cnt.add(cBatches, 1)
-		for _, f := range e.batch[:n] {
-			e.frame(p, f)
+		e.prepare(p, n)
+		for i, f := range e.batch[:n] {
+			e.frame(p, f, i)
 		}
 		p.dirty = true
 	}

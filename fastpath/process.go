@@ -12,13 +12,53 @@ import (
 
 var broadcastMAC = [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 
-// frame handles one received frame; it always releases or transmits f.
-func (e *Engine) frame(in *port, f xsk.Frame) {
+// prepare parses the n frames of a batch from port in and looks up the
+// flows of those that have one, all at once, so that the memory accesses
+// of the lookups overlap (conntrack.Table.LookupBatch).
+func (e *Engine) prepare(in *port, n int) {
+	k := int32(0)
+	for i, f := range e.batch[:n] {
+		p := &e.pkts[i]
+		e.reasons[i] = packet.Parse(in.Port.Bytes(f), p)
+		e.pre[i] = -1
+		if e.reasons[i] != packet.OK || p.L3 == packet.L3ARP || p.ICMPError || (p.Fragmented && p.FragOffset != 0) {
+			continue
+		}
+		e.keys[k] = flowKey(p)
+		e.pre[i] = k
+		k++
+	}
+	e.changed = false
+	if k > 0 {
+		e.ct.LookupBatch(e.keys[:k], e.now, e.ents[:k], e.dirs[:k])
+	}
+}
+
+// flow returns the key of the frame with batch index i and its flow: the
+// batch lookup, unless the table changed since (an insert may have added
+// the flow or reused the entry of another, a delete freed one).
+func (e *Engine) flow(i int, p *packet.Packet) (conntrack.Key, *conntrack.Entry, conntrack.Dir) {
+	j := e.pre[i]
+	if j < 0 {
+		k := flowKey(p)
+		ent, dir := e.ct.Lookup(k, e.now)
+		return k, ent, dir
+	}
+	if e.changed {
+		ent, dir := e.ct.Lookup(e.keys[j], e.now)
+		return e.keys[j], ent, dir
+	}
+	return e.keys[j], e.ents[j], e.dirs[j]
+}
+
+// frame handles the received frame f with batch index i, parsed by
+// prepare; it always releases or transmits f.
+func (e *Engine) frame(in *port, f xsk.Frame, i int) {
 	b := in.Port.Bytes(f)
 	e.cnt.add(cRxPackets, 1)
 	e.cnt.add(cRxBytes, uint64(len(b)))
-	p := &e.pkt
-	if r := packet.Parse(b, p); r != packet.OK {
+	p := &e.pkts[i]
+	if r := e.reasons[i]; r != packet.OK {
 		e.drop(in, f, Drop(r))
 		return
 	}
@@ -27,10 +67,10 @@ func (e *Engine) frame(in *port, f xsk.Frame) {
 		return
 	}
 	if in.Kind == KernelPort {
-		e.fromKernel(in, f, b, p)
+		e.fromKernel(in, f, b, p, i)
 		return
 	}
-	e.fromPod(in, f, b, p)
+	e.fromPod(in, f, b, p, i)
 }
 
 func (e *Engine) drop(in *port, f xsk.Frame, d Drop) {
@@ -69,7 +109,7 @@ func isNDP(p *packet.Packet) bool {
 		p.ICMPType >= packet.ICMPv6RouterSolicit && p.ICMPType <= packet.ICMPv6Redirect
 }
 
-func (e *Engine) fromPod(in *port, f xsk.Frame, b []byte, p *packet.Packet) {
+func (e *Engine) fromPod(in *port, f xsk.Frame, b []byte, p *packet.Packet, i int) {
 	if !in.checkPodMAC(p.SrcMAC) {
 		e.drop(in, f, DropSpoofedMAC)
 		return
@@ -114,7 +154,7 @@ func (e *Engine) fromPod(in *port, f xsk.Frame, b []byte, p *packet.Packet) {
 		e.drop(in, f, DropNotRouted)
 		return
 	}
-	out, path := e.byAddr[p.Dst], PodToPod
+	out, path := e.local(p.Dst), PodToPod
 	if out == nil {
 		out, path = e.kernel, PodToKernel
 		if out == nil {
@@ -122,16 +162,16 @@ func (e *Engine) fromPod(in *port, f xsk.Frame, b []byte, p *packet.Packet) {
 			return
 		}
 	}
-	if d, ok := e.judge(p, true, path == PodToPod); !ok {
+	if d, ok := e.judge(p, i, true, path == PodToPod); !ok {
 		e.drop(in, f, d)
 		return
 	}
 	e.forward(in, f, b, p, out, path)
 }
 
-func (e *Engine) fromKernel(in *port, f xsk.Frame, b []byte, p *packet.Packet) {
+func (e *Engine) fromKernel(in *port, f xsk.Frame, b []byte, p *packet.Packet, i int) {
 	if p.L3 == packet.L3ARP {
-		if p.ARP.Op == packet.ARPRequest && e.byAddr[p.ARP.TargetIP] != nil {
+		if p.ARP.Op == packet.ARPRequest && e.hasAddr(p.ARP.TargetIP) {
 			e.replyARP(in, f, b, p)
 			return
 		}
@@ -139,7 +179,7 @@ func (e *Engine) fromKernel(in *port, f xsk.Frame, b []byte, p *packet.Packet) {
 		return
 	}
 	if isNDP(p) {
-		if p.ICMPType == packet.ICMPv6NeighborSolicit && e.byAddr[p.NDP.Target] != nil {
+		if p.ICMPType == packet.ICMPv6NeighborSolicit && e.hasAddr(p.NDP.Target) {
 			e.replyNA(in, f, p, packet.NAOverride)
 			return
 		}
@@ -150,7 +190,7 @@ func (e *Engine) fromKernel(in *port, f xsk.Frame, b []byte, p *packet.Packet) {
 		e.drop(in, f, d)
 		return
 	}
-	out := e.byAddr[p.Dst]
+	out := e.local(p.Dst)
 	if out == nil {
 		d := DropNoRoute
 		if !routable(p.Dst) {
@@ -161,12 +201,20 @@ func (e *Engine) fromKernel(in *port, f xsk.Frame, b []byte, p *packet.Packet) {
 	}
 	// A local source here is a pod's packet that the kernel sent back (a
 	// Service address DNATed to a local pod): its egress is judged too.
-	if d, ok := e.judge(p, e.byAddr[p.Src] != nil, true); !ok {
+	if d, ok := e.judge(p, i, e.hasAddr(p.Src), true); !ok {
 		e.drop(in, f, d)
 		return
 	}
 	e.forward(in, f, b, p, out, KernelToPod)
 }
+
+// local returns the port of a local pod's address, or nil.
+func (e *Engine) local(a netip.Addr) *port {
+	p, _ := e.byAddr.Get(a)
+	return p
+}
+
+func (e *Engine) hasAddr(a netip.Addr) bool { return e.local(a) != nil }
 
 func (e *Engine) replyARP(in *port, f xsk.Frame, b []byte, p *packet.Packet) {
 	if !packet.ReplyARP(b, p, in.MAC) {
@@ -314,7 +362,7 @@ func innerKey(in *packet.Embedded) conntrack.Key {
 // returns the drop reason when the packet must be dropped. srcLocal and
 // dstLocal say which sides are local pods, whose policies this node
 // enforces.
-func (e *Engine) judge(p *packet.Packet, srcLocal, dstLocal bool) (Drop, bool) {
+func (e *Engine) judge(p *packet.Packet, i int, srcLocal, dstLocal bool) (Drop, bool) {
 	now := e.now
 	// Non-first fragments follow their first fragment.
 	if p.Fragmented && p.FragOffset != 0 {
@@ -331,8 +379,7 @@ func (e *Engine) judge(p *packet.Packet, srcLocal, dstLocal bool) (Drop, bool) {
 		}
 		return 0, true
 	}
-	key := flowKey(p)
-	ent, dir := e.ct.Lookup(key, now)
+	key, ent, dir := e.flow(i, p)
 	if ent != nil {
 		if !e.cfg.KeepEstablished && e.tab != nil && ent.Generation != e.tab.Generation() {
 			e.cnt.add(cRechecks, 1)
@@ -346,6 +393,7 @@ func (e *Engine) judge(p *packet.Packet, srcLocal, dstLocal bool) (Drop, bool) {
 			}
 			if !ok {
 				e.ct.Delete(ent)
+				e.changed = true
 				e.cnt.add(cFlowsCut, 1)
 				return d, false
 			}
@@ -356,6 +404,7 @@ func (e *Engine) judge(p *packet.Packet, srcLocal, dstLocal bool) (Drop, bool) {
 			return DropInvalidTCP, false
 		case conntrack.Restart:
 			e.ct.Delete(ent)
+			e.changed = true
 			return e.newFlow(p, key, srcLocal, dstLocal)
 		}
 		e.firstFragment(p, ent, dir)
@@ -391,6 +440,7 @@ func (e *Engine) newFlow(p *packet.Packet, key conntrack.Key, srcLocal, dstLocal
 		return d, false
 	}
 	var ent *conntrack.Entry
+	e.changed = true
 	if established {
 		ent, _ = e.ct.InsertEstablished(key, e.now)
 	} else {

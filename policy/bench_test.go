@@ -7,60 +7,12 @@ import (
 	"runtime"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
-
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/policytest"
 )
 
-// scaleCluster builds a cluster shaped like a multi-tenant one: nsCount
-// namespaces of podsPerNS pods (labels app, tier; namespaces labelled with
-// a team), and policies spread over the namespaces, each selecting one app
-// and allowing ingress from its own namespace, from its team's namespaces
-// and from a CIDR on two ports, and egress to its team, to DNS and to a
-// CIDR.
-func scaleCluster(nsCount, podsPerNS, policies int) *policy.Cluster {
-	c := &policy.Cluster{}
-	for n := range nsCount {
-		ns := fmt.Sprintf("ns-%d", n)
-		c.Namespaces = append(c.Namespaces, newNamespace(ns, fmt.Sprintf("team=team-%d", n%50), "env=prod"))
-		for p := range podsPerNS {
-			i := n*podsPerNS + p
-			ip := fmt.Sprintf("10.%d.%d.%d", 64+i>>16, (i>>8)&255, i&255)
-			pod := newPod(ns, fmt.Sprintf("pod-%d", p), []string{ip}, fmt.Sprintf("app=app-%d", p%5), "tier=web")
-			withPorts(pod, corev1.ContainerPort{Name: "http", ContainerPort: 8080})
-			c.Pods = append(c.Pods, pod)
-		}
-	}
-	udp := corev1.ProtocolUDP
-	for i := range policies {
-		n := i % nsCount
-		team := fmt.Sprintf("team-%d", n%50)
-		p80, p443, named, dns := intstr.FromInt32(80), intstr.FromInt32(443), intstr.FromString("http"), intstr.FromInt32(53)
-		np := &networkingv1.NetworkPolicy{
-			ObjectMeta: metav1.ObjectMeta{Namespace: fmt.Sprintf("ns-%d", n), Name: fmt.Sprintf("np-%d", i)},
-			Spec: networkingv1.NetworkPolicySpec{
-				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": fmt.Sprintf("app-%d", (i/nsCount)%5)}},
-				Ingress: []networkingv1.NetworkPolicyIngressRule{{
-					From: []networkingv1.NetworkPolicyPeer{
-						{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"tier": "web"}}},
-						{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": team}}, PodSelector: &metav1.LabelSelector{}},
-						{IPBlock: &networkingv1.IPBlock{CIDR: "192.168.0.0/16", Except: []string{"192.168.1.0/24"}}},
-					},
-					Ports: []networkingv1.NetworkPolicyPort{{Port: &p80}, {Port: &p443}, {Port: &named}},
-				}},
-				Egress: []networkingv1.NetworkPolicyEgressRule{
-					{To: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": team}}}}},
-					{Ports: []networkingv1.NetworkPolicyPort{{Port: &dns, Protocol: &udp}}},
-					{To: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "172.16.0.0/12"}}}},
-				},
-			},
-		}
-		c.Policies = append(c.Policies, np)
-	}
-	return c
+func scaleCluster(ns, perNS, pols int) *policy.Cluster {
+	return policytest.ScaleCluster(ns, perNS, pols)
 }
 
 type query struct {

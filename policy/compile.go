@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/podgate/podgate/internal/addrmap"
 	"net/netip"
 	"slices"
 	"strings"
@@ -270,7 +271,7 @@ func (b *builder) addPods(pods []*corev1.Pod) []error {
 		ok = append(ok, parsed{p, ns, ips})
 	}
 	t := b.t
-	t.byAddr = newAddrIndex(n4, n6)
+	t.byAddr = addrmap.New[int32](n4, n6)
 	t.endpoints = make([]Endpoint, 0, len(ok))
 	for _, pp := range ok {
 		p, ns := pp.pod, pp.ns
@@ -293,8 +294,8 @@ func (b *builder) addPods(pods []*corev1.Pod) []error {
 		}
 		idx := int32(len(t.endpoints))
 		for _, a := range pp.ips {
-			if !t.byAddr.insert(a, idx) {
-				prev := t.byAddr.get(a)
+			if !t.byAddr.Insert(a, idx) {
+				prev, _ := t.byAddr.Get(a)
 				t.warnings = append(t.warnings, fmt.Sprintf("pods %s and %s/%s both have IP %s; the address belongs to %s",
 					t.endpoints[prev].String(), ns, p.Name, a, t.endpoints[prev].String()))
 				continue

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"github.com/podgate/podgate/internal/addrmap"
 	"sync"
 	"sync/atomic"
 )
@@ -32,5 +33,5 @@ func (s *Store) Publish(t *Table) uint64 {
 // Empty returns a table with no pods and no policies: every address is
 // outside the cluster and nothing is isolated.
 func Empty() *Table {
-	return &Table{byAddr: newAddrIndex(0, 0)}
+	return &Table{byAddr: addrmap.New[int32](0, 0)}
 }

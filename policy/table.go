@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"github.com/podgate/podgate/internal/addrmap"
 	"net/netip"
 	"time"
 )
@@ -249,7 +250,7 @@ type Table struct {
 	generation uint64
 	endpoints  []Endpoint
 	hot        []endpointHot // per endpoint, what lookups read
-	byAddr     *addrIndex
+	byAddr     *addrmap.Map[int32]
 	identities []identity
 	namespaces []string
 	groups     []group
@@ -284,8 +285,11 @@ func (t *Table) Endpoint(i int32) *Endpoint {
 
 // EndpointByAddr returns the index of the pod that owns addr.
 func (t *Table) EndpointByAddr(addr netip.Addr) (int32, bool) {
-	i := t.byAddr.get(addr)
-	return i, i >= 0
+	i, ok := t.byAddr.Get(addr)
+	if !ok {
+		return -1, false
+	}
+	return i, true
 }
 
 // EndpointByName returns the index of the pod namespace/name.
@@ -332,7 +336,12 @@ func (t *Table) Selecting(ep int32, dir Direction) []int32 {
 	return t.groups[g].policies
 }
 
-func (t *Table) resolve(a netip.Addr) int32 { return t.byAddr.get(a) }
+func (t *Table) resolve(a netip.Addr) int32 {
+	if i, ok := t.byAddr.Get(a); ok {
+		return i
+	}
+	return -1
+}
 
 // Lookup decides a connection from src to dst with protocol proto and
 // destination port dport (ignored for protocols without ports). Both sides
