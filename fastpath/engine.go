@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/podgate/podgate/fastpath/conntrack"
@@ -90,10 +92,19 @@ type Config struct {
 // [Engine.AddPort], [Engine.RemovePort] and [Engine.SetNodeAddrs] from any
 // goroutine; [Engine.Stats] may be called from any goroutine too.
 type Engine struct {
-	cfg  Config
-	cmds chan command
-	cnt  counters
-	done chan struct{}
+	cfg    Config
+	cmds   chan command
+	cnt    counters
+	done   chan struct{}
+	events *eventRing
+	// snapshot is the current set of ports, for readers on other
+	// goroutines (their counters are atomics).
+	snapshot atomic.Pointer[[]*port]
+	// allow counts allowed flows per policy of the current table; folded
+	// into allowTotal when the table changes.
+	allow      atomic.Pointer[allowCounts]
+	allowMu    sync.Mutex
+	allowTotal map[PolicyName][2]uint64
 
 	// Owned by the worker goroutine.
 	ct        *conntrack.Table
@@ -112,12 +123,15 @@ type Engine struct {
 	tab       *policy.Table
 	now       int64
 	waiter    waiter
+	// deniedAt is the address of the isolated side of the last denial.
+	deniedAt netip.Addr
 }
 
 type port struct {
 	PortSpec
 	learned bool // PeerMAC was learned from the pod's frames
 	dirty   bool // needs a Flush
+	stats   portCounters
 }
 
 // ErrStopped is returned by commands sent to an engine that is not running.
@@ -143,18 +157,20 @@ func New(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("new fastpath engine: %w", err)
 	}
 	return &Engine{
-		cfg:     cfg,
-		cmds:    make(chan command),
-		done:    make(chan struct{}),
-		ct:      ct,
-		byAddr:  addrmap.New[*port](0, 0),
-		batch:   make([]xsk.Frame, cfg.BatchSize),
-		pkts:    make([]packet.Packet, cfg.BatchSize),
-		reasons: make([]packet.Reason, cfg.BatchSize),
-		pre:     make([]int32, cfg.BatchSize),
-		keys:    make([]conntrack.Key, cfg.BatchSize),
-		ents:    make([]*conntrack.Entry, cfg.BatchSize),
-		dirs:    make([]conntrack.Dir, cfg.BatchSize),
+		events:     &eventRing{},
+		allowTotal: make(map[PolicyName][2]uint64),
+		cfg:        cfg,
+		cmds:       make(chan command),
+		done:       make(chan struct{}),
+		ct:         ct,
+		byAddr:     addrmap.New[*port](0, 0),
+		batch:      make([]xsk.Frame, cfg.BatchSize),
+		pkts:       make([]packet.Packet, cfg.BatchSize),
+		reasons:    make([]packet.Reason, cfg.BatchSize),
+		pre:        make([]int32, cfg.BatchSize),
+		keys:       make([]conntrack.Key, cfg.BatchSize),
+		ents:       make([]*conntrack.Entry, cfg.BatchSize),
+		dirs:       make([]conntrack.Dir, cfg.BatchSize),
 	}, nil
 }
 
@@ -258,6 +274,8 @@ func (e *Engine) addPort(s PortSpec) error {
 // portsChanged rebuilds what depends on the set of ports.
 func (e *Engine) portsChanged() {
 	e.waiter = nil
+	snap := append([]*port(nil), e.ports...)
+	e.snapshot.Store(&snap)
 	n4, n6 := 0, 0
 	for _, p := range e.ports {
 		for _, a := range p.PodIPs {
@@ -319,7 +337,10 @@ func (e *Engine) Run(ctx context.Context) error {
 // reports whether there was any frame.
 func (e *Engine) runOnce() bool {
 	e.now = e.cfg.Now()
-	e.tab = e.cfg.Store.Load()
+	if t := e.cfg.Store.Load(); t != e.tab {
+		e.tab = t
+		e.tableChanged()
+	}
 	worked := false
 	for _, p := range e.ports {
 		n := p.Port.Receive(e.batch)
@@ -337,6 +358,9 @@ func (e *Engine) runOnce() bool {
 	e.flushAll()
 	e.ct.Expire(e.now, 64)
 	e.cnt.publish()
+	for _, p := range e.ports {
+		p.stats.publish()
+	}
 	return worked
 }
 

@@ -57,6 +57,8 @@ func (e *Engine) frame(in *port, f xsk.Frame, i int) {
 	b := in.Port.Bytes(f)
 	e.cnt.add(cRxPackets, 1)
 	e.cnt.add(cRxBytes, uint64(len(b)))
+	in.stats.local[pRxPackets]++
+	in.stats.local[pRxBytes] += uint64(len(b))
 	p := &e.pkts[i]
 	if r := e.reasons[i]; r != packet.OK {
 		e.drop(in, f, Drop(r))
@@ -163,6 +165,7 @@ func (e *Engine) fromPod(in *port, f xsk.Frame, b []byte, p *packet.Packet, i in
 		}
 	}
 	if d, ok := e.judge(p, i, true, path == PodToPod); !ok {
+		e.denied(p, d)
 		e.drop(in, f, d)
 		return
 	}
@@ -202,6 +205,7 @@ func (e *Engine) fromKernel(in *port, f xsk.Frame, b []byte, p *packet.Packet, i
 	// A local source here is a pod's packet that the kernel sent back (a
 	// Service address DNATed to a local pod): its egress is judged too.
 	if d, ok := e.judge(p, i, e.hasAddr(p.Src), true); !ok {
+		e.denied(p, d)
 		e.drop(in, f, d)
 		return
 	}
@@ -252,6 +256,8 @@ func (e *Engine) transmitBack(in *port, f xsk.Frame, n int) {
 	}
 	e.cnt.add(cFwdPackets+int(Reply), 1)
 	e.cnt.add(cFwdBytes+int(Reply), uint64(n))
+	in.stats.local[pTxPackets]++
+	in.stats.local[pTxBytes] += uint64(n)
 }
 
 // forward copies the IP packet of f into a frame of out, rewrites it and
@@ -291,6 +297,8 @@ func (e *Engine) forward(in *port, f xsk.Frame, b []byte, p *packet.Packet, out 
 	}
 	e.cnt.add(cFwdPackets+int(path), 1)
 	e.cnt.add(cFwdBytes+int(path), uint64(n))
+	out.stats.local[pTxPackets]++
+	out.stats.local[pTxBytes] += uint64(n)
 }
 
 // completeChecksum finishes a TCP or UDP checksum that checksum offload in
@@ -453,6 +461,7 @@ func (e *Engine) newFlow(p *packet.Packet, key conntrack.Key, srcLocal, dstLocal
 	ent.Egress, ent.Ingress = eg, ing
 	e.ct.Update(ent, dir, p.TCPFlags, p.L3Len, e.now)
 	e.cnt.add(cFlowsNew, 1)
+	e.allowed(key, eg, ing)
 	e.firstFragment(p, ent, dir)
 	return 0, true
 }
@@ -479,6 +488,7 @@ func (e *Engine) decide(src, dst netip.Addr, proto uint8, dport uint16, srcLocal
 	none := policy.RuleRef{Policy: -1, Index: -1}
 	eg, ing = none, none
 	t := e.tab
+	e.deniedAt = netip.Addr{}
 	if t == nil {
 		return DropUnknownEndpoint, none, none, false
 	}
@@ -489,6 +499,7 @@ func (e *Engine) decide(src, dst netip.Addr, proto uint8, dport uint16, srcLocal
 		case dec.Reason == policy.NotPod:
 			return DropUnknownEndpoint, none, none, false
 		case !dec.Allowed():
+			e.deniedAt = src
 			return DropDeniedEgress, none, none, false
 		}
 		eg = dec.Rule
@@ -505,6 +516,7 @@ func (e *Engine) decide(src, dst netip.Addr, proto uint8, dport uint16, srcLocal
 		case dec.Reason == policy.NotPod:
 			return DropUnknownEndpoint, none, none, false
 		case !dec.Allowed():
+			e.deniedAt = dst
 			return DropDeniedIngress, none, none, false
 		}
 		ing = dec.Rule

@@ -1,0 +1,183 @@
+package fastpath
+
+import (
+	"net/netip"
+	"sync/atomic"
+
+	"github.com/podgate/podgate/fastpath/conntrack"
+	"github.com/podgate/podgate/fastpath/packet"
+	"github.com/podgate/podgate/policy"
+)
+
+// Per-port counter indexes.
+const (
+	pRxPackets = iota
+	pRxBytes
+	pTxPackets
+	pTxBytes
+	pDeniedIngress // flows denied by the ingress policy of this port's pod
+	pDeniedEgress  // flows denied by the egress policy of this port's pod
+	numPortCounters
+)
+
+// portCounters are a port's counters: worker-local, published per batch.
+type portCounters struct {
+	local     [numPortCounters]uint64
+	published [numPortCounters]uint64
+	shared    [numPortCounters]atomic.Uint64
+}
+
+func (c *portCounters) publish() {
+	for i := range c.local {
+		if c.local[i] != c.published[i] {
+			c.published[i] = c.local[i]
+			c.shared[i].Store(c.local[i])
+		}
+	}
+}
+
+// PortStats are the counters of one port. Denied counts are packets that a
+// policy of this port's pod denied (the isolated side).
+type PortStats struct {
+	Name               string
+	Kind               PortKind
+	PodIPs             []netip.Addr
+	RxPackets, RxBytes uint64
+	TxPackets, TxBytes uint64
+	DeniedIngress      uint64
+	DeniedEgress       uint64
+}
+
+// PortStats returns the counters of every port as of the last batch. It is
+// safe to call from any goroutine.
+func (e *Engine) PortStats() []PortStats {
+	snap := e.snapshot.Load()
+	if snap == nil {
+		return nil
+	}
+	out := make([]PortStats, 0, len(*snap))
+	for _, p := range *snap {
+		c := &p.stats.shared
+		out = append(out, PortStats{
+			Name: p.Name, Kind: p.Kind, PodIPs: p.PodIPs,
+			RxPackets: c[pRxPackets].Load(), RxBytes: c[pRxBytes].Load(),
+			TxPackets: c[pTxPackets].Load(), TxBytes: c[pTxBytes].Load(),
+			DeniedIngress: c[pDeniedIngress].Load(), DeniedEgress: c[pDeniedEgress].Load(),
+		})
+	}
+	return out
+}
+
+// PolicyName names a NetworkPolicy.
+type PolicyName struct{ Namespace, Name string }
+
+// allowCounts counts flows allowed per policy of one table, per direction.
+type allowCounts struct {
+	tab     *policy.Table
+	ingress []atomic.Uint64
+	egress  []atomic.Uint64
+}
+
+// tableChanged folds the allow counts of the previous table into the
+// totals and starts counting for the new one. It runs on the worker once
+// per table, never per packet.
+func (e *Engine) tableChanged() {
+	old := e.allow.Load()
+	var next *allowCounts
+	if e.tab != nil {
+		n := len(e.tab.Policies())
+		next = &allowCounts{tab: e.tab, ingress: make([]atomic.Uint64, n), egress: make([]atomic.Uint64, n)}
+	}
+	e.allowMu.Lock()
+	defer e.allowMu.Unlock()
+	if old != nil {
+		for i, pi := range old.tab.Policies() {
+			k := PolicyName{pi.Namespace, pi.Name}
+			t := e.allowTotal[k]
+			t[policy.Ingress] += old.ingress[i].Load()
+			t[policy.Egress] += old.egress[i].Load()
+			if t != ([2]uint64{}) {
+				e.allowTotal[k] = t
+			}
+		}
+	}
+	e.allow.Store(next)
+}
+
+// AllowedFlows returns, per policy and direction (index with
+// policy.Ingress and policy.Egress), the number of flows its rules
+// allowed. It is safe to call from any goroutine.
+func (e *Engine) AllowedFlows() map[PolicyName][2]uint64 {
+	e.allowMu.Lock()
+	out := make(map[PolicyName][2]uint64, len(e.allowTotal))
+	for k, v := range e.allowTotal {
+		out[k] = v
+	}
+	cur := e.allow.Load()
+	e.allowMu.Unlock()
+	if cur != nil {
+		for i, pi := range cur.tab.Policies() {
+			in, eg := cur.ingress[i].Load(), cur.egress[i].Load()
+			if in+eg == 0 {
+				continue
+			}
+			k := PolicyName{pi.Namespace, pi.Name}
+			t := out[k]
+			t[policy.Ingress] += in
+			t[policy.Egress] += eg
+			out[k] = t
+		}
+	}
+	return out
+}
+
+// allowed accounts a new allowed flow: per-policy counts and an event.
+func (e *Engine) allowed(key conntrack.Key, eg, ing policy.RuleRef) {
+	if a := e.allow.Load(); a != nil {
+		if eg.Policy >= 0 && int(eg.Policy) < len(a.egress) {
+			a.egress[eg.Policy].Add(1)
+		}
+		if ing.Policy >= 0 && int(ing.Policy) < len(a.ingress) {
+			a.ingress[ing.Policy].Add(1)
+		}
+	}
+	ev := FlowEvent{Mono: e.now, Proto: key.Proto, SrcPort: key.SrcPort, DstPort: key.DstPort, Allowed: true, Egress: eg, Ingress: ing}
+	ev.Src, ev.Dst = key.Addrs()
+	if e.tab != nil {
+		ev.Generation = e.tab.Generation()
+	}
+	e.events.push(&ev)
+}
+
+// denied accounts a flow that policy denied (or a local pod the table does
+// not know): the denial on the isolated pod's port, and an event the first
+// time in a while for this flow.
+func (e *Engine) denied(p *packet.Packet, d Drop) {
+	if d != DropDeniedEgress && d != DropDeniedIngress && d != DropUnknownEndpoint {
+		return
+	}
+	if port := e.local(e.deniedAt); port != nil {
+		if d == DropDeniedEgress {
+			port.stats.local[pDeniedEgress]++
+		} else if d == DropDeniedIngress {
+			port.stats.local[pDeniedIngress]++
+		}
+	}
+	key := flowKey(p)
+	if !e.events.firstDenial(&key, e.now) {
+		return
+	}
+	ev := FlowEvent{Mono: e.now, Src: p.Src, Dst: p.Dst, Proto: policy.Protocol(p.Proto), SrcPort: key.SrcPort, DstPort: key.DstPort,
+		Drop: d, Egress: policy.RuleRef{Policy: -1, Index: -1}, Ingress: policy.RuleRef{Policy: -1, Index: -1}}
+	if e.tab != nil {
+		ev.Generation = e.tab.Generation()
+	}
+	e.events.push(&ev)
+}
+
+// NextEvent copies the oldest flow event into ev and reports whether there
+// was one. Only one goroutine may call it.
+func (e *Engine) NextEvent(ev *FlowEvent) bool { return e.events.pop(ev) }
+
+// EventsLost counts flow events dropped because the consumer fell behind.
+func (e *Engine) EventsLost() uint64 { return e.events.lost.Load() }
