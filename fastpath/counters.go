@@ -46,9 +46,12 @@ const (
 	// DropNeighbor: an ARP or NDP message the gateway consumed or ignored
 	// (replies and gratuitous messages; requests it answers are not drops).
 	DropNeighbor
+	// DropNoNeighbor: the destination pod's MAC is not known (it was not
+	// given and the pod has sent nothing yet).
+	DropNoNeighbor
 
 	// NumDrops is the number of Drop values.
-	NumDrops = int(DropNeighbor) + 1
+	NumDrops = int(DropNoNeighbor) + 1
 )
 
 // String returns the reason as a snake_case metric label.
@@ -83,6 +86,8 @@ func (d Drop) String() string {
 		return "too_big"
 	case DropNeighbor:
 		return "neighbor"
+	case DropNoNeighbor:
+		return "no_neighbor"
 	}
 	return fmt.Sprintf("drop_%d", uint8(d))
 }

@@ -125,6 +125,9 @@ type Engine struct {
 	waiter    waiter
 	// deniedAt is the address of the isolated side of the last denial.
 	deniedAt netip.Addr
+	// monoBase and wallBase relate Config.Now to the wall clock.
+	monoBase int64
+	wallBase time.Time
 }
 
 type port struct {
@@ -157,6 +160,8 @@ func New(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("new fastpath engine: %w", err)
 	}
 	return &Engine{
+		monoBase:   cfg.Now(),
+		wallBase:   time.Now(),
 		events:     &eventRing{},
 		allowTotal: make(map[PolicyName][2]uint64),
 		cfg:        cfg,
@@ -214,6 +219,9 @@ func (e *Engine) SetNodeAddrs(ctx context.Context, addrs []netip.Addr) error {
 	a := append([]netip.Addr(nil), addrs...)
 	return e.do(ctx, func(e *Engine) error { e.nodeAddrs = a; return nil })
 }
+
+// Wall converts a time of the engine's clock (FlowEvent.Mono) to wall time.
+func (e *Engine) Wall(mono int64) time.Time { return e.wallBase.Add(time.Duration(mono - e.monoBase)) }
 
 // Stats returns the counters as of the last batch.
 func (e *Engine) Stats() Stats { return e.cnt.snapshot() }

@@ -349,7 +349,7 @@ func TestNeighbors(t *testing.T) {
 	r := newRig(t, articleTable(t), nil)
 	app := wire("app")
 	arp := func(srcMAC [6]byte, sender, target netip.Addr) []byte {
-		return serialize(t, &layers.Ethernet{SrcMAC: mac(srcMAC), DstMAC: mac(broadcastMAC), EthernetType: layers.EthernetTypeARP},
+		return serialize(t, &layers.Ethernet{SrcMAC: mac(srcMAC), DstMAC: net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, EthernetType: layers.EthernetTypeARP},
 			&layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
 				Operation: layers.ARPRequest, SourceHwAddress: srcMAC[:], SourceProtAddress: sender.AsSlice(),
 				DstHwAddress: make([]byte, 6), DstProtAddress: target.AsSlice()})
@@ -632,5 +632,25 @@ func TestBatchDoesNotAllocate(t *testing.T) {
 	}
 	if st := r.e.Stats(); st.FwdPackets[PodToPod] < 200*24 {
 		t.Errorf("forwarded %d packets, want at least %d: drops %v", st.FwdPackets[PodToPod], 200*24, r.drops())
+	}
+}
+
+func TestUnknownPodMACIsNotBroadcast(t *testing.T) {
+	r := newRig(t, articleTable(t), nil)
+	w := podWire{"quiet", netip.MustParseAddr("10.0.1.30"), [6]byte{2, 0, 0, 1, 0, 8}, [6]byte{}}
+	// Replace apipod's port by one that was given no MAC and saw no frame.
+	if err := r.e.removePort("api"); err != nil {
+		t.Fatal(err)
+	}
+	r.add(PortSpec{Name: "quiet", Kind: PodPort, MAC: w.gwMAC, PodIPs: []netip.Addr{w.ip}})
+	before := r.e.Stats()
+	r.expectDrop(r.send("app", syn(t, wire("app"), apiIP, 80)), DropNoNeighbor, before)
+	// Once the pod speaks, its MAC is learned.
+	learned := [6]byte{2, 0, 0, 2, 0, 8}
+	s := tcpFrame(t, learned, w.gwMAC, apiIP, dbIP, 40000, 80, tcpOpt{syn: true})
+	r.expectOne(r.send("quiet", s), "db")
+	p, _ := r.expectOne(r.send("app", syn(t, wire("app"), apiIP, 80)), "quiet")
+	if p.DstMAC != learned {
+		t.Errorf("dst MAC %x, want the learned %x", p.DstMAC, learned)
 	}
 }

@@ -10,8 +10,6 @@ import (
 	"github.com/podgate/podgate/policy"
 )
 
-var broadcastMAC = [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
-
 // prepare parses the n frames of a batch from port in and looks up the
 // flows of those that have one, all at once, so that the memory accesses
 // of the lookups overlap (conntrack.Table.LookupBatch).
@@ -268,6 +266,13 @@ func (e *Engine) forward(in *port, f xsk.Frame, b []byte, p *packet.Packet, out 
 		e.drop(in, f, Drop(r))
 		return
 	}
+	if out.PeerMAC == ([6]byte{}) {
+		// A pod that has not sent a frame yet and whose MAC the port was
+		// not given: a frame to the broadcast MAC would be discarded by
+		// the pod's TCP, so drop and count.
+		e.drop(in, f, DropNoNeighbor)
+		return
+	}
 	nf, ok := out.Port.Alloc()
 	if !ok {
 		e.drop(in, f, DropTxRingFull)
@@ -284,11 +289,7 @@ func (e *Engine) forward(in *port, f xsk.Frame, b []byte, p *packet.Packet, out 
 	in.dirty, out.dirty = true, true
 	ob = ob[:n]
 	completeChecksum(ob, p)
-	dst := out.PeerMAC
-	if dst == ([6]byte{}) {
-		dst = broadcastMAC // a pod whose MAC is not known yet
-	}
-	packet.SetMACs(ob, dst, out.MAC)
+	packet.SetMACs(ob, out.PeerMAC, out.MAC)
 	nf.Len = uint32(n)
 	if !out.Port.Transmit(nf) {
 		out.Port.Release(nf)

@@ -20,6 +20,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(
 		newVersionCommand(),
 		newPolicyCommand(),
+		newAgentCommand(),
 	)
 	return root
 }

@@ -1,0 +1,274 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/podgate/podgate/fastpath"
+	"github.com/podgate/podgate/fastpath/conntrack"
+	"github.com/podgate/podgate/fastpath/node"
+	"github.com/podgate/podgate/fastpath/xsk"
+	"github.com/podgate/podgate/k8swatch"
+	"github.com/podgate/podgate/policy"
+)
+
+// agentConfig is the agent's configuration, filled from flags.
+type agentConfig struct {
+	NodeName        string
+	Kubeconfig      string
+	Manifests       []string
+	MetricsAddr     string
+	AllowNodeToPod  bool
+	KeepEstablished bool
+	ConntrackMax    int
+	StateDir        string
+	GatewayLink     string
+	KernelLink      string
+	InterfacePrefix string
+	LogLevel        string
+}
+
+// validate reports every problem with the configuration, joined.
+func (c *agentConfig) validate() error {
+	var errs []error
+	if c.NodeName == "" {
+		errs = append(errs, errors.New("--node-name: required (or set NODE_NAME)"))
+	}
+	if c.ConntrackMax < 1024 {
+		errs = append(errs, fmt.Errorf("--conntrack-max %d: must be at least 1024", c.ConntrackMax))
+	}
+	if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+		errs = append(errs, fmt.Errorf("--metrics-addr %q: %w", c.MetricsAddr, err))
+	}
+	if len(c.Manifests) > 0 && c.Kubeconfig != "" {
+		errs = append(errs, errors.New("--manifests and --kubeconfig: give one source, not both"))
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("--log-level %q: want debug, info, warn or error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}
+
+func newAgentCommand() *cobra.Command {
+	cfg := agentConfig{}
+	cmd := &cobra.Command{
+		Use:   "agent --node-name NODE [--manifests PATH | --kubeconfig PATH]",
+		Short: "Enforce NetworkPolicy for the pods of this node",
+		Long: `Run the node agent: intercept the traffic of the node's pods with XDP and
+AF_XDP, enforce the policies in the fastpath, and serve /metrics, /healthz
+and /readyz on --metrics-addr. The policy table comes from the Kubernetes
+API (in-cluster config, or --kubeconfig) or, standalone, from manifest
+files that are watched for changes (--manifests). On SIGTERM or SIGINT the
+agent restores the node's routes and removes its XDP programs: pods keep
+their connectivity, without enforcement.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cfg.validate(); err != nil {
+				return err
+			}
+			return runAgent(cmd.Context(), cfg, cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
+	f.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
+	f.StringArrayVar(&cfg.Manifests, "manifests", nil, "manifest file or directory to read policies from instead of the API (repeatable)")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9402", "address for /metrics, /healthz and /readyz")
+	f.BoolVar(&cfg.AllowNodeToPod, "allow-node-to-pod", true, "let the node's own addresses reach its pods whatever their policies (kubelet probes)")
+	f.BoolVar(&cfg.KeepEstablished, "keep-established", false, "keep connections that a new policy would deny (default: cut them)")
+	f.IntVar(&cfg.ConntrackMax, "conntrack-max", 262144, "maximum number of tracked flows")
+	f.StringVar(&cfg.StateDir, "state-dir", "/run/podgate", "where the agent records what it changed, for recovery after a crash")
+	f.StringVar(&cfg.GatewayLink, "gateway-link", "pgw0", "name of the gateway end of the kernel leg")
+	f.StringVar(&cfg.KernelLink, "kernel-link", "pgk0", "name of the kernel end of the kernel leg")
+	f.StringVar(&cfg.InterfacePrefix, "interface-prefix", "", "only veths whose name starts with this are pod interfaces (default: every veth with pod host routes)")
+	f.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(cfg.LogLevel))
+	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lvl})).With("node", cfg.NodeName)
+
+	store := &policy.Store{}
+	engine, err := fastpath.New(fastpath.Config{
+		Store:           store,
+		Conntrack:       conntrack.Config{Capacity: cfg.ConntrackMax},
+		AllowNodeToPod:  cfg.AllowNodeToPod,
+		KeepEstablished: cfg.KeepEstablished,
+	})
+	if err != nil {
+		return err
+	}
+	nd, err := node.New(node.Config{
+		Engine:          engine,
+		GatewayLink:     cfg.GatewayLink,
+		KernelLink:      cfg.KernelLink,
+		StateDir:        cfg.StateDir,
+		AttachMode:      xsk.Native,
+		InterfacePrefix: cfg.InterfacePrefix,
+		// Standalone, the node's own addresses are those of this host;
+		// with the API they come from the Node object.
+		PublishNodeAddrs: len(cfg.Manifests) > 0,
+		Logger:           logger.With("component", "node"),
+	})
+	if err != nil {
+		return err
+	}
+
+	// The engine outlives the node plumbing, which needs it to remove its
+	// ports while it restores the node on shutdown.
+	engineCtx, stopEngine := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopEngine()
+	engineDone := make(chan error, 1)
+	go func() { engineDone <- engine.Run(engineCtx) }()
+
+	setNodeAddrs := func(addrs []netip.Addr) {
+		c, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := engine.SetNodeAddrs(c, addrs); err != nil && ctx.Err() == nil {
+			logger.Error("set node addresses", "err", err)
+		}
+	}
+
+	var src k8swatch.Source
+	var startInformers func()
+	if len(cfg.Manifests) > 0 {
+		fs, err := k8swatch.NewFileSource(k8swatch.FileConfig{
+			Paths:     cfg.Manifests,
+			Store:     store,
+			Logger:    logger.With("component", "files"),
+			NodeAddrs: nd.NodeAddrs(),
+		})
+		if err != nil {
+			return err
+		}
+		src = fs
+	} else {
+		restCfg, err := kubeConfig(cfg.Kubeconfig)
+		if err != nil {
+			return err
+		}
+		client, err := kubernetes.NewForConfig(restCfg)
+		if err != nil {
+			return fmt.Errorf("create Kubernetes client: %w", err)
+		}
+		factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(k8swatch.StripManagedFields))
+		as, err := k8swatch.NewAPISource(k8swatch.APIConfig{
+			Pods:            factory.Core().V1().Pods(),
+			Namespaces:      factory.Core().V1().Namespaces(),
+			NetworkPolicies: factory.Networking().V1().NetworkPolicies(),
+			Nodes:           factory.Core().V1().Nodes(),
+			NodeName:        cfg.NodeName,
+			OnNodeAddrs:     setNodeAddrs,
+			Store:           store,
+			Logger:          logger.With("component", "k8swatch"),
+			Probe:           k8swatch.ReadyzProbe(client.Discovery().RESTClient()),
+		})
+		if err != nil {
+			return err
+		}
+		src = as
+		startInformers = func() {
+			factory.Start(ctx.Done())
+			go func() { <-ctx.Done(); factory.Shutdown() }()
+		}
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv := &http.Server{Handler: agentMux(reg, src, nd, store), ReadHeaderTimeout: 10 * time.Second}
+	ln, err := net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("listen on --metrics-addr: %w", err)
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return src.Run(gctx) })
+	if startInformers != nil {
+		startInformers()
+	}
+	g.Go(func() error { return nd.Run(gctx) })
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve %s: %w", cfg.MetricsAddr, err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		c, cancel := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(c)
+	})
+	logger.Info("agent started", "metricsAddr", ln.Addr().String(), "manifests", strings.Join(cfg.Manifests, ","))
+	err = g.Wait()
+	stopEngine()
+	if eerr := <-engineDone; eerr != nil {
+		err = errors.Join(err, eerr)
+	}
+	logger.Info("agent stopped", "err", err)
+	return err
+}
+
+func kubeConfig(path string) (*rest.Config, error) {
+	if path != "" {
+		c, err := clientcmd.BuildConfigFromFlags("", path)
+		if err != nil {
+			return nil, fmt.Errorf("load kubeconfig %s: %w", path, err)
+		}
+		return c, nil
+	}
+	c, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("in-cluster config (give --kubeconfig or --manifests outside a cluster): %w", err)
+	}
+	return c, nil
+}
+
+// agentMux serves the metrics and the health endpoints.
+func agentMux(reg *prometheus.Registry, src k8swatch.Source, nd *node.Node, store *policy.Store) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		var problems []string
+		if !nd.Ready() {
+			problems = append(problems, "node plumbing not ready")
+		}
+		if store.Load() == nil {
+			problems = append(problems, "no policy table yet")
+		}
+		if err := src.Status().Err(); err != nil {
+			problems = append(problems, err.Error())
+		}
+		if len(problems) > 0 {
+			http.Error(w, strings.Join(problems, "; "), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}

@@ -1,0 +1,320 @@
+package fastpath
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/podgate/podgate/policy"
+)
+
+// FlowEnd is one end of a flow in a [FlowRecord].
+type FlowEnd struct {
+	IP        netip.Addr `json:"ip"`
+	Port      uint16     `json:"port,omitempty"`
+	Namespace string     `json:"namespace,omitempty"`
+	Pod       string     `json:"pod,omitempty"`
+}
+
+// FlowRecord is a verdict on a flow as the flow log and `podgate flows`
+// show it.
+type FlowRecord struct {
+	Time     time.Time `json:"time"`
+	Verdict  string    `json:"verdict"` // "allow" or "deny"
+	Protocol string    `json:"protocol"`
+	Src      FlowEnd   `json:"src"`
+	Dst      FlowEnd   `json:"dst"`
+	// Direction is the side that denied ("ingress" or "egress"); Reason the
+	// drop reason (denied_ingress, denied_egress, unknown_endpoint).
+	Direction string `json:"direction,omitempty"`
+	Reason    string `json:"reason,omitempty"`
+	// Policies says what decided: the rules that allowed the flow, or the
+	// policies that isolate the denying side.
+	Policies []string `json:"policies,omitempty"`
+}
+
+// FlowFilter selects records; zero fields match everything.
+type FlowFilter struct {
+	Namespace string // either end's namespace
+	Verdict   string // "allow" or "deny"
+}
+
+// Match reports whether r passes the filter.
+func (f FlowFilter) Match(r *FlowRecord) bool {
+	if f.Verdict != "" && f.Verdict != r.Verdict {
+		return false
+	}
+	return f.Namespace == "" || f.Namespace == r.Src.Namespace || f.Namespace == r.Dst.Namespace
+}
+
+// FlowLogConfig configures a [FlowLog].
+type FlowLogConfig struct {
+	Engine *Engine
+	Store  *policy.Store
+	// Logger receives one line per denied flow; nil logs nothing.
+	Logger *slog.Logger
+	// LogRate and LogBurst limit the denied-flow lines per second (default
+	// 100 and 200); lines over the limit are counted, not written.
+	LogRate  float64
+	LogBurst int
+	// Keep is how many recent records are kept for /flows (default 1000).
+	Keep int
+	// Poll is how often the engine's events are drained (default 50ms).
+	Poll time.Duration
+}
+
+// FlowLog turns the engine's flow events into records: a rate-limited
+// JSON log of denied flows, the recent records, and a stream for
+// followers. It is safe for concurrent use; one goroutine runs [FlowLog.Run].
+type FlowLog struct {
+	cfg        FlowLogConfig
+	limiter    *rate.Limiter
+	suppressed atomic.Uint64
+	logged     atomic.Uint64
+
+	mu     sync.Mutex
+	recent []FlowRecord // ring of cfg.Keep records
+	next   int
+	full   bool
+	subs   map[chan FlowRecord]FlowFilter
+	tables map[uint64]*policy.Table // recent tables by generation
+}
+
+// NewFlowLog returns a flow log; start it with Run.
+func NewFlowLog(cfg FlowLogConfig) (*FlowLog, error) {
+	if cfg.Engine == nil || cfg.Store == nil {
+		return nil, fmt.Errorf("new flow log: Engine and Store are required")
+	}
+	if cfg.LogRate <= 0 {
+		cfg.LogRate = 100
+	}
+	if cfg.LogBurst <= 0 {
+		cfg.LogBurst = 200
+	}
+	if cfg.Keep <= 0 {
+		cfg.Keep = 1000
+	}
+	if cfg.Poll <= 0 {
+		cfg.Poll = 50 * time.Millisecond
+	}
+	return &FlowLog{
+		cfg:     cfg,
+		limiter: rate.NewLimiter(rate.Limit(cfg.LogRate), cfg.LogBurst),
+		recent:  make([]FlowRecord, cfg.Keep),
+		subs:    make(map[chan FlowRecord]FlowFilter),
+		tables:  make(map[uint64]*policy.Table),
+	}, nil
+}
+
+// Run drains the engine's events until ctx is done.
+func (l *FlowLog) Run(ctx context.Context) error {
+	t := time.NewTicker(l.cfg.Poll)
+	defer t.Stop()
+	for {
+		l.drain()
+		select {
+		case <-ctx.Done():
+			l.drain()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Logged and Suppressed count denied-flow lines written and those the rate
+// limit held back.
+func (l *FlowLog) Logged() uint64     { return l.logged.Load() }
+func (l *FlowLog) Suppressed() uint64 { return l.suppressed.Load() }
+
+func (l *FlowLog) drain() {
+	if t := l.cfg.Store.Load(); t != nil {
+		l.mu.Lock()
+		if _, ok := l.tables[t.Generation()]; !ok {
+			l.tables[t.Generation()] = t
+			for g := range l.tables {
+				if g+4 <= t.Generation() {
+					delete(l.tables, g)
+				}
+			}
+		}
+		l.mu.Unlock()
+	}
+	var ev FlowEvent
+	for l.cfg.Engine.NextEvent(&ev) {
+		rec := l.record(&ev)
+		if !ev.Allowed && l.cfg.Logger != nil {
+			if l.limiter.Allow() {
+				l.logged.Add(1)
+				l.cfg.Logger.LogAttrs(context.Background(), slog.LevelInfo, "flow denied",
+					slog.Time("flowTime", rec.Time), slog.String("direction", rec.Direction), slog.String("reason", rec.Reason),
+					slog.String("protocol", rec.Protocol),
+					slog.String("srcNamespace", rec.Src.Namespace), slog.String("srcPod", rec.Src.Pod),
+					slog.String("srcIP", rec.Src.IP.String()), slog.Int("srcPort", int(rec.Src.Port)),
+					slog.String("dstNamespace", rec.Dst.Namespace), slog.String("dstPod", rec.Dst.Pod),
+					slog.String("dstIP", rec.Dst.IP.String()), slog.Int("dstPort", int(rec.Dst.Port)),
+					slog.Any("policies", rec.Policies))
+			} else {
+				l.suppressed.Add(1)
+			}
+		}
+		l.add(rec)
+	}
+}
+
+func (l *FlowLog) add(rec FlowRecord) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.recent[l.next] = rec
+	l.next = (l.next + 1) % len(l.recent)
+	l.full = l.full || l.next == 0
+	for ch, f := range l.subs {
+		if f.Match(&rec) {
+			select {
+			case ch <- rec:
+			default: // a slow follower misses records rather than stalling the log
+			}
+		}
+	}
+}
+
+// record resolves an event against the table it was decided with.
+func (l *FlowLog) record(ev *FlowEvent) FlowRecord {
+	l.mu.Lock()
+	t := l.tables[ev.Generation]
+	l.mu.Unlock()
+	r := FlowRecord{
+		Time:     l.cfg.Engine.Wall(ev.Mono),
+		Verdict:  "allow",
+		Protocol: ev.Proto.String(),
+		Src:      FlowEnd{IP: ev.Src},
+		Dst:      FlowEnd{IP: ev.Dst},
+	}
+	if ev.Proto.HasPorts() {
+		r.Src.Port, r.Dst.Port = ev.SrcPort, ev.DstPort
+	}
+	if t == nil {
+		t = l.cfg.Store.Load()
+	}
+	if t == nil {
+		return r
+	}
+	for _, end := range []*FlowEnd{&r.Src, &r.Dst} {
+		if i, ok := t.EndpointByAddr(end.IP); ok {
+			e := t.Endpoint(i)
+			end.Namespace, end.Pod = e.Namespace, e.Name
+		}
+	}
+	if ev.Allowed {
+		for _, x := range []struct {
+			dir policy.Direction
+			ref policy.RuleRef
+		}{{policy.Egress, ev.Egress}, {policy.Ingress, ev.Ingress}} {
+			if x.ref.Policy >= 0 && int(x.ref.Policy) < len(t.Policies()) && t.Generation() == ev.Generation {
+				r.Policies = append(r.Policies, t.Rule(x.dir, x.ref).String())
+			}
+		}
+		return r
+	}
+	r.Verdict, r.Reason = "deny", ev.Drop.String()
+	var side netip.Addr
+	switch ev.Drop {
+	case DropDeniedEgress:
+		r.Direction, side = "egress", ev.Src
+	case DropDeniedIngress:
+		r.Direction, side = "ingress", ev.Dst
+	}
+	if i, ok := t.EndpointByAddr(side); ok {
+		dir := policy.Ingress
+		if r.Direction == "egress" {
+			dir = policy.Egress
+		}
+		for _, p := range t.Selecting(i, dir) {
+			r.Policies = append(r.Policies, t.Policy(p).String())
+		}
+	}
+	return r
+}
+
+// Recent returns the kept records that match f, oldest first.
+func (l *FlowLog) Recent(f FlowFilter) []FlowRecord {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []FlowRecord
+	n, start := l.next, 0
+	if l.full {
+		n, start = len(l.recent), l.next
+	}
+	for k := range n {
+		r := &l.recent[(start+k)%len(l.recent)]
+		if f.Match(r) {
+			out = append(out, *r)
+		}
+	}
+	return out
+}
+
+// subscribe returns a channel of new records matching f; cancel stops it.
+func (l *FlowLog) subscribe(f FlowFilter) (<-chan FlowRecord, func()) {
+	ch := make(chan FlowRecord, 256)
+	l.mu.Lock()
+	l.subs[ch] = f
+	l.mu.Unlock()
+	return ch, func() {
+		l.mu.Lock()
+		delete(l.subs, ch)
+		l.mu.Unlock()
+	}
+}
+
+// ServeHTTP serves the records as JSON lines: GET
+// /flows?namespace=N&verdict=deny&follow=true. With follow the response
+// streams new records until the client goes away.
+func (l *FlowLog) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := FlowFilter{Namespace: q.Get("namespace"), Verdict: strings.ToLower(q.Get("verdict"))}
+	if f.Verdict != "" && f.Verdict != "allow" && f.Verdict != "deny" {
+		http.Error(w, "verdict: want allow or deny", http.StatusBadRequest)
+		return
+	}
+	follow, _ := strconv.ParseBool(q.Get("follow"))
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	var ch <-chan FlowRecord
+	if follow {
+		var cancel func()
+		ch, cancel = l.subscribe(f)
+		defer cancel()
+	}
+	for _, rec := range l.Recent(f) {
+		if err := enc.Encode(rec); err != nil {
+			return
+		}
+	}
+	if !follow {
+		return
+	}
+	flusher, _ := w.(http.Flusher)
+	for {
+		if flusher != nil {
+			flusher.Flush()
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case rec := <-ch:
+			if err := enc.Encode(rec); err != nil {
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,86 @@
+package fastpath
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestFlowLog(t *testing.T) {
+	r := newRig(t, articleTable(t), nil)
+	var logBuf bytes.Buffer
+	fl, err := NewFlowLog(FlowLogConfig{Engine: r.e, Store: r.store, Logger: slog.New(slog.NewJSONHandler(&logBuf, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.expectOne(r.send("app", syn(t, wire("app"), apiIP, 80)), "api")
+	s, d := fromKernel()
+	r.send("kernel", tcpFrame(t, s, d, vmIP, dbIP, 5555, 80, tcpOpt{syn: true}))
+	fl.drain()
+
+	recs := fl.Recent(FlowFilter{})
+	if len(recs) != 2 {
+		t.Fatalf("%d records, want 2: %+v", len(recs), recs)
+	}
+	allow, deny := recs[0], recs[1]
+	if allow.Verdict != "allow" || allow.Src.Pod != "apppod" || allow.Dst.Namespace != "frontend" || allow.Dst.Port != 80 ||
+		strings.Join(allow.Policies, ";") != "frontend/apppod-policy egress[0];frontend/apipod-policy ingress[0]" {
+		t.Errorf("allowed record %+v", allow)
+	}
+	if deny.Verdict != "deny" || deny.Direction != "ingress" || deny.Reason != "denied_ingress" || deny.Dst.Pod != "dbpod" ||
+		deny.Src.Pod != "" || deny.Src.IP != vmIP || strings.Join(deny.Policies, ";") != "backend/dbpod-policy" {
+		t.Errorf("denied record %+v", deny)
+	}
+	if got := fl.Recent(FlowFilter{Verdict: "deny", Namespace: "backend"}); len(got) != 1 {
+		t.Errorf("filter deny/backend: %d records, want 1", len(got))
+	}
+	if got := fl.Recent(FlowFilter{Namespace: "kube-system"}); len(got) != 0 {
+		t.Errorf("filter kube-system: %d records, want 0", len(got))
+	}
+	// One JSON log line, for the denied flow only.
+	var line map[string]any
+	if err := json.Unmarshal(bytes.TrimSpace(logBuf.Bytes()), &line); err != nil {
+		t.Fatalf("log is not one JSON line: %v\n%s", err, logBuf.String())
+	}
+	for k, v := range map[string]any{"msg": "flow denied", "direction": "ingress", "dstPod": "dbpod", "srcIP": "10.0.0.4", "dstPort": 80.0, "protocol": "TCP"} {
+		if line[k] != v {
+			t.Errorf("log %s = %v, want %v", k, line[k], v)
+		}
+	}
+
+	// The HTTP endpoint: recent records, then followed ones.
+	srv := httptest.NewServer(fl)
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/flows?verdict=deny&follow=true", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	if !sc.Scan() || !strings.Contains(sc.Text(), `"dbpod"`) {
+		t.Fatalf("first streamed line %q", sc.Text())
+	}
+	r.send("app", syn(t, wire("app"), dbIP, 80)) // a new denial while following
+	go func() {
+		for ctx.Err() == nil {
+			fl.drain()
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	if !sc.Scan() || !strings.Contains(sc.Text(), `"direction":"egress"`) {
+		t.Fatalf("followed line %q (%v)", sc.Text(), sc.Err())
+	}
+	if resp2, err := http.Get(srv.URL + "/flows?verdict=maybe"); err != nil || resp2.StatusCode != http.StatusBadRequest {
+		t.Errorf("bad verdict: %v %v", resp2.StatusCode, err)
+	}
+}

@@ -1,0 +1,130 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/podgate/podgate/fastpath"
+	"github.com/podgate/podgate/fastpath/xsk"
+)
+
+// Defaults used by [Config.WithDefaults].
+const (
+	DefaultGatewayLink    = "pgw0"
+	DefaultKernelLink     = "pgk0"
+	DefaultStateDir       = "/run/podgate"
+	DefaultResyncInterval = 30 * time.Second
+	// DefaultDebounce is how long the Node waits for netlink events to go
+	// quiet before it reconciles.
+	DefaultDebounce = 50 * time.Millisecond
+)
+
+// maxIfNameLen is the longest interface name the kernel accepts.
+const maxIfNameLen = 15
+
+// Config configures a [Node].
+type Config struct {
+	// Engine is the fastpath the Node adds its ports to. It must be running
+	// ([fastpath.Engine.Run]) for as long as [Node.Run] runs, including the
+	// graceful restore after Run's context is done: cancel the engine only
+	// after Run returned.
+	Engine *fastpath.Engine
+	// GatewayLink is the gateway end of the kernel leg, which carries the
+	// XDP program and the kernel port's socket (default "pgw0").
+	GatewayLink string
+	// KernelLink is the kernel end of the kernel leg; routes to local pods
+	// point at it (default "pgk0").
+	KernelLink string
+	// StateDir is where the Node records what it changed, for recovery
+	// after a crash (default "/run/podgate"). It must survive a restart of
+	// the agent (a hostPath in a DaemonSet) and not a reboot.
+	StateDir string
+	// AttachMode is the XDP attach mode (default [xsk.Native], which veth
+	// needs to keep frames within a UMEM frame; see package xsk).
+	AttachMode xsk.AttachMode
+	// Socket sizes the AF_XDP socket of each pod port; Ifindex and QueueID
+	// are filled per port. Zero fields take the xsk defaults.
+	Socket xsk.Config
+	// KernelSocket sizes the kernel port's socket, which carries all the
+	// traffic between pods and the rest of the world; zero means Socket.
+	KernelSocket xsk.Config
+	// InterfacePrefix, if set, limits pod ports to veths whose name starts
+	// with it (for example "cali", "veth", "azv").
+	InterfacePrefix string
+	// PublishNodeAddrs makes the Node call [fastpath.Engine.SetNodeAddrs]
+	// with [Node.NodeAddrs] whenever they change (standalone mode). Leave
+	// it off when the caller sets the node addresses itself.
+	PublishNodeAddrs bool
+	// Logger receives progress and errors (default slog.Default()).
+	Logger *slog.Logger
+	// ResyncInterval is the period of the full reconcile that runs besides
+	// the netlink-triggered ones (default 30s).
+	ResyncInterval time.Duration
+	// Debounce is how long netlink events must go quiet before a reconcile
+	// (default 50ms); a burst never delays it by more than 10 times this.
+	Debounce time.Duration
+}
+
+// WithDefaults returns c with zero fields replaced by their defaults.
+func (c Config) WithDefaults() Config {
+	if c.GatewayLink == "" {
+		c.GatewayLink = DefaultGatewayLink
+	}
+	if c.KernelLink == "" {
+		c.KernelLink = DefaultKernelLink
+	}
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if c.AttachMode == 0 {
+		c.AttachMode = xsk.Native
+	}
+	if c.KernelSocket == (xsk.Config{}) {
+		c.KernelSocket = c.Socket
+	}
+	c.Socket = c.Socket.WithDefaults()
+	c.KernelSocket = c.KernelSocket.WithDefaults()
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.ResyncInterval <= 0 {
+		c.ResyncInterval = DefaultResyncInterval
+	}
+	if c.Debounce <= 0 {
+		c.Debounce = DefaultDebounce
+	}
+	return c
+}
+
+// Validate reports every problem with c, joined. Call it on the result of
+// WithDefaults.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Engine == nil {
+		errs = append(errs, errors.New("engine: required"))
+	}
+	for _, l := range []struct{ field, name string }{{"gateway link", c.GatewayLink}, {"kernel link", c.KernelLink}} {
+		if l.name == "" || len(l.name) > maxIfNameLen {
+			errs = append(errs, fmt.Errorf("%s %q: must be 1..%d bytes", l.field, l.name, maxIfNameLen))
+		}
+	}
+	if c.GatewayLink == c.KernelLink {
+		errs = append(errs, fmt.Errorf("gateway and kernel link: both %q", c.GatewayLink))
+	}
+	if c.AttachMode != xsk.Native && c.AttachMode != xsk.Generic {
+		errs = append(errs, fmt.Errorf("attach mode %v: %w", c.AttachMode, xsk.ErrInvalidMode))
+	}
+	// Ifindex is filled per port; validate the rest with a placeholder.
+	for _, s := range []struct {
+		field string
+		cfg   xsk.Config
+	}{{"socket", c.Socket}, {"kernel socket", c.KernelSocket}} {
+		s.cfg.Ifindex, s.cfg.QueueID = 1, 0
+		if err := s.cfg.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", s.field, err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,108 @@
+// Package node is the node side of the podgate agent: everything that
+// touches the node's network configuration. It creates the kernel leg,
+// finds the local pods' veths, gives each one a fastpath port (an AF_XDP
+// socket behind an XDP program), moves the routes to the pods onto the
+// kernel leg, follows changes through netlink, and undoes all of it on a
+// graceful stop or recovers it after a crash.
+//
+// # Topology
+//
+//	pod eth0 ── veth ── hostveth ==[XDP→XSK]== fastpath ==[XSK]== pgw0 ── veth ── pgk0 ── kernel
+//
+// The kernel leg is a veth pair made by the Node: pgw0 (the gateway end,
+// with the XDP program and the kernel port's socket, no addresses, IPv6
+// address generation off so it never speaks NDP) and pgk0 (the kernel
+// end, with an IPv6 link-local address only, so the kernel can resolve
+// pod IPv6 addresses there; the engine answers ARP and NDP for pod
+// addresses on pgw0). Its MTU is the largest pod veth MTU that fits a UMEM
+// frame, at least 1500; a route via pgk0 to a pod with a smaller MTU
+// carries that MTU.
+//
+// # Pod discovery
+//
+// A pod port is a veth (not the kernel leg, not enslaved, with
+// [Config.InterfacePrefix] if set) with main-table host routes to pod
+// addresses (/32 scope link, /128) without gateway: the route a ptp CNI
+// installs (kindnet, Calico, Azure CNI transparent mode, CNI ptp). Pods
+// are found from the kernel, not from the policy table, on purpose: a pod
+// whose veth exists before the agent hears about it from the API server
+// is intercepted anyway, and the engine denies it as an unknown endpoint
+// (fail-closed) until the table knows it.
+//
+// # Plumbing order
+//
+// For a new pod veth: open the socket (queue 0), load the program,
+// register the socket, attach natively (which also clears GSO on the
+// pod's side, see package xsk), add the port to the engine with the pod's
+// MAC (read from the veth's peer), write the state file, and only then
+// replace each route `podIP dev veth` by `podIP dev pgk0` with the same
+// key and attributes (route replace: the address is never without a
+// route). The state file is written before the move because afterwards
+// the kernel no longer says which veth an address belongs to. If the port
+// cannot be set up (for example [xsk.ErrFrameSize] for an MTU too large
+// for the UMEM frames, or a foreign XDP program on the veth), the error is
+// logged, the veth stays routed by the kernel without enforcement, and the
+// next reconcile tries again; a port none of whose routes could be moved
+// is detached again; a route on pgk0 always has its port in the engine.
+//
+// Until the engine knows a pod's MAC it would send frames to the
+// pod to the broadcast address, which the pod's TCP discards; the Node
+// therefore reads the MAC of the veth's peer (the pod's eth0) through
+// netlink (IFLA_TARGET_NETNSID) and passes it as PeerMAC. This matters
+// after a restart, when pods are silent (their gateway neighbour entry is
+// still valid) and nothing would teach the engine their MAC.
+//
+// Changes are followed through netlink link, route and address
+// subscriptions, debounced ([Config.Debounce]), plus a full reconcile
+// every [Config.ResyncInterval]. Reconciling is level-triggered: a veth
+// that disappears loses its port and its routes on pgk0; a CNI that adds
+// `podIP dev veth` again (a restarted pod, a new veth) gets it moved
+// again; addresses that move between veths move between ports.
+//
+// # Stop and crash
+//
+// When Run's context is done, each port's routes go back on its veth
+// before its program is detached (so the pod is never without a route,
+// and its frames go to the kernel as soon as nobody reads its socket),
+// then the port leaves the engine and its socket closes; then the kernel
+// leg is deleted and the state file removed. Pods then reach each other
+// and the outside through the kernel as before podgate, without
+// enforcement.
+//
+// If the agent dies instead, the kernel keeps the XDP programs attached,
+// but closing the process's sockets empties their XSKMAPs, and a program
+// without a socket drops every frame: the pods are cut off (fail-closed)
+// while the agent is down, which is the point of an enforcer. Routes stay
+// on pgk0 and the state file stays. The next start reads the state file,
+// reuses the kernel leg, re-adds the ports of the veths that still exist
+// (same name and ifindex) and deletes the routes of the others. A stale
+// program is replaced by the new one in a single netlink request
+// (XDP_FLAGS_REPLACE with the stale program expected), not detached and
+// attached again: on veth each of those waits for an RCU grace period, and
+// in between a flooding pod got 50 to 160 frames past any check in the
+// tests. A veth whose port cannot be set up again gets its routes back and
+// its stale program removed (unenforced, logged). Stale programs on other
+// veths are removed on the first reconcile.
+//
+// A graceful stop leaves the pods unenforced until the next start; killing
+// the agent (SIGKILL) instead keeps them cut off until then. Which one an
+// upgrade should use is the operator's choice.
+//
+// # Known interactions
+//
+// A CNI that adds its route with `route add` (CNI ptp) fails with EEXIST
+// while the route of a deleted pod with the same address is still on
+// pgk0, that is for one debounce period plus a reconcile after the old
+// veth disappeared; kubelet retries the sandbox. A CNI daemon that
+// periodically rewrites its routes (Calico's Felix) takes them back to
+// its veths; each time the route event makes the Node move them again,
+// and the pod's ingress is unenforced in between.
+//
+// # Namespaces and threads
+//
+// [Node.Run] acts in the network namespace of the calling OS thread and
+// locks its goroutine to that thread: netlink handles, subscriptions,
+// XDP attachment and socket binding all happen there. The agent runs in
+// the host's namespace; tests call Run inside netns.Namespace.Do of a node
+// namespace.
+package node

@@ -1,0 +1,205 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+
+	"github.com/podgate/podgate/fastpath"
+	"github.com/podgate/podgate/fastpath/xsk"
+)
+
+// openPort opens the AF_XDP socket on queue 0 of a pod veth and attaches
+// the XDP program redirecting to it (see openXSK).
+func (n *Node) openPort(l netlink.Link) (*podPort, error) {
+	a := l.Attrs()
+	x, err := n.openXSK(a.Index, n.cfg.Socket)
+	if err != nil {
+		return nil, fmt.Errorf("set up port %s: %w", a.Name, err)
+	}
+	p := &podPort{
+		name: a.Name, ifindex: a.Index, mac: slices.Clone(a.HardwareAddr), mtu: a.MTU,
+		peerMAC: n.peerMAC(l), xskPort: x,
+	}
+	n.mu.Lock()
+	n.ports[a.Index] = p
+	n.mu.Unlock()
+	return p, nil
+}
+
+// xskPort is the socket and XDP program of one interface.
+type xskPort struct {
+	sock *xsk.Socket
+	prog *xsk.Program
+	// replaced: prog took the place of a stale program atomically and
+	// does not know it is attached; detach it with xsk.RemoveStale.
+	replaced bool
+}
+
+// openXSK opens a socket on the interface, loads a program, registers the
+// socket for queue 0 and attaches the program. A podgate program left by
+// a crashed run is replaced atomically (replaceStale), so a pod that was
+// cut off by it is never unchecked; a stale program in the other mode is
+// removed first. On failure nothing of it is left.
+func (n *Node) openXSK(ifindex int, cfg xsk.Config) (xskPort, error) {
+	cfg.Ifindex, cfg.QueueID = ifindex, 0
+	sock, err := xsk.Open(cfg)
+	if err != nil {
+		return xskPort{}, err
+	}
+	prog, err := xsk.NewProgram(xsk.ProgramConfig{})
+	if err != nil {
+		_ = sock.Close()
+		return xskPort{}, err
+	}
+	fail := func(err error) (xskPort, error) {
+		_ = prog.Close()
+		_ = sock.Close()
+		return xskPort{}, err
+	}
+	if err := prog.Register(0, sock.FD()); err != nil {
+		return fail(err)
+	}
+	replaced, err := replaceStale(ifindex, n.cfg.AttachMode, prog)
+	if err != nil {
+		return fail(err)
+	}
+	if replaced {
+		n.log.Info("replaced stale podgate xdp program", "ifindex", ifindex)
+		return xskPort{sock: sock, prog: prog, replaced: true}, nil
+	}
+	if _, err := xsk.RemoveStale(ifindex); err != nil {
+		return fail(err)
+	}
+	if err := prog.Attach(ifindex, n.cfg.AttachMode); err != nil {
+		return fail(err)
+	}
+	return xskPort{sock: sock, prog: prog}, nil
+}
+
+// spec is the engine's description of the pod port with the given
+// addresses. Without the pod's MAC the engine learns it.
+func (p *podPort) spec(ips []netip.Addr) fastpath.PortSpec {
+	return fastpath.PortSpec{
+		Name: p.name, Kind: fastpath.PodPort, Port: p.sock,
+		MAC: mac6(p.mac), PeerMAC: mac6(p.peerMAC), PodIPs: slices.Clone(ips),
+	}
+}
+
+func mac6(m net.HardwareAddr) [6]byte {
+	var b [6]byte
+	copy(b[:], m)
+	return b
+}
+
+func (n *Node) setAdded(p *podPort, added bool, ips []netip.Addr) {
+	n.mu.Lock()
+	p.added, p.ips = added, slices.Clone(ips)
+	n.mu.Unlock()
+}
+
+// closePort detaches and closes a port that is not in the engine.
+func (n *Node) closePort(p *podPort) error {
+	err := n.detach(p.ifindex, p.xskPort, p.name)
+	n.mu.Lock()
+	if cerr := p.sock.Close(); cerr != nil {
+		err = errors.Join(err, fmt.Errorf("close socket of %s: %w", p.name, cerr))
+	}
+	p.added = false
+	delete(n.ports, p.ifindex)
+	n.mu.Unlock()
+	return err
+}
+
+// releasePort takes a port out: XDP program detached first (the pod's
+// frames go to the kernel again, nothing waits in a socket nobody
+// reads), then out of the engine, then the socket closed. Routes are not
+// touched.
+func (n *Node) releasePort(ctx context.Context, p *podPort) error {
+	err := n.detach(p.ifindex, p.xskPort, p.name)
+	if p.added {
+		if rerr := engineErr(n.cfg.Engine.RemovePort(ctx, p.name)); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("remove port %s: %w", p.name, rerr))
+		}
+	}
+	n.mu.Lock()
+	if cerr := p.sock.Close(); cerr != nil {
+		err = errors.Join(err, fmt.Errorf("close socket of %s: %w", p.name, cerr))
+	}
+	p.added = false
+	delete(n.ports, p.ifindex)
+	n.mu.Unlock()
+	if err == nil {
+		n.log.Info("port removed", "port", p.name)
+	}
+	return err
+}
+
+// detach detaches and closes the port's program. If detaching fails
+// (someone replaced it, or netlink failed), or the program replaced a
+// stale one, any podgate program is removed from the interface, so a
+// closed socket never leaves the pod cut off.
+func (n *Node) detach(ifindex int, x xskPort, name string) error {
+	if x.replaced {
+		_, err := xsk.RemoveStale(ifindex)
+		_ = x.prog.Close() // not attached as far as it knows
+		if err != nil && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("detach xdp from %s: %w", name, err)
+		}
+		return nil
+	}
+	if err := x.prog.Detach(); err != nil {
+		_, serr := xsk.RemoveStale(ifindex)
+		// Close tries to detach again and fails the same way; the
+		// interface is clean if RemoveStale succeeded.
+		_ = x.prog.Close()
+		if serr != nil {
+			return fmt.Errorf("detach xdp from %s: %w", name, errors.Join(err, serr))
+		}
+		return nil
+	}
+	if err := x.prog.Close(); err != nil {
+		return fmt.Errorf("close xdp program of %s: %w", name, err)
+	}
+	return nil
+}
+
+// peerMAC returns the MAC of a veth's peer, the pod's eth0, or nil if it
+// cannot be read. The peer usually lives in the pod's namespace: it is
+// read from here with RTM_GETLINK and IFLA_TARGET_NETNSID (Linux 4.20+)
+// instead of entering that namespace.
+//
+// The engine needs it: until it knows a pod's MAC it sends frames to the
+// pod to the broadcast address, which the pod's TCP drops (not
+// PACKET_HOST); a pod that is silent after an agent restart (its gateway
+// neighbour entry still valid) would stay unreachable.
+func (n *Node) peerMAC(l netlink.Link) net.HardwareAddr {
+	a := l.Attrs()
+	if a.ParentIndex <= 0 {
+		return nil
+	}
+	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(a.ParentIndex)
+	req.AddData(msg)
+	if a.NetNsID >= 0 {
+		req.AddData(nl.NewRtAttr(unix.IFLA_TARGET_NETNSID, nl.Uint32Attr(uint32(a.NetNsID))))
+	}
+	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
+	if err != nil || len(msgs) == 0 {
+		n.log.Debug("read veth peer", "link", a.Name, "err", err)
+		return nil
+	}
+	peer, err := netlink.LinkDeserialize(nil, msgs[0])
+	if err != nil || len(peer.Attrs().HardwareAddr) != 6 {
+		return nil
+	}
+	return peer.Attrs().HardwareAddr
+}
