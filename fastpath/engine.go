@@ -226,12 +226,9 @@ func (e *Engine) Wall(mono int64) time.Time { return e.wallBase.Add(time.Duratio
 // Stats returns the counters as of the last batch.
 func (e *Engine) Stats() Stats { return e.cnt.snapshot() }
 
-// ConntrackStats returns the flow table's counters. It runs on the worker.
-func (e *Engine) ConntrackStats(ctx context.Context) (conntrack.Stats, error) {
-	var s conntrack.Stats
-	err := e.do(ctx, func(e *Engine) error { s = e.ct.Stats(); return nil })
-	return s, err
-}
+// ConntrackStats returns the flow table's counters. It is safe to call
+// from any goroutine.
+func (e *Engine) ConntrackStats() conntrack.Stats { return e.ct.Stats() }
 
 // Flows calls fn for every tracked flow, on the worker goroutine, between
 // two batches; fn must not keep the entry.

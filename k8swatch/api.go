@@ -38,6 +38,12 @@ const (
 
 // APIConfig configures an [APISource].
 type APIConfig struct {
+	// OnPublish, when set, is called after every table publication with
+	// its generation and how long the rebuild took (from reading the
+	// inputs to publishing), e.g. to feed a histogram. It must return
+	// quickly.
+	OnPublish func(generation uint64, rebuild time.Duration)
+
 	// Pods, Namespaces and NetworkPolicies are the informers the table is
 	// built from, cluster-wide. Required.
 	Pods            coreinformers.PodInformer
@@ -215,6 +221,7 @@ func NewAPISource(cfg APIConfig) (*APISource, error) {
 	}
 	// The API server validated every object it serves.
 	s.pub.opts = policy.Options{Trusted: true}
+	s.pub.onPublish = cfg.OnPublish
 	s.runner = newRunner(s.rebuild, cfg.MinInterval, cfg.Clock)
 	add := func(name string, inf cache.SharedIndexInformer, h cache.ResourceEventHandler) {
 		s.watched = append(s.watched, &watched{name: name, inf: inf, lastRV: inf.LastSyncResourceVersion})

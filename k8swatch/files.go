@@ -24,6 +24,12 @@ const DefaultDebounce = 100 * time.Millisecond
 
 // FileConfig configures a [FileSource].
 type FileConfig struct {
+	// OnPublish, when set, is called after every table publication with
+	// its generation and how long the rebuild took (from reading the
+	// inputs to publishing), e.g. to feed a histogram. It must return
+	// quickly.
+	OnPublish func(generation uint64, rebuild time.Duration)
+
 	// Paths are manifest files and directories, as for [policy.Load].
 	// Required.
 	Paths []string
@@ -100,6 +106,7 @@ func NewFileSource(cfg FileConfig) (*FileSource, error) {
 		pub:   newPublisher(cfg.Store, cfg.Logger, cfg.Clock),
 		addrs: slices.Clone(cfg.NodeAddrs),
 	}
+	s.pub.onPublish = cfg.OnPublish
 	for _, p := range cfg.Paths {
 		abs, err := filepath.Abs(p)
 		if err != nil {

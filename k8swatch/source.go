@@ -105,10 +105,12 @@ func (s Status) Err() error {
 type publisher struct {
 	// opts compile the tables: the API source's objects are Trusted, as
 	// the API server validated them.
-	opts  policy.Options
-	store *policy.Store
-	log   *slog.Logger
-	clock clock.PassiveClock
+	opts policy.Options
+	// onPublish is called after each publication, outside the lock.
+	onPublish func(generation uint64, rebuild time.Duration)
+	store     *policy.Store
+	log       *slog.Logger
+	clock     clock.PassiveClock
 
 	mu       sync.Mutex
 	st       Status
@@ -147,8 +149,15 @@ func (p *publisher) publish(c *policy.Cluster, start time.Time, current bool) {
 		return
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	gen := p.store.Publish(t)
+	var gen uint64
+	var rebuild time.Duration
+	defer func() {
+		p.mu.Unlock()
+		if p.onPublish != nil {
+			p.onPublish(gen, rebuild)
+		}
+	}()
+	gen = p.store.Publish(t)
 	now := p.clock.Now()
 	st := &p.st
 	first, recovered := st.Generation == 0, st.LastError != nil
@@ -156,6 +165,7 @@ func (p *publisher) publish(c *policy.Cluster, start time.Time, current bool) {
 	st.Generation = gen
 	st.LastPublish = now
 	st.LastRebuild = now.Sub(start)
+	rebuild = st.LastRebuild
 	if current {
 		st.LastSync = now
 	}

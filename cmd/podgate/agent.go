@@ -151,6 +151,14 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 		}
 	}
 
+	reg := prometheus.NewRegistry()
+	rebuilds := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "podgate_table_rebuild_duration_seconds",
+		Help:    "Time from reading the policy inputs (after a change) to publishing the compiled table.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	})
+	onPublish := func(_ uint64, d time.Duration) { rebuilds.Observe(d.Seconds()) }
+
 	var src k8swatch.Source
 	var startInformers func()
 	if len(cfg.Manifests) > 0 {
@@ -159,6 +167,7 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 			Store:     store,
 			Logger:    logger.With("component", "files"),
 			NodeAddrs: nd.NodeAddrs(),
+			OnPublish: onPublish,
 		})
 		if err != nil {
 			return err
@@ -184,6 +193,7 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 			Store:           store,
 			Logger:          logger.With("component", "k8swatch"),
 			Probe:           k8swatch.ReadyzProbe(client.Discovery().RESTClient()),
+			OnPublish:       onPublish,
 		})
 		if err != nil {
 			return err
@@ -195,9 +205,19 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 		}
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv := &http.Server{Handler: agentMux(reg, src, nd, store), ReadHeaderTimeout: 10 * time.Second}
+	flows, err := fastpath.NewFlowLog(fastpath.FlowLogConfig{Engine: engine, Store: store, Logger: logger.With("component", "flows")})
+	if err != nil {
+		return err
+	}
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		fastpath.NewCollector(engine, store, flows),
+		node.NewCollector(nd),
+		k8swatch.NewCollector(src),
+		rebuilds,
+	)
+	srv := &http.Server{Handler: agentMux(reg, src, nd, store, flows), ReadHeaderTimeout: 10 * time.Second}
 	ln, err := net.Listen("tcp", cfg.MetricsAddr)
 	if err != nil {
 		return fmt.Errorf("listen on --metrics-addr: %w", err)
@@ -209,6 +229,7 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 		startInformers()
 	}
 	g.Go(func() error { return nd.Run(gctx) })
+	g.Go(func() error { return flows.Run(gctx) })
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serve %s: %w", cfg.MetricsAddr, err)
@@ -246,9 +267,10 @@ func kubeConfig(path string) (*rest.Config, error) {
 	return c, nil
 }
 
-// agentMux serves the metrics and the health endpoints.
-func agentMux(reg *prometheus.Registry, src k8swatch.Source, nd *node.Node, store *policy.Store) *http.ServeMux {
+// agentMux serves the metrics, the health endpoints and the flow records.
+func agentMux(reg *prometheus.Registry, src k8swatch.Source, nd *node.Node, store *policy.Store, flows *fastpath.FlowLog) *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.Handle("/flows", flows)
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")

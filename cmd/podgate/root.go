@@ -21,6 +21,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newVersionCommand(),
 		newPolicyCommand(),
 		newAgentCommand(),
+		newFlowsCommand(),
 	)
 	return root
 }

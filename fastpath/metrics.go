@@ -1,0 +1,152 @@
+package fastpath
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/podgate/podgate/policy"
+)
+
+// Collector exports the engine's counters to Prometheus. It reads the
+// per-batch published atomics at scrape time, so the packet path pays
+// nothing for metrics. Label cardinality is bounded: reasons and paths are
+// fixed sets, per-pod series exist only for the node's own pods (one per
+// port), and per-policy series only for policies that allowed a flow on
+// this node.
+type Collector struct {
+	e     *Engine
+	store *policy.Store
+	flows *FlowLog // may be nil
+
+	rxPackets, rxBytes, fwdPackets, fwdBytes, drops    *prometheus.Desc
+	denied, allowedFlows, flowsNew, flowsCut, rechecks *prometheus.Desc
+	portPackets, portBytes, batches                    *prometheus.Desc
+	ctEntries, ctCapacity, ctInserts, ctEvictions      *prometheus.Desc
+	ctExpirations, ctDeletes, ctFragInserts, ctFragEv  *prometheus.Desc
+	eventsLost, logLines, logSuppressed                *prometheus.Desc
+	tableGen, tablePolicies, tableEndpoints            *prometheus.Desc
+	tableRules, tableCompile                           *prometheus.Desc
+}
+
+// NewCollector returns a collector for e, whose table comes from store;
+// flows may be nil.
+func NewCollector(e *Engine, store *policy.Store, flows *FlowLog) *Collector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("podgate_"+name, help, labels, nil)
+	}
+	return &Collector{
+		e: e, store: store, flows: flows,
+		rxPackets:      d("received_packets_total", "Frames the fastpath received from all ports."),
+		rxBytes:        d("received_bytes_total", "Bytes of the frames the fastpath received."),
+		fwdPackets:     d("forwarded_packets_total", "Frames the fastpath sent, by path.", "path"),
+		fwdBytes:       d("forwarded_bytes_total", "Bytes of the frames the fastpath sent, by path.", "path"),
+		drops:          d("dropped_packets_total", "Frames the fastpath dropped, by reason.", "reason"),
+		denied:         d("policy_denied_packets_total", "Packets a policy of a local pod denied, by direction and by the pod that is isolated.", "direction", "namespace", "pod"),
+		allowedFlows:   d("policy_allowed_flows_total", "New flows a policy's rules allowed on this node, by direction.", "direction", "policy_namespace", "policy"),
+		flowsNew:       d("flows_new_total", "Flows judged allowed and tracked."),
+		flowsCut:       d("flows_cut_total", "Established flows that a new policy table denied and that were cut."),
+		rechecks:       d("flows_rechecked_total", "Established flows judged again after a policy table change."),
+		portPackets:    d("port_packets_total", "Frames per port and direction (rx from the interface, tx to it).", "interface", "direction"),
+		portBytes:      d("port_bytes_total", "Bytes per port and direction.", "interface", "direction"),
+		batches:        d("batches_total", "Receive batches that had frames."),
+		ctEntries:      d("conntrack_entries", "Flows held in the connection-tracking table, expired ones not yet reclaimed included."),
+		ctCapacity:     d("conntrack_capacity", "Maximum number of flows the connection-tracking table holds."),
+		ctInserts:      d("conntrack_inserts_total", "Flows inserted into the connection-tracking table (inserting never fails: a full table evicts)."),
+		ctEvictions:    d("conntrack_evictions_total", "Flows evicted before they expired because the table was full."),
+		ctExpirations:  d("conntrack_expirations_total", "Expired flows reclaimed."),
+		ctDeletes:      d("conntrack_deletes_total", "Flows deleted (cut by policy, or restarted)."),
+		ctFragInserts:  d("conntrack_fragment_inserts_total", "Fragmented packets whose first fragment's verdict was recorded."),
+		ctFragEv:       d("conntrack_fragment_evictions_total", "Fragment verdicts replaced before their timeout because the fragment table was full."),
+		eventsLost:     d("flow_events_lost_total", "Flow events dropped because the flow log fell behind."),
+		logLines:       d("flow_log_lines_total", "Denied-flow log lines written."),
+		logSuppressed:  d("flow_log_suppressed_total", "Denied-flow log lines held back by the rate limit."),
+		tableGen:       d("table_generation", "Generation of the policy table the fastpath uses."),
+		tablePolicies:  d("table_policies", "NetworkPolicies in the current table."),
+		tableEndpoints: d("table_endpoints", "Pods with an address in the current table, cluster-wide."),
+		tableRules:     d("table_rules", "Compiled rules in the current table."),
+		tableCompile:   d("table_compile_duration_seconds", "How long compiling the current table took."),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	prometheus.DescribeByCollect(c, ch)
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	s := c.e.Stats()
+	counter(c.rxPackets, s.RxPackets)
+	counter(c.rxBytes, s.RxBytes)
+	for p := range NumPaths {
+		counter(c.fwdPackets, s.FwdPackets[p], Path(p).String())
+		counter(c.fwdBytes, s.FwdBytes[p], Path(p).String())
+	}
+	for d := range NumDrops {
+		if Drop(d) == 0 { // packet.OK is not a drop
+			continue
+		}
+		counter(c.drops, s.Drops[d], Drop(d).String())
+	}
+	counter(c.flowsNew, s.FlowsNew)
+	counter(c.flowsCut, s.FlowsCut)
+	counter(c.rechecks, s.Rechecks)
+	counter(c.batches, s.Batches)
+
+	t := c.store.Load()
+	for _, ps := range c.e.PortStats() {
+		counter(c.portPackets, ps.RxPackets, ps.Name, "rx")
+		counter(c.portPackets, ps.TxPackets, ps.Name, "tx")
+		counter(c.portBytes, ps.RxBytes, ps.Name, "rx")
+		counter(c.portBytes, ps.TxBytes, ps.Name, "tx")
+		if ps.Kind != PodPort {
+			continue
+		}
+		ns, pod := "", ps.Name // a pod the table does not know: its interface
+		if t != nil && len(ps.PodIPs) > 0 {
+			if i, ok := t.EndpointByAddr(ps.PodIPs[0]); ok {
+				ep := t.Endpoint(i)
+				ns, pod = ep.Namespace, ep.Name
+			}
+		}
+		counter(c.denied, ps.DeniedIngress, "ingress", ns, pod)
+		counter(c.denied, ps.DeniedEgress, "egress", ns, pod)
+	}
+	for name, v := range c.e.AllowedFlows() {
+		if v[policy.Ingress] > 0 {
+			counter(c.allowedFlows, v[policy.Ingress], "ingress", name.Namespace, name.Name)
+		}
+		if v[policy.Egress] > 0 {
+			counter(c.allowedFlows, v[policy.Egress], "egress", name.Namespace, name.Name)
+		}
+	}
+
+	ct := c.e.ConntrackStats()
+	gauge(c.ctEntries, float64(ct.Entries))
+	gauge(c.ctCapacity, float64(ct.Capacity))
+	counter(c.ctInserts, ct.Inserts)
+	counter(c.ctEvictions, ct.Evictions)
+	counter(c.ctExpirations, ct.Expirations)
+	counter(c.ctDeletes, ct.Deletes)
+	counter(c.ctFragInserts, ct.FragInserts)
+	counter(c.ctFragEv, ct.FragEvictions)
+
+	counter(c.eventsLost, c.e.EventsLost())
+	if c.flows != nil {
+		counter(c.logLines, c.flows.Logged())
+		counter(c.logSuppressed, c.flows.Suppressed())
+	}
+	if t != nil {
+		st := t.Stats()
+		gauge(c.tableGen, float64(t.Generation()))
+		gauge(c.tablePolicies, float64(st.Policies))
+		gauge(c.tableEndpoints, float64(st.Endpoints))
+		gauge(c.tableRules, float64(st.Rules))
+		gauge(c.tableCompile, st.Duration.Seconds())
+	}
+}
