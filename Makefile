@@ -36,5 +36,13 @@ image: ## container image with podman (FROM scratch + bin/podgate), then `podgat
 deploy-check: ## deploy/ tests: manifest security, kustomize, server-side dry run, RBAC, image
 	$(GO) test -count=1 -v ./deploy/
 
+FUZZTIME ?= 20s
+.PHONY: fuzz
+fuzz: ## run every fuzz target for FUZZTIME (default 20s) each
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./fastpath/packet/
+	$(GO) test -run '^$$' -fuzz '^FuzzModel$$' -fuzztime $(FUZZTIME) ./fastpath/conntrack/
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./policy/
+	$(GO) test -run '^$$' -fuzz '^FuzzCompile$$' -fuzztime $(FUZZTIME) ./policy/
+
 clean: ## remove build output
 	rm -rf bin
