@@ -22,7 +22,7 @@
 # cannot set; the DaemonSet (deploy/daemonset.yaml) therefore runs it with
 # runAsUser: 0 and every other capability dropped.
 
-ARG BUILDER_IMAGE=golang:1.26
+ARG BUILDER_IMAGE=golang:1.27
 ARG BASE_IMAGE=gcr.io/distroless/static:nonroot
 
 # The local target comes first: `--target local` then never looks at the

@@ -22,6 +22,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newPolicyCommand(),
 		newAgentCommand(),
 		newFlowsCommand(),
+		newLabCommand(),
 	)
 	return root
 }

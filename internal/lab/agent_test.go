@@ -1,0 +1,211 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/podgate/podgate/policy"
+)
+
+// buildPodgate builds cmd/podgate into a temporary directory and returns
+// the binary and the extra agent arguments the lab should pass. It skips
+// the test when the binary has no agent command yet.
+func buildPodgate(t *testing.T) (string, func(l *Lab) []string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	bin := filepath.Join(t.TempDir(), "podgate")
+	build := exec.Command("go", "build", "-o", bin, "../../cmd/podgate")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/podgate: %v\n%s", err, out)
+	}
+	help, err := exec.Command(bin, "agent", "--help").CombinedOutput()
+	if err != nil || !bytes.Contains(help, []byte("--manifests")) {
+		t.Skipf("podgate has no agent command yet: %v\n%s", err, help)
+	}
+	return bin, func(l *Lab) []string {
+		// Each lab's agent keeps its state apart from other labs' (and
+		// from a real agent's /run/podgate).
+		if bytes.Contains(help, []byte("--state-dir")) {
+			return []string{"--state-dir", filepath.Join(l.Dir(), "agent-state")}
+		}
+		return nil
+	}
+}
+
+// TestArticleWithAgent is the article's scenario with podgate enforcing:
+// every pair of pods and the test VM, on TCP, UDP and SCTP port 80 and
+// ICMP, observes exactly what the policies decide. After a graceful stop
+// the agent has given the node back: everything is reachable again.
+func TestArticleWithAgent(t *testing.T) {
+	bin, extra := buildPodgate(t)
+	l := NewForTest(t, Spec{Manifests: []string{articleDir}, Prefix: testPrefix})
+	ctx := context.Background()
+	start := time.Now()
+	if err := l.StartAgent(ctx, bin, extra(l)...); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("agent ready in %v", time.Since(start))
+	start = time.Now()
+	results, err := l.Matrix(ctx, allPorts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table strings.Builder
+	if err := WriteTable(&table, results); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d probes in %v:\n%s", len(results), time.Since(start), table.String())
+	for _, r := range Mismatches(results) {
+		t.Errorf("%s %s", r.Mark(), r.String())
+	}
+
+	if err := l.StopAgent(syscall.SIGTERM); err != nil {
+		t.Fatalf("graceful stop: %v", err)
+	}
+	results, err = l.Matrix(ctx, allPorts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	Judge(results, AllowAll)
+	for _, r := range Mismatches(results) {
+		t.Errorf("after the agent stopped: %s", r.String())
+	}
+}
+
+// TestAgentDualStack runs the agent on the dual-stack node and checks the
+// lab's uses beyond the matrix: IPv6 probes, 100 MB over TCP through the
+// gateway, a 4,000-byte UDP datagram at MTU 1500 (IPv4 and IPv6
+// fragments), a deny policy applied while a connection is open (the
+// agent cuts it), and an agent restart after SIGKILL.
+func TestAgentDualStack(t *testing.T) {
+	bin, extra := buildPodgate(t)
+	l := NewForTest(t, Spec{Manifests: []string{"testdata/dualstack"}, Prefix: testPrefix, ProbeTimeout: 500 * time.Millisecond, ProbeFromNode: true})
+	ctx := context.Background()
+	if err := l.StartAgent(ctx, bin, extra(l)...); err != nil {
+		t.Fatal(err)
+	}
+	matrix := func(when string) {
+		t.Helper()
+		results, err := l.Matrix(ctx, allPorts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range Mismatches(results) {
+			t.Errorf("%s: %s %s", when, r.Mark(), r.String())
+		}
+	}
+	matrix("start")
+
+	t.Run("IPv6", func(t *testing.T) {
+		for _, pair := range [][2]string{{"app/a", "fd00:10::3"}, {"fd00:10::3", "app/a"}, {"ext", "fd00:10::3"}, {"fd00:20::5", "app/a"}} {
+			for _, p := range allPorts {
+				r, err := l.ProbeResult(ctx, pair[0], pair[1], p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !r.Dst.Is6() || !r.OK() {
+					t.Errorf("%s %s", r.Mark(), r.String())
+				}
+			}
+		}
+	})
+	t.Run("100MB", func(t *testing.T) {
+		transfer(t, l, "app/a", "app/b", policy.PortSpec{Port: 80, Protocol: policy.TCP}, 100<<20)
+	})
+	t.Run("UDP4000", func(t *testing.T) {
+		for _, dst := range []string{"10.10.0.2", "fd00:10::2"} {
+			c, err := l.Dial(ctx, "ext", dst, policy.PortSpec{Port: 5353, Protocol: policy.UDP})
+			if err != nil {
+				t.Fatal(err)
+			}
+			msg := make([]byte, 4000)
+			_, _ = rand.Read(msg)
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, 8000)
+			n, err := c.Read(got)
+			if err != nil || !bytes.Equal(got[:n], msg) {
+				t.Errorf("4000 bytes to %s: %d bytes back, %v", dst, n, err)
+			}
+			c.Close()
+		}
+	})
+	t.Run("DenyWhileOpen", func(t *testing.T) {
+		tcp80 := policy.PortSpec{Port: 80, Protocol: policy.TCP}
+		c, err := l.Dial(ctx, "app/a", "app/b", tcp80)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		echo := func() error {
+			_ = c.SetDeadline(time.Now().Add(500 * time.Millisecond))
+			if _, err := c.Write([]byte("ping")); err != nil {
+				return err
+			}
+			_, err := io.ReadFull(c, make([]byte, 4))
+			return err
+		}
+		if err := echo(); err != nil {
+			t.Fatal(err)
+		}
+		// Replace b's allow rule by a deny-all for the namespace.
+		names, err := l.ManifestNames()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range names {
+			if strings.HasSuffix(n, "-policy.yaml") {
+				if err := l.RemoveManifest(n); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		deny := "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: app}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n"
+		if err := l.WriteManifest("deny.yaml", []byte(deny)); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			r, err := l.ProbeResult(ctx, "app/a", "app/b", tcp80)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Expected {
+				t.Fatalf("deny-all still expected to allow: %s", r.String())
+			}
+			if !r.Observed {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("agent did not apply the deny within 10s: %s", r.String())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err := echo(); err == nil {
+			t.Error("the open connection still works after a policy denied it")
+		}
+		matrix("after deny-all")
+	})
+	t.Run("Restart", func(t *testing.T) {
+		if err := l.StopAgent(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.StartAgent(ctx, bin, extra(l)...); err != nil {
+			t.Fatal(err)
+		}
+		matrix("after restart")
+	})
+}

@@ -1,0 +1,594 @@
+package lab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/podgate/podgate/internal/netns"
+	"github.com/podgate/podgate/policy"
+)
+
+// Defaults of [Spec].
+const (
+	DefaultPrefix            = "pglab"
+	DefaultMTU               = 1500
+	DefaultProbeTimeout      = 3 * time.Second
+	DefaultParallel          = 32
+	DefaultAgentReadyTimeout = 60 * time.Second
+	DefaultAgentStopTimeout  = 45 * time.Second
+)
+
+// Interface names in the node namespace.
+const (
+	// NodeIf is the interface that carries the node's addresses: the node
+	// namespace's loopback (the lab kernels have no dummy driver).
+	NodeIf = "lo"
+	// UplinkIf is the node end of the link to the outside namespace.
+	UplinkIf = "uplink0"
+)
+
+// outsideGateway returns the gateway of the link to the outside namespace
+// for an address family, as the node sees it: 169.254.0.2 or fe80::2. The
+// outside namespace does not own these addresses: permanent neighbour
+// entries on the node resolve them to its MAC.
+func outsideGateway(is4 bool) netip.Addr {
+	if is4 {
+		return netip.AddrFrom4([4]byte{169, 254, 0, 2})
+	}
+	return netip.AddrFrom16([16]byte{0: 0xfe, 1: 0x80, 15: 2})
+}
+
+// Enforcer is what enforces policy in the lab, which decides what the
+// probes are expected to observe.
+type Enforcer string
+
+// Enforcers.
+const (
+	// EnforcerPodgate: the podgate agent runs in the node namespace
+	// ([Lab.StartAgent]); probes are expected to follow the policy table.
+	EnforcerPodgate Enforcer = "podgate"
+	// EnforcerNone: the kernel alone forwards; every probe is expected to
+	// succeed. This is also the bench harness's baseline.
+	EnforcerNone Enforcer = "none"
+)
+
+// Spec describes a lab. Only Manifests is required.
+type Spec struct {
+	// Manifests are manifest files or directories, as for [policy.Load]:
+	// Namespaces, Pods (with status.podIPs and spec.nodeName),
+	// NetworkPolicies and OutsideHosts.
+	Manifests []string
+	// NodeName is the node to build; empty means the most common
+	// spec.nodeName among pods.
+	NodeName string
+	// NodeIPs are the node's own addresses, at most one per family; empty
+	// means the first free address of the /24 (/64) of the first pod
+	// address of each family.
+	NodeIPs []netip.Addr
+	// Prefix starts every namespace and directory name of the lab
+	// (default "pglab"); names are PREFIX-PID-XXXXXX[-...]. At most 12
+	// bytes of letters, digits and dashes.
+	Prefix string
+	// MTU of every veth (default 1500).
+	MTU int
+	// Enforcer decides the expectations (default EnforcerPodgate).
+	Enforcer Enforcer
+	// ProbeTimeout bounds each probe (default 3s, so that one TCP SYN
+	// retransmission, after 1s, fits). A probe that is denied
+	// by dropping takes this long.
+	ProbeTimeout time.Duration
+	// Parallel is how many probes [Lab.Matrix] runs at once (default 32).
+	Parallel int
+	// ProbeFromNode adds the node as a probe source to [Lab.Matrix] (as
+	// kubelet probes: expected to be allowed).
+	ProbeFromNode bool
+	// AgentOutput, if set, receives the agent's stdout and stderr besides
+	// the log file ([Lab.AgentLog]).
+	AgentOutput io.Writer
+	// AgentReadyTimeout bounds the wait for the agent's /readyz (default
+	// 60s); AgentStopTimeout the wait for it to exit after a signal before
+	// it is killed (default 45s).
+	AgentReadyTimeout, AgentStopTimeout time.Duration
+}
+
+func (s Spec) withDefaults() Spec {
+	if s.Prefix == "" {
+		s.Prefix = DefaultPrefix
+	}
+	if s.MTU == 0 {
+		s.MTU = DefaultMTU
+	}
+	if s.Enforcer == "" {
+		s.Enforcer = EnforcerPodgate
+	}
+	if s.ProbeTimeout == 0 {
+		s.ProbeTimeout = DefaultProbeTimeout
+	}
+	if s.Parallel == 0 {
+		s.Parallel = DefaultParallel
+	}
+	if s.AgentReadyTimeout == 0 {
+		s.AgentReadyTimeout = DefaultAgentReadyTimeout
+	}
+	if s.AgentStopTimeout == 0 {
+		s.AgentStopTimeout = DefaultAgentStopTimeout
+	}
+	return s
+}
+
+func (s Spec) validate() error {
+	var errs []error
+	if len(s.Manifests) == 0 {
+		errs = append(errs, errors.New("manifests: required"))
+	}
+	if err := checkPrefix(s.Prefix); err != nil {
+		errs = append(errs, err)
+	}
+	if s.MTU < 0 {
+		errs = append(errs, fmt.Errorf("mtu %d: must not be negative", s.MTU))
+	}
+	if s.Enforcer != EnforcerPodgate && s.Enforcer != EnforcerNone {
+		errs = append(errs, fmt.Errorf("enforcer %q: want %q or %q", s.Enforcer, EnforcerPodgate, EnforcerNone))
+	}
+	if s.ProbeTimeout < 0 || s.Parallel < 0 || s.AgentReadyTimeout < 0 || s.AgentStopTimeout < 0 {
+		errs = append(errs, errors.New("timeouts and parallelism must not be negative"))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("lab spec: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+func checkPrefix(p string) error {
+	if p == "" || len(p) > netns.MaxPrefixLen {
+		return fmt.Errorf("prefix %q: want 1 to %d bytes", p, netns.MaxPrefixLen)
+	}
+	for _, c := range p {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			return fmt.Errorf("prefix %q: only letters, digits and dashes", p)
+		}
+	}
+	return nil
+}
+
+// Lab is a node built out of network namespaces. Create it with [Build]
+// and release it with [Lab.Close].
+//
+// All methods except Close may be called from several goroutines at once.
+type Lab struct {
+	spec     Spec
+	id       string
+	dir      string
+	nodeName string
+	notes    []string
+
+	node      *Endpoint
+	endpoints []*Endpoint // pods, then outside hosts
+	byName    map[string]*Endpoint
+	byAddr    map[netip.Addr]*Endpoint
+	created   []*netns.Namespace // in creation order
+
+	table atomic.Pointer[policy.Table]
+	// manifestMu serializes changes to the manifest directory.
+	manifestMu sync.Mutex
+
+	servers  *servers
+	nextPort atomic.Uint32
+
+	agentMu sync.Mutex
+	agent   *agentProc
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Build creates the lab described by spec: it loads and compiles the
+// manifests, creates the node namespace (forwarding on, node addresses on
+// its loopback), one namespace per pod of the node (a ptp veth to the node
+// with the pod's addresses and default routes via 169.254.1.1 and fe80::1),
+// and an outside namespace with the OutsideHosts' addresses behind the
+// node's uplink0 (see the package documentation). Build changes nothing in
+// the caller's own namespace. On failure, or when ctx is done, everything
+// made so far is removed.
+func Build(ctx context.Context, spec Spec) (_ *Lab, err error) {
+	spec = spec.withDefaults()
+	if err := spec.validate(); err != nil {
+		return nil, err
+	}
+	m, err := policy.Load(spec.Manifests...)
+	if err != nil {
+		return nil, fmt.Errorf("load manifests: %w", err)
+	}
+	t, err := policy.Compile(&m.Cluster)
+	if err != nil {
+		return nil, fmt.Errorf("compile manifests: %w", err)
+	}
+	layout, err := Plan(m, t, spec.NodeName, spec.NodeIPs)
+	if err != nil {
+		return nil, err
+	}
+
+	l := &Lab{
+		spec:     spec,
+		nodeName: layout.NodeName,
+		notes:    append(append([]string(nil), m.Notes...), layout.Notes...),
+		byName:   map[string]*Endpoint{},
+		byAddr:   map[netip.Addr]*Endpoint{},
+		servers:  newServers(),
+	}
+	l.table.Store(t)
+	var b [2]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("build lab: %w", err)
+	}
+	l.nextPort.Store(uint32(b[0])<<8 | uint32(b[1]))
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, l.Close())
+		}
+	}()
+
+	if err := l.makeDir(); err != nil {
+		return nil, err
+	}
+	if _, err := copyManifests(spec.Manifests, l.ManifestDir()); err != nil {
+		return nil, err
+	}
+
+	nodeNS, err := l.newNamespace("node")
+	if err != nil {
+		return nil, err
+	}
+	l.node = &Endpoint{Name: NodeEndpoint, Kind: KindNode, IPs: layout.NodeIPs, NS: nodeNS, HostIf: NodeIf}
+	if err := l.setUpNode(layout.hasIPv6()); err != nil {
+		return nil, err
+	}
+	for _, a := range l.node.IPs {
+		l.byAddr[a] = l.node
+	}
+
+	for i := range layout.Pods {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("build lab: %w", err)
+		}
+		ep := layout.Pods[i]
+		ns, err := l.newNamespace(nsNamePart(ep.Name))
+		if err != nil {
+			return nil, err
+		}
+		ep.NS = ns
+		ep.HostIf = hostIfName(i, ep.Name)
+		if err := l.wire(&ep, ep.HostIf); err != nil {
+			return nil, err
+		}
+		l.addEndpoint(&ep)
+	}
+	if len(layout.Outside) > 0 {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("build lab: %w", err)
+		}
+		ns, err := l.newNamespace("outside")
+		if err != nil {
+			return nil, err
+		}
+		all := &Endpoint{Name: "outside", Kind: KindOutside, NS: ns, HostIf: UplinkIf}
+		for _, o := range layout.Outside {
+			all.IPs = append(all.IPs, o.IPs...)
+		}
+		if err := l.wireOutside(all); err != nil {
+			return nil, err
+		}
+		for i := range layout.Outside {
+			ep := layout.Outside[i]
+			ep.NS, ep.HostIf = ns, UplinkIf
+			l.addEndpoint(&ep)
+		}
+	}
+	return l, nil
+}
+
+func (l *Lab) addEndpoint(ep *Endpoint) {
+	l.endpoints = append(l.endpoints, ep)
+	l.byName[ep.Name] = ep
+	for _, a := range ep.IPs {
+		l.byAddr[a] = ep
+	}
+}
+
+// makeDir creates the lab's directory PREFIX-PID-XXXXXX in os.TempDir(),
+// which names the lab, and records the owner in it for [Cleanup].
+func (l *Lab) makeDir() error {
+	for range 10 {
+		var b [3]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return fmt.Errorf("make lab name: %w", err)
+		}
+		id := fmt.Sprintf("%s-%d-%s", l.spec.Prefix, os.Getpid(), hex.EncodeToString(b[:]))
+		dir := filepath.Join(os.TempDir(), id)
+		err := os.Mkdir(dir, 0o700)
+		if errors.Is(err, os.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("create lab directory: %w", err)
+		}
+		l.id, l.dir = id, dir
+		if err := writeOwner(dir); err != nil {
+			return err
+		}
+		if err := os.Mkdir(l.ManifestDir(), 0o700); err != nil {
+			return fmt.Errorf("create manifest directory: %w", err)
+		}
+		return nil
+	}
+	return errors.New("create lab directory: no free name after 10 tries")
+}
+
+// newNamespace creates the namespace ID-part and records it for Close.
+func (l *Lab) newNamespace(part string) (*netns.Namespace, error) {
+	name := l.id + "-" + part
+	if len(name) > 200 {
+		name = name[:200]
+	}
+	ns, err := netns.New(name)
+	if err != nil {
+		return nil, fmt.Errorf("build lab: %w", err)
+	}
+	l.created = append(l.created, ns)
+	return ns, nil
+}
+
+// nsNamePart turns "namespace/name" into a namespace file name part.
+func nsNamePart(name string) string {
+	return strings.NewReplacer("/", ".", "\x00", "").Replace(name)
+}
+
+// hostIfName names the host end of pod i's veth: "veth" with the pod's
+// index and name, cut to 15 bytes.
+func hostIfName(i int, name string) string {
+	if _, n, ok := strings.Cut(name, "/"); ok {
+		name = n
+	}
+	s := fmt.Sprintf("veth%d-%s", i, name)
+	if len(s) > netns.MaxIfNameLen {
+		s = s[:netns.MaxIfNameLen]
+	}
+	return s
+}
+
+// setUpNode turns forwarding on in the node namespace, brings lo up and
+// puts the node addresses on it.
+func (l *Lab) setUpNode(ipv6 bool) error {
+	ns := l.node.NS
+	if err := ns.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
+		return fmt.Errorf("set up node: %w", err)
+	}
+	if ipv6 {
+		if err := ns.Sysctl("net.ipv6.conf.all.forwarding", "1"); err != nil {
+			return fmt.Errorf("set up node: %w", err)
+		}
+	}
+	h, err := ns.Handle()
+	if err != nil {
+		return fmt.Errorf("set up node: %w", err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("set up node: find lo: %w", err)
+	}
+	if err := h.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("set up node: set lo up: %w", err)
+	}
+	for _, a := range l.node.IPs {
+		bits := a.BitLen()
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}}
+		if a.Is6() {
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := h.AddrAdd(lo, addr); err != nil {
+			return fmt.Errorf("set up node: add %s to %s: %w", a, NodeIf, err)
+		}
+	}
+	return nil
+}
+
+// hasIPv6 reports whether any address of the layout is IPv6.
+func (lay *Layout) hasIPv6() bool {
+	for _, eps := range [][]Endpoint{lay.Pods, lay.Outside, {{IPs: lay.NodeIPs}}} {
+		for _, ep := range eps {
+			for _, a := range ep.IPs {
+				if a.Is6() {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// wire links ep's namespace to the node with a ptp veth (hostIf on the
+// node, eth0 in ep's namespace) carrying ep's addresses, with permanent
+// neighbour entries on both sides so that nobody has to answer ARP or NDP
+// for the link-local gateways.
+func (l *Lab) wire(ep *Endpoint, hostIf string) error {
+	_, err := netns.AddPod(netns.PodConfig{
+		Pod: ep.NS, PodIf: "eth0",
+		Node: l.node.NS, HostIf: hostIf,
+		IPs:           ep.IPs,
+		MTU:           l.spec.MTU,
+		StaticGateway: true,
+		NodeNeighbors: true,
+	})
+	if err != nil {
+		return fmt.Errorf("wire %s: %w", ep.Name, err)
+	}
+	return nil
+}
+
+// wireOutside links the outside namespace to the node. The outside end
+// (eth0) is wired like a pod: the outside hosts' addresses, default routes
+// via 169.254.1.1 and fe80::1 onlink. The node end (uplink0) is wired like
+// a node's uplink rather than a pod's veth: a route per outside address
+// via a gateway (169.254.0.2, fe80::2, onlink), not a host route out of
+// the device, so that an agent looking for pod veths by their host routes
+// does not take the uplink for one.
+func (l *Lab) wireOutside(ep *Endpoint) error {
+	ips := ep.IPs
+	_, err := netns.AddPod(netns.PodConfig{
+		Pod: ep.NS, PodIf: "eth0",
+		Node: l.node.NS, HostIf: UplinkIf,
+		IPs:           ips,
+		MTU:           l.spec.MTU,
+		StaticGateway: true,
+	})
+	if err != nil {
+		return fmt.Errorf("wire outside: %w", err)
+	}
+	h, err := l.node.NS.Handle()
+	if err != nil {
+		return fmt.Errorf("wire outside: %w", err)
+	}
+	defer h.Close()
+	up, err := h.LinkByName(UplinkIf)
+	if err != nil {
+		return fmt.Errorf("wire outside: find %s: %w", UplinkIf, err)
+	}
+	peerMAC, err := l.outsideMAC(ep)
+	if err != nil {
+		return err
+	}
+	// AddPod installed host routes for the addresses on the node: replace
+	// them with gateway routes.
+	for _, a := range ips {
+		gw := outsideGateway(a.Is4())
+		if err := netns.AddNeighbor(l.node.NS, up.Attrs().Index, gw, peerMAC); err != nil {
+			return fmt.Errorf("wire outside: %w", err)
+		}
+		bits := a.BitLen()
+		r := &netlink.Route{
+			LinkIndex: up.Attrs().Index,
+			Dst:       &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)},
+			Gw:        gw.AsSlice(),
+			Flags:     int(netlink.FLAG_ONLINK),
+		}
+		if err := h.RouteReplace(r); err != nil {
+			return fmt.Errorf("wire outside: route %s via %s: %w", a, gw, err)
+		}
+	}
+	return nil
+}
+
+// outsideMAC returns the MAC of eth0 in the outside namespace.
+func (l *Lab) outsideMAC(ep *Endpoint) (net.HardwareAddr, error) {
+	h, err := ep.NS.Handle()
+	if err != nil {
+		return nil, fmt.Errorf("wire outside: %w", err)
+	}
+	defer h.Close()
+	eth, err := h.LinkByName("eth0")
+	if err != nil {
+		return nil, fmt.Errorf("wire outside: find eth0: %w", err)
+	}
+	return eth.Attrs().HardwareAddr, nil
+}
+
+// ID returns the lab's name, PREFIX-PID-XXXXXX, which starts the names of
+// all its namespaces.
+func (l *Lab) ID() string { return l.id }
+
+// Dir returns the lab's directory (in os.TempDir()), removed by Close.
+func (l *Lab) Dir() string { return l.dir }
+
+// ManifestDir returns the directory the agent reads its manifests from.
+// Change it with [Lab.Apply], [Lab.WriteManifest] or [Lab.RemoveManifest].
+func (l *Lab) ManifestDir() string { return filepath.Join(l.dir, "manifests") }
+
+// NodeName returns the name of the node the lab built.
+func (l *Lab) NodeName() string { return l.nodeName }
+
+// Notes returns what the user should know: manifest notes and the pods
+// that were left out.
+func (l *Lab) Notes() []string { return slices.Clone(l.notes) }
+
+// Node returns the node: its namespace, its addresses (on [NodeIf]).
+func (l *Lab) Node() *Endpoint { return l.node }
+
+// Endpoints returns the lab's pods (in the policy table's order) and then
+// its outside hosts (in manifest order). The caller must not modify them.
+func (l *Lab) Endpoints() []*Endpoint { return slices.Clone(l.endpoints) }
+
+// Endpoint returns the endpoint with the given name ("namespace/pod", an
+// OutsideHost's name or "node"), or the one that owns the given address.
+func (l *Lab) Endpoint(name string) (*Endpoint, bool) {
+	if name == NodeEndpoint {
+		return l.node, true
+	}
+	if ep, ok := l.byName[name]; ok {
+		return ep, true
+	}
+	if a, err := netip.ParseAddr(name); err == nil {
+		ep, ok := l.byAddr[a.Unmap()]
+		return ep, ok
+	}
+	return nil, false
+}
+
+// Namespaces returns the names of the lab's namespaces, node first.
+func (l *Lab) Namespaces() []string {
+	out := make([]string, 0, len(l.created))
+	for _, ns := range l.created {
+		out = append(out, ns.Name())
+	}
+	return out
+}
+
+// Table returns the policy table compiled from the agent's current
+// manifests.
+func (l *Lab) Table() *policy.Table { return l.table.Load() }
+
+// Close stops the agent (SIGTERM, then SIGKILL after the stop timeout),
+// closes every server, deletes every namespace and removes the lab's
+// directory. It returns all errors, keeps going after each, and is safe to
+// call more than once.
+func (l *Lab) Close() error {
+	l.closeOnce.Do(func() {
+		var errs []error
+		if err := l.StopAgent(unix.SIGTERM); err != nil && !errors.Is(err, ErrNoAgent) {
+			errs = append(errs, err)
+		}
+		if err := l.servers.close(); err != nil {
+			errs = append(errs, err)
+		}
+		for i := len(l.created) - 1; i >= 0; i-- {
+			if err := l.created[i].Delete(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if l.dir != "" {
+			if err := os.RemoveAll(l.dir); err != nil {
+				errs = append(errs, fmt.Errorf("remove lab directory: %w", err))
+			}
+		}
+		if len(errs) > 0 {
+			l.closeErr = fmt.Errorf("close lab %s: %w", l.id, errors.Join(errs...))
+		}
+	})
+	return l.closeErr
+}
