@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,7 +32,7 @@ func buildPodgate(t *testing.T) (string, func(l *Lab) []string) {
 	}
 	help, err := exec.Command(bin, "agent", "--help").CombinedOutput()
 	if err != nil || !bytes.Contains(help, []byte("--manifests")) {
-		t.Skipf("podgate has no agent command yet: %v\n%s", err, help)
+		t.Fatalf("podgate agent --help: %v\n%s", err, help)
 	}
 	return bin, func(l *Lab) []string {
 		// Each lab's agent keeps its state apart from other labs' (and
@@ -81,6 +82,16 @@ func TestArticleWithAgent(t *testing.T) {
 	for _, r := range Mismatches(results) {
 		t.Errorf("after the agent stopped: %s", r.String())
 	}
+}
+
+// echo sends a short message on c and reads it back within d.
+func echo(c net.Conn, d time.Duration) error {
+	_ = c.SetDeadline(time.Now().Add(d))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c, make([]byte, 4))
+	return err
 }
 
 // TestAgentDualStack runs the agent on the dual-stack node and checks the
@@ -143,6 +154,49 @@ func TestAgentDualStack(t *testing.T) {
 			c.Close()
 		}
 	})
+	t.Run("KillDuringConnection", func(t *testing.T) {
+		// An allowed connection stalls while the agent is down (the
+		// node fails closed), denied traffic does not get through, and
+		// the connection resumes after a restart (mid-stream pickup).
+		tcp80 := policy.PortSpec{Port: 80, Protocol: policy.TCP}
+		c, err := l.Dial(ctx, "app/a", "app/b", tcp80)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := echo(c, 500*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.StopAgent(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if err := echo(c, 500*time.Millisecond); err == nil {
+			t.Error("the connection worked while the agent was down: the node must fail closed")
+		}
+		for _, from := range []string{"ext", "app/b"} {
+			r, err := l.ProbeResult(ctx, from, "app/b", tcp80)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if from == "ext" && r.Observed {
+				t.Errorf("denied traffic got through while the agent was down: %s", r.String())
+			}
+		}
+		restart := time.Now()
+		if err := l.StartAgent(ctx, bin, extra(l)...); err != nil {
+			t.Fatal(err)
+		}
+		ready := time.Since(restart)
+		for {
+			if err := echo(c, 300*time.Millisecond); err == nil {
+				break
+			}
+			if time.Since(restart) > 10*time.Second {
+				t.Fatalf("the connection did not resume within 10s of the restart")
+			}
+		}
+		t.Logf("agent ready %v after the restart; the open connection resumed after %v", ready.Round(time.Millisecond), time.Since(restart).Round(time.Millisecond))
+	})
 	t.Run("DenyWhileOpen", func(t *testing.T) {
 		tcp80 := policy.PortSpec{Port: 80, Protocol: policy.TCP}
 		c, err := l.Dial(ctx, "app/a", "app/b", tcp80)
@@ -150,15 +204,14 @@ func TestAgentDualStack(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		echo := func() error {
-			_ = c.SetDeadline(time.Now().Add(500 * time.Millisecond))
-			if _, err := c.Write([]byte("ping")); err != nil {
-				return err
-			}
-			_, err := io.ReadFull(c, make([]byte, 4))
-			return err
+		// A connection the new policy still allows (app/a's egress is
+		// not isolated) must be left alone.
+		keep, err := l.Dial(ctx, "app/a", "ext", tcp80)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if err := echo(); err != nil {
+		defer keep.Close()
+		if err := echo(c, 500*time.Millisecond); err != nil {
 			t.Fatal(err)
 		}
 		// Replace b's allow rule by a deny-all for the namespace.
@@ -194,8 +247,11 @@ func TestAgentDualStack(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		if err := echo(); err == nil {
+		if err := echo(c, 500*time.Millisecond); err == nil {
 			t.Error("the open connection still works after a policy denied it")
+		}
+		if err := echo(keep, time.Second); err != nil {
+			t.Errorf("a connection the new policy allows was cut: %v", err)
 		}
 		matrix("after deny-all")
 	})
