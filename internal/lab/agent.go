@@ -62,11 +62,15 @@ func (l *Lab) StartAgent(ctx context.Context, binary string, args ...string) err
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}
-	argv := append([]string{"agent",
-		"--manifests", l.ManifestDir(),
+	source := []string{"--manifests", l.ManifestDir()}
+	if l.spec.AgentKubeconfig != "" {
+		source = []string{"--kubeconfig", l.spec.AgentKubeconfig}
+	}
+	argv := append(append([]string{"agent"}, source...),
 		"--node-name", l.nodeName,
 		"--metrics-addr", addr,
-	}, args...)
+	)
+	argv = append(argv, args...)
 	cmd := exec.Command(binary, argv...)
 	var out io.Writer = logf
 	if l.spec.AgentOutput != nil {

@@ -89,6 +89,11 @@ type Spec struct {
 	MTU int
 	// Enforcer decides the expectations (default EnforcerPodgate).
 	Enforcer Enforcer
+	// AgentKubeconfig, when set, makes StartAgent run the agent against
+	// the Kubernetes API of this kubeconfig instead of the lab's manifest
+	// directory. The caller creates the objects in the API; the lab's
+	// expectations still come from Manifests.
+	AgentKubeconfig string
 	// ProbeTimeout bounds each probe (default 3s, so that one TCP SYN
 	// retransmission, after 1s, fits). A probe that is denied
 	// by dropping takes this long.
