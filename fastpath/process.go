@@ -223,7 +223,7 @@ func (e *Engine) replyARP(in *port, f xsk.Frame, b []byte, p *packet.Packet) {
 		e.drop(in, f, DropNeighbor)
 		return
 	}
-	e.transmitBack(in, f, len(b))
+	e.send(in, f, len(b), Reply)
 }
 
 func (e *Engine) replyNA(in *port, f xsk.Frame, p *packet.Packet, flags packet.NAFlags) {
@@ -240,22 +240,22 @@ func (e *Engine) replyNA(in *port, f xsk.Frame, p *packet.Packet, flags packet.N
 		e.cnt.drop(DropNeighbor)
 		return
 	}
-	e.transmitBack(in, nf, n)
+	e.send(in, nf, n, Reply)
 }
 
-// transmitBack sends f (n bytes) out of the port it came from.
-func (e *Engine) transmitBack(in *port, f xsk.Frame, n int) {
-	in.dirty = true
+// send transmits f (n bytes) on out and counts it on path.
+func (e *Engine) send(out *port, f xsk.Frame, n int, path Path) {
+	out.dirty = true
 	f.Len = uint32(n)
-	if !in.Port.Transmit(f) {
-		in.Port.Release(f)
+	if !out.Port.Transmit(f) {
+		out.Port.Release(f)
 		e.cnt.drop(DropTxRingFull)
 		return
 	}
-	e.cnt.add(cFwdPackets+int(Reply), 1)
-	e.cnt.add(cFwdBytes+int(Reply), uint64(n))
-	in.stats.local[pTxPackets]++
-	in.stats.local[pTxBytes] += uint64(n)
+	e.cnt.add(cFwdPackets+int(path), 1)
+	e.cnt.add(cFwdBytes+int(path), uint64(n))
+	out.stats.local[pTxPackets]++
+	out.stats.local[pTxBytes] += uint64(n)
 }
 
 // forward copies the IP packet of f into a frame of out, rewrites it and
@@ -290,16 +290,7 @@ func (e *Engine) forward(in *port, f xsk.Frame, b []byte, p *packet.Packet, out 
 	ob = ob[:n]
 	completeChecksum(ob, p)
 	packet.SetMACs(ob, out.PeerMAC, out.MAC)
-	nf.Len = uint32(n)
-	if !out.Port.Transmit(nf) {
-		out.Port.Release(nf)
-		e.cnt.drop(DropTxRingFull)
-		return
-	}
-	e.cnt.add(cFwdPackets+int(path), 1)
-	e.cnt.add(cFwdBytes+int(path), uint64(n))
-	out.stats.local[pTxPackets]++
-	out.stats.local[pTxBytes] += uint64(n)
+	e.send(out, nf, n, path)
 }
 
 // completeChecksum finishes a TCP or UDP checksum that checksum offload in
