@@ -40,6 +40,10 @@ image: ## container image with podman (FROM scratch + bin/podgate), then `podgat
 deploy-check: ## deploy/ tests: manifest security, kustomize, server-side dry run, RBAC, image
 	$(GO) test -count=1 -v ./deploy/
 
+.PHONY: dashboards
+dashboards: ## regenerate deploy/grafana/*.json from the Go generator (internal/dashtest checks them)
+	$(GO) run ./deploy/grafana/gen -dir deploy/grafana
+
 .PHONY: vuln
 vuln: ## govulncheck against the Go vulnerability database from the module proxy (golang.org/x/vulndb)
 	bash hack/govulncheck.sh
