@@ -71,22 +71,37 @@ func (e *Engine) PortStats() []PortStats {
 // PolicyName names a NetworkPolicy.
 type PolicyName struct{ Namespace, Name string }
 
-// allowCounts counts flows allowed per policy of one table, per direction.
-type allowCounts struct {
-	tab     *policy.Table
-	ingress []atomic.Uint64
-	egress  []atomic.Uint64
+// PolicyCounts are what one policy decided on this node: flows its rules
+// allowed, and packets denied while it isolated the pod (a denial counts
+// for every policy that isolates the denying side), per direction (index
+// with policy.Ingress and policy.Egress).
+type PolicyCounts struct {
+	AllowedFlows  [2]uint64
+	DeniedPackets [2]uint64
 }
 
-// tableChanged folds the allow counts of the previous table into the
+func (c PolicyCounts) zero() bool { return c == PolicyCounts{} }
+
+// policyCounters count per policy of one table, per direction.
+type policyCounters struct {
+	tab     *policy.Table
+	allowed [2][]atomic.Uint64
+	denied  [2][]atomic.Uint64
+}
+
+// tableChanged folds the policy counts of the previous table into the
 // totals and starts counting for the new one. It runs on the worker once
 // per table, never per packet.
 func (e *Engine) tableChanged() {
 	old := e.allow.Load()
-	var next *allowCounts
+	var next *policyCounters
 	if e.tab != nil {
 		n := len(e.tab.Policies())
-		next = &allowCounts{tab: e.tab, ingress: make([]atomic.Uint64, n), egress: make([]atomic.Uint64, n)}
+		next = &policyCounters{tab: e.tab}
+		for d := range 2 {
+			next.allowed[d] = make([]atomic.Uint64, n)
+			next.denied[d] = make([]atomic.Uint64, n)
+		}
 	}
 	e.allowMu.Lock()
 	defer e.allowMu.Unlock()
@@ -94,9 +109,11 @@ func (e *Engine) tableChanged() {
 		for i, pi := range old.tab.Policies() {
 			k := PolicyName{pi.Namespace, pi.Name}
 			t := e.allowTotal[k]
-			t[policy.Ingress] += old.ingress[i].Load()
-			t[policy.Egress] += old.egress[i].Load()
-			if t != ([2]uint64{}) {
+			for d := range 2 {
+				t.AllowedFlows[d] += old.allowed[d][i].Load()
+				t.DeniedPackets[d] += old.denied[d][i].Load()
+			}
+			if !t.zero() {
 				e.allowTotal[k] = t
 			}
 		}
@@ -104,12 +121,11 @@ func (e *Engine) tableChanged() {
 	e.allow.Store(next)
 }
 
-// AllowedFlows returns, per policy and direction (index with
-// policy.Ingress and policy.Egress), the number of flows its rules
-// allowed. It is safe to call from any goroutine.
-func (e *Engine) AllowedFlows() map[PolicyName][2]uint64 {
+// PolicyCounts returns the counts of every policy that allowed or denied
+// something on this node. It is safe to call from any goroutine.
+func (e *Engine) PolicyCounts() map[PolicyName]PolicyCounts {
 	e.allowMu.Lock()
-	out := make(map[PolicyName][2]uint64, len(e.allowTotal))
+	out := make(map[PolicyName]PolicyCounts, len(e.allowTotal))
 	for k, v := range e.allowTotal {
 		out[k] = v
 	}
@@ -117,14 +133,20 @@ func (e *Engine) AllowedFlows() map[PolicyName][2]uint64 {
 	e.allowMu.Unlock()
 	if cur != nil {
 		for i, pi := range cur.tab.Policies() {
-			in, eg := cur.ingress[i].Load(), cur.egress[i].Load()
-			if in+eg == 0 {
+			var c PolicyCounts
+			for d := range 2 {
+				c.AllowedFlows[d] = cur.allowed[d][i].Load()
+				c.DeniedPackets[d] = cur.denied[d][i].Load()
+			}
+			if c.zero() {
 				continue
 			}
 			k := PolicyName{pi.Namespace, pi.Name}
 			t := out[k]
-			t[policy.Ingress] += in
-			t[policy.Egress] += eg
+			for d := range 2 {
+				t.AllowedFlows[d] += c.AllowedFlows[d]
+				t.DeniedPackets[d] += c.DeniedPackets[d]
+			}
 			out[k] = t
 		}
 	}
@@ -134,11 +156,11 @@ func (e *Engine) AllowedFlows() map[PolicyName][2]uint64 {
 // allowed accounts a new allowed flow: per-policy counts and an event.
 func (e *Engine) allowed(key conntrack.Key, eg, ing policy.RuleRef) {
 	if a := e.allow.Load(); a != nil {
-		if eg.Policy >= 0 && int(eg.Policy) < len(a.egress) {
-			a.egress[eg.Policy].Add(1)
+		if eg.Policy >= 0 && int(eg.Policy) < len(a.allowed[policy.Egress]) {
+			a.allowed[policy.Egress][eg.Policy].Add(1)
 		}
-		if ing.Policy >= 0 && int(ing.Policy) < len(a.ingress) {
-			a.ingress[ing.Policy].Add(1)
+		if ing.Policy >= 0 && int(ing.Policy) < len(a.allowed[policy.Ingress]) {
+			a.allowed[policy.Ingress][ing.Policy].Add(1)
 		}
 	}
 	ev := FlowEvent{Mono: e.now, Proto: key.Proto, SrcPort: key.SrcPort, DstPort: key.DstPort, Allowed: true, Egress: eg, Ingress: ing}
@@ -161,6 +183,17 @@ func (e *Engine) denied(p *packet.Packet, d Drop) {
 			port.stats.local[pDeniedEgress]++
 		} else if d == DropDeniedIngress {
 			port.stats.local[pDeniedIngress]++
+		}
+	}
+	if a := e.allow.Load(); a != nil && d != DropUnknownEndpoint {
+		dir := policy.Ingress
+		if d == DropDeniedEgress {
+			dir = policy.Egress
+		}
+		if ep, ok := a.tab.EndpointByAddr(e.deniedAt); ok {
+			for _, pi := range a.tab.Selecting(ep, dir) {
+				a.denied[dir][pi].Add(1)
+			}
 		}
 	}
 	key := flowKey(p)

@@ -34,18 +34,21 @@ func TestAccounting(t *testing.T) {
 		t.Errorf("apipod port transmitted %d, want 1", got)
 	}
 
-	want := map[PolicyName][2]uint64{
-		{"frontend", "apipod-policy"}: {policy.Ingress: 1},
-		{"frontend", "apppod-policy"}: {policy.Egress: 1},
+	want := map[PolicyName]PolicyCounts{
+		{"frontend", "apipod-policy"}: {AllowedFlows: [2]uint64{policy.Ingress: 1}},
+		// apppod's three denied SYNs to dbpod: apppod-policy isolates its egress.
+		{"frontend", "apppod-policy"}: {AllowedFlows: [2]uint64{policy.Egress: 1}, DeniedPackets: [2]uint64{policy.Egress: 3}},
+		// The test VM's SYN: dbpod-policy isolates dbpod's ingress.
+		{"backend", "dbpod-policy"}: {DeniedPackets: [2]uint64{policy.Ingress: 1}},
 	}
-	if diff := cmp.Diff(want, r.e.AllowedFlows()); diff != "" {
-		t.Errorf("allowed flows (-want +got):\n%s", diff)
+	if diff := cmp.Diff(want, r.e.PolicyCounts()); diff != "" {
+		t.Errorf("policy counts (-want +got):\n%s", diff)
 	}
 	// A new table keeps the totals.
 	r.store.Publish(articleTable(t))
 	r.e.runOnce()
-	if diff := cmp.Diff(want, r.e.AllowedFlows()); diff != "" {
-		t.Errorf("allowed flows after a table change (-want +got):\n%s", diff)
+	if diff := cmp.Diff(want, r.e.PolicyCounts()); diff != "" {
+		t.Errorf("policy counts after a table change (-want +got):\n%s", diff)
 	}
 
 	var evs []FlowEvent

@@ -100,11 +100,11 @@ type Engine struct {
 	// snapshot is the current set of ports, for readers on other
 	// goroutines (their counters are atomics).
 	snapshot atomic.Pointer[[]*port]
-	// allow counts allowed flows per policy of the current table; folded
-	// into allowTotal when the table changes.
-	allow      atomic.Pointer[allowCounts]
+	// allow counts per policy of the current table; folded into
+	// allowTotal when the table changes.
+	allow      atomic.Pointer[policyCounters]
 	allowMu    sync.Mutex
-	allowTotal map[PolicyName][2]uint64
+	allowTotal map[PolicyName]PolicyCounts
 
 	// Owned by the worker goroutine.
 	ct        *conntrack.Table
@@ -163,7 +163,7 @@ func New(cfg Config) (*Engine, error) {
 		monoBase:   cfg.Now(),
 		wallBase:   time.Now(),
 		events:     &eventRing{},
-		allowTotal: make(map[PolicyName][2]uint64),
+		allowTotal: make(map[PolicyName]PolicyCounts),
 		cfg:        cfg,
 		cmds:       make(chan command),
 		done:       make(chan struct{}),

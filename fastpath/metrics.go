@@ -19,6 +19,7 @@ type Collector struct {
 
 	rxPackets, rxBytes, fwdPackets, fwdBytes, drops    *prometheus.Desc
 	denied, allowedFlows, flowsNew, flowsCut, rechecks *prometheus.Desc
+	deniedByPolicy                                     *prometheus.Desc
 	portPackets, portBytes, batches                    *prometheus.Desc
 	ctEntries, ctCapacity, ctInserts, ctEvictions      *prometheus.Desc
 	ctExpirations, ctDeletes, ctFragInserts, ctFragEv  *prometheus.Desc
@@ -42,6 +43,7 @@ func NewCollector(e *Engine, store *policy.Store, flows *FlowLog) *Collector {
 		drops:          d("dropped_packets_total", "Frames the fastpath dropped, by reason.", "reason"),
 		denied:         d("policy_denied_packets_total", "Packets a policy of a local pod denied, by direction and by the pod that is isolated.", "direction", "namespace", "pod"),
 		allowedFlows:   d("policy_allowed_flows_total", "New flows a policy's rules allowed on this node, by direction.", "direction", "policy_namespace", "policy"),
+		deniedByPolicy: d("policy_isolation_denied_packets_total", "Packets denied on this node while this policy isolated the denying pod, by direction; a denial counts for every policy that isolates the pod.", "direction", "policy_namespace", "policy"),
 		flowsNew:       d("flows_new_total", "Flows judged allowed and tracked."),
 		flowsCut:       d("flows_cut_total", "Established flows that a new policy table denied and that were cut."),
 		rechecks:       d("flows_rechecked_total", "Established flows judged again after a policy table change."),
@@ -99,7 +101,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.batches, s.Batches)
 
 	t := c.store.Load()
-	for _, ps := range c.e.PortStats() {
+	ports := c.e.PortStats()
+	for _, ps := range ports {
 		counter(c.portPackets, ps.RxPackets, ps.Name, "rx")
 		counter(c.portPackets, ps.TxPackets, ps.Name, "tx")
 		counter(c.portBytes, ps.RxBytes, ps.Name, "rx")
@@ -107,7 +110,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		if ps.Kind != PodPort {
 			continue
 		}
-		ns, pod := "", ps.Name // a pod the table does not know: its interface
+		// A pod the table does not know: its interface, in a namespace
+		// label that cannot be a namespace's name (not empty, which
+		// Prometheus would fill from the scrape target).
+		ns, pod := "(unknown)", ps.Name
 		if t != nil && len(ps.PodIPs) > 0 {
 			if i, ok := t.EndpointByAddr(ps.PodIPs[0]); ok {
 				ep := t.Endpoint(i)
@@ -117,12 +123,41 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.denied, ps.DeniedIngress, "ingress", ns, pod)
 		counter(c.denied, ps.DeniedEgress, "egress", ns, pod)
 	}
-	for name, v := range c.e.AllowedFlows() {
-		if v[policy.Ingress] > 0 {
-			counter(c.allowedFlows, v[policy.Ingress], "ingress", name.Namespace, name.Name)
+	counts := c.e.PolicyCounts()
+	// Policies that isolate a local pod have a denial series from the
+	// start (0 until something is denied); others only once they count.
+	isolating := map[PolicyName][2]bool{}
+	if t != nil {
+		for _, ps := range ports {
+			if ps.Kind != PodPort || len(ps.PodIPs) == 0 {
+				continue
+			}
+			ep, ok := t.EndpointByAddr(ps.PodIPs[0])
+			if !ok {
+				continue
+			}
+			for _, dir := range []policy.Direction{policy.Ingress, policy.Egress} {
+				for _, pi := range t.Selecting(ep, dir) {
+					info := t.Policy(pi)
+					k := PolicyName{info.Namespace, info.Name}
+					v := isolating[k]
+					v[dir] = true
+					isolating[k] = v
+					if _, ok := counts[k]; !ok {
+						counts[k] = PolicyCounts{}
+					}
+				}
+			}
 		}
-		if v[policy.Egress] > 0 {
-			counter(c.allowedFlows, v[policy.Egress], "egress", name.Namespace, name.Name)
+	}
+	for name, v := range counts {
+		for _, dir := range []policy.Direction{policy.Ingress, policy.Egress} {
+			if v.AllowedFlows[dir] > 0 {
+				counter(c.allowedFlows, v.AllowedFlows[dir], dir.String(), name.Namespace, name.Name)
+			}
+			if v.DeniedPackets[dir] > 0 || isolating[name][dir] {
+				counter(c.deniedByPolicy, v.DeniedPackets[dir], dir.String(), name.Namespace, name.Name)
+			}
 		}
 	}
 

@@ -36,7 +36,16 @@ podgate_policy_denied_packets_total{direction="ingress",namespace="frontend",pod
 podgate_policy_allowed_flows_total{direction="egress",policy="apppod-policy",policy_namespace="frontend"} 1
 podgate_policy_allowed_flows_total{direction="ingress",policy="apipod-policy",policy_namespace="frontend"} 1
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "podgate_policy_denied_packets_total", "podgate_policy_allowed_flows_total"); err != nil {
+	want += `# HELP podgate_policy_isolation_denied_packets_total Packets denied on this node while this policy isolated the denying pod, by direction; a denial counts for every policy that isolates the pod.
+# TYPE podgate_policy_isolation_denied_packets_total counter
+podgate_policy_isolation_denied_packets_total{direction="egress",policy="apipod-policy",policy_namespace="frontend"} 0
+podgate_policy_isolation_denied_packets_total{direction="egress",policy="apppod-policy",policy_namespace="frontend"} 0
+podgate_policy_isolation_denied_packets_total{direction="egress",policy="dbpod-policy",policy_namespace="backend"} 0
+podgate_policy_isolation_denied_packets_total{direction="ingress",policy="apipod-policy",policy_namespace="frontend"} 0
+podgate_policy_isolation_denied_packets_total{direction="ingress",policy="apppod-policy",policy_namespace="frontend"} 0
+podgate_policy_isolation_denied_packets_total{direction="ingress",policy="dbpod-policy",policy_namespace="backend"} 2
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "podgate_policy_denied_packets_total", "podgate_policy_allowed_flows_total", "podgate_policy_isolation_denied_packets_total"); err != nil {
 		t.Error(err)
 	}
 	if got := testutil.ToFloat64(prometheus.CollectorFunc(func(ch chan<- prometheus.Metric) {

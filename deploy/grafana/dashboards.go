@@ -110,6 +110,7 @@ const (
 	queryTopDeniedRange    = `topk(10, sum by (namespace, pod, direction) (increase(podgate_policy_denied_packets_total{` + selNS + `}[$__range])) > 0)`
 	queryOtherDrops        = `sum by (node, reason) (rate(podgate_dropped_packets_total{` + sel + `, reason!~"denied_egress|denied_ingress"}[$__rate_interval])) > 0`
 	queryAllowedByPolicy   = `topk(10, sum by (policy_namespace, policy, direction) (rate(podgate_policy_allowed_flows_total{` + sel + `, policy_namespace=~"$namespace"}[$__rate_interval])) > 0)`
+	queryDeniedByPolicy    = `topk(10, sum by (policy_namespace, policy, direction) (rate(podgate_policy_isolation_denied_packets_total{` + sel + `, policy_namespace=~"$namespace"}[$__rate_interval])) > 0)`
 	queryForwardedPackets  = `sum by (path) (rate(podgate_forwarded_packets_total{` + sel + `}[$__rate_interval]))`
 	queryForwardedBits     = `8 * sum by (path) (rate(podgate_forwarded_bytes_total{` + sel + `}[$__rate_interval]))`
 	queryConntrackUsage    = `max by (node) (podgate_conntrack_entries{` + sel + `} / podgate_conntrack_capacity{` + sel + `})`
@@ -393,6 +394,10 @@ func dropsDashboard() *dashboard.DashboardBuilder {
 		"New flows per second that a policy's rules allowed on the selected nodes (podgate_policy_allowed_flows_total), by policy and direction.",
 		"ops", 12, 8,
 		query("A", queryAllowedByPolicy, "{{policy_namespace}}/{{policy}} {{direction}}")))
+	b.add(b.graph("Denied packets by isolating policy (top 10)",
+		"Packets denied per second while a policy isolated the denying pod (podgate_policy_isolation_denied_packets_total), by policy and direction. A denial counts for every policy that isolates the pod: no single policy denies, the union of their rules did not allow.",
+		"pps", 12, 8,
+		query("A", queryDeniedByPolicy, "{{policy_namespace}}/{{policy}} {{direction}}")))
 
 	b.row("Forwarding")
 	b.add(b.graph("Forwarded packets/s by path",
