@@ -76,8 +76,14 @@ type Config struct {
 	AllowNodeToPod bool
 	// KeepEstablished keeps flows that were allowed when they started even
 	// when a new policy table denies them. By default they are judged again
-	// and cut.
+	// and cut. (A side of a flow that becomes a local pod later is judged
+	// anyway.)
 	KeepEstablished bool
+	// ReversePickup is how long after the engine starts a TCP packet of an
+	// unknown connection may be picked up as a reply (the connection
+	// judged the other way round), for connections that were open when the
+	// agent restarted. Default 2 minutes; negative disables it.
+	ReversePickup time.Duration
 	// BatchSize is the number of frames received from a port at a time.
 	BatchSize int
 	// IdleWait is how long the worker sleeps when no port has frames
@@ -125,6 +131,8 @@ type Engine struct {
 	waiter    waiter
 	// deniedAt is the address of the isolated side of the last denial.
 	deniedAt netip.Addr
+	// started is Config.Now when the engine was made.
+	started int64
 	// monoBase and wallBase relate Config.Now to the wall clock.
 	monoBase int64
 	wallBase time.Time
@@ -151,6 +159,9 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.IdleWait <= 0 {
 		cfg.IdleWait = 20 * time.Millisecond
 	}
+	if cfg.ReversePickup == 0 {
+		cfg.ReversePickup = 2 * time.Minute
+	}
 	if cfg.Now == nil {
 		start := time.Now()
 		cfg.Now = func() int64 { return int64(time.Since(start)) + int64(time.Second) }
@@ -160,6 +171,7 @@ func New(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("new fastpath engine: %w", err)
 	}
 	return &Engine{
+		started:    cfg.Now(),
 		monoBase:   cfg.Now(),
 		wallBase:   time.Now(),
 		events:     &eventRing{},

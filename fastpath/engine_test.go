@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
@@ -653,4 +654,64 @@ func TestUnknownPodMACIsNotBroadcast(t *testing.T) {
 	if p.DstMAC != learned {
 		t.Errorf("dst MAC %x, want the learned %x", p.DstMAC, learned)
 	}
+}
+
+// A flow judged while its destination pod had no port (so only the
+// source's egress was judged) must have the destination's ingress judged
+// once the pod's port exists, even with KeepEstablished.
+func TestSideThatBecomesLocalIsJudged(t *testing.T) {
+	for _, keep := range []bool{false, true} {
+		r := newRig(t, articleTable(t), func(c *Config) { c.KeepEstablished = keep })
+		if err := r.e.removePort("db"); err != nil {
+			t.Fatal(err)
+		}
+		// apipod's egress allows the backend namespace on any port: the
+		// flow goes to the kernel leg, tracked.
+		r.expectOne(r.send("api", syn(t, wire("api"), dbIP, 5432)), "kernel")
+		db := wire("db")
+		r.add(PortSpec{Name: "db", Kind: PodPort, MAC: db.gwMAC, PeerMAC: db.podMAC, PodIPs: []netip.Addr{dbIP}})
+		// dbpod's ingress allows TCP 80 from apipod only.
+		s, d := fromPod(wire("api"))
+		before := r.e.Stats()
+		r.expectDrop(r.send("api", tcpFrame(t, s, d, apiIP, dbIP, 40000, 5432, tcpOpt{ack: true, payload: []byte("x")})), DropDeniedIngress, before)
+		// The flow was cut: dbpod's answer has no flow to belong to.
+		ds, dd := fromPod(db)
+		before = r.e.Stats()
+		r.expectDrop(r.send("db", tcpFrame(t, ds, dd, dbIP, apiIP, 5432, 40000, tcpOpt{syn: true, ack: true})), DropInvalidTCP, before)
+		if st := r.e.Stats(); st.FlowsCut != 1 {
+			t.Errorf("keep=%v: flows cut %d, want 1", keep, st.FlowsCut)
+		}
+	}
+}
+
+// A pod may send ICMP errors only about packets addressed to it.
+func TestICMPErrorFromUninvolvedPod(t *testing.T) {
+	r := newRig(t, articleTable(t), nil)
+	api := wire("api")
+	r.expectOne(r.send("api", syn(t, api, dbIP, 80)), "db")
+	inner := syn(t, api, dbIP, 80)[14:]
+	// apppod forges dbpod's port-unreachable about apipod's flow.
+	app := wire("app")
+	s, d := fromPod(app)
+	ip, _, et := ipLayer(appIP, apiIP, layers.IPProtocolICMPv4, 0)
+	forged := serialize(t, &layers.Ethernet{SrcMAC: mac(s), DstMAC: mac(d), EthernetType: et}, ip,
+		&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodePort)},
+		gopacket.Payload(inner[:28]))
+	before := r.e.Stats()
+	r.expectDrop(r.send("app", forged), DropICMPUnrelated, before)
+}
+
+// Reverse pick-up (a connection's reply seen first) only just after start.
+func TestReversePickupOnlyAfterStart(t *testing.T) {
+	r := newRig(t, articleTable(t), nil)
+	r.clock += int64(3 * time.Minute)
+	s, d := fromPod(wire("db"))
+	before := r.e.Stats()
+	r.expectDrop(r.send("db", tcpFrame(t, s, d, dbIP, apiIP, 80, 40100, tcpOpt{ack: true, payload: []byte("y")})), DropDeniedEgress, before)
+	// The client's packets are still picked up, and the server's answers
+	// then pass as replies.
+	s, d = fromPod(wire("api"))
+	r.expectOne(r.send("api", tcpFrame(t, s, d, apiIP, dbIP, 40100, 80, tcpOpt{ack: true})), "db")
+	s, d = fromPod(wire("db"))
+	r.expectOne(r.send("db", tcpFrame(t, s, d, dbIP, apiIP, 80, 40100, tcpOpt{ack: true, payload: []byte("y")})), "api")
 }

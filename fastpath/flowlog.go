@@ -3,6 +3,7 @@ package fastpath
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -71,6 +72,10 @@ type FlowLogConfig struct {
 	Keep int
 	// Poll is how often the engine's events are drained (default 50ms).
 	Poll time.Duration
+	// MaxFollowers bounds the /flows?follow=true streams at once (default
+	// 16); more are refused with 503, so that clients cannot exhaust the
+	// agent's memory.
+	MaxFollowers int
 }
 
 // FlowLog turns the engine's flow events into records: a rate-limited
@@ -106,6 +111,9 @@ func NewFlowLog(cfg FlowLogConfig) (*FlowLog, error) {
 	}
 	if cfg.Poll <= 0 {
 		cfg.Poll = 50 * time.Millisecond
+	}
+	if cfg.MaxFollowers <= 0 {
+		cfg.MaxFollowers = 16
 	}
 	return &FlowLog{
 		cfg:     cfg,
@@ -263,17 +271,26 @@ func (l *FlowLog) Recent(f FlowFilter) []FlowRecord {
 	return out
 }
 
+// errTooManyFollowers refuses a follower beyond MaxFollowers.
+var errTooManyFollowers = errors.New("too many /flows followers")
+
 // subscribe returns a channel of new records matching f; cancel stops it.
-func (l *FlowLog) subscribe(f FlowFilter) (<-chan FlowRecord, func()) {
-	ch := make(chan FlowRecord, 256)
+// It fails when MaxFollowers streams are open.
+func (l *FlowLog) subscribe(f FlowFilter) (<-chan FlowRecord, func(), error) {
+	// A small buffer: a follower that falls behind misses records.
+	ch := make(chan FlowRecord, 32)
 	l.mu.Lock()
+	if len(l.subs) >= l.cfg.MaxFollowers {
+		l.mu.Unlock()
+		return nil, nil, errTooManyFollowers
+	}
 	l.subs[ch] = f
 	l.mu.Unlock()
 	return ch, func() {
 		l.mu.Lock()
 		delete(l.subs, ch)
 		l.mu.Unlock()
-	}
+	}, nil
 }
 
 // ServeHTTP serves the records as JSON lines: GET
@@ -287,14 +304,18 @@ func (l *FlowLog) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	follow, _ := strconv.ParseBool(q.Get("follow"))
-	w.Header().Set("Content-Type", "application/x-ndjson")
 	enc := json.NewEncoder(w)
 	var ch <-chan FlowRecord
 	if follow {
 		var cancel func()
-		ch, cancel = l.subscribe(f)
+		var err error
+		if ch, cancel, err = l.subscribe(f); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 		defer cancel()
 	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
 	for _, rec := range l.Recent(f) {
 		if err := enc.Encode(rec); err != nil {
 			return

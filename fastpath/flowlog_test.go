@@ -81,6 +81,22 @@ func TestFlowLog(t *testing.T) {
 		t.Fatalf("followed line %q (%v)", sc.Text(), sc.Err())
 	}
 	if resp2, err := http.Get(srv.URL + "/flows?verdict=maybe"); err != nil || resp2.StatusCode != http.StatusBadRequest {
-		t.Errorf("bad verdict: %v %v", resp2.StatusCode, err)
+		t.Errorf("bad verdict: %v %v", resp2, err)
+	}
+	// Followers beyond the cap are refused (one is already following).
+	for i := 1; i <= 16; i++ {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/flows?follow=true", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		want := http.StatusOK
+		if i == 16 {
+			want = http.StatusServiceUnavailable
+		}
+		if resp.StatusCode != want {
+			t.Fatalf("follower %d: status %d, want %d", i+1, resp.StatusCode, want)
+		}
 	}
 }

@@ -373,15 +373,30 @@ func (e *Engine) judge(p *packet.Packet, i int, srcLocal, dstLocal bool) (Drop, 
 		return 0, true
 	}
 	if p.ICMPError {
+		// An error relates to a tracked flow and goes back to the sender
+		// of the quoted packet. A pod is an end of the flow, not a
+		// router: the errors it may send are about packets addressed to
+		// it, so it must be the quoted packet's destination.
 		rel, _ := e.ct.LookupRelated(innerKey(&p.Inner), now)
-		if rel == nil || p.Dst != p.Inner.Src {
+		if rel == nil || p.Dst != p.Inner.Src || (srcLocal && p.Src != p.Inner.Dst) {
 			return DropICMPUnrelated, false
 		}
 		return 0, true
 	}
 	key, ent, dir := e.flow(i, p)
 	if ent != nil {
-		if !e.cfg.KeepEstablished && e.tab != nil && ent.Generation != e.tab.Generation() {
+		// The flow's original sides, and whether each is a local pod now.
+		origSrcLocal, origDstLocal := srcLocal, dstLocal
+		if dir == conntrack.Reply {
+			origSrcLocal, origDstLocal = dstLocal, srcLocal
+		}
+		// A side that is local now but was not judged when the flow was
+		// (its pod had no port yet, e.g. while the agent starts or a
+		// pod's veth is re-created) must be judged before the flow's
+		// verdict applies to it, whatever KeepEstablished says.
+		unjudged := (origSrcLocal && ent.Flags&flagSrcJudged == 0) || (origDstLocal && ent.Flags&flagDstJudged == 0)
+		stale := !e.cfg.KeepEstablished && e.tab != nil && ent.Generation != e.tab.Generation()
+		if unjudged || stale {
 			e.cnt.add(cRechecks, 1)
 			var d Drop
 			var ok bool
@@ -397,7 +412,11 @@ func (e *Engine) judge(p *packet.Packet, i int, srcLocal, dstLocal bool) (Drop, 
 				e.cnt.add(cFlowsCut, 1)
 				return d, false
 			}
-			ent.Generation, ent.Egress, ent.Ingress = e.tab.Generation(), eg, ing
+			if e.tab != nil {
+				ent.Generation = e.tab.Generation()
+			}
+			ent.Egress, ent.Ingress = eg, ing
+			ent.Flags |= judgedFlags(origSrcLocal, origDstLocal)
 		}
 		switch e.ct.Update(ent, dir, p.TCPFlags, p.L3Len, now) {
 		case conntrack.Invalid:
@@ -428,12 +447,17 @@ func (e *Engine) newFlow(p *packet.Packet, key conntrack.Key, srcLocal, dstLocal
 	}
 	dir := conntrack.Original
 	d, eg, ing, ok := e.decide(p.Src, p.Dst, p.Proto, p.DstPort, srcLocal, dstLocal)
-	if !ok && established {
-		// A picked-up connection's first packet may be the server's: judge
-		// the connection the other way round too, and track it with the
-		// packet as a reply if that way is allowed.
+	origSrcLocal, origDstLocal := srcLocal, dstLocal
+	if !ok && established && e.now-e.started < int64(e.cfg.ReversePickup) {
+		// Just after a start, a picked-up connection's first packet may be
+		// the server's: judge the connection the other way round too, and
+		// track it with the packet as a reply if that way is allowed.
+		// Later, connections are picked up only in the direction of the
+		// packet seen (a reverse pick-up lets a pod send data segments to
+		// a peer that may reach it, on a connection nobody opened).
 		if _, reg, ring, rok := e.decide(p.Dst, p.Src, p.Proto, p.SrcPort, dstLocal, srcLocal); rok {
 			key, dir, eg, ing, ok = key.Reverse(), conntrack.Reply, reg, ring, true
+			origSrcLocal, origDstLocal = dstLocal, srcLocal
 		}
 	}
 	if !ok {
@@ -446,7 +470,7 @@ func (e *Engine) newFlow(p *packet.Packet, key conntrack.Key, srcLocal, dstLocal
 	} else {
 		ent, _ = e.ct.Insert(key, e.now)
 	}
-	ent.Flags |= conntrack.FlagAllowed
+	ent.Flags |= conntrack.FlagAllowed | judgedFlags(origSrcLocal, origDstLocal)
 	if e.tab != nil {
 		ent.Generation = e.tab.Generation()
 	}
@@ -456,6 +480,24 @@ func (e *Engine) newFlow(p *packet.Packet, key conntrack.Key, srcLocal, dstLocal
 	e.allowed(key, eg, ing)
 	e.firstFragment(p, ent, dir)
 	return 0, true
+}
+
+// Conntrack entry flags of the fastpath: which sides of the flow (in its
+// original direction) were local pods whose policy was judged.
+const (
+	flagSrcJudged conntrack.Flags = 1 << 1
+	flagDstJudged conntrack.Flags = 1 << 2
+)
+
+func judgedFlags(srcLocal, dstLocal bool) conntrack.Flags {
+	var f conntrack.Flags
+	if srcLocal {
+		f |= flagSrcJudged
+	}
+	if dstLocal {
+		f |= flagDstJudged
+	}
+	return f
 }
 
 func (e *Engine) firstFragment(p *packet.Packet, ent *conntrack.Entry, dir conntrack.Dir) {
