@@ -10,7 +10,7 @@ VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 ARTICLE     := deploy/examples/aks-network-policies
 
-.PHONY: help build test lint demo bench-policy clean
+.PHONY: help build test lint demo bench bench-policy clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ lint: ## gofmt, go vet and staticcheck
 demo: build ## the article's scenario in a netns lab: real connections vs. policy (run as root)
 	bin/podgate lab -f $(ARTICLE)
 
+bench: build ## podgate vs. kernel routing and iptables/ipset in a netns lab, quick subset (root; full: bin/podgate bench)
+	bin/podgate bench --quick
+
 bench-policy: ## policy table lookup and compile benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem ./policy/
 
@@ -40,13 +43,13 @@ image: ## container image with podman (FROM scratch + bin/podgate), then `podgat
 deploy-check: ## deploy/ tests: manifest security, kustomize, server-side dry run, RBAC, image
 	$(GO) test -count=1 -v ./deploy/
 
-.PHONY: dashboards
-dashboards: ## regenerate deploy/grafana/*.json from the Go generator (internal/dashtest checks them)
-	$(GO) run ./deploy/grafana/gen -dir deploy/grafana
-
 .PHONY: vuln
 vuln: ## govulncheck against the Go vulnerability database from the module proxy (golang.org/x/vulndb)
 	bash hack/govulncheck.sh
+
+.PHONY: dashboards
+dashboards: ## regenerate deploy/grafana/*.json from the Go generator (internal/dashtest checks them)
+	$(GO) run ./deploy/grafana/gen -dir deploy/grafana
 
 FUZZTIME ?= 20s
 .PHONY: fuzz
@@ -55,6 +58,14 @@ fuzz: ## run every fuzz target for FUZZTIME (default 20s) each
 	$(GO) test -run '^$$' -fuzz '^FuzzModel$$' -fuzztime $(FUZZTIME) ./fastpath/conntrack/
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./policy/
 	$(GO) test -run '^$$' -fuzz '^FuzzCompile$$' -fuzztime $(FUZZTIME) ./policy/
+
+SOAK         ?= 10m
+SOAK_CSV     ?= bin/soak.csv
+SOAK_TIMEOUT ?= 3h
+.PHONY: soak
+soak: ## agent soak in a netns lab: mixed traffic and policy churn for SOAK (default 10m), samples to SOAK_CSV (root)
+	@mkdir -p $(dir $(SOAK_CSV))
+	PODGATE_SOAK=$(SOAK) PODGATE_SOAK_CSV=$(abspath $(SOAK_CSV)) $(GO) test -count=1 -v -timeout $(SOAK_TIMEOUT) -run '^TestSoak$$' ./internal/hostile/
 
 clean: ## remove build output
 	rm -rf bin

@@ -23,6 +23,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newAgentCommand(),
 		newFlowsCommand(),
 		newLabCommand(),
+		newBenchCommand(),
 	)
 	return root
 }
