@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -243,7 +244,8 @@ func checkRBAC(t *testing.T, ctx context.Context, sa kubernetes.Interface) {
 		}
 		var allowed []check
 		for _, res := range []struct{ group, resource string }{
-			{"", "pods"}, {"", "namespaces"}, {"", "nodes"}, {"networking.k8s.io", "networkpolicies"},
+			{"", "pods"}, {"", "namespaces"}, {"", "nodes"}, {"", "services"},
+			{"networking.k8s.io", "networkpolicies"}, {"discovery.k8s.io", "endpointslices"},
 		} {
 			for _, verb := range []string{"get", "list", "watch"} {
 				allowed = append(allowed, check{verb, res.group, res.resource, ""})
@@ -252,13 +254,18 @@ func checkRBAC(t *testing.T, ctx context.Context, sa kubernetes.Interface) {
 		allowed = append(allowed,
 			check{"list", "", "pods", "kube-system"},
 			check{"watch", "networking.k8s.io", "networkpolicies", "default"},
+			check{"list", "discovery.k8s.io", "endpointslices", "kube-system"},
 		)
 		denied := []check{
 			{"list", "", "secrets", ""},
 			{"get", "", "secrets", namespace},
 			{"list", "", "configmaps", ""},
-			{"list", "", "services", ""},
-			{"list", "discovery.k8s.io", "endpointslices", ""},
+			{"list", "", "endpoints", ""}, // the old Endpoints API: EndpointSlices replace it
+			{"create", "", "services", ""},
+			{"update", "", "services", ""},
+			{"create", "discovery.k8s.io", "endpointslices", ""},
+			{"update", "discovery.k8s.io", "endpointslices", ""},
+			{"delete", "discovery.k8s.io", "endpointslices", ""},
 			{"create", "", "pods", ""},
 			{"update", "", "pods", ""},
 			{"patch", "", "pods", ""},
@@ -326,6 +333,23 @@ func checkRBAC(t *testing.T, ctx context.Context, sa kubernetes.Interface) {
 				}
 				return err
 			}, false},
+			{"list services", func(ctx context.Context) error { _, err := sa.CoreV1().Services("").List(ctx, list); return err }, false},
+			{"list endpointslices", func(ctx context.Context) error {
+				_, err := sa.DiscoveryV1().EndpointSlices("").List(ctx, list)
+				return err
+			}, false},
+			{"watch endpointslices", func(ctx context.Context) error {
+				w, err := sa.DiscoveryV1().EndpointSlices("").Watch(ctx, metav1.ListOptions{TimeoutSeconds: ptr.To[int64](1)})
+				if err == nil {
+					w.Stop()
+				}
+				return err
+			}, false},
+			{"create endpointslice", func(ctx context.Context) error {
+				es := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: "default"}, AddressType: discoveryv1.AddressTypeIPv4}
+				_, err := sa.DiscoveryV1().EndpointSlices("default").Create(ctx, es, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+				return err
+			}, true},
 			{"watch networkpolicies", func(ctx context.Context) error {
 				w, err := sa.NetworkingV1().NetworkPolicies("").Watch(ctx, metav1.ListOptions{TimeoutSeconds: ptr.To[int64](1)})
 				if err == nil {

@@ -34,7 +34,7 @@ const (
 	metricsPort    = 9402
 	kustomization  = "kustomization.yaml"
 	containerName  = "agent"
-	bpffsHostPath  = "/sys/fs/bpf"
+	stateHostPath  = "/run/podgate"
 	gracePeriodMin = 30
 )
 
@@ -356,7 +356,7 @@ func TestDaemonSet(t *testing.T) {
 			"prometheus.io/port":   fmt.Sprint(metricsPort),
 			"prometheus.io/path":   "/metrics",
 		}},
-		{"hostPath volumes", hostPaths, map[string]string{"bpffs": bpffsHostPath}},
+		{"hostPath volumes", hostPaths, map[string]string{"state": stateHostPath}},
 		{"other volumes", otherVolumes, []string(nil)},
 		// Container.
 		{"image", c.Image, defaultImage},
@@ -368,7 +368,7 @@ func TestDaemonSet(t *testing.T) {
 		{"readinessProbe", httpProbe(c, c.ReadinessProbe), &probe{Path: "/readyz", Port: metricsPort}},
 		{"requests", quantities(c.Resources.Requests), map[string]string{"cpu": "100m", "memory": "128Mi"}},
 		{"limits (memory only: a CPU limit throttles the fastpath)", quantities(c.Resources.Limits), map[string]string{"memory": "512Mi"}},
-		{"volumeMounts", mounts, []mount{{"bpffs", bpffsHostPath, false, string(corev1.MountPropagationHostToContainer)}}},
+		{"volumeMounts (the state directory only; nothing is pinned in bpffs)", mounts, []mount{{"state", stateHostPath, false, ""}}},
 		// Container security.
 		{"capabilities.add", sortedCaps(sc.Capabilities.Add), []string{"BPF", "IPC_LOCK", "NET_ADMIN", "NET_RAW"}},
 		{"capabilities.drop", sortedCaps(sc.Capabilities.Drop), []string{"ALL"}},
@@ -412,7 +412,9 @@ func TestRBAC(t *testing.T) {
 		"pods":                              read,
 		"namespaces":                        read,
 		"nodes":                             read,
+		"services":                          read,
 		"networking.k8s.io/networkpolicies": read,
+		"discovery.k8s.io/endpointslices":   read,
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("ClusterRole %s rules (-want +got):\n%s", m.role.Name, diff)

@@ -13,8 +13,10 @@
 // (egress judged), frames from the kernel to pods arrive there (ingress
 // judged; the source's egress too when the source is a local pod, which is
 // how Service traffic that kube-proxy DNATed back to a local pod is judged
-// after DNAT). The worker answers the kernel's ARP and neighbor
-// solicitations for local pod addresses with the kernel port's MAC.
+// after DNAT; the replies of such a flow go back through the kernel leg,
+// whose conntrack reverses the DNAT). The worker answers the kernel's ARP
+// and neighbor solicitations for local pod addresses with the kernel
+// port's MAC.
 //
 // # Per packet
 //

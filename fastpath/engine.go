@@ -89,6 +89,11 @@ type Config struct {
 	// IdleWait is how long the worker sleeps when no port has frames
 	// before it looks for commands and expired flows again.
 	IdleWait time.Duration
+	// BusyPoll keeps the worker polling its rings without sleeping for
+	// this long after the last frame, instead of waiting in poll(2):
+	// lower latency and fewer drops under bursts, for a CPU kept busy
+	// while traffic flows. Zero (the default) sleeps at once.
+	BusyPoll time.Duration
 	// Now returns monotonic nanoseconds; nil means the real clock.
 	Now func() int64
 }
@@ -133,6 +138,11 @@ type Engine struct {
 	deniedAt netip.Addr
 	// started is Config.Now when the engine was made.
 	started int64
+	// viaKernel is set while a frame from the kernel leg whose source is
+	// a local pod is judged: a flow it starts is marked flagViaKernel.
+	viaKernel bool
+	// lastWork is Config.Now at the last batch that had frames.
+	lastWork int64
 	// monoBase and wallBase relate Config.Now to the wall clock.
 	monoBase int64
 	wallBase time.Time
@@ -344,7 +354,9 @@ func (e *Engine) Run(ctx context.Context) error {
 			continue
 		default:
 		}
-		if !e.runOnce() {
+		if e.runOnce() {
+			e.lastWork = e.now
+		} else if e.cfg.BusyPoll <= 0 || e.now-e.lastWork >= int64(e.cfg.BusyPoll) {
 			e.idle(ctx)
 		}
 	}

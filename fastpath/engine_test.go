@@ -715,3 +715,38 @@ func TestReversePickupOnlyAfterStart(t *testing.T) {
 	s, d = fromPod(wire("db"))
 	r.expectOne(r.send("db", tcpFrame(t, s, d, dbIP, apiIP, 80, 40100, tcpOpt{ack: true, payload: []byte("y")})), "api")
 }
+
+// TestServiceToLocalBackend follows a connection from the API pod to the
+// article's db Service (10.1.0.100:80) that the kernel DNATs to the DB pod
+// on the same node: the pod's packet to the ClusterIP is judged against
+// the Service's backend and leaves on the kernel leg; the kernel sends the
+// DNATed packet back (both sides judged again); the DB pod's answer must
+// return through the kernel, which reverses the DNAT, not straight to the
+// API pod (which would get it from the wrong address and reset).
+func TestServiceToLocalBackend(t *testing.T) {
+	r := newRig(t, articleTable(t), nil)
+	api, db := wire("api"), wire("db")
+	svcIP := netip.MustParseAddr("10.1.0.100")
+	ks, kd := fromKernel()
+	as, ad := fromPod(api)
+	ds, dd := fromPod(db)
+
+	r.expectOne(r.send("api", tcpFrame(t, as, ad, apiIP, svcIP, 40000, 80, tcpOpt{syn: true})), "kernel")
+	r.expectOne(r.send("kernel", tcpFrame(t, ks, kd, apiIP, dbIP, 40000, 80, tcpOpt{syn: true})), "db")
+	r.expectOne(r.send("db", tcpFrame(t, ds, dd, dbIP, apiIP, 80, 40000, tcpOpt{syn: true, ack: true})), "kernel")
+	r.expectOne(r.send("kernel", tcpFrame(t, ks, kd, svcIP, apiIP, 80, 40000, tcpOpt{syn: true, ack: true})), "api")
+	r.expectOne(r.send("api", tcpFrame(t, as, ad, apiIP, svcIP, 40000, 80, tcpOpt{ack: true})), "kernel")
+	r.expectOne(r.send("kernel", tcpFrame(t, ks, kd, apiIP, dbIP, 40000, 80, tcpOpt{ack: true})), "db")
+	r.expectOne(r.send("db", tcpFrame(t, ds, dd, dbIP, apiIP, 80, 40000, tcpOpt{ack: true})), "kernel")
+
+	// A direct connection between the same pods is still switched here.
+	r.expectOne(r.send("api", tcpFrame(t, as, ad, apiIP, dbIP, 40001, 80, tcpOpt{syn: true})), "db")
+	r.expectOne(r.send("db", tcpFrame(t, ds, dd, dbIP, apiIP, 80, 40001, tcpOpt{syn: true, ack: true})), "api")
+
+	// The App pod's egress allows only the API pod: denied before the
+	// DNAT, judged against the Service's backend.
+	before := r.e.Stats()
+	app := wire("app")
+	ps, pd := fromPod(app)
+	r.expectDrop(r.send("app", tcpFrame(t, ps, pd, appIP, svcIP, 40000, 80, tcpOpt{syn: true})), DropDeniedEgress, before)
+}

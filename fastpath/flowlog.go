@@ -310,6 +310,9 @@ func (l *FlowLog) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		var cancel func()
 		var err error
 		if ch, cancel, err = l.subscribe(f); err != nil {
+			// Close the connection too, so that a refused client does
+			// not keep a slot of the server's connection limit.
+			w.Header().Set("Connection", "close")
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}

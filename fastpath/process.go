@@ -155,6 +155,13 @@ func (e *Engine) fromPod(in *port, f xsk.Frame, b []byte, p *packet.Packet, i in
 		return
 	}
 	out, path := e.local(p.Dst), PodToPod
+	if out != nil && e.kernel != nil {
+		// A reply of a flow that came from the kernel leg (a Service
+		// address DNATed to this pod) goes back the way it came.
+		if _, ent, dir := e.flow(i, p); ent != nil && dir == conntrack.Reply && ent.Flags&flagViaKernel != 0 {
+			out, path = e.kernel, PodToKernel
+		}
+	}
 	if out == nil {
 		out, path = e.kernel, PodToKernel
 		if out == nil {
@@ -201,8 +208,13 @@ func (e *Engine) fromKernel(in *port, f xsk.Frame, b []byte, p *packet.Packet, i
 		return
 	}
 	// A local source here is a pod's packet that the kernel sent back (a
-	// Service address DNATed to a local pod): its egress is judged too.
-	if d, ok := e.judge(p, i, e.hasAddr(p.Src), true); !ok {
+	// Service address DNATed to a local pod): its egress is judged too,
+	// and the flow's replies must return through the kernel.
+	srcLocal := e.hasAddr(p.Src)
+	e.viaKernel = srcLocal
+	d, ok := e.judge(p, i, srcLocal, true)
+	e.viaKernel = false
+	if !ok {
 		e.denied(p, d)
 		e.drop(in, f, d)
 		return
@@ -471,6 +483,9 @@ func (e *Engine) newFlow(p *packet.Packet, key conntrack.Key, srcLocal, dstLocal
 		ent, _ = e.ct.Insert(key, e.now)
 	}
 	ent.Flags |= conntrack.FlagAllowed | judgedFlags(origSrcLocal, origDstLocal)
+	if e.viaKernel && dir == conntrack.Original {
+		ent.Flags |= flagViaKernel
+	}
 	if e.tab != nil {
 		ent.Generation = e.tab.Generation()
 	}
@@ -487,6 +502,13 @@ func (e *Engine) newFlow(p *packet.Packet, key conntrack.Key, srcLocal, dstLocal
 const (
 	flagSrcJudged conntrack.Flags = 1 << 1
 	flagDstJudged conntrack.Flags = 1 << 2
+	// flagViaKernel marks a flow between two local pods whose original
+	// direction came from the kernel leg: a pod's packet to a Service
+	// address that kube-proxy DNATed to a local pod. Its replies must go
+	// back through the kernel, whose conntrack reverses the DNAT; switched
+	// directly, they would reach the client from the backend's address
+	// instead of the Service's, and the client would reset the connection.
+	flagViaKernel conntrack.Flags = 1 << 3
 )
 
 func judgedFlags(srcLocal, dstLocal bool) conntrack.Flags {

@@ -13,14 +13,17 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/labels"
 	coreinformers "k8s.io/client-go/informers/core/v1"
+	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
 	networkinginformers "k8s.io/client-go/informers/networking/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	networkinglisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
@@ -49,6 +52,12 @@ type APIConfig struct {
 	Pods            coreinformers.PodInformer
 	Namespaces      coreinformers.NamespaceInformer
 	NetworkPolicies networkinginformers.NetworkPolicyInformer
+	// Services and EndpointSlices, when both are set, put Services into
+	// the table so that egress to a ClusterIP is judged against the
+	// Service's ready backends ([policy.Cluster]). Optional, cluster-wide;
+	// without them a ClusterIP is an address like any other.
+	Services       coreinformers.ServiceInformer
+	EndpointSlices discoveryinformers.EndpointSliceInformer
 	// Nodes is the informer that NodeName is looked up in; required with
 	// NodeName. It may come from a factory restricted to that node.
 	Nodes coreinformers.NodeInformer
@@ -116,6 +125,9 @@ func (c *APIConfig) Validate() error {
 	if c.NetworkPolicies == nil {
 		errs = append(errs, errors.New("NetworkPolicy informer is required"))
 	}
+	if (c.Services == nil) != (c.EndpointSlices == nil) {
+		errs = append(errs, errors.New("the Service and EndpointSlice informers go together: set both or neither"))
+	}
 	if c.NodeName != "" && c.Nodes == nil {
 		errs = append(errs, fmt.Errorf("node informer is required with node name %q", c.NodeName))
 	}
@@ -169,6 +181,8 @@ type APISource struct {
 	pods       corelisters.PodLister
 	namespaces corelisters.NamespaceLister
 	policies   networkinglisters.NetworkPolicyLister
+	services   corelisters.ServiceLister            // nil without Services
+	slices     discoverylisters.EndpointSliceLister // nil without Services
 	nodes      corelisters.NodeLister
 
 	watched  []*watched
@@ -230,6 +244,11 @@ func NewAPISource(cfg APIConfig) (*APISource, error) {
 	add("pods", cfg.Pods.Informer(), s.policyHandler("pod", podPresent, podChanged))
 	add("namespaces", cfg.Namespaces.Informer(), s.policyHandler("namespace", always, namespaceChanged))
 	add("networkpolicies", cfg.NetworkPolicies.Informer(), s.policyHandler("NetworkPolicy", always, networkPolicyChanged))
+	if cfg.Services != nil {
+		s.services, s.slices = cfg.Services.Lister(), cfg.EndpointSlices.Lister()
+		add("services", cfg.Services.Informer(), s.policyHandler("Service", always, serviceChanged))
+		add("endpointslices", cfg.EndpointSlices.Informer(), s.policyHandler("EndpointSlice", endpointSlicePresent, endpointSliceChanged))
+	}
 	if cfg.Nodes != nil {
 		s.nodes = cfg.Nodes.Lister()
 		add("nodes", cfg.Nodes.Informer(), s.nodeHandler())
@@ -308,11 +327,17 @@ func (s *APISource) rebuild() {
 	nss, err1 := s.namespaces.List(labels.Everything())
 	pods, err2 := s.pods.List(labels.Everything())
 	nps, err3 := s.policies.List(labels.Everything())
-	if err := errors.Join(err1, err2, err3); err != nil {
+	c := &policy.Cluster{Namespaces: nss, Pods: pods, Policies: nps}
+	var err4, err5 error
+	if s.services != nil {
+		c.Services, err4 = s.services.List(labels.Everything())
+		c.EndpointSlices, err5 = s.slices.List(labels.Everything())
+	}
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
 		s.pub.fail(fmt.Errorf("list informer caches: %w", err))
 		return
 	}
-	s.pub.publish(&policy.Cluster{Namespaces: nss, Pods: pods, Policies: nps}, start, current)
+	s.pub.publish(c, start, current)
 }
 
 // policyHandler returns the event handler of an informer whose objects
@@ -418,6 +443,57 @@ func networkPolicyChanged(old, cur any) bool {
 	o, ok1 := old.(*networkingv1.NetworkPolicy)
 	c, ok2 := cur.(*networkingv1.NetworkPolicy)
 	return !ok1 || !ok2 || !apiequality.Semantic.DeepEqual(o.Spec, c.Spec)
+}
+
+// serviceChanged reports whether an update changes what [policy.Compile]
+// reads of a Service: its type, cluster addresses and ports.
+func serviceChanged(old, cur any) bool {
+	if sameVersion(old, cur) {
+		return false
+	}
+	o, ok1 := old.(*corev1.Service)
+	c, ok2 := cur.(*corev1.Service)
+	if !ok1 || !ok2 {
+		return true
+	}
+	return o.Spec.Type != c.Spec.Type ||
+		o.Spec.ClusterIP != c.Spec.ClusterIP ||
+		!slices.Equal(o.Spec.ClusterIPs, c.Spec.ClusterIPs) ||
+		!slices.EqualFunc(o.Spec.Ports, c.Spec.Ports, func(a, b corev1.ServicePort) bool {
+			return a.Name == b.Name && a.Protocol == b.Protocol && a.Port == b.Port
+		})
+}
+
+// endpointSlicePresent reports whether an EndpointSlice belongs to a
+// Service (the kubernetes.io/service-name label); objects of other types
+// count as present, to be safe.
+func endpointSlicePresent(obj any) bool {
+	es, ok := obj.(*discoveryv1.EndpointSlice)
+	return !ok || es.Labels[discoveryv1.LabelServiceName] != ""
+}
+
+// endpointSliceChanged reports whether an update changes what
+// [policy.Compile] reads of an EndpointSlice: its Service, address type,
+// ports, and its endpoints' addresses and readiness (not their other
+// conditions, hints, node names or zones).
+func endpointSliceChanged(old, cur any) bool {
+	if sameVersion(old, cur) {
+		return false
+	}
+	o, ok1 := old.(*discoveryv1.EndpointSlice)
+	c, ok2 := cur.(*discoveryv1.EndpointSlice)
+	if !ok1 || !ok2 {
+		return true
+	}
+	if !endpointSlicePresent(o) && !endpointSlicePresent(c) {
+		return false
+	}
+	return o.Labels[discoveryv1.LabelServiceName] != c.Labels[discoveryv1.LabelServiceName] ||
+		o.AddressType != c.AddressType ||
+		!apiequality.Semantic.DeepEqual(o.Ports, c.Ports) ||
+		!slices.EqualFunc(o.Endpoints, c.Endpoints, func(a, b discoveryv1.Endpoint) bool {
+			return slices.Equal(a.Addresses, b.Addresses) && policy.EndpointReady(&a) == policy.EndpointReady(&b)
+		})
 }
 
 // nodeHandler follows the agent's own node. Nodes do not take part in the

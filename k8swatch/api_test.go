@@ -13,8 +13,11 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
@@ -36,11 +39,22 @@ type fakeSetup struct {
 // cfg's informers, store and logger are filled in. Call start to run it.
 func newFake(t *testing.T, cfg APIConfig, objects ...runtime.Object) *fakeSetup {
 	t.Helper()
+	return newFakeWith(t, cfg, false, objects...)
+}
+
+// newFakeWith is newFake, with the Service and EndpointSlice informers
+// when services is set.
+func newFakeWith(t *testing.T, cfg APIConfig, services bool, objects ...runtime.Object) *fakeSetup {
+	t.Helper()
 	f := &fakeSetup{client: fake.NewClientset(objects...), store: &policy.Store{}}
 	f.factory = informers.NewSharedInformerFactoryWithOptions(f.client, 0, informers.WithTransform(StripManagedFields))
 	cfg.Pods = f.factory.Core().V1().Pods()
 	cfg.Namespaces = f.factory.Core().V1().Namespaces()
 	cfg.NetworkPolicies = f.factory.Networking().V1().NetworkPolicies()
+	if services {
+		cfg.Services = f.factory.Core().V1().Services()
+		cfg.EndpointSlices = f.factory.Discovery().V1().EndpointSlices()
+	}
 	if cfg.NodeName != "" {
 		cfg.Nodes = f.factory.Core().V1().Nodes()
 	}
@@ -158,6 +172,10 @@ func TestAPISourceTombstones(t *testing.T) {
 			inf = f.factory.Networking().V1().NetworkPolicies().Informer()
 		case "nodes":
 			inf = f.factory.Core().V1().Nodes().Informer()
+		case "services":
+			inf = f.factory.Core().V1().Services().Informer()
+		case "endpointslices":
+			inf = f.factory.Discovery().V1().EndpointSlices().Informer()
 		}
 		key, err := cache.MetaNamespaceKeyFunc(obj)
 		if err != nil {
@@ -516,8 +534,10 @@ func TestStripManagedFields(t *testing.T) {
 }
 
 func TestNewAPISourceErrors(t *testing.T) {
-	_, err := NewAPISource(APIConfig{NodeName: "n", MinInterval: -1})
-	for _, want := range []string{"pod informer", "namespace informer", "NetworkPolicy informer", "node informer", "store", "negative"} {
+	factory0 := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
+	_, err := NewAPISource(APIConfig{NodeName: "n", MinInterval: -1, Services: factory0.Core().V1().Services()})
+	for _, want := range []string{"pod informer", "namespace informer", "NetworkPolicy informer", "node informer", "store", "negative",
+		"Service and EndpointSlice informers go together"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("NewAPISource(empty config) error = %v, want it to mention %q", err, want)
 		}
@@ -545,5 +565,221 @@ func TestNewAPISourceErrors(t *testing.T) {
 	waitUntil(t, 5*time.Second, "informers to start", func() bool { return cfg.Pods.Informer().HasSynced() })
 	if _, err := NewAPISource(cfg); err == nil || !strings.Contains(err.Error(), "watch error handler") {
 		t.Errorf("NewAPISource after the informers started: error = %v, want one about the watch error handler", err)
+	}
+}
+
+// newService returns Service ns/name with ClusterIP ip and one TCP port
+// named http.
+func newService(ns, name, ip string, port int32) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: corev1.ServiceSpec{
+			ClusterIP: ip, ClusterIPs: []string{ip},
+			Ports: []corev1.ServicePort{{Name: "http", Port: port, Protocol: corev1.ProtocolTCP}},
+		},
+	}
+}
+
+// newEndpointSlice returns an IPv4 EndpointSlice of Service ns/svc with
+// port http at target port and one endpoint per address, ready unless
+// listed in notReady.
+func newEndpointSlice(ns, name, svc string, port int32, addrs []string, notReady ...string) *discoveryv1.EndpointSlice {
+	http, tcp := "http", corev1.ProtocolTCP
+	es := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: &http, Port: &port, Protocol: &tcp}},
+	}
+	for _, a := range addrs {
+		ready := !slices.Contains(notReady, a)
+		es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{a}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
+	}
+	return es
+}
+
+// egressToApp isolates pods app=from in ns for egress and allows TCP port
+// to pods app=to of every namespace.
+func egressToApp(ns, name, from, to string, port int32) *networkingv1.NetworkPolicy {
+	tcp := corev1.ProtocolTCP
+	p := intstr.FromInt32(port)
+	return &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": from}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+			Egress: []networkingv1.NetworkPolicyEgressRule{{
+				To: []networkingv1.NetworkPolicyPeer{{
+					NamespaceSelector: &metav1.LabelSelector{},
+					PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"app": to}},
+				}},
+				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &p}},
+			}},
+		},
+	}
+}
+
+// TestAPISourceServices: with the Service and EndpointSlice informers, a
+// connection to a ClusterIP is judged against the Service's ready backends,
+// and every change to them that matters is followed; updates that do not
+// matter trigger no rebuild.
+func TestAPISourceServices(t *testing.T) {
+	ctx := t.Context()
+	const client, web, other, svcIP = "10.0.0.2", "10.0.0.1", "10.0.0.3", "10.96.0.1"
+	f := newFakeWith(t, APIConfig{}, true,
+		newNamespace("a", nil),
+		newPod("a", "web", web, map[string]string{"app": "web"}),
+		newPod("a", "client", client, map[string]string{"app": "client"}),
+		newPod("a", "other", other, map[string]string{"app": "other"}),
+		egressToApp("a", "client", "client", "web", 8080),
+		newService("a", "web", svcIP, 80),
+		newEndpointSlice("a", "web-1", "web", 8080, []string{web}),
+	)
+	f.start(t)
+	f.waitReady(t)
+	const timeout = 5 * time.Second
+	expectVerdicts(t, f.store, timeout, verdict{client, svcIP, 80, true}, verdict{client, svcIP, 8080, false})
+	if got := f.store.Load().Stats().Services; got != 1 {
+		t.Errorf("Services in the table = %d, want 1", got)
+	}
+
+	slicesAPI := f.client.DiscoveryV1().EndpointSlices("a")
+	update := func(es *discoveryv1.EndpointSlice) {
+		t.Helper()
+		if _, err := slicesAPI.Update(ctx, es, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A ready backend the client may not reach denies the Service.
+	update(newEndpointSlice("a", "web-1", "web", 8080, []string{web, other}))
+	expectVerdicts(t, f.store, timeout, verdict{client, svcIP, 80, false})
+	// Not ready: ignored.
+	update(newEndpointSlice("a", "web-1", "web", 8080, []string{web, other}, other))
+	expectVerdicts(t, f.store, timeout, verdict{client, svcIP, 80, true})
+
+	// Updates that change nothing the table reads: no rebuild.
+	events, gen := f.src.Status().Events, f.store.Load().Generation()
+	es := newEndpointSlice("a", "web-1", "web", 8080, []string{web, other}, other)
+	serving, zone := true, "zone-a"
+	es.Endpoints[1].Conditions.Serving = &serving
+	es.Endpoints[0].Zone = &zone
+	es.Annotations = map[string]string{"touched": "yes"}
+	update(es)
+	svcs := f.client.CoreV1().Services("a")
+	svc, err := svcs.Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Annotations = map[string]string{"touched": "yes"}
+	svc.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+	if _, err := svcs.Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// A slice of no Service does not matter either.
+	unowned := newEndpointSlice("a", "unowned", "", 8080, []string{other})
+	delete(unowned.Labels, discoveryv1.LabelServiceName)
+	if _, err := slicesAPI.Create(ctx, unowned, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Then one that does: the Service's port moves to 81.
+	svc.Spec.Ports[0].Port = 81
+	if _, err := svcs.Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	expectVerdicts(t, f.store, timeout, verdict{client, svcIP, 81, true}, verdict{client, svcIP, 80, false})
+	if got := f.src.Status().Events - events; got != 1 {
+		t.Errorf("events = %d, want 1: only the port change matters", got)
+	}
+	if got := f.store.Load().Generation(); got != gen+1 {
+		t.Errorf("generation = %d, want %d", got, gen+1)
+	}
+
+	// Without the slice, the ClusterIP is an address no rule allows.
+	if err := slicesAPI.Delete(ctx, "web-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	expectVerdicts(t, f.store, timeout, verdict{client, svcIP, 81, false})
+
+	// Tombstones of both kinds.
+	slice2 := newEndpointSlice("a", "web-2", "web", 8080, []string{web})
+	if _, err := slicesAPI.Create(ctx, slice2, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	expectVerdicts(t, f.store, timeout, verdict{client, svcIP, 81, true})
+	tomb := func(informer string, inf cache.SharedIndexInformer, obj runtime.Object) {
+		t.Helper()
+		key, _ := cache.MetaNamespaceKeyFunc(obj)
+		if err := inf.GetIndexer().Delete(obj); err != nil {
+			t.Fatal(err)
+		}
+		f.src.handlers[informer].OnDelete(cache.DeletedFinalStateUnknown{Key: key, Obj: obj})
+	}
+	tomb("endpointslices", f.factory.Discovery().V1().EndpointSlices().Informer(), slice2)
+	expectVerdicts(t, f.store, timeout, verdict{client, svcIP, 81, false})
+	if _, err := slicesAPI.Create(ctx, newEndpointSlice("a", "web-3", "web", 8080, []string{web}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	expectVerdicts(t, f.store, timeout, verdict{client, svcIP, 81, true})
+	tomb("services", f.factory.Core().V1().Services().Informer(), svc)
+	tab := expectVerdicts(t, f.store, timeout, verdict{client, svcIP, 81, false})
+	if _, ok := tab.ServiceByAddr(netip.MustParseAddr(svcIP)); ok {
+		t.Error("the Service is still in the table after its tombstone")
+	}
+}
+
+func TestServiceAndEndpointSliceChanged(t *testing.T) {
+	base := newEndpointSlice("a", "s", "svc", 80, []string{"10.0.0.1"})
+	base.ResourceVersion = "1"
+	for _, tc := range []struct {
+		name   string
+		change func(es *discoveryv1.EndpointSlice)
+		want   bool
+	}{
+		{"resync", func(*discoveryv1.EndpointSlice) {}, false},
+		{"annotation", func(es *discoveryv1.EndpointSlice) { es.Annotations = map[string]string{"a": "b"} }, false},
+		{"hostname", func(es *discoveryv1.EndpointSlice) { h := "h"; es.Endpoints[0].Hostname = &h }, false},
+		{"terminating", func(es *discoveryv1.EndpointSlice) { tr := true; es.Endpoints[0].Conditions.Terminating = &tr }, false},
+		{"ready unset", func(es *discoveryv1.EndpointSlice) { es.Endpoints[0].Conditions.Ready = nil }, false}, // nil means ready
+		{"not ready", func(es *discoveryv1.EndpointSlice) { f := false; es.Endpoints[0].Conditions.Ready = &f }, true},
+		{"address", func(es *discoveryv1.EndpointSlice) { es.Endpoints[0].Addresses = []string{"10.0.0.2"} }, true},
+		{"endpoint added", func(es *discoveryv1.EndpointSlice) {
+			es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{"10.0.0.2"}})
+		}, true},
+		{"port", func(es *discoveryv1.EndpointSlice) { p := int32(81); es.Ports[0].Port = &p }, true},
+		{"service label", func(es *discoveryv1.EndpointSlice) { es.Labels[discoveryv1.LabelServiceName] = "other" }, true},
+	} {
+		t.Run("EndpointSlice "+tc.name, func(t *testing.T) {
+			cur := base.DeepCopy()
+			if tc.name != "resync" {
+				cur.ResourceVersion = "2"
+			}
+			tc.change(cur)
+			if got := endpointSliceChanged(base, cur); got != tc.want {
+				t.Errorf("endpointSliceChanged = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	svc := newService("a", "s", "10.96.0.1", 80)
+	svc.ResourceVersion = "1"
+	for _, tc := range []struct {
+		name   string
+		change func(s *corev1.Service)
+		want   bool
+	}{
+		{"selector", func(s *corev1.Service) { s.Spec.Selector = map[string]string{"a": "b"} }, false},
+		{"target port", func(s *corev1.Service) { s.Spec.Ports[0].TargetPort = intstr.FromInt32(8080) }, false},
+		{"port", func(s *corev1.Service) { s.Spec.Ports[0].Port = 81 }, true},
+		{"port name", func(s *corev1.Service) { s.Spec.Ports[0].Name = "web" }, true},
+		{"protocol", func(s *corev1.Service) { s.Spec.Ports[0].Protocol = corev1.ProtocolUDP }, true},
+		{"cluster IPs", func(s *corev1.Service) { s.Spec.ClusterIPs = append(s.Spec.ClusterIPs, "fd00::1") }, true},
+		{"type", func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeExternalName }, true},
+	} {
+		t.Run("Service "+tc.name, func(t *testing.T) {
+			cur := svc.DeepCopy()
+			cur.ResourceVersion = "2"
+			tc.change(cur)
+			if got := serviceChanged(svc, cur); got != tc.want {
+				t.Errorf("serviceChanged = %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

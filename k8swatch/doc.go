@@ -1,7 +1,9 @@
 // Package k8swatch is where podgate's policy tables come from: it reads
-// Namespaces, Pods and NetworkPolicies, compiles them with
-// [policy.Compile] and publishes the result into a [policy.Store], which
-// the fastpath reads without locking.
+// Namespaces, Pods and NetworkPolicies (and, optionally, Services and
+// EndpointSlices, so that egress to a ClusterIP is judged against the
+// Service's backends), compiles them with [policy.Compile] and publishes
+// the result into a [policy.Store], which the fastpath reads without
+// locking.
 //
 // There are two sources, both implementing [Source]:
 //
@@ -40,7 +42,9 @@
 // Enforcement continues on the last table while the view is stale.
 //
 // An APISource needs RBAC permission to get, list and watch pods,
-// namespaces and nodes (core) and networkpolicies (networking.k8s.io);
+// namespaces and nodes (core) and networkpolicies (networking.k8s.io),
+// and with Services also services (core) and endpointslices
+// (discovery.k8s.io);
 // /readyz is open to every client by the default system:public-info-viewer
 // role. Without permission the informers never sync, client-go reports
 // Forbidden to the watch error handler and the view is stale.

@@ -38,6 +38,8 @@ func startAPISource(t testing.TB, client kubernetes.Interface, nodeName string) 
 		Pods:            factory.Core().V1().Pods(),
 		Namespaces:      factory.Core().V1().Namespaces(),
 		NetworkPolicies: factory.Networking().V1().NetworkPolicies(),
+		Services:        factory.Core().V1().Services(),
+		EndpointSlices:  factory.Discovery().V1().EndpointSlices(),
 		Nodes:           factory.Core().V1().Nodes(),
 		NodeName:        nodeName,
 		Store:           s.store,
@@ -203,6 +205,53 @@ func TestAPISourceWithAPIServer(t *testing.T) {
 		})
 	})
 
+	t.Run("Service and EndpointSlice", func(t *testing.T) {
+		// No controller-manager runs: the test writes the EndpointSlice
+		// that the EndpointSlice controller would.
+		if _, err := env.CreateNamespace(ctx, "s", nil); err != nil {
+			t.Fatal(err)
+		}
+		const caller, backend, intruder, svcIP = "10.244.1.1", "10.244.1.2", "10.244.1.3", "10.0.0.100"
+		createPod("s", "caller", caller, "caller")
+		createPod("s", "backend", backend, "backend")
+		createPod("s", "intruder", intruder, "intruder")
+		if _, err := client.NetworkingV1().NetworkPolicies("s").Create(ctx, egressToApp("s", "caller", "caller", "backend", 8080), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := client.CoreV1().Services("s").Create(ctx, newService("s", "backend", svcIP, 80), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// Before its endpoints exist the ClusterIP is an address.
+		expectVerdicts(t, s.store, timeout, verdict{caller, svcIP, 80, false}, verdict{caller, backend, 8080, true})
+		slicesAPI := client.DiscoveryV1().EndpointSlices("s")
+		es, err := slicesAPI.Create(ctx, newEndpointSlice("s", "backend-abcde", "backend", 8080, []string{backend}), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tab := expectVerdicts(t, s.store, timeout, verdict{caller, svcIP, 80, true}, verdict{intruder, svcIP, 80, true})
+		if b, ok := tab.ServiceBackends(netip.MustParseAddr(svcIP), policy.TCP, 80); !ok || len(b) != 1 || b[0].Port != 8080 {
+			t.Errorf("backends of s/backend: %+v, %v", b, ok)
+		}
+		e := tab.Explain(netip.MustParseAddr(caller), netip.MustParseAddr(svcIP), policy.TCP, 80)
+		if !strings.Contains(e.Egress.Detail, "destination is Service s/backend") {
+			t.Errorf("explanation: %s", e.Egress.Detail)
+		}
+		fresh := newEndpointSlice("s", "backend-abcde", "backend", 8080, []string{backend, intruder})
+		fresh.ResourceVersion = es.ResourceVersion
+		if _, err = slicesAPI.Update(ctx, fresh, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		expectVerdicts(t, s.store, timeout, verdict{caller, svcIP, 80, false})
+		if err := client.CoreV1().Services("s").Delete(ctx, "backend", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, timeout, "the Service to leave the table", func() bool {
+			_, ok := s.store.Load().ServiceByAddr(netip.MustParseAddr(svcIP))
+			return !ok
+		})
+		expectVerdicts(t, s.store, timeout, verdict{caller, svcIP, 80, false}, verdict{caller, backend, 8080, true})
+	})
+
 	t.Run("forbidden informers are stale until allowed", func(t *testing.T) {
 		testForbidden(t, env)
 	})
@@ -328,8 +377,9 @@ func testForbidden(t *testing.T, env *kubetest.Env) {
 	role := &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: user},
 		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"pods", "namespaces", "nodes"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{""}, Resources: []string{"pods", "namespaces", "nodes", "services"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"get", "list", "watch"}},
 		},
 	}
 	if _, err := admin.ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {

@@ -7,6 +7,11 @@ import (
 	"runtime"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
 	"github.com/podgate/podgate/policy"
 	"github.com/podgate/podgate/policy/policytest"
 )
@@ -77,6 +82,54 @@ func BenchmarkLookupManyPoliciesOnOnePod(b *testing.B) {
 	}
 }
 
+// addScaleService adds Service ns-0/svc (ClusterIP 10.96.0.1, port 80 to
+// target port 8080) to a ScaleCluster, with n ready backends: pod-(i%10)
+// of the namespaces ns-50, ns-100, ... (team-0, like ns-0).
+func addScaleService(c *policy.Cluster, n int) netip.Addr {
+	c.Services = append(c.Services, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns-0", Name: "svc"},
+		Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.1", Ports: []corev1.ServicePort{
+			{Name: "http", Port: 80, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP},
+		}},
+	})
+	name, port, tcp := "http", int32(8080), corev1.ProtocolTCP
+	es := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "ns-0", Name: "svc-1", Labels: map[string]string{discoveryv1.LabelServiceName: "svc"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &tcp}},
+	}
+	for i := range n {
+		pod := (i+1)*50*10 + i%10 // pod (i%10) of namespace ns-(50*(i+1))
+		es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{policytest.PodIP(pod)}})
+	}
+	c.EndpointSlices = append(c.EndpointSlices, es)
+	return netip.MustParseAddr("10.96.0.1")
+}
+
+// BenchmarkLookupService is a lookup from an egress-isolated pod to a
+// Service ClusterIP: the source's egress is judged for every ready
+// backend, all of them allowed (the most work: no early denial).
+func BenchmarkLookupService(b *testing.B) {
+	for _, n := range []int{1, 10} {
+		b.Run(fmt.Sprintf("pods=10000/policies=2000/backends=%d", n), func(b *testing.B) {
+			c := scaleCluster(1000, 10, 2000)
+			svc := addScaleService(c, n)
+			tab := mustCompile(b, c)
+			src := netip.MustParseAddr(policytest.PodIP(0))
+			if v := tab.Lookup(src, svc, policy.TCP, 80); v.Egress.Reason != policy.AllowedByRule {
+				b.Fatalf("lookup: %+v", v)
+			}
+			if got, _ := tab.ServiceBackends(svc, policy.TCP, 80); len(got) != n {
+				b.Fatalf("%d backends, want %d", len(got), n)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				tab.Lookup(src, svc, policy.TCP, 80)
+			}
+		})
+	}
+}
+
 func BenchmarkCompile(b *testing.B) {
 	for _, size := range []struct{ ns, perNS, pols int }{{1000, 10, 0}, {1000, 10, 100}, {1000, 10, 2000}} {
 		b.Run(fmt.Sprintf("pods=%d/namespaces=%d/policies=%d", size.ns*size.perNS, size.ns, size.pols), func(b *testing.B) {
@@ -123,8 +176,17 @@ func BenchmarkCompileTrusted(b *testing.B) {
 }
 
 func TestLookupDoesNotAllocate(t *testing.T) {
-	tab := mustCompile(t, scaleCluster(100, 10, 200))
+	c := scaleCluster(100, 10, 200)
+	svc := addScaleService(c, 1)
+	tab := mustCompile(t, c)
 	qs := queries(tab, 256)
+	// Every fourth query goes to the Service, judged on its backend.
+	for i := 0; i < len(qs); i += 4 {
+		qs[i].dst, qs[i].port = svc, 80
+	}
+	if v := tab.Lookup(netip.MustParseAddr(policytest.PodIP(0)), svc, policy.TCP, 80); v.Egress.Reason != policy.AllowedByRule {
+		t.Fatalf("the Service is not judged on its backend: %+v", v)
+	}
 	i := 0
 	allocs := testing.AllocsPerRun(1000, func() {
 		q := &qs[i%len(qs)]

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -27,6 +28,12 @@ type Cluster struct {
 	Namespaces []*corev1.Namespace
 	Pods       []*corev1.Pod
 	Policies   []*networkingv1.NetworkPolicy
+	// Services and EndpointSlices (optional) let egress to a Service's
+	// ClusterIP be judged against the Service's ready backends, as after
+	// kube-proxy's DNAT. EndpointSlices belong to the Service named by
+	// their kubernetes.io/service-name label in their namespace.
+	Services       []*corev1.Service
+	EndpointSlices []*discoveryv1.EndpointSlice
 }
 
 // ErrInvalid is wrapped by the errors [Compile] and [Load] return for
@@ -115,6 +122,7 @@ func CompileWith(c *Cluster, opts Options) (*Table, error) {
 	var errs []error
 	errs = append(errs, b.addNamespaces(c.Namespaces)...)
 	errs = append(errs, b.addPods(c.Pods)...)
+	errs = append(errs, b.addServices(c.Services, c.EndpointSlices)...)
 	pols, perrs := b.defaultPolicies(c.Policies)
 	errs = append(errs, perrs...)
 	if len(errs) > 0 {
@@ -126,15 +134,13 @@ func CompileWith(c *Cluster, opts Options) (*Table, error) {
 	b.buildGroups()
 	t := b.t
 	t.namespaces = b.nsNames
-	t.stats = CompileStats{
-		Namespaces: len(b.nsNames),
-		Pods:       len(c.Pods),
-		Endpoints:  len(t.endpoints),
-		Identities: len(t.identities),
-		Policies:   len(t.policies),
-		Groups:     len(t.groups),
-		Duration:   time.Since(start),
-	}
+	t.stats.Namespaces = len(b.nsNames)
+	t.stats.Pods = len(c.Pods)
+	t.stats.Endpoints = len(t.endpoints)
+	t.stats.Identities = len(t.identities)
+	t.stats.Policies = len(t.policies)
+	t.stats.Groups = len(t.groups)
+	t.stats.Duration = time.Since(start)
 	for _, g := range t.groups {
 		t.stats.Rules += len(g.rules)
 	}

@@ -5,9 +5,11 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -236,7 +238,98 @@ func (w *refWorld) refSide(egress bool, self *corev1.Pod, peerAddr netip.Addr, p
 
 func (w *refWorld) decide(src, dst netip.Addr, proto policy.Protocol, port uint16) (egress, ingress bool) {
 	s, d := w.refPod(src), w.refPod(dst)
+	if d == nil && s != nil {
+		// A Service's ClusterIP stands for its ready backends: each must
+		// be allowed; nobody's ingress is judged here.
+		if backends := w.refBackends(dst, proto, port); len(backends) > 0 {
+			egress = true
+			for _, b := range backends {
+				bp := w.refPod(b.Addr())
+				if !w.refSide(true, s, b.Addr(), bp, bp, proto, b.Port()) {
+					egress = false
+				}
+			}
+			return egress, true
+		}
+	}
 	return w.refSide(true, s, dst, d, d, proto, port), w.refSide(false, d, src, s, d, proto, port)
+}
+
+// refBackends returns the ready backends (address and port) that
+// kube-proxy would DNAT a connection to dst, proto/port to: dst must be a
+// ClusterIP of a Service with that port; the backends are the first
+// addresses of the ready endpoints of the Service's EndpointSlices of
+// dst's family, with the slice port of the same name and protocol.
+func (w *refWorld) refBackends(dst netip.Addr, proto policy.Protocol, port uint16) []netip.AddrPort {
+	for _, svc := range w.c.Services {
+		ns := svc.Namespace
+		if ns == "" {
+			ns = "default"
+		}
+		ips := svc.Spec.ClusterIPs
+		if len(ips) == 0 {
+			ips = []string{svc.Spec.ClusterIP}
+		}
+		mine := false
+		for _, ip := range ips {
+			if a, err := netip.ParseAddr(ip); err == nil && a == dst {
+				mine = true
+			}
+		}
+		if !mine {
+			continue
+		}
+		for _, sp := range svc.Spec.Ports {
+			p := string(sp.Protocol)
+			if p == "" {
+				p = "TCP"
+			}
+			if p != proto.String() || sp.Port != int32(port) {
+				continue
+			}
+			seen := map[netip.AddrPort]bool{}
+			var out []netip.AddrPort
+			for _, es := range w.c.EndpointSlices {
+				family := discoveryv1.AddressTypeIPv6
+				if dst.Is4() {
+					family = discoveryv1.AddressTypeIPv4
+				}
+				if es.Namespace != ns || es.Labels["kubernetes.io/service-name"] != svc.Name || es.AddressType != family {
+					continue
+				}
+				var target int32
+				for _, ep := range es.Ports {
+					name, eproto := "", "TCP"
+					if ep.Name != nil {
+						name = *ep.Name
+					}
+					if ep.Protocol != nil {
+						eproto = string(*ep.Protocol)
+					}
+					if name == sp.Name && eproto == p && ep.Port != nil {
+						target = *ep.Port
+						break
+					}
+				}
+				if target == 0 {
+					continue
+				}
+				for _, e := range es.Endpoints {
+					if e.Conditions.Ready != nil && !*e.Conditions.Ready {
+						continue
+					}
+					ap := netip.AddrPortFrom(netip.MustParseAddr(e.Addresses[0]), uint16(target))
+					if !seen[ap] {
+						seen[ap] = true
+						out = append(out, ap)
+					}
+				}
+			}
+			return out
+		}
+		return nil
+	}
+	return nil
 }
 
 // --- random clusters ---
@@ -396,7 +489,117 @@ func (g gen) cluster() *policy.Cluster {
 		}
 		c.Policies = append(c.Policies, np)
 	}
+	g.services(c)
 	return c
+}
+
+// services adds Services (IPv4, IPv6 or dual-stack ClusterIPs) and their
+// EndpointSlices: endpoints are pod addresses (of live pods or not) and
+// outside addresses, ready or not, behind numbered target ports; some
+// slice ports do not match the Service's by name or protocol.
+func (g gen) services(c *policy.Cluster) {
+	var pods4, pods6 []string
+	for _, p := range c.Pods {
+		for _, ip := range p.Status.PodIPs {
+			if netip.MustParseAddr(ip.IP).Is4() {
+				pods4 = append(pods4, ip.IP)
+			} else {
+				pods6 = append(pods6, ip.IP)
+			}
+		}
+	}
+	// One more egress policy now and then, so that more sources are
+	// isolated for egress when they reach a Service.
+	if g.r.IntN(2) == 0 {
+		np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "svc-egress", Namespace: g.pick("a", "b", "c", "d")}}
+		np.Spec.PodSelector = *g.selector()
+		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}
+		for range 1 + g.r.IntN(2) {
+			r := networkingv1.NetworkPolicyEgressRule{Ports: g.ports()}
+			for range g.r.IntN(3) {
+				r.To = append(r.To, g.peer())
+			}
+			np.Spec.Egress = append(np.Spec.Egress, r)
+		}
+		c.Policies = append(c.Policies, np)
+	}
+	pods4 = append(pods4, "192.0.2.7")
+	pods6 = append(pods6, "2001:db8::7")
+	nss := []string{"a", "b", "c", "d"}
+	for i := range 1 + g.r.IntN(3) {
+		svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("svc%d", i), Namespace: nss[g.r.IntN(len(nss))]}}
+		v4, v6 := fmt.Sprintf("10.96.0.%d", i+1), fmt.Sprintf("fd00:96::%x", i+1)
+		switch g.r.IntN(3) {
+		case 0:
+			svc.Spec.ClusterIPs = []string{v4}
+		case 1:
+			svc.Spec.ClusterIPs = []string{v6}
+		default:
+			svc.Spec.ClusterIPs = []string{v4, v6}
+		}
+		svc.Spec.ClusterIP = svc.Spec.ClusterIPs[0]
+		type pp struct {
+			proto string
+			port  int32
+		}
+		used := map[pp]bool{}
+		nports := 1 + g.r.IntN(2)
+		for j := range nports {
+			// Mostly ports the differential test asks about.
+			pick := []pp{{"TCP", 80}, {"TCP", 81}, {"TCP", 83}, {"UDP", 80}, {"UDP", 82}, {"SCTP", 81}, {"TCP", 84}}[g.r.IntN(7)]
+			sp := corev1.ServicePort{Port: pick.port, Protocol: corev1.Protocol(pick.proto)}
+			if nports > 1 || g.r.IntN(2) == 0 {
+				sp.Name = fmt.Sprintf("p%d", j)
+			}
+			if used[pp{string(sp.Protocol), sp.Port}] {
+				continue
+			}
+			used[pp{string(sp.Protocol), sp.Port}] = true
+			svc.Spec.Ports = append(svc.Spec.Ports, sp)
+		}
+		c.Services = append(c.Services, svc)
+		for k := range 1 + g.r.IntN(3) {
+			es := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{
+				Name: fmt.Sprintf("%s-%d", svc.Name, k), Namespace: svc.Namespace,
+				Labels: map[string]string{"kubernetes.io/service-name": svc.Name},
+			}}
+			if g.r.IntN(8) == 0 {
+				es.Labels["kubernetes.io/service-name"] = "other" // belongs to no Service here
+			}
+			addrs := pods4
+			es.AddressType = discoveryv1.AddressTypeIPv4
+			if g.r.IntN(2) == 0 {
+				addrs, es.AddressType = pods6, discoveryv1.AddressTypeIPv6
+			}
+			for j, sp := range svc.Spec.Ports {
+				if g.r.IntN(4) == 0 {
+					continue
+				}
+				name, proto := sp.Name, sp.Protocol
+				if g.r.IntN(8) == 0 {
+					name = fmt.Sprintf("nope%d", j)
+				}
+				if g.r.IntN(8) == 0 {
+					proto = corev1.Protocol(g.pick("TCP", "UDP", "SCTP"))
+				}
+				target := int32(80 + g.r.IntN(4))
+				es.Ports = append(es.Ports, discoveryv1.EndpointPort{Name: &name, Protocol: &proto, Port: &target})
+			}
+			for range g.r.IntN(5) {
+				e := discoveryv1.Endpoint{Addresses: []string{addrs[g.r.IntN(len(addrs))]}}
+				switch g.r.IntN(4) {
+				case 0:
+					f := false
+					e.Conditions.Ready = &f
+				case 1:
+					tr := true
+					e.Conditions.Ready = &tr
+				}
+				es.Endpoints = append(es.Endpoints, e)
+			}
+			c.EndpointSlices = append(c.EndpointSlices, es)
+		}
+	}
 }
 
 func TestDifferentialAgainstReference(t *testing.T) {
@@ -410,7 +613,7 @@ func TestDifferentialAgainstReference(t *testing.T) {
 		port  uint16
 	}
 	queries := []q{{policy.TCP, 80}, {policy.TCP, 81}, {policy.TCP, 83}, {policy.UDP, 80}, {policy.UDP, 82}, {policy.SCTP, 81}, {policy.ICMP, 0}}
-	checked := 0
+	checked, toServices, onBackends, backendsAllowed, backendsDenied := 0, 0, 0, 0, 0
 	for seed := range seeds {
 		g := gen{rand.New(rand.NewPCG(uint64(seed), 7))}
 		c := g.cluster()
@@ -426,8 +629,9 @@ func TestDifferentialAgainstReference(t *testing.T) {
 			}
 		}
 		addrs = append(addrs, outside...)
+		dsts := append(slices.Clone(addrs), clusterIPs(c)...)
 		for _, src := range addrs {
-			for _, dst := range addrs {
+			for _, dst := range dsts {
 				if src.Is4() != dst.Is4() {
 					continue
 				}
@@ -439,6 +643,17 @@ func TestDifferentialAgainstReference(t *testing.T) {
 					v := tab.Lookup(src, dst, proto, qq.port)
 					wantE, wantI := ref.decide(src, dst, proto, qq.port)
 					checked++
+					if _, ok := tab.ServiceByAddr(dst); ok {
+						toServices++
+						if ref.refPod(src) != nil && len(ref.refBackends(dst, proto, qq.port)) > 0 {
+							onBackends++
+							if v.Egress.Reason == policy.AllowedByRule {
+								backendsAllowed++
+							} else if v.Egress.Reason == policy.Denied {
+								backendsDenied++
+							}
+						}
+					}
 					if v.Egress.Allowed() != wantE || v.Ingress.Allowed() != wantI {
 						e := tab.Explain(src, dst, proto, qq.port)
 						t.Fatalf("seed %d: %s -> %s %s/%d: table egress=%v ingress=%v, reference egress=%v ingress=%v\n%s\n%s",
@@ -448,5 +663,17 @@ func TestDifferentialAgainstReference(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d queries over %d random clusters agree", checked, seeds)
+	t.Logf("%d queries over %d random clusters agree (%d to Service ClusterIPs, %d of them judged on ready backends: %d allowed by rules, %d denied)",
+		checked, seeds, toServices, onBackends, backendsAllowed, backendsDenied)
+}
+
+// clusterIPs returns every ClusterIP of the cluster's Services.
+func clusterIPs(c *policy.Cluster) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range c.Services {
+		for _, ip := range s.Spec.ClusterIPs {
+			out = append(out, netip.MustParseAddr(ip))
+		}
+	}
+	return out
 }

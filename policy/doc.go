@@ -1,5 +1,5 @@
-// Package policy turns Kubernetes Namespaces, Pods and NetworkPolicies into
-// an immutable, compiled [Table] that answers "may this source talk to this
+// Package policy turns Kubernetes Namespaces, Pods and NetworkPolicies (and
+// Services with their EndpointSlices) into an immutable, compiled [Table] that answers "may this source talk to this
 // destination on this protocol and port, and why" without locks or
 // allocation.
 //
@@ -14,6 +14,13 @@
 //     subject to policy.
 //   - A pod's traffic to itself never leaves its network namespace and is
 //     always allowed (the conformance suite's "loopback").
+//   - A pod's packet to a Service ClusterIP is judged before kube-proxy
+//     DNATs it: when the cluster has Services and EndpointSlices, the
+//     source's egress to a ClusterIP and Service port is judged against
+//     every ready backend (address and target port) and allowed only if
+//     each is; without ready backends, or for a port the Service does not
+//     have, the ClusterIP is an address like any other. The backend's
+//     ingress is judged after the DNAT, where the packet arrives.
 //
 // The package has three layers:
 //
@@ -26,7 +33,9 @@
 //     of the policies that select it.
 //   - [Table] lookups ([Table.Ingress], [Table.Egress], [Table.Lookup]) cost
 //     two map lookups and a scan of the rules of the policies that select the
-//     pod in question, independent of the total number of policies.
+//     pod in question, independent of the total number of policies; egress
+//     to a Service costs one more map lookup and one rule scan per ready
+//     backend.
 //
 // A [Store] publishes the current table through an atomic pointer so that
 // readers (the fastpath workers) never lock.

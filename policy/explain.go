@@ -37,8 +37,50 @@ type SideExplanation struct {
 	Selecting []string `json:"selecting,omitempty"`
 	// Allowing are all rules that allow the connection (the first decided).
 	Allowing []RuleInfo `json:"allowing,omitempty"`
+	// Service is "namespace/name" when the destination is a Service's
+	// ClusterIP (egress side only).
+	Service string `json:"service,omitempty"`
+	// Backends are the Service's ready endpoints the egress side was
+	// judged against, each with its own decision.
+	Backends []BackendExplanation `json:"backends,omitempty"`
 	// Detail is a sentence for people.
 	Detail string `json:"detail"`
+}
+
+// BackendExplanation is the egress decision for one ready endpoint of a
+// Service.
+type BackendExplanation struct {
+	// Pod is "namespace/name", or empty when the address is no pod's.
+	Pod     string     `json:"pod,omitempty"`
+	Addr    netip.Addr `json:"ip"`
+	Port    uint16     `json:"port"`
+	Allowed bool       `json:"allowed"`
+	Reason  string     `json:"reason"`
+	// Rule is the first rule that allows it, when one does.
+	Rule *RuleInfo `json:"rule,omitempty"`
+}
+
+// String returns "pod (ip) port N: allow by RULE" or "... deny".
+func (b BackendExplanation) String() string {
+	who := b.Addr.String()
+	if b.Pod != "" {
+		who = fmt.Sprintf("%s (%s)", b.Pod, b.Addr)
+	}
+	s := fmt.Sprintf("%s port %d: %s", who, b.Port, verdictWord(b.Allowed))
+	switch {
+	case b.Rule != nil:
+		s += " by " + b.Rule.String()
+	case b.Reason != AllowedByRule.String() && b.Reason != Denied.String():
+		s += " (" + b.Reason + ")"
+	}
+	return s
+}
+
+func verdictWord(allowed bool) string {
+	if allowed {
+		return "allow"
+	}
+	return "deny"
 }
 
 // Explanation is the verdict for one connection and why.
@@ -71,9 +113,59 @@ func (t *Table) Explain(src, dst netip.Addr, proto Protocol, port uint16) Explan
 	if v.Allowed() {
 		e.Verdict = "allow"
 	}
-	e.Egress = t.explainSide(Egress, v.Egress, s, d, dst, proto, port, d)
+	svc, isSvc := t.ServiceByAddr(dst)
+	if isSvc {
+		e.To = "Service " + svc.String()
+	}
+	if isSvc && s >= 0 && t.hot[s].groups[Egress] >= 0 && t.servicePort(dst, proto, port) != nil {
+		// Judged against the backends: explain each.
+		e.Egress = SideExplanation{Direction: Egress.String(), Pod: t.endpoints[s].String(), Allowed: v.Egress.Allowed(), Reason: v.Egress.Reason.String()}
+		for _, p := range t.Selecting(s, Egress) {
+			e.Egress.Selecting = append(e.Egress.Selecting, t.policies[p].String())
+		}
+	} else {
+		e.Egress = t.explainSide(Egress, v.Egress, s, d, dst, proto, port, d)
+	}
+	if isSvc && s >= 0 {
+		t.explainService(&e.Egress, v.Egress, s, svc, dst, proto, port)
+	}
 	e.Ingress = t.explainSide(Ingress, v.Ingress, d, s, src, proto, port, d)
+	if isSvc {
+		t.explainServiceIngress(&e.Ingress, svc, s, src, dst, proto, port)
+	}
 	return e
+}
+
+// explainServiceIngress adds to the ingress side of a connection to the
+// ClusterIP dst of svc what the backends' ingress will say after
+// kube-proxy's DNAT; the side itself is not a pod's and allows.
+func (t *Table) explainServiceIngress(se *SideExplanation, svc ServiceInfo, s int32, src, dst netip.Addr, proto Protocol, port uint16) {
+	se.Service = svc.String()
+	sp := t.servicePort(dst, proto, port)
+	if sp == nil {
+		se.Detail = fmt.Sprintf("the destination is Service %s's ClusterIP, which kube-proxy does not translate for this port: no policy applies to it", svc)
+		return
+	}
+	var parts []string
+	for i := range sp.backends {
+		b := &sp.backends[i]
+		bd := t.decide(Ingress, b.ep, s, src, proto, b.port, b.ep)
+		if b.ep < 0 {
+			bd = Decision{Reason: NotPod, Endpoint: -1, Rule: noRule}
+		}
+		be := BackendExplanation{Addr: b.addr, Port: b.port, Allowed: bd.Allowed(), Reason: bd.Reason.String()}
+		if b.ep >= 0 {
+			be.Pod = t.endpoints[b.ep].String()
+		}
+		if bd.Reason == AllowedByRule {
+			r := t.Rule(Ingress, bd.Rule)
+			be.Rule = &r
+		}
+		se.Backends = append(se.Backends, be)
+		parts = append(parts, be.String())
+	}
+	se.Detail = fmt.Sprintf("the destination is Service %s's ClusterIP, not a pod: each backend's ingress is judged after kube-proxy's DNAT, on its node: %s",
+		svc, strings.Join(parts, "; "))
 }
 
 func (t *Table) describe(ep int32, a netip.Addr) string {
@@ -81,6 +173,56 @@ func (t *Table) describe(ep int32, a netip.Addr) string {
 		return t.endpoints[ep].String()
 	}
 	return a.String()
+}
+
+// explainService completes the egress explanation of a connection to the
+// ClusterIP dst of svc: the decision of every ready backend, or why the
+// ClusterIP was judged as an address.
+func (t *Table) explainService(se *SideExplanation, dec Decision, s int32, svc ServiceInfo, dst netip.Addr, proto Protocol, port uint16) {
+	se.Service = svc.String()
+	portName := fmt.Sprintf("%d/%s", port, proto)
+	if !proto.HasPorts() {
+		portName = proto.String()
+	}
+	sp := t.servicePort(dst, proto, port)
+	if sp == nil {
+		why := "has no port " + portName
+		if _, has := t.ServiceBackends(dst, proto, port); has {
+			why = "has no ready endpoints for " + portName
+		}
+		se.Detail = fmt.Sprintf("destination is Service %s, which %s: judged on its ClusterIP as an address (ipBlocks only); %s", svc, why, se.Detail)
+		return
+	}
+	if dec.Reason == NotIsolated {
+		se.Detail = fmt.Sprintf("destination is Service %s (%s for %s); %s", svc, readyEndpoints(len(sp.backends)), portName, se.Detail)
+		return
+	}
+	se.Detail = fmt.Sprintf("%s is isolated for egress by %s; ", se.Pod, strings.Join(se.Selecting, ", "))
+	var parts []string
+	for i := range sp.backends {
+		b := &sp.backends[i]
+		bd := t.decide(Egress, s, b.ep, b.addr, proto, b.port, b.ep)
+		be := BackendExplanation{Addr: b.addr, Port: b.port, Allowed: bd.Allowed(), Reason: bd.Reason.String()}
+		if b.ep >= 0 {
+			be.Pod = t.endpoints[b.ep].String()
+		}
+		if bd.Reason == AllowedByRule {
+			r := t.Rule(Egress, bd.Rule)
+			be.Rule = &r
+		}
+		se.Backends = append(se.Backends, be)
+		parts = append(parts, be.String())
+	}
+	se.Allowing = nil
+	if dec.Reason == AllowedByRule {
+		se.Allowing = []RuleInfo{t.Rule(Egress, dec.Rule)}
+	}
+	verdict := "every one allows it"
+	if !dec.Allowed() {
+		verdict = "denied unless every one allows it (kube-proxy picks one after the gateway)"
+	}
+	se.Detail += fmt.Sprintf("destination is Service %s; egress judged against its %s for %s: %s; %s",
+		svc, readyEndpoints(len(sp.backends)), portName, strings.Join(parts, "; "), verdict)
 }
 
 func (t *Table) explainSide(dir Direction, dec Decision, self, peer int32, peerAddr netip.Addr, proto Protocol, port uint16, dstEp int32) SideExplanation {
@@ -122,6 +264,13 @@ func (t *Table) explainSide(dir Direction, dec Decision, self, peer int32, peerA
 		}
 	}
 	return se
+}
+
+func readyEndpoints(n int) string {
+	if n == 1 {
+		return "1 ready endpoint"
+	}
+	return fmt.Sprintf("%d ready endpoints", n)
 }
 
 func typeName(d Direction) string {

@@ -16,7 +16,7 @@ import (
 // accepts must compile or fail with an error, and the compiled table must
 // answer lookups.
 func FuzzLoad(f *testing.F) {
-	for _, name := range []string{"namespaces.yaml", "pods.yaml", "dbpod-policy.yaml", "apipod-policy.yaml", "apppod-policy.yaml", "testvm.yaml"} {
+	for _, name := range []string{"namespaces.yaml", "pods.yaml", "dbpod-policy.yaml", "apipod-policy.yaml", "apppod-policy.yaml", "testvm.yaml", "db-service.yaml"} {
 		b, err := os.ReadFile(filepath.Join("../deploy/examples/aks-network-policies", name))
 		if err != nil {
 			f.Fatal(err)

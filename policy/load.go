@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -55,8 +56,8 @@ type Manifests struct {
 	// Sources maps "Kind namespace/name" (Namespace: "Namespace name") to
 	// where the object was read.
 	Sources map[string]Source
-	// Other holds objects of kinds other than Namespace, Pod and
-	// NetworkPolicy.
+	// Other holds objects of kinds other than Namespace, Pod,
+	// NetworkPolicy, Service and EndpointSlice.
 	Other []Object
 	// Notes are things the user should hear about that are not errors:
 	// skipped files and objects, API server warnings.
@@ -75,8 +76,9 @@ func objectKey(kind, ns, name string) string {
 	return kind + " " + ns + "/" + name
 }
 
-// Load reads Namespaces, Pods and NetworkPolicies from files or directories
-// of YAML or JSON manifests. A directory contributes its *.yaml, *.yml and
+// Load reads Namespaces, Pods, NetworkPolicies, Services and
+// EndpointSlices (discovery.k8s.io/v1) from files or directories of YAML or
+// JSON manifests. A directory contributes its *.yaml, *.yml and
 // *.json files (not subdirectories). Documents may be multi-document YAML or
 // a kind: List such as kubectl get -o yaml prints. Objects are decoded
 // strictly (unknown or duplicate fields are errors), defaulted and validated
@@ -175,6 +177,16 @@ func (l *loader) file(name string) {
 	}
 }
 
+// readKinds are the kinds Load reads into the Cluster, with their
+// apiVersion.
+var readKinds = map[string]string{
+	"Namespace":     "v1",
+	"Pod":           "v1",
+	"NetworkPolicy": "networking.k8s.io/v1",
+	"Service":       "v1",
+	"EndpointSlice": "discovery.k8s.io/v1",
+}
+
 // header is the part of every object that identifies it.
 type header struct {
 	APIVersion string `json:"apiVersion"`
@@ -211,7 +223,7 @@ func (l *loader) object(src Source, data []byte) {
 	if h.Kind != "Namespace" {
 		what = fmt.Sprintf("%s %s/%s", h.Kind, ns, h.Metadata.Name)
 	}
-	want := map[string]string{"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1"}[h.Kind]
+	want := readKinds[h.Kind]
 	if want == "" {
 		l.m.Other = append(l.m.Other, Object{Source: src, APIVersion: h.APIVersion, Kind: h.Kind, Namespace: h.Metadata.Namespace, Name: h.Metadata.Name, JSON: data})
 		return
@@ -239,6 +251,20 @@ func (l *loader) object(src Source, data []byte) {
 			obj.Namespace = ns
 			errs = fieldErrors(validatePod(obj))
 			l.m.Pods = append(l.m.Pods, obj)
+		}
+	case "Service":
+		obj := &corev1.Service{}
+		if errs = decodeStrict(data, obj); errs == nil {
+			obj = DefaultService(obj)
+			errs = fieldErrors(ValidateService(obj))
+			l.m.Services = append(l.m.Services, obj)
+		}
+	case "EndpointSlice":
+		obj := &discoveryv1.EndpointSlice{}
+		if errs = decodeStrict(data, obj); errs == nil {
+			obj = DefaultEndpointSlice(obj)
+			errs = fieldErrors(ValidateEndpointSlice(obj))
+			l.m.EndpointSlices = append(l.m.EndpointSlices, obj)
 		}
 	case "NetworkPolicy":
 		obj := &networkingv1.NetworkPolicy{}
@@ -309,7 +335,7 @@ func (m *Manifests) SkippedNotes(readByCaller ...string) []string {
 		if o.Namespace != "" {
 			name = o.Namespace + "/" + o.Name
 		}
-		out = append(out, fmt.Sprintf("%s: skipped %s %s (podgate reads Namespace, Pod and NetworkPolicy)", o.Source, o.Kind, name))
+		out = append(out, fmt.Sprintf("%s: skipped %s %s (podgate reads Namespace, Pod, NetworkPolicy, Service and EndpointSlice)", o.Source, o.Kind, name))
 	}
 	return out
 }

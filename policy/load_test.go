@@ -23,6 +23,11 @@ func writeFile(t *testing.T, dir, name, content string) string {
 
 const npHeader = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: ns1}\n"
 
+const (
+	svcHeader = "apiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: ns1}\n"
+	esHeader  = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: svc-1, namespace: ns1, labels: {kubernetes.io/service-name: svc}}\n"
+)
+
 func TestLoadRejectsBadInputNamingFileObjectAndField(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -86,6 +91,44 @@ func TestLoadRejectsBadInputNamingFileObjectAndField(t *testing.T) {
 		{"bad label value", "apiVersion: v1\nkind: Namespace\nmetadata: {name: ok, labels: {a: 'not ok'}}", []string{"Namespace ok", "metadata.labels"}},
 		{"malformed YAML", "apiVersion: v1\nkind: [Pod\n", []string{"document 1"}},
 		{"not an object", "- a\n- b\n", []string{"document 1", "not a Kubernetes object"}},
+		{"Service cluster IP", svcHeader + "spec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}",
+			[]string{"Service ns1/svc", "spec.clusterIP", "must be a valid IP address"}},
+		{"Service cluster IPs", svcHeader + "spec: {clusterIPs: [10.96.0.1, 10.96.0.2], ports: [{port: 80}]}",
+			[]string{"Service ns1/svc", "spec.clusterIPs[1]", "one IP for each IP family"}},
+		{"Service clusterIPs[0] differs", svcHeader + "spec: {clusterIP: 10.96.0.1, clusterIPs: [10.96.0.2], ports: [{port: 80}]}",
+			[]string{"spec.clusterIPs[0]", "must match `clusterIP`"}},
+		{"Service None with an address", svcHeader + "spec: {clusterIPs: [None, 10.96.0.2]}",
+			[]string{"spec.clusterIPs[0]", "`None` must be the only value"}},
+		{"Service port out of range", svcHeader + "spec: {clusterIP: 10.96.0.1, ports: [{port: 0}]}",
+			[]string{"Service ns1/svc", "spec.ports[0].port", "between 1 and 65535"}},
+		{"Service protocol", svcHeader + "spec: {clusterIP: 10.96.0.1, ports: [{port: 80, protocol: ICMP}]}",
+			[]string{"spec.ports[0].protocol", `Unsupported value: "ICMP"`}},
+		{"Service ports without names", svcHeader + "spec: {ports: [{port: 80}, {port: 81, name: b}]}",
+			[]string{"spec.ports[0].name", "must be specified when there is more than one port"}},
+		{"Service duplicate port name", svcHeader + "spec: {ports: [{port: 80, name: a}, {port: 81, name: a}]}",
+			[]string{"spec.ports[1].name", "Duplicate value"}},
+		{"Service duplicate port", svcHeader + "spec: {ports: [{port: 80, name: a}, {port: 80, name: b}]}",
+			[]string{"spec.ports[1]", "Duplicate value"}},
+		{"Service type", svcHeader + "spec: {type: Mesh}", []string{"spec.type", `Unsupported value: "Mesh"`}},
+		{"Service name", "apiVersion: v1\nkind: Service\nmetadata: {name: 1svc}\n", []string{"Service default/1svc", "metadata.name"}},
+		{"Service unknown field", svcHeader + "spec: {clusterIp: 10.96.0.1}", []string{"Service ns1/svc", `unknown field "spec.clusterIp"`}},
+		{"EndpointSlice address", esHeader + "addressType: IPv4\nendpoints: [{addresses: [10.0.0.256]}]",
+			[]string{"EndpointSlice ns1/svc-1", "endpoints[0].addresses[0]", "must be a valid IP address"}},
+		{"EndpointSlice address family", esHeader + "addressType: IPv6\nendpoints: [{addresses: [10.0.0.1]}]",
+			[]string{"endpoints[0].addresses[0]", "must be an IPv6 address"}},
+		{"EndpointSlice no addresses", esHeader + "addressType: IPv4\nendpoints: [{addresses: []}]",
+			[]string{"endpoints[0].addresses", "at least 1"}},
+		{"EndpointSlice addressType", esHeader + "endpoints: []", []string{"EndpointSlice ns1/svc-1", "addressType: Required value"}},
+		{"EndpointSlice port", esHeader + "addressType: IPv4\nports: [{port: 65536}]",
+			[]string{"ports[0].port", "between 1 and 65535"}},
+		{"EndpointSlice port protocol", esHeader + "addressType: IPv4\nports: [{port: 80, protocol: GRE}]",
+			[]string{"ports[0].protocol", `Unsupported value: "GRE"`}},
+		{"EndpointSlice duplicate port name", esHeader + "addressType: IPv4\nports: [{port: 80}, {port: 81}]",
+			[]string{"ports[1].name", "Duplicate value"}},
+		{"EndpointSlice unknown field", esHeader + "addressType: IPv4\nendpoints: [{addresses: [10.0.0.1], condition: {}}]",
+			[]string{"EndpointSlice ns1/svc-1", `unknown field "endpoints[0].condition"`}},
+		{"EndpointSlice old apiVersion", "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: x}\naddressType: IPv4",
+			[]string{"EndpointSlice default/x", "apiVersion", "discovery.k8s.io/v1"}},
 		{"duplicate object", "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n",
 			[]string{"document 2", "Namespace a", "already declared at", "document 1"}},
 	}
@@ -150,8 +193,20 @@ items:
   metadata: {name: p2, namespace: a, labels: {app: x}}
   status: {podIP: 10.0.0.2, podIPs: [{ip: 10.0.0.2}, {ip: "fd00::2"}]}
 - apiVersion: v1
+  kind: ConfigMap
+  metadata: {name: cm, namespace: a}
+- apiVersion: v1
   kind: Service
   metadata: {name: svc, namespace: a}
+  spec:
+    clusterIP: 10.96.0.1
+    ports: [{name: http, port: 80, targetPort: http}, {name: dns, port: 53, protocol: UDP}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: svc-x1, namespace: a, labels: {kubernetes.io/service-name: svc}}
+  addressType: IPv4
+  ports: [{name: http, port: 8080}, {name: dns, port: 53, protocol: UDP}]
+  endpoints: [{addresses: [10.0.0.2], conditions: {ready: true}}]
 `)
 	writeFile(t, dir, "np.json", `{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
  "metadata": {"name": "np", "namespace": "a"},
@@ -176,10 +231,23 @@ items:
 			t.Errorf("policyTypes (-want +got):\n%s", diff)
 		}
 	}
+	for _, s := range m.Services {
+		got = append(got, "Service "+s.Namespace+"/"+s.Name)
+		// Defaulting happened: protocol TCP, clusterIPs from clusterIP.
+		if s.Spec.Ports[0].Protocol != "TCP" || len(s.Spec.ClusterIPs) != 1 {
+			t.Errorf("Service not defaulted: %+v", s.Spec)
+		}
+	}
+	for _, es := range m.EndpointSlices {
+		got = append(got, "EndpointSlice "+es.Namespace+"/"+es.Name)
+		if es.Ports[0].Protocol == nil || *es.Ports[0].Protocol != "TCP" {
+			t.Errorf("EndpointSlice port protocol not defaulted: %+v", es.Ports[0])
+		}
+	}
 	for _, o := range m.Other {
 		got = append(got, "other "+o.Kind+" "+o.Namespace+"/"+o.Name)
 	}
-	want := []string{"Namespace a", "Pod a/p2", "Pod default/p1", "NetworkPolicy a/np", "other Service a/svc"}
+	want := []string{"Namespace a", "Pod a/p2", "Pod default/p1", "NetworkPolicy a/np", "Service a/svc", "EndpointSlice a/svc-x1", "other ConfigMap a/cm"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("objects (-want +got):\n%s", diff)
 	}
@@ -187,13 +255,24 @@ items:
 		t.Errorf("source of a/p2 = %v", src)
 	}
 	notes := strings.Join(append(m.Notes, m.SkippedNotes()...), "\n")
-	for _, w := range []string{"notes.txt: skipped file", `CIDR value "10.0.0.1/8" is ambiguous`, "skipped Service a/svc", "list.yml: document 1, items[1]"} {
+	for _, w := range []string{"notes.txt: skipped file", `CIDR value "10.0.0.1/8" is ambiguous`, "skipped ConfigMap a/cm", "list.yml: document 1, items[1]"} {
 		if !strings.Contains(notes, w) {
 			t.Errorf("notes do not mention %q:\n%s", w, notes)
 		}
 	}
-	if _, err := policy.Compile(&m.Cluster); err != nil {
+	if strings.Contains(notes, "skipped Service") || strings.Contains(notes, "skipped EndpointSlice") {
+		t.Errorf("notes skip what is read:\n%s", notes)
+	}
+	if src := m.Sources["EndpointSlice a/svc-x1"]; src.Item != 3 {
+		t.Errorf("source of the EndpointSlice = %v", src)
+	}
+	tab, err := policy.Compile(&m.Cluster)
+	if err != nil {
 		t.Fatalf("Compile: %v", err)
+	}
+	// a/p2 is the backend of a/svc: 10.96.0.1:80 is 10.0.0.2:8080.
+	if b, ok := tab.ServiceBackends(addr(t, "10.96.0.1"), policy.TCP, 80); !ok || len(b) != 1 || b[0].Port != 8080 {
+		t.Errorf("backends of a/svc port 80: %+v %v", b, ok)
 	}
 }
 

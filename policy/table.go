@@ -241,7 +241,10 @@ func (r *rule) matches(t *Table, peer int32, peerAddr netip.Addr, proto Protocol
 // CompileStats describes a compilation.
 type CompileStats struct {
 	Namespaces, Pods, Endpoints, Identities, Policies, Groups, Rules int
-	Duration                                                         time.Duration
+	// Services counts the Services with a ClusterIP, ServiceBackends the
+	// ready backends over all their ClusterIPs and ports.
+	Services, ServiceBackends int
+	Duration                  time.Duration
 }
 
 // Table is a compiled, immutable policy snapshot. All methods are safe for
@@ -258,6 +261,12 @@ type Table struct {
 	portNames  []string
 	warnings   []string
 	stats      CompileStats
+
+	// Services: ClusterIP -> index into svcAddrs (nil when the cluster
+	// had none).
+	services  []ServiceInfo
+	svcAddrs  []svcAddr
+	svcByAddr *addrmap.Map[int32]
 }
 
 // Generation is the number the [Store] gave the table when it was
@@ -347,10 +356,20 @@ func (t *Table) resolve(a netip.Addr) int32 {
 // destination port dport (ignored for protocols without ports). Both sides
 // are decided; the fastpath enforces only the sides that are local to its
 // node.
+//
+// When dst is no pod's address but a Service's ClusterIP and the Service
+// has the port proto/dport with ready backends, the egress side is judged
+// against every ready backend (address and target port) and allows only
+// if each does (see [Table.Egress]); the ingress side is NotPod (the
+// backend's node judges it after kube-proxy's DNAT).
 func (t *Table) Lookup(src, dst netip.Addr, proto Protocol, dport uint16) Verdict {
 	s, d := t.resolve(src), t.resolve(dst)
+	eg := Decision{Reason: NotPod, Endpoint: -1, Rule: noRule}
+	if s >= 0 {
+		eg = t.egress(s, d, dst, proto, dport)
+	}
 	return Verdict{
-		Egress:  t.decide(Egress, s, d, dst, proto, dport, d),
+		Egress:  eg,
 		Ingress: t.decide(Ingress, d, s, src, proto, dport, d),
 	}
 }
@@ -365,13 +384,23 @@ func (t *Table) Ingress(src, dst netip.Addr, proto Protocol, dport uint16) Decis
 }
 
 // Egress decides only the source's egress side of a connection.
+//
+// A destination that is no pod's address but a Service's ClusterIP, with a
+// Service port proto/dport that has ready backends, stands for those
+// backends, since kube-proxy DNATs the packet to one of them after the
+// gateway: the source's egress is judged for each backend's address and
+// target port (named ports resolve on the backend pod), and the decision
+// is AllowedByRule (with the first backend's rule) only if every backend
+// is allowed, Denied otherwise. A ClusterIP without ready backends for the
+// port, or a port the Service does not have, is judged as an address
+// (ipBlocks only). The cost is one rule scan per ready backend instead of
+// one; lookups to other destinations do not change.
 func (t *Table) Egress(src, dst netip.Addr, proto Protocol, dport uint16) Decision {
 	s := t.resolve(src)
 	if s < 0 {
 		return Decision{Reason: NotPod, Endpoint: -1, Rule: noRule}
 	}
-	d := t.resolve(dst)
-	return t.decide(Egress, s, d, dst, proto, dport, d)
+	return t.egress(s, t.resolve(dst), dst, proto, dport)
 }
 
 // decide judges direction dir for the pod self (or -1) against peer (pod

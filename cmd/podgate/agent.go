@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -39,6 +40,9 @@ type agentConfig struct {
 	MetricsAddr     string
 	AllowNodeToPod  bool
 	KeepEstablished bool
+	ReversePickup   time.Duration
+	BusyPoll        time.Duration
+	MaxConns        int
 	ConntrackMax    int
 	StateDir        string
 	GatewayLink     string
@@ -52,6 +56,12 @@ func (c *agentConfig) validate() error {
 	var errs []error
 	if c.NodeName == "" {
 		errs = append(errs, errors.New("--node-name: required (or set NODE_NAME)"))
+	}
+	if c.MaxConns < 4 {
+		errs = append(errs, fmt.Errorf("--metrics-max-conns %d: must be at least 4", c.MaxConns))
+	}
+	if c.BusyPoll < 0 {
+		errs = append(errs, fmt.Errorf("--busy-poll %v: must not be negative", c.BusyPoll))
 	}
 	if c.ConntrackMax < 1024 {
 		errs = append(errs, fmt.Errorf("--conntrack-max %d: must be at least 1024", c.ConntrackMax))
@@ -96,6 +106,9 @@ their connectivity, without enforcement.`,
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9402", "address for /metrics, /healthz and /readyz")
 	f.BoolVar(&cfg.AllowNodeToPod, "allow-node-to-pod", true, "let the node's own addresses reach its pods whatever their policies (kubelet probes)")
 	f.BoolVar(&cfg.KeepEstablished, "keep-established", false, "keep connections that a new policy would deny (default: cut them)")
+	f.DurationVar(&cfg.ReversePickup, "reverse-pickup", 2*time.Minute, "after a start, how long TCP connections whose first packet seen is the server's are picked up (connections open across a restart); 0 disables")
+	f.DurationVar(&cfg.BusyPoll, "busy-poll", 0, "keep polling for this long after the last frame instead of sleeping (lower latency, a CPU kept busy while traffic flows)")
+	f.IntVar(&cfg.MaxConns, "metrics-max-conns", 1024, "connections the /metrics, /healthz, /readyz and /flows server accepts at once (about 14 KiB each)")
 	f.IntVar(&cfg.ConntrackMax, "conntrack-max", 262144, "maximum number of tracked flows")
 	f.StringVar(&cfg.StateDir, "state-dir", "/run/podgate", "where the agent records what it changed, for recovery after a crash")
 	f.StringVar(&cfg.GatewayLink, "gateway-link", "pgw0", "name of the gateway end of the kernel leg")
@@ -116,6 +129,8 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 		Conntrack:       conntrack.Config{Capacity: cfg.ConntrackMax},
 		AllowNodeToPod:  cfg.AllowNodeToPod,
 		KeepEstablished: cfg.KeepEstablished,
+		ReversePickup:   reversePickup(cfg.ReversePickup),
+		BusyPoll:        cfg.BusyPoll,
 	})
 	if err != nil {
 		return err
@@ -183,10 +198,15 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 			return fmt.Errorf("create Kubernetes client: %w", err)
 		}
 		factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(k8swatch.StripManagedFields))
+		// Services and EndpointSlices: a pod's egress to a ClusterIP is
+		// judged against the Service's ready backends, as after
+		// kube-proxy's DNAT (which happens after the gateway).
 		as, err := k8swatch.NewAPISource(k8swatch.APIConfig{
 			Pods:            factory.Core().V1().Pods(),
 			Namespaces:      factory.Core().V1().Namespaces(),
 			NetworkPolicies: factory.Networking().V1().NetworkPolicies(),
+			Services:        factory.Core().V1().Services(),
+			EndpointSlices:  factory.Discovery().V1().EndpointSlices(),
 			Nodes:           factory.Core().V1().Nodes(),
 			NodeName:        cfg.NodeName,
 			OnNodeAddrs:     setNodeAddrs,
@@ -217,11 +237,18 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 		k8swatch.NewCollector(src),
 		rebuilds,
 	)
-	srv := &http.Server{Handler: agentMux(reg, src, nd, store, flows), ReadHeaderTimeout: 10 * time.Second}
+	// Bounded serving: a client that reaches the address cannot exhaust
+	// the agent (the /flows followers are capped by the flow log too).
+	srv := &http.Server{
+		Handler:           agentMux(reg, src, nd, store, flows),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+	}
 	ln, err := net.Listen("tcp", cfg.MetricsAddr)
 	if err != nil {
 		return fmt.Errorf("listen on --metrics-addr: %w", err)
 	}
+	ln = netutil.LimitListener(ln, cfg.MaxConns)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return src.Run(gctx) })
@@ -250,6 +277,15 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 	}
 	logger.Info("agent stopped", "err", err)
 	return err
+}
+
+// reversePickup maps the flag (0 disables) to the engine's setting (0
+// means the default, negative disables).
+func reversePickup(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }
 
 func kubeConfig(path string) (*rest.Config, error) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/podgate/podgate/internal/kubetest"
 	"github.com/podgate/podgate/internal/netns"
@@ -51,16 +52,17 @@ func relayIntoNetns(t *testing.T, ns *netns.Namespace, target string) string {
 	return ln.Addr().String()
 }
 
-// TestArticleThroughAPIServer is the article's scenario end to end with
-// the Kubernetes source: its namespaces, pods (status written through the
-// status subresource, as a kubelet would) and policies are created in a
-// real kube-apiserver, the agent watches the API instead of files, and
-// real connections between the lab's namespaces match the policy engine's
-// matrix. Deleting a policy through the API then changes what connects,
-// without a restart; the test logs how long that took.
-func TestArticleThroughAPIServer(t *testing.T) {
+// articleThroughAPI starts a real kube-apiserver (Service range
+// 10.1.0.0/24, the article's --service-cidr), creates the article's
+// namespaces, pods (status written through the status subresource, as a
+// kubelet would), policies, and the db Service with its EndpointSlice (no
+// controller-manager runs: the test writes the slice the EndpointSlice
+// controller would) in it, builds the article's lab and starts the agent
+// on the API instead of files.
+func articleThroughAPI(t *testing.T) (*Lab, kubernetes.Interface) {
+	t.Helper()
 	bin, extra := buildPodgate(t)
-	env := kubetest.Start(t)
+	env := kubetest.StartWithOptions(t, kubetest.Options{APIServerFlags: []string{"--service-cluster-ip-range=10.1.0.0/24"}})
 	ctx := context.Background()
 	client := env.Client()
 
@@ -90,6 +92,27 @@ func TestArticleThroughAPIServer(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if len(m.Services) != 1 || len(m.EndpointSlices) != 1 {
+		t.Fatalf("the article has %d Services and %d EndpointSlices, want 1 and 1", len(m.Services), len(m.EndpointSlices))
+	}
+	for _, s := range m.Services {
+		s = s.DeepCopy()
+		s.ResourceVersion = ""
+		created, err := client.CoreV1().Services(s.Namespace).Create(ctx, s, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if created.Spec.ClusterIP != dbClusterIP {
+			t.Fatalf("Service %s/%s got ClusterIP %s, want %s", s.Namespace, s.Name, created.Spec.ClusterIP, dbClusterIP)
+		}
+	}
+	for _, es := range m.EndpointSlices {
+		es = es.DeepCopy()
+		es.ResourceVersion = ""
+		if _, err := client.DiscoveryV1().EndpointSlices(es.Namespace).Create(ctx, es, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
 	l := NewForTest(t, Spec{Manifests: []string{articleDir}, Prefix: testPrefix, AgentKubeconfig: kubeconfig})
 	// The agent runs in the node netns; the API server listens on the
@@ -103,6 +126,17 @@ func TestArticleThroughAPIServer(t *testing.T) {
 	if err := l.StartAgent(ctx, bin, extra(l)...); err != nil {
 		t.Fatal(err)
 	}
+	return l, client
+}
+
+// TestArticleThroughAPIServer is the article's scenario end to end with
+// the Kubernetes source ([articleThroughAPI]): real connections between
+// the lab's namespaces match the policy engine's matrix. Deleting a policy
+// through the API then changes what connects, without a restart; the test
+// logs how long that took.
+func TestArticleThroughAPIServer(t *testing.T) {
+	l, client := articleThroughAPI(t)
+	ctx := context.Background()
 	results, err := l.Matrix(ctx, allPorts)
 	if err != nil {
 		t.Fatal(err)
@@ -136,4 +170,52 @@ func TestArticleThroughAPIServer(t *testing.T) {
 		}
 	}
 	t.Logf("policy deleted through the API: connections follow within %v (includes one probe)", time.Since(start).Round(time.Millisecond))
+}
+
+// TestArticleServiceThroughAPIServer: the db Service as the agent reads it
+// from the API ([articleThroughAPI]): the API pod connects through the
+// ClusterIP, the App pod is denied at its egress. Deleting the
+// EndpointSlice through the API leaves the agent nothing to judge the
+// ClusterIP by but its address, which the API pod's egress does not allow
+// (the node still DNATs: the lab's kube-proxy follows the manifests).
+func TestArticleServiceThroughAPIServer(t *testing.T) {
+	l, client := articleThroughAPI(t)
+	ctx := context.Background()
+	// The db Service, as the agent reads it from the API: the API pod
+	// connects through it, the App pod is denied at its egress.
+	for _, tc := range []struct {
+		from string
+		want bool
+	}{{"frontend/apipod", true}, {"frontend/apppod", false}} {
+		r, err := l.ProbeResult(ctx, tc.from, dbClusterIP, policy.PortSpec{Port: 80, Protocol: policy.TCP})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Expected != tc.want || r.Observed != tc.want {
+			t.Errorf("%s: want %v", r.String(), tc.want)
+		}
+	}
+	if got := deniedFlow(t, l, "10.0.1.20", dbClusterIP); got != "egress" {
+		t.Errorf("apppod -> the ClusterIP denied at %q, want egress", got)
+	}
+
+	if err := client.DiscoveryV1().EndpointSlices("backend").Delete(ctx, "db-7x2kq", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for {
+		r, err := l.ProbeResult(ctx, "frontend/apipod", dbClusterIP, policy.PortSpec{Port: 80, Protocol: policy.TCP})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !r.Observed {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("deleting the EndpointSlice through the API did not take effect within 10s")
+		}
+	}
+	if got := deniedFlow(t, l, "10.0.1.30", dbClusterIP); got != "egress" {
+		t.Errorf("apipod -> the ClusterIP without endpoints denied at %q, want egress", got)
+	}
 }

@@ -35,6 +35,26 @@
 // apiVersion lab.podgate.dev/v1alpha1, spec.ips) share the outside
 // namespace; each is an endpoint of its own, bound to its own addresses.
 //
+// # Services
+//
+// kube-proxy's part is real: for the Services of the manifests (and their
+// EndpointSlices), [Build] programs kube-proxy-style DNAT in the node
+// namespace's nat table with iptables-restore and ip6tables-restore (the
+// Debian package iptables; Build fails with [ErrNoIPTables] when it is
+// missing): PREROUTING and OUTPUT jump to PGLAB-SERVICES, which matches
+// each ClusterIP, protocol and Service port and picks one of the port's
+// ready backends at random (-m statistic --mode random), DNATing to the
+// backend's address and target port; a pod's connection to its own
+// Service is masqueraded, as kube-proxy does. Each ClusterIP also gets a
+// route out of the node's loopback, so that the node's own connections
+// pass the routing decision before the OUTPUT DNAT. Only the node
+// namespace is changed, and it is deleted with the lab. Backends that are
+// not lab endpoints (pods of other nodes) are left out, with a note.
+// [Lab.Services] lists what was programmed; a probe's destination may be a
+// ClusterIP or "Service namespace/name" (never its source), and its echo
+// servers run on the backends. The DNAT follows the manifests given to
+// Build: [Lab.Apply] changes what the agent sees, not the node's DNAT.
+//
 // Names: the lab's ID is PREFIX-PID-XXXXXX (prefix "pglab" by default);
 // namespaces are ID-node, ID-NAMESPACE.POD and ID-outside; the lab's
 // directory os.TempDir()/ID holds the agent's manifest directory, the agent
@@ -77,7 +97,9 @@
 // Each result carries what was expected: with [EnforcerPodgate] the
 // policy table compiled from the agent's manifests decides
 // ([PolicyExpectation]: a pod to itself is always allowed, the node as a
-// source too); with [EnforcerNone] everything is expected to work
+// source too; a probe to a Service needs the source's egress, judged
+// against every ready backend, and every backend's ingress); with
+// [EnforcerNone] everything is expected to work
 // ([AllowAll]). [Judge] re-judges results against another expectation;
 // [WriteTable] prints truth tables whose cells show agreement ("." and
 // "X") or disagreement ("!" allowed but expected denied, "?" denied but

@@ -189,6 +189,9 @@ type Lab struct {
 	byAddr    map[netip.Addr]*Endpoint
 	created   []*netns.Namespace // in creation order
 
+	services  []Service
+	svcByAddr map[netip.Addr]*Service
+
 	table atomic.Pointer[policy.Table]
 	// manifestMu serializes changes to the manifest directory.
 	manifestMu sync.Mutex
@@ -305,7 +308,69 @@ func Build(ctx context.Context, spec Spec) (_ *Lab, err error) {
 			l.addEndpoint(&ep)
 		}
 	}
+	if err := l.setUpServices(ctx, m); err != nil {
+		return nil, err
+	}
 	return l, nil
+}
+
+// setUpServices plans the manifests' Services and programs their DNAT in
+// the node namespace.
+func (l *Lab) setUpServices(ctx context.Context, m *policy.Manifests) error {
+	svcs, notes := planServices(m, func(a netip.Addr) *Endpoint { return l.byAddr[a] })
+	l.notes = append(l.notes, notes...)
+	l.services = svcs
+	l.svcByAddr = map[netip.Addr]*Service{}
+	for i := range l.services {
+		s := &l.services[i]
+		for _, a := range s.ClusterIPs {
+			if owner, taken := l.byAddr[a]; taken {
+				return fmt.Errorf("%w: Service %s: ClusterIP %s is already %s's", ErrPlan, s.Name, a, owner.Name)
+			}
+			l.svcByAddr[a] = s
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("build lab: %w", err)
+	}
+	if err := l.programServices(ctx); err != nil {
+		return err
+	}
+	return l.routeClusterIPs()
+}
+
+// routeClusterIPs gives the node a route to every ClusterIP (out of its
+// loopback), so that the node's own connections to a Service pass the
+// routing decision that comes before the nat OUTPUT chain, as a real
+// node's default route lets them; the DNAT then reroutes them to the
+// backend. Packets from pods are DNATed before routing and never use it.
+func (l *Lab) routeClusterIPs() error {
+	if len(l.svcByAddr) == 0 {
+		return nil
+	}
+	h, err := l.node.NS.Handle()
+	if err != nil {
+		return fmt.Errorf("route ClusterIPs: %w", err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("route ClusterIPs: find lo: %w", err)
+	}
+	for _, s := range l.services {
+		for _, a := range s.ClusterIPs {
+			bits := a.BitLen()
+			r := &netlink.Route{
+				LinkIndex: lo.Attrs().Index,
+				Dst:       &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)},
+				Scope:     netlink.SCOPE_LINK,
+			}
+			if err := h.RouteReplace(r); err != nil {
+				return fmt.Errorf("route ClusterIP %s of Service %s: %w", a, s.Name, err)
+			}
+		}
+	}
+	return nil
 }
 
 func (l *Lab) addEndpoint(ep *Endpoint) {
@@ -541,6 +606,8 @@ func (l *Lab) Endpoints() []*Endpoint { return slices.Clone(l.endpoints) }
 
 // Endpoint returns the endpoint with the given name ("namespace/pod", an
 // OutsideHost's name or "node"), or the one that owns the given address.
+// A Service's ClusterIP, or "Service namespace/name", gives the Service as
+// an endpoint of kind [KindService] (a probe destination only).
 func (l *Lab) Endpoint(name string) (*Endpoint, bool) {
 	if name == NodeEndpoint {
 		return l.node, true
@@ -548,9 +615,15 @@ func (l *Lab) Endpoint(name string) (*Endpoint, bool) {
 	if ep, ok := l.byName[name]; ok {
 		return ep, true
 	}
-	if a, err := netip.ParseAddr(name); err == nil {
-		ep, ok := l.byAddr[a.Unmap()]
-		return ep, ok
+	if n, ok := strings.CutPrefix(name, "Service "); ok {
+		name = n
+	} else if a, err := netip.ParseAddr(name); err == nil {
+		if ep, ok := l.byAddr[a.Unmap()]; ok {
+			return ep, true
+		}
+	}
+	if s, ok := l.Service(name); ok {
+		return &Endpoint{Name: s.String(), Kind: KindService, IPs: s.ClusterIPs, Service: s}, true
 	}
 	return nil, false
 }

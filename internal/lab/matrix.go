@@ -93,7 +93,12 @@ func AllowAll(*Result) bool { return true }
 // PolicyExpectation expects what the policy table allows
 // ([policy.Table.Lookup]). ICMP between IPv6 addresses is looked up as
 // ICMPv6. The node as a source is expected to be allowed (kubelet probes:
-// podgate does not judge the node's own traffic to its pods).
+// podgate does not judge the node's own traffic to its pods). A probe to
+// a Service's ClusterIP and port is expected to work when the source's
+// egress allows it (the table judges it against every ready backend) and
+// every ready backend's ingress allows the source, since the node DNATs
+// the connection to any of them and the backend's ingress is judged after
+// that.
 func PolicyExpectation(t *policy.Table) Expectation {
 	return func(r *Result) bool {
 		if r.From == NodeEndpoint {
@@ -102,6 +107,9 @@ func PolicyExpectation(t *policy.Table) Expectation {
 		proto := r.Port.Protocol
 		if proto == policy.ICMP && r.Dst.Is6() {
 			proto = policy.ICMPv6
+		}
+		if _, ok := t.ServiceByAddr(r.Dst); ok && proto.HasPorts() {
+			return serviceExpectation(t, r)
 		}
 		return t.Lookup(r.Src, r.Dst, proto, r.Port.Port).Allowed()
 	}

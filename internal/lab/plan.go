@@ -45,9 +45,12 @@ const (
 	KindOutside
 	// KindNode is the node itself (its addresses on the node namespace's loopback).
 	KindNode
+	// KindService is a Service's ClusterIPs, as a probe destination: the
+	// node DNATs connections to one of its backends ([Lab.Services]).
+	KindService
 )
 
-// String returns "pod", "outside" or "node".
+// String returns "pod", "outside", "node" or "service".
 func (k Kind) String() string {
 	switch k {
 	case KindPod:
@@ -56,6 +59,8 @@ func (k Kind) String() string {
 		return "outside"
 	case KindNode:
 		return "node"
+	case KindService:
+		return "service"
 	}
 	return fmt.Sprintf("kind-%d", uint8(k))
 }
@@ -77,6 +82,9 @@ type Endpoint struct {
 	// HostIf is the interface in the node namespace that leads to the
 	// endpoint: the host end of a pod's veth, or the outside link.
 	HostIf string
+	// Service is the Service of an endpoint of kind [KindService], and
+	// nil for the others.
+	Service *Service
 }
 
 // NodeEndpoint is the name of the node as a probe source.

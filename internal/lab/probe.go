@@ -49,6 +49,9 @@ func (l *Lab) pair(from, to string) (src, dst *Endpoint, sip, dip netip.Addr, er
 	if src, sip, err = side(from); err != nil {
 		return nil, nil, netip.Addr{}, netip.Addr{}, err
 	}
+	if src.Kind == KindService {
+		return nil, nil, netip.Addr{}, netip.Addr{}, fmt.Errorf("probe %s -> %s: a Service is no probe source", from, to)
+	}
 	if dst, dip, err = side(to); err != nil {
 		return nil, nil, netip.Addr{}, netip.Addr{}, err
 	}
@@ -95,7 +98,10 @@ func (l *Lab) Probe(ctx context.Context, from, to string, p policy.PortSpec) (bo
 // ProbeResult makes one real connection from one endpoint to another and
 // returns what happened, with the expectation of [Lab.Expectation]. from
 // and to are endpoint names ("namespace/pod", an OutsideHost's name,
-// "node") or addresses of endpoints (which choose the IP family).
+// "node") or addresses of endpoints (which choose the IP family); to may
+// also be a Service's ClusterIP or "Service namespace/name" (see
+// [Lab.Services]): the connection goes to the ClusterIP and Service port,
+// and the node DNATs it to a backend, whose echo server answers.
 //
 // The probe creates its socket in the source's namespace, bound to the
 // source address, and gives up after Spec.ProbeTimeout:
@@ -117,7 +123,7 @@ func (l *Lab) ProbeResult(ctx context.Context, from, to string, p policy.PortSpe
 	}
 	r := Result{From: src.Name, To: dst.Name, Src: sip, Dst: dip, Port: p}
 	r.Expected = l.Expectation()(&r)
-	if err := l.servers.ensure(dst.NS, dip, p); err != nil {
+	if err := l.ensureServer(dst, dip, p); err != nil {
 		return r, fmt.Errorf("probe %s -> %s %s: %w", src.Name, dst.Name, p, err)
 	}
 	start := time.Now()
@@ -141,6 +147,29 @@ func (l *Lab) ProbeResult(ctx context.Context, from, to string, p policy.PortSpe
 		r.Detail = failure(err)
 	}
 	return r, nil
+}
+
+// ensureServer starts the echo server of a probe to dst at dip: the
+// destination's own, or for a Service every backend's (of dip's family)
+// at its target port.
+func (l *Lab) ensureServer(dst *Endpoint, dip netip.Addr, p policy.PortSpec) error {
+	if dst.Kind != KindService {
+		return l.servers.ensure(dst.NS, dip, p)
+	}
+	sp := dst.Service.port(p.Protocol, p.Port)
+	if sp == nil {
+		return fmt.Errorf("%s has no port %s", dst.Service, p)
+	}
+	bs := sp.backends(dip.Is4())
+	if len(bs) == 0 {
+		return fmt.Errorf("%s port %s has no ready backend of the family of %s in the lab", dst.Service, p, dip)
+	}
+	for _, b := range bs {
+		if err := l.servers.ensure(b.Endpoint.NS, b.Addr, policy.PortSpec{Port: b.Port, Protocol: p.Protocol}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func probeToken(from, to string, p policy.PortSpec) []byte {
@@ -247,7 +276,7 @@ func (l *Lab) Dial(ctx context.Context, from, to string, p policy.PortSpec) (net
 	if err != nil {
 		return nil, err
 	}
-	if err := l.servers.ensure(dst.NS, dip, p); err != nil {
+	if err := l.ensureServer(dst, dip, p); err != nil {
 		return nil, fmt.Errorf("dial %s -> %s %s: %w", src.Name, dst.Name, p, err)
 	}
 	dctx, cancel := context.WithTimeout(ctx, l.spec.ProbeTimeout)
