@@ -33,6 +33,9 @@ const (
 type Config struct {
 	// AgentBinary is the podgate binary the agent runs from (required).
 	AgentBinary string
+	// AgentArgs are extra arguments for `podgate agent` (for example
+	// --busy-poll=1ms); the report records them.
+	AgentArgs []string
 	// Out is the directory results are written to (required).
 	Out string
 	// Quick marks a quick run (for the report only; the sizes below
@@ -791,6 +794,7 @@ func (e *env) measurePodgate(ctx context.Context, p int, flows *int) (err error)
 		"--conntrack-max", strconv.Itoa(ctMax),
 		"--log-level", "warn",
 	}
+	args = append(args, e.cfg.AgentArgs...)
 	start := time.Now()
 	if err := e.lab.StartAgent(ctx, e.cfg.AgentBinary, args...); err != nil {
 		return fmt.Errorf("bench: %w", err)

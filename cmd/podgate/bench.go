@@ -18,6 +18,7 @@ type benchFlags struct {
 	quick       bool
 	out         string
 	agentBinary string
+	agentArgs   []string
 	policies    []int
 	flows       []int
 	step        time.Duration
@@ -60,6 +61,7 @@ it changes nothing outside its own network namespaces.`,
 	fl.BoolVar(&f.quick, "quick", false, "a subset that finishes in under three minutes")
 	fl.StringVar(&f.out, "out", "", "output directory (default bench/out/TIMESTAMP)")
 	fl.StringVar(&f.agentBinary, "agent-binary", "", "podgate binary to run as the agent (default: this one)")
+	fl.StringArrayVar(&f.agentArgs, "agent-arg", nil, "extra argument for podgate agent, e.g. --agent-arg=--busy-poll=1ms (repeatable)")
 	fl.IntSliceVar(&f.policies, "policies", nil, "synthetic policy counts to measure (default 0,100,2000; --quick 0,2000)")
 	fl.IntSliceVar(&f.flows, "flows", nil, "tracked-flow counts to measure, 0 for none (default 100000,1000000; --quick 100000)")
 	fl.DurationVar(&f.step, "step", 0, "duration of one rate-search step (default 3s; --quick 1s)")
@@ -96,6 +98,7 @@ func runBench(cmd *cobra.Command, f benchFlags) error {
 	cfg.EnforcerCPU, cfg.LoadCPU, cfg.Prefix = f.enforcerCPU, f.loadCPU, f.prefix
 	cfg.Enforcers = f.enforcers
 	cfg.AgentBinary = f.agentBinary
+	cfg.AgentArgs = f.agentArgs
 	if cfg.AgentBinary == "" {
 		exe, err := os.Executable()
 		if err != nil {
