@@ -96,27 +96,39 @@ func deniedFlow(t *testing.T, l *Lab, src, dst string) string {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		resp, err := l.HTTPClient().Get(l.AgentURL() + "/flows?verdict=deny")
+		dir, ok, err := lookupDeniedFlow(l, src, dst)
 		if err != nil {
 			t.Fatal(err)
 		}
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			var rec struct {
-				Src, Dst  struct{ IP string }
-				Direction string
-			}
-			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Src.IP == src && rec.Dst.IP == dst {
-				resp.Body.Close()
-				return rec.Direction
-			}
+		if ok {
+			return dir
 		}
-		resp.Body.Close()
 		if time.Now().After(deadline) {
 			t.Fatalf("no denied flow %s -> %s in the agent's flow log", src, dst)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// lookupDeniedFlow reads the agent's flow log once and returns the
+// direction of a denied flow src -> dst, if there is one.
+func lookupDeniedFlow(l *Lab, src, dst string) (string, bool, error) {
+	resp, err := l.HTTPClient().Get(l.AgentURL() + "/flows?verdict=deny")
+	if err != nil {
+		return "", false, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		var rec struct {
+			Src, Dst  struct{ IP string }
+			Direction string
+		}
+		if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Src.IP == src && rec.Dst.IP == dst {
+			return rec.Direction, true, nil
+		}
+	}
+	return "", false, sc.Err()
 }
 
 // probeService probes from -> to and checks expectation and observation.
