@@ -42,6 +42,7 @@ type agentConfig struct {
 	KeepEstablished bool
 	ReversePickup   time.Duration
 	BusyPoll        time.Duration
+	RingSize        int
 	MaxConns        int
 	ConntrackMax    int
 	StateDir        string
@@ -62,6 +63,9 @@ func (c *agentConfig) validate() error {
 	}
 	if c.BusyPoll < 0 {
 		errs = append(errs, fmt.Errorf("--busy-poll %v: must not be negative", c.BusyPoll))
+	}
+	if c.RingSize != 0 && (c.RingSize < 64 || c.RingSize > 1<<16 || c.RingSize&(c.RingSize-1) != 0) {
+		errs = append(errs, fmt.Errorf("--xsk-ring-size %d: must be a power of two in [64, 65536]", c.RingSize))
 	}
 	if c.ConntrackMax < 1024 {
 		errs = append(errs, fmt.Errorf("--conntrack-max %d: must be at least 1024", c.ConntrackMax))
@@ -108,6 +112,7 @@ their connectivity, without enforcement.`,
 	f.BoolVar(&cfg.KeepEstablished, "keep-established", false, "keep connections that a new policy would deny (default: cut them)")
 	f.DurationVar(&cfg.ReversePickup, "reverse-pickup", 2*time.Minute, "after a start, how long TCP connections whose first packet seen is the server's are picked up (connections open across a restart); 0 disables")
 	f.DurationVar(&cfg.BusyPoll, "busy-poll", 0, "keep polling for this long after the last frame instead of sleeping (lower latency, a CPU kept busy while traffic flows)")
+	f.IntVar(&cfg.RingSize, "xsk-ring-size", xsk.DefaultRingSize, "descriptors per AF_XDP ring and frames posted for receiving per port; each port's UMEM is twice this many 2 KiB frames (deeper rings absorb longer worker stalls at the cost of memory)")
 	f.IntVar(&cfg.MaxConns, "metrics-max-conns", 1024, "connections the /metrics, /healthz, /readyz and /flows server accepts at once (about 14 KiB each)")
 	f.IntVar(&cfg.ConntrackMax, "conntrack-max", 262144, "maximum number of tracked flows")
 	f.StringVar(&cfg.StateDir, "state-dir", "/run/podgate", "where the agent records what it changed, for recovery after a crash")
@@ -141,6 +146,7 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 		KernelLink:      cfg.KernelLink,
 		StateDir:        cfg.StateDir,
 		AttachMode:      xsk.Native,
+		Socket:          xsk.Config{RingSize: cfg.RingSize, NumFrames: 2 * cfg.RingSize},
 		InterfacePrefix: cfg.InterfacePrefix,
 		// Standalone, the node's own addresses are those of this host;
 		// with the API they come from the Node object.
