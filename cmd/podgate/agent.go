@@ -238,6 +238,7 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		newBuildInfo(),
 		fastpath.NewCollector(engine, store, flows),
 		node.NewCollector(nd),
 		k8swatch.NewCollector(src),
