@@ -55,7 +55,9 @@ what the policy engine decides for the same manifests.
 -o table prints one truth table per port: "." allowed and "X" denied as
 expected, "!" allowed but expected denied, "?" denied but expected
 allowed. -o json prints an array of {"from","to","port","protocol",
-"expected","observed"}. The exit status is 2 when any observation differs,
+"expected","observed"} (plus "detail" for a failed connection and
+"retries" when a connection expected to work timed out and was probed
+again, at most twice). The exit status is 2 when any observation differs,
 1 on errors.
 
 --enforcer none runs no agent: the kernel alone forwards and every

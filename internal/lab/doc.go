@@ -82,7 +82,8 @@
 // source's address, to echo servers bound to the destination's address:
 // TCP connect and echo, UDP echo with retries, SCTP association and echo,
 // ICMP or ICMPv6 echo answered by the destination's kernel. Each probe is
-// bounded by Spec.ProbeTimeout; Matrix runs Spec.Parallel at a time.
+// bounded by Spec.ProbeTimeout; Matrix runs Spec.Parallel at a time and
+// repeats a timed-out probe that was expected to work ([MatrixRetries]).
 // [Lab.Dial] returns a connection to an echo server for longer transfers.
 //
 // SCTP: the lab machines' kernel has no SCTP, so associations run in user

@@ -177,7 +177,8 @@ func TestArticleKernelOnly(t *testing.T) {
 
 // TestProbesFail blackholes the node's route to a pod, as a dropping
 // enforcer would: every protocol's probe to it then fails (and says why),
-// and works again once the route is back.
+// Matrix retries exactly those probes, and they work again once the route
+// is back.
 func TestProbesFail(t *testing.T) {
 	l := newArticleLab(t, EnforcerNone)
 	l.spec.ProbeTimeout = 500 * time.Millisecond
@@ -214,6 +215,22 @@ func TestProbesFail(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(false)
+	// Matrix probes a connection that should work and timed out again
+	// (MatrixRetries times), and nothing else.
+	results, err := l.Matrix(ctx, allPorts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range results {
+		// Replies to dbpod take the blackholed route too.
+		blackholed := (r.To == "backend/dbpod") != (r.From == "backend/dbpod")
+		switch {
+		case blackholed && (r.Observed || r.Retries != MatrixRetries):
+			t.Errorf("%s: %d retries, want %d", r.String(), r.Retries, MatrixRetries)
+		case !blackholed && (!r.Observed || r.Retries != 0):
+			t.Errorf("%s: %d retries, want 0", r.String(), r.Retries)
+		}
+	}
 	if err := h.RouteReplace(&netlink.Route{Dst: dst, LinkIndex: link.Attrs().Index, Scope: netlink.SCOPE_LINK}); err != nil {
 		t.Fatal(err)
 	}

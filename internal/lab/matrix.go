@@ -25,6 +25,9 @@ type Result struct {
 	// "reset", ...); empty when it worked.
 	Detail  string
 	Elapsed time.Duration
+	// Retries is how many times [Lab.Matrix] probed again because an
+	// expected connection timed out (see [MatrixRetries]).
+	Retries int
 }
 
 // OK reports whether the observation matches the expectation.
@@ -61,15 +64,17 @@ type resultJSON struct {
 	Expected string `json:"expected"`
 	Observed string `json:"observed"`
 	Detail   string `json:"detail,omitempty"`
+	Retries  int    `json:"retries,omitempty"`
 }
 
 // MarshalJSON returns {"from","to","port","protocol","expected","observed"}
 // with "allow" or "deny" verdicts, plus "detail" when the connection
-// failed.
+// failed and "retries" when it was probed again.
 func (r Result) MarshalJSON() ([]byte, error) {
 	return json.Marshal(resultJSON{
 		From: r.From, To: r.To, Port: r.Port.Port, Protocol: r.Port.Protocol.String(),
 		Expected: verdict(r.Expected), Observed: verdict(r.Observed), Detail: r.Detail,
+		Retries: r.Retries,
 	})
 }
 
@@ -152,10 +157,19 @@ func (l *Lab) Pairs() [][2]*Endpoint {
 	return out
 }
 
+// MatrixRetries is how many times [Lab.Matrix] probes again when a
+// connection that should work timed out. A loaded machine can lose a
+// probe (the upstream NetworkPolicy e2e tests retry too); an enforcer that
+// wrongly denies does so every time. A connection that worked is never
+// probed again, so a leak is never hidden by a retry.
+const MatrixRetries = 2
+
 // Matrix probes every pair of [Lab.Pairs] for every port, Spec.Parallel
 // probes at a time, and returns the results ordered by port, then source,
 // then destination. Servers are started on every destination address
-// first. It fails only if a probe cannot be made at all or ctx is done.
+// first. A probe expected to work that timed out is repeated up to
+// [MatrixRetries] times (Result.Retries). It fails only if a probe cannot
+// be made at all or ctx is done.
 func (l *Lab) Matrix(ctx context.Context, ports []policy.PortSpec) ([]Result, error) {
 	for _, d := range l.endpoints {
 		for _, a := range d.IPs {
@@ -193,6 +207,10 @@ func (l *Lab) Matrix(ctx context.Context, ports []policy.PortSpec) ([]Result, er
 			defer wg.Done()
 			for j := range ch {
 				r, err := l.ProbeResult(ctx, j.from, j.to, j.p)
+				for retries := 1; err == nil && r.Expected && !r.Observed && r.Detail == "timeout" && retries <= MatrixRetries; retries++ {
+					r, err = l.ProbeResult(ctx, j.from, j.to, j.p)
+					r.Retries = retries
+				}
 				if err != nil {
 					mu.Lock()
 					if firstErr == nil {
