@@ -3,8 +3,8 @@ package packet
 import (
 	"testing"
 
-	"github.com/google/gopacket"
-	"github.com/google/gopacket/layers"
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
 )
 
 // ipv4Raw builds an IPv4 frame from A to B whose payload is data, with the

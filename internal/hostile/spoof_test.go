@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/gopacket/layers"
+	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
 
 	"github.com/podgate/podgate/internal/lab"
