@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/podgate/podgate/fastpath/packet"
 	"github.com/podgate/podgate/fastpath/xsk"
 	"github.com/podgate/podgate/internal/netns"
 )
@@ -232,8 +233,7 @@ func (g *Generator) frame(b []byte, i int) {
 	binary.BigEndian.PutUint16(b[34:], sp)
 	binary.BigEndian.PutUint16(b[36:], dp)
 	// The template's checksum covers ports 0; add the ports (RFC 1624).
-	s := uint32(^g.csum0) + uint32(sp) + uint32(dp)
-	c := ^fold(s)
+	c := packet.UpdateChecksum(packet.UpdateChecksum(g.csum0, 0, sp), 0, dp)
 	if c == 0 {
 		c = 0xffff
 	}
@@ -256,33 +256,15 @@ func buildUDPFrame(b []byte, dstMAC, srcMAC net.HardwareAddr, src, dst netip.Add
 	s4, d4 := src.As4(), dst.As4()
 	copy(ip[12:16], s4[:])
 	copy(ip[16:20], d4[:])
-	binary.BigEndian.PutUint16(ip[10:], ^fold(sum16(ip, 0)))
+	binary.BigEndian.PutUint16(ip[10:], ^packet.Sum(ip, 0))
 	udp := b[34:FrameLen]
 	binary.BigEndian.PutUint16(udp[4:], 8+payload)
 	copy(udp[8:], "podgate-bench")
-	pseudo := sum16(ip[12:20], 0) + unix.IPPROTO_UDP + 8 + payload
-	c := ^fold(sum16(udp, pseudo))
+	c := ^packet.Sum(udp, packet.PseudoHeaderSum(src, dst, unix.IPPROTO_UDP, len(udp)))
 	if c == 0 {
 		c = 0xffff
 	}
 	binary.BigEndian.PutUint16(udp[6:], c)
-}
-
-func sum16(b []byte, s uint32) uint32 {
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	return s
-}
-
-func fold(s uint32) uint16 {
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return uint16(s)
 }
 
 // XDP return codes.

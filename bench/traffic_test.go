@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podgate/podgate/fastpath/packet"
 	"github.com/podgate/podgate/internal/netns"
 )
 
@@ -20,9 +21,11 @@ func TestFrameChecksums(t *testing.T) {
 	for _, i := range []int{0, 1, 999, 1000, 123456, 999999} {
 		var b [FrameLen]byte
 		g.frame(b[:], i)
-		ip := b[14:34]
-		pseudo := sum16(ip[12:20], 0) + 17 + uint32(FrameLen-34)
-		if got := fold(sum16(b[34:], pseudo)); got != 0xffff {
+		if got := packet.Sum(b[14:34], 0); got != 0xffff {
+			t.Errorf("flow %d: IPv4 header checksum does not verify (sum %#x)", i, got)
+		}
+		pseudo := packet.PseudoHeaderSum(g.cfg.Src, g.cfg.Dst, 17, FrameLen-34)
+		if got := packet.Sum(b[34:], pseudo); got != 0xffff {
 			t.Errorf("flow %d: UDP checksum does not verify (sum %#x)", i, got)
 		}
 		if sp, dp := binary.BigEndian.Uint16(b[34:]), binary.BigEndian.Uint16(b[36:]); int(sp) != 20000+i%1000 || int(dp) != 9000+i/1000 {
