@@ -18,16 +18,31 @@ help: ## list targets
 build: ## build bin/podgate (static)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/podgate ./cmd/podgate
 
-test: ## run all tests (tests that need root skip without it; CI runs as root)
-	$(GO) test -count=1 ./...
+# make test first installs what the tests need: the Debian packages of
+# hack/packages.txt (as root; without root it prints the command and stops)
+# and a real kube-apiserver and etcd (hack/kube-binaries.sh: about 5 minutes
+# once, then cached). So a test whose tool is missing fails instead of
+# skipping; only podman and the Prometheus end-to-end test need root too,
+# so they are required only as root. Plain `go test ./...` skips instead.
+TEST_REQUIRE := PODGATE_REQUIRE_KUBE=1 $(if $(filter 0,$(shell id -u)),PODGATE_REQUIRE_PODMAN=1 PODGATE_REQUIRE_PROMETHEUS=1)
+
+test: ## install what the tests need (Debian packages as root, kube-apiserver/etcd once), then run all tests
+	@bash hack/deps.sh test
+	@bash hack/kube-binaries.sh >/dev/null
+	$(TEST_REQUIRE) $(GO) test -count=1 ./...
 
 lint: ## gofmt, go vet and staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-demo: build ## the article's scenario in a netns lab: real connections vs. policy (run as root)
+demo: build ## the article's scenario in a netns lab: real connections vs. policy (run as root; installs iptables if missing)
+	@bash hack/deps.sh demo
 	bin/podgate lab -f $(ARTICLE)
+
+.PHONY: deps
+deps: ## install the Debian packages that demo and test need, if missing (as root; hack/packages.txt)
+	@bash hack/deps.sh demo test
 
 bench: build ## podgate vs. kernel routing and iptables/ipset in a netns lab, quick subset (root; full: bin/podgate bench)
 	bin/podgate bench --quick

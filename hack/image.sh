@@ -27,7 +27,8 @@
 # Containers run with --network=none: podman never creates a bridge, veth or
 # firewall rule on the host.
 #
-# It installs podman and runc from Debian when they are missing (as root).
+# It installs podman and runc from Debian when they are missing (as root;
+# hack/deps.sh image).
 #
 # Environment:
 #   IMAGE          image name (default localhost/podgate:dev)
@@ -61,16 +62,10 @@ die() {
 	exit 1
 }
 
+# ensure_podman installs podman and runc when missing (hack/packages.txt,
+# group image).
 ensure_podman() {
-	if command -v podman >/dev/null && command -v runc >/dev/null; then
-		return
-	fi
-	[[ "${PODGATE_NO_INSTALL:-}" != 1 ]] || die "podman and runc are required (apt-get install podman runc)"
-	[[ "$(id -u)" == 0 ]] || die "podman and runc are missing; install them as root: apt-get install podman runc"
-	log "installing podman and runc from Debian"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends podman runc >/dev/null
+	bash "${ROOT}/hack/deps.sh" image
 }
 
 # ulimit_pair NAME FLAG prints NAME=N:N with N = min(4096, the current hard

@@ -23,5 +23,5 @@
 //
 // The tests skip what they cannot run (not root, no prometheus or promtool
 // binary) unless PODGATE_REQUIRE_PROMETHEUS=1, which turns those skips into
-// failures (CI installs prometheus and sets it).
+// failures (`make test` installs prometheus and, as root, sets it).
 package dashtest

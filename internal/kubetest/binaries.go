@@ -25,7 +25,7 @@ const (
 	// (default $HOME/.cache/podgate).
 	EnvCache = "PODGATE_CACHE"
 	// EnvRequire set to "1" makes Start fail, instead of skip, a test when
-	// the binaries are missing. CI sets it.
+	// the binaries are missing. `make test` sets it.
 	EnvRequire = "PODGATE_REQUIRE_KUBE"
 )
 

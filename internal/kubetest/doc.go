@@ -7,7 +7,8 @@
 // them under ${PODGATE_CACHE:-$HOME/.cache/podgate}. The environment
 // variables PODGATE_KUBE_APISERVER and PODGATE_ETCD point at other builds.
 // When the binaries are missing, Start skips the test; with
-// PODGATE_REQUIRE_KUBE=1 (for CI) it fails it instead.
+// PODGATE_REQUIRE_KUBE=1 (which `make test` sets after building them) it
+// fails it instead.
 //
 // An Env is one control plane: etcd with a temporary data directory and a
 // kube-apiserver that serves only HTTPS on 127.0.0.1, authenticates clients
