@@ -79,11 +79,22 @@ type Config struct {
 	// and cut. (A side of a flow that becomes a local pod later is judged
 	// anyway.)
 	KeepEstablished bool
-	// ReversePickup is how long after the engine starts a TCP packet of an
-	// unknown connection may be picked up as a reply (the connection
-	// judged the other way round), for connections that were open when the
-	// agent restarted. Default 2 minutes; negative disables it.
+	// ReversePickup is the pick-up window: how long after the engine
+	// starts a TCP segment without SYN of a connection that no flow tracks
+	// may be picked up, for connections that were open when the agent
+	// restarted. It is then judged as the connection it belongs to, from
+	// client to server, whichever end sent it (see pickup in verdict.go).
+	// After the window such segments are dropped (DropTCPNoFlow). Default
+	// 2 minutes; negative disables pick-up.
 	ReversePickup time.Duration
+	// CutReset answers a TCP segment of a connection that policy cut
+	// (that a new policy table denies, or that is in its tombstone) with
+	// a TCP reset to the segment's sender, so that applications on both
+	// ends fail at once instead of retransmitting into a black hole. The
+	// segment itself is dropped either way. Denied new connections are
+	// never answered: they are dropped silently, as NetworkPolicy
+	// implementations do.
+	CutReset bool
 	// BatchSize is the number of frames received from a port at a time.
 	BatchSize int
 	// IdleWait is how long the worker sleeps when no port has frames
@@ -134,13 +145,8 @@ type Engine struct {
 	tab       *policy.Table
 	now       int64
 	waiter    waiter
-	// deniedAt is the address of the isolated side of the last denial.
-	deniedAt netip.Addr
 	// started is Config.Now when the engine was made.
 	started int64
-	// viaKernel is set while a frame from the kernel leg whose source is
-	// a local pod is judged: a flow it starts is marked flagViaKernel.
-	viaKernel bool
 	// lastWork is Config.Now at the last batch that had frames.
 	lastWork int64
 	// monoBase and wallBase relate Config.Now to the wall clock.

@@ -201,6 +201,7 @@ type tcpOpt struct {
 	syn, ack, fin, rst bool
 	ttl                uint8
 	payload            []byte
+	seq, ackNo         uint32 // sequence number (default 1) and acknowledgment number
 }
 
 func ipLayer(src, dst netip.Addr, proto layers.IPProtocol, ttl uint8) (gopacket.SerializableLayer, gopacket.NetworkLayer, layers.EthernetType) {
@@ -217,7 +218,10 @@ func ipLayer(src, dst netip.Addr, proto layers.IPProtocol, ttl uint8) (gopacket.
 
 func tcpFrame(t testing.TB, srcMAC, dstMAC [6]byte, src, dst netip.Addr, sport, dport uint16, o tcpOpt) []byte {
 	ip, nl, et := ipLayer(src, dst, layers.IPProtocolTCP, o.ttl)
-	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), SYN: o.syn, ACK: o.ack, FIN: o.fin, RST: o.rst, Window: 1000, Seq: 1}
+	if o.seq == 0 {
+		o.seq = 1
+	}
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), SYN: o.syn, ACK: o.ack, FIN: o.fin, RST: o.rst, Window: 1000, Seq: o.seq, Ack: o.ackNo}
 	_ = tcp.SetNetworkLayerForChecksum(nl)
 	return serialize(t, &layers.Ethernet{SrcMAC: mac(srcMAC), DstMAC: mac(dstMAC), EthernetType: et}, ip, tcp, gopacket.Payload(o.payload))
 }
@@ -674,10 +678,10 @@ func TestSideThatBecomesLocalIsJudged(t *testing.T) {
 		s, d := fromPod(wire("api"))
 		before := r.e.Stats()
 		r.expectDrop(r.send("api", tcpFrame(t, s, d, apiIP, dbIP, 40000, 5432, tcpOpt{ack: true, payload: []byte("x")})), DropDeniedIngress, before)
-		// The flow was cut: dbpod's answer has no flow to belong to.
+		// The flow was cut: its tombstone drops dbpod's answer too.
 		ds, dd := fromPod(db)
 		before = r.e.Stats()
-		r.expectDrop(r.send("db", tcpFrame(t, ds, dd, dbIP, apiIP, 5432, 40000, tcpOpt{syn: true, ack: true})), DropInvalidTCP, before)
+		r.expectDrop(r.send("db", tcpFrame(t, ds, dd, dbIP, apiIP, 5432, 40000, tcpOpt{syn: true, ack: true})), DropDeniedIngress, before)
 		if st := r.e.Stats(); st.FlowsCut != 1 {
 			t.Errorf("keep=%v: flows cut %d, want 1", keep, st.FlowsCut)
 		}
@@ -701,19 +705,19 @@ func TestICMPErrorFromUninvolvedPod(t *testing.T) {
 	r.expectDrop(r.send("app", forged), DropICMPUnrelated, before)
 }
 
-// Reverse pick-up (a connection's reply seen first) only just after start.
-func TestReversePickupOnlyAfterStart(t *testing.T) {
+// After the pick-up window, a TCP segment without SYN never starts a
+// flow, in either direction.
+func TestNoPickupAfterTheWindow(t *testing.T) {
 	r := newRig(t, articleTable(t), nil)
 	r.clock += int64(3 * time.Minute)
 	s, d := fromPod(wire("db"))
 	before := r.e.Stats()
-	r.expectDrop(r.send("db", tcpFrame(t, s, d, dbIP, apiIP, 80, 40100, tcpOpt{ack: true, payload: []byte("y")})), DropDeniedEgress, before)
-	// The client's packets are still picked up, and the server's answers
-	// then pass as replies.
+	r.expectDrop(r.send("db", tcpFrame(t, s, d, dbIP, apiIP, 80, 40100, tcpOpt{ack: true, payload: []byte("y")})), DropTCPNoFlow, before)
 	s, d = fromPod(wire("api"))
-	r.expectOne(r.send("api", tcpFrame(t, s, d, apiIP, dbIP, 40100, 80, tcpOpt{ack: true})), "db")
-	s, d = fromPod(wire("db"))
-	r.expectOne(r.send("db", tcpFrame(t, s, d, dbIP, apiIP, 80, 40100, tcpOpt{ack: true, payload: []byte("y")})), "api")
+	before = r.e.Stats()
+	r.expectDrop(r.send("api", tcpFrame(t, s, d, apiIP, dbIP, 40100, 80, tcpOpt{ack: true})), DropTCPNoFlow, before)
+	// A SYN opens the connection as usual.
+	handshake(t, r, "api", "db", dbIP, 40100, 80)
 }
 
 // TestServiceToLocalBackend follows a connection from the API pod to the

@@ -7,7 +7,6 @@ import (
 	"github.com/podgate/podgate/fastpath/conntrack"
 	"github.com/podgate/podgate/fastpath/packet"
 	"github.com/podgate/podgate/fastpath/xsk"
-	"github.com/podgate/podgate/policy"
 )
 
 // prepare parses the n frames of a batch from port in and looks up the
@@ -71,6 +70,26 @@ func (e *Engine) frame(in *port, f xsk.Frame, i int) {
 		return
 	}
 	e.fromPod(in, f, b, p, i)
+}
+
+// reject drops frame f (b, parsed into p), received on in, that verdict
+// v denied, and accounts the denial. A TCP segment of a connection that
+// policy cut is answered with a reset to its sender when
+// [Config.CutReset] is set: the frame itself becomes the reset.
+func (e *Engine) reject(in *port, f xsk.Frame, b []byte, p *packet.Packet, v verdict) {
+	e.denied(p, v)
+	if !v.cut || !e.cfg.CutReset || p.Proto != packet.ProtoTCP {
+		e.drop(in, f, v.drop)
+		return
+	}
+	n := packet.BuildTCPReset(b[:cap(b)], b, p, p.SrcMAC, in.MAC)
+	if n == 0 {
+		e.drop(in, f, v.drop)
+		return
+	}
+	e.cnt.drop(v.drop)
+	e.cnt.add(cResets, 1)
+	e.send(in, f, n, Reply)
 }
 
 func (e *Engine) drop(in *port, f xsk.Frame, d Drop) {
@@ -169,9 +188,8 @@ func (e *Engine) fromPod(in *port, f xsk.Frame, b []byte, p *packet.Packet, i in
 			return
 		}
 	}
-	if d, ok := e.judge(p, i, true, path == PodToPod); !ok {
-		e.denied(p, d)
-		e.drop(in, f, d)
+	if v := e.judge(p, i, sides{src: true, dst: path == PodToPod}); !v.ok {
+		e.reject(in, f, b, p, v)
 		return
 	}
 	e.forward(in, f, b, p, out, path)
@@ -211,12 +229,8 @@ func (e *Engine) fromKernel(in *port, f xsk.Frame, b []byte, p *packet.Packet, i
 	// Service address DNATed to a local pod): its egress is judged too,
 	// and the flow's replies must return through the kernel.
 	srcLocal := e.hasAddr(p.Src)
-	e.viaKernel = srcLocal
-	d, ok := e.judge(p, i, srcLocal, true)
-	e.viaKernel = false
-	if !ok {
-		e.denied(p, d)
-		e.drop(in, f, d)
+	if v := e.judge(p, i, sides{src: srcLocal, dst: true, viaKernel: srcLocal}); !v.ok {
+		e.reject(in, f, b, p, v)
 		return
 	}
 	e.forward(in, f, b, p, out, KernelToPod)
@@ -343,239 +357,4 @@ func completeChecksum(b []byte, p *packet.Packet) {
 		c = 0xffff
 	}
 	binary.BigEndian.PutUint16(l4[off:], c)
-}
-
-// flowKey is the conntrack key of a packet: ports for TCP, UDP and SCTP,
-// the identifier (as both ports) for ICMP queries, zeros otherwise.
-func flowKey(p *packet.Packet) conntrack.Key {
-	proto := policy.Protocol(p.Proto)
-	switch {
-	case p.HasPorts:
-		return conntrack.MakeKey(p.Src, p.Dst, proto, p.SrcPort, p.DstPort)
-	case p.HasICMPID:
-		return conntrack.MakeKey(p.Src, p.Dst, proto, p.ICMPID, p.ICMPID)
-	}
-	return conntrack.MakeKey(p.Src, p.Dst, proto, 0, 0)
-}
-
-func innerKey(in *packet.Embedded) conntrack.Key {
-	proto := policy.Protocol(in.Proto)
-	switch {
-	case in.HasPorts:
-		return conntrack.MakeKey(in.Src, in.Dst, proto, in.SrcPort, in.DstPort)
-	case in.HasICMPID:
-		return conntrack.MakeKey(in.Src, in.Dst, proto, in.ICMPID, in.ICMPID)
-	}
-	return conntrack.MakeKey(in.Src, in.Dst, proto, 0, 0)
-}
-
-// judge decides a packet: a tracked flow passes (after a re-check when the
-// policy table changed), a new flow is judged by policy and tracked. It
-// returns the drop reason when the packet must be dropped. srcLocal and
-// dstLocal say which sides are local pods, whose policies this node
-// enforces.
-func (e *Engine) judge(p *packet.Packet, i int, srcLocal, dstLocal bool) (Drop, bool) {
-	now := e.now
-	// Non-first fragments follow their first fragment.
-	if p.Fragmented && p.FragOffset != 0 {
-		v, ok := e.ct.LookupFragment(conntrack.MakeFragKey(p.Src, p.Dst, policy.Protocol(p.Proto), p.FragID), now)
-		if !ok || !v.Allowed {
-			return DropFragmentNoState, false
-		}
-		return 0, true
-	}
-	if p.ICMPError {
-		// An error relates to a tracked flow and goes back to the sender
-		// of the quoted packet. A pod is an end of the flow, not a
-		// router: the errors it may send are about packets addressed to
-		// it, so it must be the quoted packet's destination.
-		rel, _ := e.ct.LookupRelated(innerKey(&p.Inner), now)
-		if rel == nil || p.Dst != p.Inner.Src || (srcLocal && p.Src != p.Inner.Dst) {
-			return DropICMPUnrelated, false
-		}
-		return 0, true
-	}
-	key, ent, dir := e.flow(i, p)
-	if ent != nil {
-		// The flow's original sides, and whether each is a local pod now.
-		origSrcLocal, origDstLocal := srcLocal, dstLocal
-		if dir == conntrack.Reply {
-			origSrcLocal, origDstLocal = dstLocal, srcLocal
-		}
-		// A side that is local now but was not judged when the flow was
-		// (its pod had no port yet, e.g. while the agent starts or a
-		// pod's veth is re-created) must be judged before the flow's
-		// verdict applies to it, whatever KeepEstablished says.
-		unjudged := (origSrcLocal && ent.Flags&flagSrcJudged == 0) || (origDstLocal && ent.Flags&flagDstJudged == 0)
-		stale := !e.cfg.KeepEstablished && e.tab != nil && ent.Generation != e.tab.Generation()
-		if unjudged || stale {
-			e.cnt.add(cRechecks, 1)
-			var d Drop
-			var ok bool
-			var eg, ing policy.RuleRef
-			if dir == conntrack.Original {
-				d, eg, ing, ok = e.decide(p.Src, p.Dst, p.Proto, p.DstPort, srcLocal, dstLocal)
-			} else {
-				d, eg, ing, ok = e.decide(p.Dst, p.Src, p.Proto, p.SrcPort, dstLocal, srcLocal)
-			}
-			if !ok {
-				e.ct.Delete(ent)
-				e.changed = true
-				e.cnt.add(cFlowsCut, 1)
-				return d, false
-			}
-			if e.tab != nil {
-				ent.Generation = e.tab.Generation()
-			}
-			ent.Egress, ent.Ingress = eg, ing
-			ent.Flags |= judgedFlags(origSrcLocal, origDstLocal)
-		}
-		switch e.ct.Update(ent, dir, p.TCPFlags, p.L3Len, now) {
-		case conntrack.Invalid:
-			return DropInvalidTCP, false
-		case conntrack.Restart:
-			e.ct.Delete(ent)
-			e.changed = true
-			return e.newFlow(p, key, srcLocal, dstLocal)
-		}
-		e.firstFragment(p, ent, dir)
-		return 0, true
-	}
-	return e.newFlow(p, key, srcLocal, dstLocal)
-}
-
-func (e *Engine) newFlow(p *packet.Packet, key conntrack.Key, srcLocal, dstLocal bool) (Drop, bool) {
-	established := false
-	if p.Proto == packet.ProtoTCP {
-		switch conntrack.ClassifyNewTCP(p.TCPFlags) {
-		case conntrack.NewTCPOpen:
-		case conntrack.NewTCPPickup:
-			// A connection this agent does not know, e.g. after a restart:
-			// judged like a new one, so allowed connections survive.
-			established = true
-		default:
-			return DropInvalidTCP, false
-		}
-	}
-	dir := conntrack.Original
-	d, eg, ing, ok := e.decide(p.Src, p.Dst, p.Proto, p.DstPort, srcLocal, dstLocal)
-	origSrcLocal, origDstLocal := srcLocal, dstLocal
-	if !ok && established && e.now-e.started < int64(e.cfg.ReversePickup) {
-		// Just after a start, a picked-up connection's first packet may be
-		// the server's: judge the connection the other way round too, and
-		// track it with the packet as a reply if that way is allowed.
-		// Later, connections are picked up only in the direction of the
-		// packet seen (a reverse pick-up lets a pod send data segments to
-		// a peer that may reach it, on a connection nobody opened).
-		if _, reg, ring, rok := e.decide(p.Dst, p.Src, p.Proto, p.SrcPort, dstLocal, srcLocal); rok {
-			key, dir, eg, ing, ok = key.Reverse(), conntrack.Reply, reg, ring, true
-			origSrcLocal, origDstLocal = dstLocal, srcLocal
-		}
-	}
-	if !ok {
-		return d, false
-	}
-	var ent *conntrack.Entry
-	e.changed = true
-	if established {
-		ent, _ = e.ct.InsertEstablished(key, e.now)
-	} else {
-		ent, _ = e.ct.Insert(key, e.now)
-	}
-	ent.Flags |= conntrack.FlagAllowed | judgedFlags(origSrcLocal, origDstLocal)
-	if e.viaKernel && dir == conntrack.Original {
-		ent.Flags |= flagViaKernel
-	}
-	if e.tab != nil {
-		ent.Generation = e.tab.Generation()
-	}
-	ent.Egress, ent.Ingress = eg, ing
-	e.ct.Update(ent, dir, p.TCPFlags, p.L3Len, e.now)
-	e.cnt.add(cFlowsNew, 1)
-	e.allowed(key, eg, ing)
-	e.firstFragment(p, ent, dir)
-	return 0, true
-}
-
-// Conntrack entry flags of the fastpath: which sides of the flow (in its
-// original direction) were local pods whose policy was judged.
-const (
-	flagSrcJudged conntrack.Flags = 1 << 1
-	flagDstJudged conntrack.Flags = 1 << 2
-	// flagViaKernel marks a flow between two local pods whose original
-	// direction came from the kernel leg: a pod's packet to a Service
-	// address that kube-proxy DNATed to a local pod. Its replies must go
-	// back through the kernel, whose conntrack reverses the DNAT; switched
-	// directly, they would reach the client from the backend's address
-	// instead of the Service's, and the client would reset the connection.
-	flagViaKernel conntrack.Flags = 1 << 3
-)
-
-func judgedFlags(srcLocal, dstLocal bool) conntrack.Flags {
-	var f conntrack.Flags
-	if srcLocal {
-		f |= flagSrcJudged
-	}
-	if dstLocal {
-		f |= flagDstJudged
-	}
-	return f
-}
-
-func (e *Engine) firstFragment(p *packet.Packet, ent *conntrack.Entry, dir conntrack.Dir) {
-	if p.Fragmented && p.FragOffset == 0 {
-		e.ct.InsertFragment(conntrack.MakeFragKey(p.Src, p.Dst, policy.Protocol(p.Proto), p.FragID), ent, dir, true, e.now)
-	}
-}
-
-func (e *Engine) isNode(a netip.Addr) bool {
-	for _, n := range e.nodeAddrs {
-		if n == a {
-			return true
-		}
-	}
-	return false
-}
-
-// decide judges a new flow from src to dst: the egress of src when it is a
-// local pod, the ingress of dst when it is. A local pod the table does not
-// know is denied.
-func (e *Engine) decide(src, dst netip.Addr, proto uint8, dport uint16, srcLocal, dstLocal bool) (d Drop, eg, ing policy.RuleRef, ok bool) {
-	none := policy.RuleRef{Policy: -1, Index: -1}
-	eg, ing = none, none
-	t := e.tab
-	e.deniedAt = netip.Addr{}
-	if t == nil {
-		return DropUnknownEndpoint, none, none, false
-	}
-	pr := policy.Protocol(proto)
-	if srcLocal {
-		dec := t.Egress(src, dst, pr, dport)
-		switch {
-		case dec.Reason == policy.NotPod:
-			return DropUnknownEndpoint, none, none, false
-		case !dec.Allowed():
-			e.deniedAt = src
-			return DropDeniedEgress, none, none, false
-		}
-		eg = dec.Rule
-	}
-	if dstLocal {
-		if e.cfg.AllowNodeToPod && !srcLocal && e.isNode(src) {
-			if _, known := t.EndpointByAddr(dst); !known {
-				return DropUnknownEndpoint, none, none, false
-			}
-			return 0, eg, ing, true
-		}
-		dec := t.Ingress(src, dst, pr, dport)
-		switch {
-		case dec.Reason == policy.NotPod:
-			return DropUnknownEndpoint, none, none, false
-		case !dec.Allowed():
-			e.deniedAt = dst
-			return DropDeniedIngress, none, none, false
-		}
-		ing = dec.Rule
-	}
-	return 0, eg, ing, true
 }

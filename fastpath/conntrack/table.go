@@ -55,6 +55,8 @@ const (
 	classUDPStream
 	classICMP
 	classGeneric
+	// classTombstone holds flows that policy cut ([Table.Tombstone]).
+	classTombstone
 	numClasses
 )
 
@@ -131,6 +133,9 @@ func (e *Entry) Expires() int64 { return e.expires }
 // Replied reports whether a packet was seen in the reply direction.
 func (e *Entry) Replied() bool { return e.bits&bitReplied != 0 }
 
+// Tombstoned reports whether the flow was cut by [Table.Tombstone].
+func (e *Entry) Tombstoned() bool { return e.class == classTombstone }
+
 // link is an entry's place in its class's LRU list, or in the free list
 // (next only).
 type link struct{ prev, next uint32 }
@@ -178,6 +183,7 @@ type counters struct {
 	evictions     atomic.Uint64
 	expirations   atomic.Uint64
 	deletes       atomic.Uint64
+	tombstones    atomic.Uint64
 	fragInserts   atomic.Uint64
 	fragEvictions atomic.Uint64
 }
@@ -200,6 +206,8 @@ type Stats struct {
 	Expirations uint64
 	// Deletes counts flows removed by Delete.
 	Deletes uint64
+	// Tombstones counts flows turned into tombstones by Tombstone.
+	Tombstones uint64
 	// FragInserts counts fragmented packets recorded by InsertFragment;
 	// FragEvictions those replaced before their timeout because the
 	// fragment table was full (their later fragments then find nothing).
@@ -264,6 +272,7 @@ func (t *Table) Stats() Stats {
 		Evictions:     t.stats.evictions.Load(),
 		Expirations:   t.stats.expirations.Load(),
 		Deletes:       t.stats.deletes.Load(),
+		Tombstones:    t.stats.tombstones.Load(),
 		FragInserts:   t.stats.fragInserts.Load(),
 		FragEvictions: t.stats.fragEvictions.Load(),
 	}
@@ -555,8 +564,10 @@ func (t *Table) Update(e *Entry, dir Dir, tcpFlags uint8, length int, now int64)
 	dir &= 1
 	cls := e.class
 	res := Accepted
-	switch e.k.proto() {
-	case policy.TCP:
+	switch {
+	case cls == classTombstone:
+		// A cut flow: no state machine; every packet keeps it alive.
+	case e.k.proto() == policy.TCP:
 		st, r := tcpStep(e.state, dir, tcpFlags, e.bits>>finShift)
 		if r >= Invalid {
 			return r
@@ -579,7 +590,7 @@ func (t *Table) Update(e *Entry, dir Dir, tcpFlags uint8, length int, now int64)
 				cls = classTCPSynSent
 			}
 		}
-	case policy.UDP:
+	case e.k.proto() == policy.UDP:
 		if dir == Reply {
 			cls = classUDPStream
 		}
@@ -623,6 +634,32 @@ func (t *Table) Count(e *Entry, dir Dir, length int) {
 	if length > 0 {
 		e.Bytes[dir&1] += uint64(length)
 	}
+}
+
+// Tombstone turns flow e into a tombstone and reports whether it did; it
+// returns false if e is nil or not an entry of t in use. A tombstone keeps
+// the flow's key, direction, counters and caller fields, but leaves its
+// state's class for a class of its own, with the Tombstone timeout, and
+// clears [FlagAllowed]: lookups find it, so that the caller can drop both
+// directions of a connection that policy cut, and no packet of it is
+// taken for the first packet of a new flow. [Table.Update] on a tombstone
+// runs no state machine: it counts the packet and restarts the timer, so
+// a tombstone lasts until the connection has been silent for the timeout.
+// An Insert of its key replaces it. Tombstoning a tombstone refreshes it.
+func (t *Table) Tombstone(e *Entry, now int64) bool {
+	i, ok := t.owned(e)
+	if !ok {
+		return false
+	}
+	now = t.clock(now)
+	t.unlink(i)
+	t.pushFront(i, classTombstone)
+	e.class = classTombstone
+	e.Flags &^= FlagAllowed
+	e.filed, e.lastSeen = now, now
+	e.expires = t.deadline(now, classTombstone)
+	t.stats.tombstones.Add(1)
+	return true
 }
 
 // Delete stops tracking flow e and reports whether it did; it returns
