@@ -664,3 +664,75 @@ func TestStatsConcurrent(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 }
+
+func TestTombstone(t *testing.T) {
+	const sec = int64(time.Second)
+	ct := newTable(t, 8)
+	k := tcpKey("10.0.0.1", 40000, "10.0.0.2", 80)
+	now := 10 * sec
+	e := mustInsert(t, ct, k, now)
+	e.Flags = FlagAllowed | 1<<4
+	ct.Update(e, Original, TCPFlagSYN, 60, now)
+	ct.Update(e, Reply, TCPFlagSYN|TCPFlagACK, 60, now)
+	ct.Update(e, Original, TCPFlagACK, 52, now)
+	if e.State() != TCPEstablished {
+		t.Fatalf("state %v", e.State())
+	}
+	if ct.Tombstone(nil, now) || ct.Tombstone(&Entry{}, now) {
+		t.Error("Tombstone of an entry not in the table reported true")
+	}
+	now += sec
+	if !ct.Tombstone(e, now) || !e.Tombstoned() {
+		t.Fatal("Tombstone() = false")
+	}
+	if e.Flags != 1<<4 {
+		t.Errorf("flags %#x: want FlagAllowed cleared and the caller's bits kept", e.Flags)
+	}
+	timeout := int64(DefaultTimeouts().Tombstone)
+	if e.Expires() != now+timeout {
+		t.Errorf("expires %d, want %d", e.Expires(), now+timeout)
+	}
+	checkInvariants(t, ct)
+	// Both directions find it; packets keep it alive without touching the
+	// TCP state, whatever their flags.
+	for i, pk := range []struct {
+		k     Key
+		dir   Dir
+		flags uint8
+	}{{k, Original, TCPFlagACK}, {k.Reverse(), Reply, TCPFlagACK | TCPFlagPSH}, {k.Reverse(), Reply, TCPFlagFIN}, {k, Original, TCPFlagSYN | TCPFlagACK}} {
+		now += 100 * sec
+		got, dir := ct.Lookup(pk.k, now)
+		if got != e || dir != pk.dir {
+			t.Fatalf("packet %d: lookup %p %v, want the tombstone %p %v", i, got, dir, e, pk.dir)
+		}
+		if r := ct.Update(e, dir, pk.flags, 40, now); r != Accepted {
+			t.Errorf("packet %d: Update = %v, want accepted", i, r)
+		}
+		if e.Expires() != now+timeout || e.State() != TCPEstablished || !e.Tombstoned() {
+			t.Errorf("packet %d: expires %d state %v tombstoned %v", i, e.Expires(), e.State(), e.Tombstoned())
+		}
+	}
+	// The handshake (2 + 1) and the 2 + 2 packets on the tombstone.
+	if e.Packets != [2]uint64{4, 3} {
+		t.Errorf("packets %v, want [4 3]", e.Packets)
+	}
+	// Silence for the timeout: gone, and Expire reclaims it.
+	now += timeout
+	if got, _ := ct.Lookup(k, now); got != nil {
+		t.Error("the tombstone outlived its timeout")
+	}
+	if n := ct.Expire(now, 8); n != 1 {
+		t.Errorf("Expire reclaimed %d, want 1", n)
+	}
+	// An insert of a tombstone's key replaces it.
+	e = mustInsert(t, ct, k, now)
+	ct.Tombstone(e, now)
+	e2 := mustInsert(t, ct, k.Reverse(), now)
+	if e2.Tombstoned() || ct.Len() != 1 || e2.Key() != k.Reverse() {
+		t.Errorf("insert over a tombstone: tombstoned %v, len %d, key %v", e2.Tombstoned(), ct.Len(), e2.Key())
+	}
+	if st := ct.Stats(); st.Tombstones != 2 {
+		t.Errorf("stats: %d tombstones, want 2", st.Tombstones)
+	}
+	checkInvariants(t, ct)
+}
