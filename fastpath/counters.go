@@ -53,9 +53,12 @@ const (
 	// flow tracks, outside the pick-up window after a start: it cannot
 	// start a flow (connections start with a SYN).
 	DropTCPNoFlow
+	// DropNoPort: a frame punted by the TC program of a veth that is no
+	// (longer a) port of the engine.
+	DropNoPort
 
 	// NumDrops is the number of Drop values.
-	NumDrops = int(DropTCPNoFlow) + 1
+	NumDrops = int(DropNoPort) + 1
 )
 
 // String returns the reason as a snake_case metric label.
@@ -94,6 +97,8 @@ func (d Drop) String() string {
 		return "no_neighbor"
 	case DropTCPNoFlow:
 		return "tcp_no_flow"
+	case DropNoPort:
+		return "no_port"
 	}
 	return fmt.Sprintf("drop_%d", uint8(d))
 }

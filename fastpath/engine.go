@@ -61,6 +61,13 @@ type PortSpec struct {
 	PeerMAC [6]byte
 	// PodIPs are the pod's addresses (pod ports only).
 	PodIPs []netip.Addr
+	// Ifindex is the index of the pod's host-side veth (pod ports): frames
+	// that its TC program punts to the kernel leg carry it in their
+	// destination MAC, and arrive on the kernel port.
+	Ifindex int
+	// TxOnly: the engine never receives from Port; the pod's frames
+	// arrive on the kernel port, punted (see Ifindex).
+	TxOnly bool
 }
 
 // Config configures an [Engine].
@@ -131,8 +138,10 @@ type Engine struct {
 	// Owned by the worker goroutine.
 	ct        *conntrack.Table
 	ports     []*port
+	rxPorts   []*port // the ports the worker receives from
 	kernel    *port
 	byAddr    *addrmap.Map[*port] // local pod addresses; rebuilt when ports change
+	byIfindex map[int]*port       // pod ports by the ifindex of their veth
 	nodeAddrs []netip.Addr
 	batch     []xsk.Frame
 	pkts      []packet.Packet // parsed frames of the batch
@@ -292,6 +301,12 @@ func (e *Engine) addPort(s PortSpec) error {
 				return fmt.Errorf("add port %s: address %s already belongs to port %s", s.Name, a, q.Name)
 			}
 		}
+		if q := e.byIfindex[s.Ifindex]; s.Ifindex != 0 && q != nil {
+			return fmt.Errorf("add port %s: ifindex %d already belongs to port %s", s.Name, s.Ifindex, q.Name)
+		}
+		if s.TxOnly && s.Ifindex <= 0 {
+			return fmt.Errorf("add port %s: a transmit-only pod port needs the ifindex its frames are punted with", s.Name)
+		}
 		p.PodIPs = make([]netip.Addr, len(s.PodIPs))
 		for i, a := range s.PodIPs {
 			p.PodIPs[i] = a.Unmap()
@@ -320,12 +335,20 @@ func (e *Engine) portsChanged() {
 		}
 	}
 	m := addrmap.New[*port](n4, n6)
+	byIfindex := make(map[int]*port, len(e.ports))
+	e.rxPorts = e.rxPorts[:0]
 	for _, p := range e.ports {
 		for _, a := range p.PodIPs {
 			m.Insert(a, p)
 		}
+		if p.Kind == PodPort && p.Ifindex > 0 {
+			byIfindex[p.Ifindex] = p
+		}
+		if !p.TxOnly {
+			e.rxPorts = append(e.rxPorts, p)
+		}
 	}
-	e.byAddr = m
+	e.byAddr, e.byIfindex = m, byIfindex
 }
 
 func (e *Engine) removePort(name string) error {
@@ -377,7 +400,7 @@ func (e *Engine) runOnce() bool {
 		e.tableChanged()
 	}
 	worked := false
-	for _, p := range e.ports {
+	for _, p := range e.rxPorts {
 		n := p.Port.Receive(e.batch)
 		if n == 0 {
 			continue

@@ -48,53 +48,86 @@ func (e *Engine) flow(i int, p *packet.Packet) (conntrack.Key, *conntrack.Entry,
 	return e.keys[j], e.ents[j], e.dirs[j]
 }
 
-// frame handles the received frame f with batch index i, parsed by
-// prepare; it always releases or transmits f.
-func (e *Engine) frame(in *port, f xsk.Frame, i int) {
-	b := in.Port.Bytes(f)
+// rxFrame is a received frame: f, whose bytes are b, in the UMEM of the
+// socket of port rx, which must release or transmit it.
+type rxFrame struct {
+	rx *port
+	f  xsk.Frame
+	b  []byte
+}
+
+// frame handles the received frame f of port rx with batch index i, parsed
+// by prepare; it always releases or transmits f. A frame on the kernel
+// port that a pod port's TC program punted (its destination MAC is the
+// punt marker) is handled as if that pod's port had received it.
+func (e *Engine) frame(rx *port, f xsk.Frame, i int) {
+	fr := rxFrame{rx: rx, f: f, b: rx.Port.Bytes(f)}
 	e.cnt.add(cRxPackets, 1)
-	e.cnt.add(cRxBytes, uint64(len(b)))
-	in.stats.local[pRxPackets]++
-	in.stats.local[pRxBytes] += uint64(len(b))
+	e.cnt.add(cRxBytes, uint64(len(fr.b)))
 	p := &e.pkts[i]
+	in := rx
+	if r := e.reasons[i]; r == packet.OK && rx.Kind == KernelPort {
+		if ifindex, ok := puntedFrom(p.DstMAC); ok {
+			if in = e.byIfindex[ifindex]; in == nil {
+				e.drop(fr, DropNoPort)
+				return
+			}
+		}
+	}
+	in.stats.local[pRxPackets]++
+	in.stats.local[pRxBytes] += uint64(len(fr.b))
 	if r := e.reasons[i]; r != packet.OK {
-		e.drop(in, f, Drop(r))
+		e.drop(fr, Drop(r))
 		return
 	}
 	if p.HasVLAN {
-		e.drop(in, f, DropNotRouted)
+		e.drop(fr, DropNotRouted)
 		return
 	}
 	if in.Kind == KernelPort {
-		e.fromKernel(in, f, b, p, i)
+		e.fromKernel(fr, p, i)
 		return
 	}
-	e.fromPod(in, f, b, p, i)
+	e.fromPod(fr, in, p, i)
 }
 
-// reject drops frame f (b, parsed into p), received on in, that verdict
-// v denied, and accounts the denial. A TCP segment of a connection that
+// puntMarker starts the destination MAC of a frame that the TC program of
+// a pod's veth punted to the kernel leg; the next four bytes are the
+// veth's ifindex (big-endian). See package fastpath/offload.
+var puntMarker = [2]byte{0x06, 0x70}
+
+// puntedFrom returns the ifindex of the pod veth that punted a frame with
+// destination MAC dst, if it is the punt marker.
+func puntedFrom(dst [6]byte) (int, bool) {
+	if dst[0] != puntMarker[0] || dst[1] != puntMarker[1] {
+		return 0, false
+	}
+	return int(binary.BigEndian.Uint32(dst[2:])), true
+}
+
+// reject drops the frame fr (parsed into p) from port in, which verdict v
+// denied, and accounts the denial. A TCP segment of a connection that
 // policy cut is answered with a reset to its sender when
 // [Config.CutReset] is set: the frame itself becomes the reset.
-func (e *Engine) reject(in *port, f xsk.Frame, b []byte, p *packet.Packet, v verdict) {
+func (e *Engine) reject(fr rxFrame, in *port, p *packet.Packet, v verdict) {
 	e.denied(p, v)
 	if !v.cut || !e.cfg.CutReset || p.Proto != packet.ProtoTCP {
-		e.drop(in, f, v.drop)
+		e.drop(fr, v.drop)
 		return
 	}
-	n := packet.BuildTCPReset(b[:cap(b)], b, p, p.SrcMAC, in.MAC)
+	n := packet.BuildTCPReset(fr.b[:cap(fr.b)], fr.b, p, p.SrcMAC, in.MAC)
 	if n == 0 {
-		e.drop(in, f, v.drop)
+		e.drop(fr, v.drop)
 		return
 	}
 	e.cnt.drop(v.drop)
 	e.cnt.add(cResets, 1)
-	e.send(in, f, n, Reply)
+	e.emit(fr, n, in, Reply)
 }
 
-func (e *Engine) drop(in *port, f xsk.Frame, d Drop) {
-	in.Port.Release(f)
-	in.dirty = true
+func (e *Engine) drop(fr rxFrame, d Drop) {
+	fr.rx.Port.Release(fr.f)
+	fr.rx.dirty = true
 	e.cnt.drop(d)
 }
 
@@ -128,37 +161,38 @@ func isNDP(p *packet.Packet) bool {
 		p.ICMPType >= packet.ICMPv6RouterSolicit && p.ICMPType <= packet.ICMPv6Redirect
 }
 
-func (e *Engine) fromPod(in *port, f xsk.Frame, b []byte, p *packet.Packet, i int) {
+// fromPod handles a frame that the pod of port in sent.
+func (e *Engine) fromPod(fr rxFrame, in *port, p *packet.Packet, i int) {
 	if !in.checkPodMAC(p.SrcMAC) {
-		e.drop(in, f, DropSpoofedMAC)
+		e.drop(fr, DropSpoofedMAC)
 		return
 	}
 	if p.L3 == packet.L3ARP {
 		a := &p.ARP
 		if a.SenderMAC != in.PeerMAC || (!in.owns(a.SenderIP) && !a.SenderIP.IsUnspecified()) {
-			e.drop(in, f, DropSpoofedSource)
+			e.drop(fr, DropSpoofedSource)
 			return
 		}
 		// The gateway answers for every address but the pod's own (those
 		// requests are duplicate address probes).
 		if a.Op == packet.ARPRequest && !in.owns(a.TargetIP) {
-			e.replyARP(in, f, b, p)
+			e.replyARP(fr, in, p)
 			return
 		}
-		e.drop(in, f, DropNeighbor)
+		e.drop(fr, DropNeighbor)
 		return
 	}
 	if isNDP(p) {
 		if p.ICMPType == packet.ICMPv6NeighborSolicit && !in.owns(p.NDP.Target) &&
 			(in.owns(p.Src) || p.Src.IsUnspecified() || p.Src.IsLinkLocalUnicast()) {
-			e.replyNA(in, f, p, packet.NARouter|packet.NAOverride)
+			e.replyNA(fr, in, p, packet.NARouter|packet.NAOverride)
 			return
 		}
 		d := DropNeighbor
 		if p.ICMPType != packet.ICMPv6NeighborAdvert && p.ICMPType != packet.ICMPv6NeighborSolicit {
 			d = DropNotRouted
 		}
-		e.drop(in, f, d)
+		e.drop(fr, d)
 		return
 	}
 	if !in.owns(p.Src) {
@@ -166,11 +200,11 @@ func (e *Engine) fromPod(in *port, f xsk.Frame, b []byte, p *packet.Packet, i in
 		if p.Src.IsLinkLocalUnicast() || p.Src.IsUnspecified() {
 			d = DropNotRouted
 		}
-		e.drop(in, f, d)
+		e.drop(fr, d)
 		return
 	}
 	if !routable(p.Dst) {
-		e.drop(in, f, DropNotRouted)
+		e.drop(fr, DropNotRouted)
 		return
 	}
 	out, path := e.local(p.Dst), PodToPod
@@ -184,36 +218,38 @@ func (e *Engine) fromPod(in *port, f xsk.Frame, b []byte, p *packet.Packet, i in
 	if out == nil {
 		out, path = e.kernel, PodToKernel
 		if out == nil {
-			e.drop(in, f, DropNoRoute)
+			e.drop(fr, DropNoRoute)
 			return
 		}
 	}
 	if v := e.judge(p, i, sides{src: true, dst: path == PodToPod}); !v.ok {
-		e.reject(in, f, b, p, v)
+		e.reject(fr, in, p, v)
 		return
 	}
-	e.forward(in, f, b, p, out, path)
+	e.forward(fr, p, out, path)
 }
 
-func (e *Engine) fromKernel(in *port, f xsk.Frame, b []byte, p *packet.Packet, i int) {
+// fromKernel handles a frame that the kernel sent on the kernel leg.
+func (e *Engine) fromKernel(fr rxFrame, p *packet.Packet, i int) {
+	in := fr.rx
 	if p.L3 == packet.L3ARP {
 		if p.ARP.Op == packet.ARPRequest && e.hasAddr(p.ARP.TargetIP) {
-			e.replyARP(in, f, b, p)
+			e.replyARP(fr, in, p)
 			return
 		}
-		e.drop(in, f, DropNeighbor)
+		e.drop(fr, DropNeighbor)
 		return
 	}
 	if isNDP(p) {
 		if p.ICMPType == packet.ICMPv6NeighborSolicit && e.hasAddr(p.NDP.Target) {
-			e.replyNA(in, f, p, packet.NAOverride)
+			e.replyNA(fr, in, p, packet.NAOverride)
 			return
 		}
 		d := DropNeighbor
 		if p.ICMPType != packet.ICMPv6NeighborAdvert && p.ICMPType != packet.ICMPv6NeighborSolicit {
 			d = DropNotRouted
 		}
-		e.drop(in, f, d)
+		e.drop(fr, d)
 		return
 	}
 	out := e.local(p.Dst)
@@ -222,7 +258,7 @@ func (e *Engine) fromKernel(in *port, f xsk.Frame, b []byte, p *packet.Packet, i
 		if !routable(p.Dst) {
 			d = DropNotRouted
 		}
-		e.drop(in, f, d)
+		e.drop(fr, d)
 		return
 	}
 	// A local source here is a pod's packet that the kernel sent back (a
@@ -230,10 +266,10 @@ func (e *Engine) fromKernel(in *port, f xsk.Frame, b []byte, p *packet.Packet, i
 	// and the flow's replies must return through the kernel.
 	srcLocal := e.hasAddr(p.Src)
 	if v := e.judge(p, i, sides{src: srcLocal, dst: true, viaKernel: srcLocal}); !v.ok {
-		e.reject(in, f, b, p, v)
+		e.reject(fr, in, p, v)
 		return
 	}
-	e.forward(in, f, b, p, out, KernelToPod)
+	e.forward(fr, p, out, KernelToPod)
 }
 
 // local returns the port of a local pod's address, or nil.
@@ -244,22 +280,27 @@ func (e *Engine) local(a netip.Addr) *port {
 
 func (e *Engine) hasAddr(a netip.Addr) bool { return e.local(a) != nil }
 
-func (e *Engine) replyARP(in *port, f xsk.Frame, b []byte, p *packet.Packet) {
-	if !packet.ReplyARP(b, p, in.MAC) {
-		e.drop(in, f, DropNeighbor)
+// replyARP answers the ARP request fr (parsed into p) that came from port
+// in, out of in.
+func (e *Engine) replyARP(fr rxFrame, in *port, p *packet.Packet) {
+	if !packet.ReplyARP(fr.b, p, in.MAC) {
+		e.drop(fr, DropNeighbor)
 		return
 	}
-	e.send(in, f, len(b), Reply)
+	e.emit(fr, len(fr.b), in, Reply)
 }
 
-func (e *Engine) replyNA(in *port, f xsk.Frame, p *packet.Packet, flags packet.NAFlags) {
+// replyNA answers the neighbor solicitation fr (parsed into p) that came
+// from port in, out of in.
+func (e *Engine) replyNA(fr rxFrame, in *port, p *packet.Packet, flags packet.NAFlags) {
 	nf, ok := in.Port.Alloc()
 	if !ok {
-		e.drop(in, f, DropTxRingFull)
+		e.drop(fr, DropTxRingFull)
 		return
 	}
 	n := packet.BuildNeighborAdvertisement(in.Port.Bytes(nf), p, in.MAC, flags)
-	in.Port.Release(f)
+	fr.rx.Port.Release(fr.f)
+	fr.rx.dirty = true
 	if n == 0 {
 		in.Port.Release(nf)
 		in.dirty = true
@@ -269,7 +310,8 @@ func (e *Engine) replyNA(in *port, f xsk.Frame, p *packet.Packet, flags packet.N
 	e.send(in, nf, n, Reply)
 }
 
-// send transmits f (n bytes) on out and counts it on path.
+// send transmits f (n bytes, a frame of out's socket) on out and counts it
+// on path.
 func (e *Engine) send(out *port, f xsk.Frame, n int, path Path) {
 	out.dirty = true
 	f.Len = uint32(n)
@@ -284,39 +326,54 @@ func (e *Engine) send(out *port, f xsk.Frame, n int, path Path) {
 	out.stats.local[pTxBytes] += uint64(n)
 }
 
-// forward copies the IP packet of f into a frame of out, rewrites it and
-// transmits it.
-func (e *Engine) forward(in *port, f xsk.Frame, b []byte, p *packet.Packet, out *port, path Path) {
+// emit transmits the first n bytes of the received frame fr on out: in
+// place when fr belongs to out's socket, else copied into a frame of
+// out's socket (fr is then released).
+func (e *Engine) emit(fr rxFrame, n int, out *port, path Path) {
+	if out == fr.rx {
+		e.send(out, fr.f, n, path)
+		return
+	}
+	nf, ok := out.Port.Alloc()
+	if !ok {
+		e.drop(fr, DropTxRingFull)
+		return
+	}
+	ob := out.Port.Bytes(nf)
+	if n > len(ob) {
+		out.Port.Release(nf)
+		out.dirty = true
+		e.drop(fr, DropTooBig)
+		return
+	}
+	copy(ob, fr.b[:n])
+	fr.rx.Port.Release(fr.f)
+	fr.rx.dirty = true
+	e.send(out, nf, n, path)
+}
+
+// forward rewrites the IP packet of fr (parsed into p) for out (TTL or hop
+// limit, MACs, a checksum left partial by the sender) and transmits it.
+func (e *Engine) forward(fr rxFrame, p *packet.Packet, out *port, path Path) {
 	n := p.L3Off + p.L3Len // without Ethernet padding
-	if r := packet.DecrementTTL(b, p); r != packet.OK {
-		e.drop(in, f, Drop(r))
+	if r := packet.DecrementTTL(fr.b, p); r != packet.OK {
+		e.drop(fr, Drop(r))
 		return
 	}
 	if out.PeerMAC == ([6]byte{}) {
 		// A pod that has not sent a frame yet and whose MAC the port was
 		// not given: a frame to the broadcast MAC would be discarded by
 		// the pod's TCP, so drop and count.
-		e.drop(in, f, DropNoNeighbor)
+		e.drop(fr, DropNoNeighbor)
 		return
 	}
-	nf, ok := out.Port.Alloc()
-	if !ok {
-		e.drop(in, f, DropTxRingFull)
+	if n > len(fr.b) {
+		e.drop(fr, DropTooBig)
 		return
 	}
-	ob := out.Port.Bytes(nf)
-	if n > len(ob) {
-		out.Port.Release(nf)
-		e.drop(in, f, DropTooBig)
-		return
-	}
-	copy(ob, b[:n])
-	in.Port.Release(f)
-	in.dirty, out.dirty = true, true
-	ob = ob[:n]
-	completeChecksum(ob, p)
-	packet.SetMACs(ob, out.PeerMAC, out.MAC)
-	e.send(out, nf, n, path)
+	completeChecksum(fr.b[:n], p)
+	packet.SetMACs(fr.b, out.PeerMAC, out.MAC)
+	e.emit(fr, n, out, path)
 }
 
 // completeChecksum finishes a TCP or UDP checksum that checksum offload in
