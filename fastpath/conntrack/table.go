@@ -30,12 +30,23 @@ func (d Dir) String() string {
 }
 
 // Flags are bits that the fastpath keeps in an [Entry]. The table clears
-// them on insert and never reads them; bits other than FlagAllowed are free
-// for the caller.
+// them on insert; bits other than FlagAllowed and FlagOffloaded are free
+// for the caller and never read by the table.
 type Flags uint8
 
-// FlagAllowed: the cached verdict lets the flow through.
-const FlagAllowed Flags = 1 << 0
+// Flags that the table knows.
+const (
+	// FlagAllowed: the cached verdict lets the flow through. Tombstone
+	// clears it.
+	FlagAllowed Flags = 1 << 0
+	// FlagOffloaded: the caller installed the flow in a table outside this
+	// one (the kernel's established-flow table) that must forget it when
+	// this one does: the table calls its release hook
+	// ([Table.SetReleaseHook]) and clears the flag when such a flow is
+	// released (expired, evicted, deleted, replaced by an insert of its
+	// key) or tombstoned.
+	FlagOffloaded Flags = 1 << 7
+)
 
 // Traffic classes: each has its own timeout and its own LRU list, so that
 // within a list the least recently seen entry is also the first to expire.
@@ -174,6 +185,9 @@ type Table struct {
 	frags       fragTable
 	batch       batch
 	stats       counters
+	// onRelease is called for entries with FlagOffloaded that stop being
+	// live flows; nil if unset.
+	onRelease func(*Entry)
 }
 
 // counters are written by the owner and read by any goroutine.
@@ -443,6 +457,7 @@ func (t *Table) insert(k *Key, st TCPState, now int64) (*Entry, bool) {
 		if t.entries[i].expires <= now {
 			t.stats.expirations.Add(1)
 		}
+		t.released(&t.entries[i])
 		t.unlink(i)
 	case v != noIdx:
 		next := t.lru[v].prev // the next victim of this class, or its sentinel
@@ -541,6 +556,7 @@ func (t *Table) release(i uint32) { t.releaseHashed(i, t.seed.hash(&t.entries[i]
 // releaseHashed is release for an entry whose key hashes to h.
 func (t *Table) releaseHashed(i uint32, h uint64) {
 	e := &t.entries[i]
+	t.released(e)
 	t.index.remove(h, i+1)
 	t.unlink(i)
 	e.class = classFree
@@ -605,6 +621,12 @@ func (t *Table) Update(e *Entry, dir Dir, tcpFlags uint8, length int, now int64)
 	if dir == Reply {
 		e.bits |= bitReplied
 	}
+	t.refresh(i, e, cls, now)
+	return Accepted
+}
+
+// refresh makes entry i (e), now of class cls, seen at now.
+func (t *Table) refresh(i uint32, e *Entry, cls uint8, now int64) {
 	if cls != e.class || now-e.filed >= t.granularity {
 		// Moving costs cache misses on the list neighbours, so an entry
 		// moves at most once per granularity: the list is sorted by filed,
@@ -618,7 +640,6 @@ func (t *Table) Update(e *Entry, dir Dir, tcpFlags uint8, length int, now int64)
 	}
 	e.lastSeen = now
 	e.expires = t.deadline(now, cls)
-	return Accepted
 }
 
 // Count adds a packet of length bytes to the counters of direction dir of
@@ -652,6 +673,7 @@ func (t *Table) Tombstone(e *Entry, now int64) bool {
 		return false
 	}
 	now = t.clock(now)
+	t.released(e)
 	t.unlink(i)
 	t.pushFront(i, classTombstone)
 	e.class = classTombstone
@@ -660,6 +682,87 @@ func (t *Table) Tombstone(e *Entry, now int64) bool {
 	e.expires = t.deadline(now, classTombstone)
 	t.stats.tombstones.Add(1)
 	return true
+}
+
+// SetReleaseHook makes the table call fn for every entry with
+// [FlagOffloaded] when it stops being a live flow: just before it is
+// released (expired, evicted, deleted, replaced by an insert of its key)
+// or turned into a tombstone, while its key and fields still describe the
+// flow. The table clears FlagOffloaded after the call. fn runs on the
+// owner's goroutine inside the table's method: it must not call the
+// table's methods.
+func (t *Table) SetReleaseHook(fn func(e *Entry)) { t.onRelease = fn }
+
+func (t *Table) released(e *Entry) {
+	if e.Flags&FlagOffloaded != 0 {
+		if t.onRelease != nil {
+			t.onRelease(e)
+		}
+		e.Flags &^= FlagOffloaded
+	}
+}
+
+// Index returns the position of e in the table, in [0, Cap()): a stable
+// name for the flow while it is tracked (a slot of a table outside, such
+// as the kernel's per-flow counters), reused by later flows. ok is false
+// if e is not an entry of t in use.
+func (t *Table) Index(e *Entry) (i uint32, ok bool) { return t.owned(e) }
+
+// Touch records that flow e carried packets elsewhere (the kernel
+// forwarded them), the last one at time seen: if seen is later than e's
+// last-seen time, e is refreshed as an accepted packet at now would
+// refresh it (last-seen time, expiry, LRU position; a UDP flow with
+// packets in the reply direction becomes a stream), without running the
+// TCP state machine. Calling it soon after seen keeps the error small: a
+// flow's last-seen time is at most that delay late. packets and bytes
+// (per direction) are added to its counters. It reports false, changing
+// nothing, if e is not an entry of t in use.
+func (t *Table) Touch(e *Entry, seen int64, packets, bytes [2]uint64, now int64) bool {
+	i, ok := t.owned(e)
+	if !ok {
+		return false
+	}
+	now = t.clock(now)
+	for d := range 2 {
+		e.Packets[d] += packets[d]
+		e.Bytes[d] += bytes[d]
+	}
+	cls := e.class
+	if packets[Reply] > 0 {
+		e.bits |= bitReplied
+		if cls == classUDP {
+			cls = classUDPStream
+		}
+	}
+	if seen > e.lastSeen || cls != e.class {
+		t.refresh(i, e, cls, now)
+	}
+	return true
+}
+
+// Scan calls fn for up to n entries in use, starting at position from and
+// wrapping around at the end of the entries ever used, and returns the
+// position after the last one looked at: calling Scan again with it
+// continues where this call stopped. Expired entries not yet reclaimed are
+// included. fn may read and write the entry's exported fields and call
+// Touch, but must not insert, delete, tombstone or expire.
+func (t *Table) Scan(from uint32, n int, fn func(e *Entry)) uint32 {
+	if t.fresh == 0 {
+		return 0
+	}
+	if from >= t.fresh {
+		from = 0
+	}
+	i := from
+	for range min(n, int(t.fresh)) {
+		if e := &t.entries[i]; e.class != classFree {
+			fn(e)
+		}
+		if i++; i == t.fresh {
+			i = 0
+		}
+	}
+	return i
 }
 
 // Delete stops tracking flow e and reports whether it did; it returns
