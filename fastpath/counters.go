@@ -150,7 +150,12 @@ const (
 	cBatches    = cRechecks + 1
 	cCutDrops   = cBatches + 1  // packets dropped on the tombstone of a cut flow
 	cResets     = cCutDrops + 1 // TCP resets sent for cut connections
-	numCounters = cResets + 1
+	// cOffloaded is a gauge: flows in the kernel's table.
+	cOffloaded       = cResets + 1
+	cOffloadInstalls = cOffloaded + 1       // flows installed in the kernel
+	cOffloadRemoves  = cOffloadInstalls + 1 // flows removed from it
+	cOffloadErrors   = cOffloadRemoves + 1  // failed calls of the flow table
+	numCounters      = cOffloadErrors + 1
 )
 
 // counters are the worker's own counters (plain integers) and their
@@ -191,6 +196,10 @@ type Stats struct {
 	// (they are also counted in Drops, under the reason of the cut);
 	// Resets the TCP resets sent to the senders of such packets.
 	CutDrops, Resets uint64
+	// Offloaded is the number of flows in the kernel's table now;
+	// OffloadInstalls and OffloadRemoves count flows installed in and
+	// removed from it, OffloadErrors failed calls of it.
+	Offloaded, OffloadInstalls, OffloadRemoves, OffloadErrors uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -210,5 +219,9 @@ func (c *counters) snapshot() Stats {
 	s.Batches = c.shared[cBatches].Load()
 	s.CutDrops = c.shared[cCutDrops].Load()
 	s.Resets = c.shared[cResets].Load()
+	s.Offloaded = c.shared[cOffloaded].Load()
+	s.OffloadInstalls = c.shared[cOffloadInstalls].Load()
+	s.OffloadRemoves = c.shared[cOffloadRemoves].Load()
+	s.OffloadErrors = c.shared[cOffloadErrors].Load()
 	return s
 }

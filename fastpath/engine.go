@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/podgate/podgate/fastpath/conntrack"
 	"github.com/podgate/podgate/fastpath/packet"
 	"github.com/podgate/podgate/fastpath/xsk"
@@ -112,7 +114,13 @@ type Config struct {
 	// lower latency and fewer drops under bursts, for a CPU kept busy
 	// while traffic flows. Zero (the default) sleeps at once.
 	BusyPoll time.Duration
-	// Now returns monotonic nanoseconds; nil means the real clock.
+	// Offload, if set, is the kernel's table of established flows, which
+	// the engine programs (see kernelflows.go); nil keeps every packet in
+	// the engine.
+	Offload FlowTable
+	// Now returns monotonic nanoseconds; nil means the system's
+	// CLOCK_MONOTONIC, the clock of the kernel's timestamps of offloaded
+	// flows (bpf_ktime_get_ns).
 	Now func() int64
 }
 
@@ -152,6 +160,7 @@ type Engine struct {
 	dirs      []conntrack.Dir
 	changed   bool // the flow table changed during this batch
 	tab       *policy.Table
+	off       *offloader // nil without Config.Offload
 	now       int64
 	waiter    waiter
 	// started is Config.Now when the engine was made.
@@ -188,14 +197,17 @@ func New(cfg Config) (*Engine, error) {
 		cfg.ReversePickup = 2 * time.Minute
 	}
 	if cfg.Now == nil {
-		start := time.Now()
-		cfg.Now = func() int64 { return int64(time.Since(start)) + int64(time.Second) }
+		now, err := monotonicClock()
+		if err != nil {
+			return nil, fmt.Errorf("new fastpath engine: %w", err)
+		}
+		cfg.Now = now
 	}
 	ct, err := conntrack.New(cfg.Conntrack)
 	if err != nil {
 		return nil, fmt.Errorf("new fastpath engine: %w", err)
 	}
-	return &Engine{
+	e := &Engine{
 		started:    cfg.Now(),
 		monoBase:   cfg.Now(),
 		wallBase:   time.Now(),
@@ -213,7 +225,12 @@ func New(cfg Config) (*Engine, error) {
 		keys:       make([]conntrack.Key, cfg.BatchSize),
 		ents:       make([]*conntrack.Entry, cfg.BatchSize),
 		dirs:       make([]conntrack.Dir, cfg.BatchSize),
-	}, nil
+	}
+	if cfg.Offload != nil {
+		e.off = newOffloader(cfg.Offload)
+		ct.SetReleaseHook(e.released)
+	}
+	return e, nil
 }
 
 // command is a change the worker makes between batches.
@@ -270,7 +287,15 @@ func (e *Engine) ConntrackStats() conntrack.Stats { return e.ct.Stats() }
 // Flows calls fn for every tracked flow, on the worker goroutine, between
 // two batches; fn must not keep the entry.
 func (e *Engine) Flows(ctx context.Context, fn func(*conntrack.Entry) bool) error {
-	return e.do(ctx, func(e *Engine) error { e.ct.Range(e.now, fn); return nil })
+	return e.do(ctx, func(e *Engine) error {
+		e.ct.Range(e.now, func(ent *conntrack.Entry) bool {
+			if e.off != nil {
+				e.fold(ent)
+			}
+			return fn(ent)
+		})
+		return nil
+	})
 }
 
 func (e *Engine) addPort(s PortSpec) error {
@@ -316,6 +341,8 @@ func (e *Engine) addPort(s PortSpec) error {
 	}
 	e.ports = append(e.ports, p)
 	e.portsChanged()
+	// A pod's flows that the kernel forwarded as remote change their way.
+	e.unoffloadAddrs(p.PodIPs)
 	return nil
 }
 
@@ -359,7 +386,9 @@ func (e *Engine) removePort(name string) error {
 		err := p.Port.Flush()
 		if e.kernel == p {
 			e.kernel = nil
+			e.unoffloadAll()
 		}
+		e.unoffloadAddrs(p.PodIPs)
 		e.ports = append(e.ports[:i], e.ports[i+1:]...)
 		e.portsChanged()
 		if err != nil {
@@ -398,6 +427,7 @@ func (e *Engine) runOnce() bool {
 	if t := e.cfg.Store.Load(); t != e.tab {
 		e.tab = t
 		e.tableChanged()
+		e.recheckOffloaded()
 	}
 	worked := false
 	for _, p := range e.rxPorts {
@@ -415,6 +445,8 @@ func (e *Engine) runOnce() bool {
 	}
 	e.flushAll()
 	e.ct.Expire(e.now, 64)
+	e.sweep()
+	e.flushOffload()
 	e.cnt.publish()
 	for _, p := range e.ports {
 		p.stats.publish()
@@ -431,4 +463,16 @@ func (e *Engine) flushAll() {
 			_ = p.Port.Flush()
 		}
 	}
+}
+
+// monotonicClock returns a clock that reads CLOCK_MONOTONIC in nanoseconds
+// without a system call: one reading of the kernel's clock plus Go's
+// monotonic time since, which is the same clock.
+func monotonicClock() (func() int64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return nil, fmt.Errorf("read CLOCK_MONOTONIC: %w", err)
+	}
+	base, start := ts.Nano(), time.Now()
+	return func() int64 { return base + int64(time.Since(start)) }, nil
 }

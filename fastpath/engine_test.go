@@ -30,6 +30,9 @@ var (
 	kernelPeerMAC = [6]byte{2, 0, 0, 0, 0xff, 2} // pgk0
 )
 
+// kernelIfindex is pgk0's ifindex in the rigs.
+const kernelIfindex = 99
+
 type podWire struct {
 	name   string
 	ip     netip.Addr
@@ -81,11 +84,25 @@ func newRig(t testing.TB, tab *policy.Table, tweak func(*Config)) *rig {
 	return newRigMode(t, tab, tweak, false)
 }
 
-// newPuntRig is newRig with transmit-only pod ports (rig.punt).
+// newPuntRig is newRig with transmit-only pod ports (rig.punt), and an
+// engine that offloads flows to a flow table that keeps nothing (a flow
+// it offloaded still reaches the engine when its packets are punted).
 func newPuntRig(t testing.TB, tab *policy.Table, tweak func(*Config)) *rig {
 	t.Helper()
-	return newRigMode(t, tab, tweak, true)
+	return newRigMode(t, tab, func(c *Config) {
+		c.Offload = nopFlowTable{}
+		if tweak != nil {
+			tweak(c)
+		}
+	}, true)
 }
+
+// nopFlowTable accepts every flow and forwards nothing.
+type nopFlowTable struct{}
+
+func (nopFlowTable) Install(flows []KernelFlow) (int, error) { return len(flows), nil }
+func (nopFlowTable) Remove([]KernelFlow) error               { return nil }
+func (nopFlowTable) Take(uint32) KernelCounters              { return KernelCounters{} }
 
 func newRigMode(t testing.TB, tab *policy.Table, tweak func(*Config), punt bool) *rig {
 	t.Helper()
@@ -111,13 +128,13 @@ func newRigMode(t testing.TB, tab *policy.Table, tweak func(*Config), punt bool)
 	for i, w := range podWires {
 		r.add(PortSpec{Name: w.name, Kind: PodPort, MAC: w.gwMAC, PeerMAC: w.podMAC, PodIPs: []netip.Addr{w.ip}, Ifindex: 10 + i})
 	}
-	r.add(PortSpec{Name: "kernel", Kind: KernelPort, MAC: kernelMAC, PeerMAC: kernelPeerMAC})
+	r.add(PortSpec{Name: "kernel", Kind: KernelPort, MAC: kernelMAC, PeerMAC: kernelPeerMAC, Ifindex: kernelIfindex})
 	return r
 }
 
 func (r *rig) add(s PortSpec) {
 	r.t.Helper()
-	if s.Kind == PodPort && s.Ifindex == 0 {
+	if s.Kind == PodPort && s.Ifindex == 0 && s.Name != "noindex" {
 		s.Ifindex = 100 + len(r.ports)
 	}
 	s.TxOnly = s.Kind == PodPort && r.punt

@@ -222,10 +222,12 @@ func (e *Engine) fromPod(fr rxFrame, in *port, p *packet.Packet, i int) {
 			return
 		}
 	}
-	if v := e.judge(p, i, sides{src: true, dst: path == PodToPod}); !v.ok {
+	v := e.judge(p, i, sides{src: true, dst: path == PodToPod})
+	if !v.ok {
 		e.reject(fr, in, p, v)
 		return
 	}
+	e.offload(p, v, in, out)
 	e.forward(fr, p, out, path)
 }
 
@@ -265,10 +267,12 @@ func (e *Engine) fromKernel(fr rxFrame, p *packet.Packet, i int) {
 	// Service address DNATed to a local pod): its egress is judged too,
 	// and the flow's replies must return through the kernel.
 	srcLocal := e.hasAddr(p.Src)
-	if v := e.judge(p, i, sides{src: srcLocal, dst: true, viaKernel: srcLocal}); !v.ok {
+	v := e.judge(p, i, sides{src: srcLocal, dst: true, viaKernel: srcLocal})
+	if !v.ok {
 		e.reject(fr, in, p, v)
 		return
 	}
+	e.offload(p, v, in, out)
 	e.forward(fr, p, out, KernelToPod)
 }
 

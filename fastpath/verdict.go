@@ -45,6 +45,10 @@ type verdict struct {
 	// earlier: its tombstone). A TCP sender may be told with a reset
 	// ([Config.CutReset]).
 	cut bool
+	// ent is the flow of a packet that passes, if it has one, and dir the
+	// packet's direction in it.
+	ent *conntrack.Entry
+	dir conntrack.Dir
 }
 
 var pass = verdict{ok: true}
@@ -162,8 +166,13 @@ func (e *Engine) judge(p *packet.Packet, i int, s sides) verdict {
 		e.changed = true
 		return e.newFlow(p, key, s)
 	}
+	if ent.Flags&conntrack.FlagOffloaded != 0 && p.Proto == packet.ProtoTCP && ent.State() != conntrack.TCPEstablished {
+		// A FIN or RST came through: the rest of the connection's life
+		// is the engine's.
+		e.unoffload(ent)
+	}
 	e.firstFragment(p, ent, dir)
-	return pass
+	return verdict{ok: true, ent: ent, dir: dir}
 }
 
 // cut turns a flow that policy now denies (for the reason v) into a
@@ -221,7 +230,7 @@ func (e *Engine) newFlow(p *packet.Packet, key conntrack.Key, s sides) verdict {
 	}
 	ent, _ := e.ct.Insert(key, e.now)
 	e.track(p, key, ent, conntrack.Original, s, eg, ing)
-	return pass
+	return verdict{ok: true, ent: ent, dir: conntrack.Original}
 }
 
 // ephemeralPortMin is where the ports that clients' kernels choose begin:
@@ -278,7 +287,7 @@ func (e *Engine) pickup(p *packet.Packet, key conntrack.Key, s sides) verdict {
 	}
 	ent, _ := e.ct.InsertEstablished(key, e.now)
 	e.track(p, key, ent, dir, s, eg, ing)
-	return pass
+	return verdict{ok: true, ent: ent, dir: dir}
 }
 
 // track records the verdict of a flow just inserted as ent, with key in
