@@ -50,6 +50,7 @@ type agentConfig struct {
 	KernelLink      string
 	InterfacePrefix string
 	LogLevel        string
+	ManifestLimits  manifestLimits
 }
 
 // validate reports every problem with the configuration, joined.
@@ -100,7 +101,9 @@ their connectivity, without enforcement.`,
 			if err := cfg.validate(); err != nil {
 				return err
 			}
-			return runAgent(cmd.Context(), cfg, cmd.ErrOrStderr())
+			ctx, stop := signalContext(cmd)
+			defer stop()
+			return runAgent(ctx, cfg, cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
@@ -120,6 +123,7 @@ their connectivity, without enforcement.`,
 	f.StringVar(&cfg.KernelLink, "kernel-link", "pgk0", "name of the kernel end of the kernel leg")
 	f.StringVar(&cfg.InterfacePrefix, "interface-prefix", "", "only veths whose name starts with this are pod interfaces (default: every veth with pod host routes)")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
+	cfg.ManifestLimits.addFlags(f)
 	return cmd
 }
 
@@ -185,6 +189,7 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 	if len(cfg.Manifests) > 0 {
 		fs, err := k8swatch.NewFileSource(k8swatch.FileConfig{
 			Paths:     cfg.Manifests,
+			Loader:    cfg.ManifestLimits.loader(),
 			Store:     store,
 			Logger:    logger.With("component", "files"),
 			NodeAddrs: nd.NodeAddrs(),
