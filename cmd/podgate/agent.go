@@ -132,6 +132,14 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 	_ = lvl.UnmarshalText([]byte(cfg.LogLevel))
 	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lvl})).With("node", cfg.NodeName)
 
+	// One agent per node: a second one stops here, before it touches any
+	// program, route, file or port.
+	lock, err := node.AcquireLock(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+
 	store := &policy.Store{}
 	engine, err := fastpath.New(fastpath.Config{
 		Store:           store,
@@ -149,6 +157,7 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 		GatewayLink:     cfg.GatewayLink,
 		KernelLink:      cfg.KernelLink,
 		StateDir:        cfg.StateDir,
+		Lock:            lock,
 		AttachMode:      xsk.Native,
 		Socket:          xsk.Config{RingSize: cfg.RingSize, NumFrames: 2 * cfg.RingSize},
 		InterfacePrefix: cfg.InterfacePrefix,
