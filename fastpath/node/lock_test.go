@@ -158,4 +158,3 @@ func TestCrashStateLost(t *testing.T) {
 	}
 	l.expectRestored(a, b)
 }
-
