@@ -228,8 +228,9 @@ func TestHealthUnderMetricsLoad(t *testing.T) {
 
 	// Many clients: 21 source addresses fill the whole budget, with what
 	// makes a connection cost the most: the GET /metrics unread,
-	// headers just below the 16 KiB limit and not finished, nothing at
-	// all; and headers past the limit, which the agent must refuse.
+	// headers just below the 12 KiB the server reads and not finished,
+	// nothing at all; and headers past the limit, which the agent must
+	// refuse.
 	var sources []string
 	for i := range 21 {
 		sources = append(sources, fmt.Sprintf("127.0.1.%d", i+1))
@@ -248,7 +249,7 @@ func TestHealthUnderMetricsLoad(t *testing.T) {
 		held bool
 	}{
 		{"GET /metrics, not reading", getMetrics, load, true},
-		{"7 KiB of unfinished headers", header(7 << 10), 1000, true},
+		{"11 KiB of unfinished headers", header(11 << 10), 1000, true},
 		{"nothing sent", nil, 1000, true},
 		{"100 KiB of headers", header(100 << 10), load, false},
 	} {
