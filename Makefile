@@ -82,5 +82,10 @@ soak: ## agent soak in a netns lab: mixed traffic and policy churn for SOAK (def
 	@mkdir -p $(dir $(SOAK_CSV))
 	PODGATE_SOAK=$(SOAK) PODGATE_SOAK_CSV=$(abspath $(SOAK_CSV)) $(GO) test -count=1 -v -timeout $(SOAK_TIMEOUT) -run '^TestSoak$$' ./internal/hostile/
 
+SOAK_PNG ?= $(SOAK_CSV:.csv=.png)
+.PHONY: soak-plot
+soak-plot: ## plot SOAK_CSV (memory, goroutines, files, flows) into SOAK_PNG
+	$(GO) run ./hack/soakplot -in $(SOAK_CSV) -out $(SOAK_PNG)
+
 clean: ## remove build output
 	rm -rf bin

@@ -32,6 +32,7 @@ const (
 	name           = "podgate"
 	defaultImage   = "ghcr.io/podgate/podgate:latest"
 	metricsPort    = 9402
+	healthPort     = 9403
 	kustomization  = "kustomization.yaml"
 	containerName  = "agent"
 	stateHostPath  = "/run/podgate"
@@ -246,6 +247,7 @@ func quantities(l corev1.ResourceList) map[string]string {
 
 // probe is the part of a probe the test checks.
 type probe struct {
+	Host string
 	Path string
 	Port int32
 }
@@ -263,7 +265,7 @@ func httpProbe(c corev1.Container, p *corev1.Probe) *probe {
 			}
 		}
 	}
-	return &probe{Path: p.HTTPGet.Path, Port: port}
+	return &probe{Host: p.HTTPGet.Host, Path: p.HTTPGet.Path, Port: port}
 }
 
 func TestDaemonSet(t *testing.T) {
@@ -361,11 +363,17 @@ func TestDaemonSet(t *testing.T) {
 		// Container.
 		{"image", c.Image, defaultImage},
 		{"command", c.Command, []string{"/podgate"}},
-		{"args", c.Args, []string{"agent", "--node-name=$(NODE_NAME)", fmt.Sprintf("--metrics-addr=[$(POD_IP)]:%d", metricsPort)}},
+		{"args", c.Args, []string{"agent", "--node-name=$(NODE_NAME)", fmt.Sprintf("--metrics-addr=[$(POD_IP)]:%d", metricsPort),
+			fmt.Sprintf("--health-addr=127.0.0.1:%d", healthPort)}},
 		{"env", env, map[string]string{"NODE_NAME": "fieldRef:spec.nodeName", "POD_IP": "fieldRef:status.podIP"}},
-		{"ports", c.Ports, []corev1.ContainerPort{{Name: "metrics", ContainerPort: metricsPort, Protocol: corev1.ProtocolTCP}}},
-		{"livenessProbe", httpProbe(c, c.LivenessProbe), &probe{Path: "/healthz", Port: metricsPort}},
-		{"readinessProbe", httpProbe(c, c.ReadinessProbe), &probe{Path: "/readyz", Port: metricsPort}},
+		{"ports", c.Ports, []corev1.ContainerPort{
+			{Name: "metrics", ContainerPort: metricsPort, Protocol: corev1.ProtocolTCP},
+			{Name: "health", ContainerPort: healthPort, Protocol: corev1.ProtocolTCP},
+		}},
+		// The probes go to the health listener on loopback, which no
+		// client of the metrics address can reach (issue 11, F3).
+		{"livenessProbe", httpProbe(c, c.LivenessProbe), &probe{Host: "127.0.0.1", Path: "/healthz", Port: healthPort}},
+		{"readinessProbe", httpProbe(c, c.ReadinessProbe), &probe{Host: "127.0.0.1", Path: "/readyz", Port: healthPort}},
 		{"requests", quantities(c.Resources.Requests), map[string]string{"cpu": "100m", "memory": "128Mi"}},
 		{"limits (memory only: a CPU limit throttles the fastpath)", quantities(c.Resources.Limits), map[string]string{"memory": "512Mi"}},
 		{"volumeMounts (the state directory only; nothing is pinned in bpffs)", mounts, []mount{{"state", stateHostPath, false, ""}}},

@@ -33,6 +33,8 @@ type FileConfig struct {
 	// Paths are manifest files and directories, as for [policy.Load].
 	// Required.
 	Paths []string
+	// Loader reads them (its limits; the zero value has the defaults).
+	Loader policy.Loader
 	// Store receives the tables. Required.
 	Store *policy.Store
 	// Logger receives the source's log; nil discards it.
@@ -241,7 +243,7 @@ func (s *FileSource) reload(w *fsnotify.Watcher) {
 			}
 		}
 	}
-	m, err := policy.Load(s.paths...)
+	m, err := s.cfg.Loader.Load(s.paths...)
 	if err != nil {
 		s.pub.fail(fmt.Errorf("load manifests: %w", err))
 		return

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -76,19 +77,70 @@ func objectKey(kind, ns, name string) string {
 	return kind + " " + ns + "/" + name
 }
 
+// ErrTooLarge is wrapped (besides [ErrManifest]) by the errors [Load]
+// returns for a manifest file, or all of them together, over the size
+// limits of the [Loader].
+var ErrTooLarge = errors.New("manifests too large")
+
+// Default limits of a [Loader].
+const (
+	DefaultMaxFileBytes  int64 = 64 << 20
+	DefaultMaxTotalBytes int64 = 256 << 20
+)
+
+// Loader reads manifests like [Load], within size limits: only regular
+// files (symbolic links to them included) and directories of them are
+// read, each file at most MaxFileBytes, all files together at most
+// MaxTotalBytes. A device, FIFO or socket is an error before anything is
+// read from it (a FIFO is opened without waiting for a writer), so that
+// neither /dev/zero nor a named pipe can make a read grow without bound or
+// block. The zero value has the default limits. A Loader may be used from
+// several goroutines at once.
+type Loader struct {
+	// MaxFileBytes bounds each file (default DefaultMaxFileBytes).
+	MaxFileBytes int64
+	// MaxTotalBytes bounds all files of one Load together (default
+	// DefaultMaxTotalBytes).
+	MaxTotalBytes int64
+	// FileLimitName and TotalLimitName name the settings that raise the
+	// limits, for the errors (for example a command's flags); default
+	// "Loader.MaxFileBytes" and "Loader.MaxTotalBytes".
+	FileLimitName, TotalLimitName string
+}
+
+func (ld Loader) withDefaults() Loader {
+	if ld.MaxFileBytes <= 0 {
+		ld.MaxFileBytes = DefaultMaxFileBytes
+	}
+	if ld.MaxTotalBytes <= 0 {
+		ld.MaxTotalBytes = DefaultMaxTotalBytes
+	}
+	if ld.FileLimitName == "" {
+		ld.FileLimitName = "Loader.MaxFileBytes"
+	}
+	if ld.TotalLimitName == "" {
+		ld.TotalLimitName = "Loader.MaxTotalBytes"
+	}
+	return ld
+}
+
 // Load reads Namespaces, Pods, NetworkPolicies, Services and
 // EndpointSlices (discovery.k8s.io/v1) from files or directories of YAML or
-// JSON manifests. A directory contributes its *.yaml, *.yml and
-// *.json files (not subdirectories). Documents may be multi-document YAML or
-// a kind: List such as kubectl get -o yaml prints. Objects are decoded
-// strictly (unknown or duplicate fields are errors), defaulted and validated
-// as the API server would; all problems are returned together, each naming
-// the file, the document, the object and the field.
-func Load(paths ...string) (*Manifests, error) {
+// JSON manifests, with the default limits of a [Loader]. A directory
+// contributes its *.yaml, *.yml and *.json files (not subdirectories).
+// Documents may be multi-document YAML or a kind: List such as kubectl get
+// -o yaml prints. Objects are decoded strictly (unknown or duplicate fields
+// are errors), defaulted and validated as the API server would; all
+// problems are returned together, each naming the file, the document, the
+// object and the field.
+func Load(paths ...string) (*Manifests, error) { return Loader{}.Load(paths...) }
+
+// Load reads manifests as the package's [Load] does, within ld's limits.
+func (ld Loader) Load(paths ...string) (*Manifests, error) {
 	if len(paths) == 0 {
 		return nil, fmt.Errorf("%w: no manifest files given", ErrManifest)
 	}
-	l := &loader{m: &Manifests{Sources: make(map[string]Source)}}
+	l := &loader{m: &Manifests{Sources: make(map[string]Source)}, lim: ld.withDefaults()}
 	for _, p := range paths {
 		l.path(p)
 	}
@@ -101,6 +153,11 @@ func Load(paths ...string) (*Manifests, error) {
 type loader struct {
 	m    *Manifests
 	errs []error
+	lim  Loader
+	// read is how many bytes the files read so far had; full is set once
+	// the total limit was hit (later files are not read).
+	read int64
+	full bool
 }
 
 func (l *loader) fail(format string, args ...any) {
@@ -140,14 +197,87 @@ func (l *loader) path(p string) {
 	}
 }
 
-func (l *loader) file(name string) {
-	f, err := os.Open(name)
+// readFile reads a regular file within the limits.
+func (l *loader) readFile(name string) ([]byte, bool) {
+	if l.full {
+		return nil, false
+	}
+	// O_NONBLOCK: opening a FIFO must not wait for a writer; it makes no
+	// difference to a regular file.
+	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		l.fail("%v", err)
-		return
+		return nil, false
 	}
 	defer f.Close()
-	r := utilyaml.NewYAMLReader(bufio.NewReader(f))
+	fi, err := f.Stat()
+	if err != nil {
+		l.fail("%v", err)
+		return nil, false
+	}
+	if !fi.Mode().IsRegular() {
+		l.fail("%s: not a regular file (%s): manifests are read from regular files and directories of them", name, fileType(fi.Mode()))
+		return nil, false
+	}
+	budget := min(l.lim.MaxFileBytes, l.lim.MaxTotalBytes-l.read)
+	data, err := io.ReadAll(io.LimitReader(f, budget+1))
+	if err != nil {
+		l.fail("%s: %v", name, err)
+		return nil, false
+	}
+	if int64(len(data)) > budget {
+		if budget == l.lim.MaxFileBytes {
+			l.errs = append(l.errs, tooLarge(fmt.Sprintf("%s: larger than %s, the limit per manifest file (raise it with %s)",
+				name, formatBytes(l.lim.MaxFileBytes), l.lim.FileLimitName)))
+		} else {
+			l.errs = append(l.errs, tooLarge(fmt.Sprintf("%s: with this file the manifests are larger than %s, the limit for all files together (raise it with %s)",
+				name, formatBytes(l.lim.MaxTotalBytes), l.lim.TotalLimitName)))
+			l.full = true
+		}
+		return nil, false
+	}
+	l.read += int64(len(data))
+	return data, true
+}
+
+// tooLarge is an error that is both [ErrManifest] and [ErrTooLarge].
+type tooLarge string
+
+func (e tooLarge) Error() string { return ErrManifest.Error() + ": " + string(e) }
+
+func (e tooLarge) Is(target error) bool { return target == ErrManifest || target == ErrTooLarge }
+
+// fileType names the type of a file that is not a regular one.
+func fileType(m os.FileMode) string {
+	switch {
+	case m&os.ModeNamedPipe != 0:
+		return "named pipe"
+	case m&os.ModeCharDevice != 0:
+		return "character device"
+	case m&os.ModeDevice != 0:
+		return "block device"
+	case m&os.ModeSocket != 0:
+		return "socket"
+	case m.IsDir():
+		return "directory"
+	}
+	return m.Type().String()
+}
+
+// formatBytes prints a size in MiB when it is a whole number of them.
+func formatBytes(n int64) string {
+	if n >= 1<<20 && n%(1<<20) == 0 {
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+func (l *loader) file(name string) {
+	data, ok := l.readFile(name)
+	if !ok {
+		return
+	}
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
 	objects := 0
 	for doc := 1; ; doc++ {
 		data, err := r.Read()

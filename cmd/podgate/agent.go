@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"strings"
@@ -15,9 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
-	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -38,6 +35,7 @@ type agentConfig struct {
 	Kubeconfig      string
 	Manifests       []string
 	MetricsAddr     string
+	HealthAddr      string
 	AllowNodeToPod  bool
 	KeepEstablished bool
 	ReversePickup   time.Duration
@@ -45,12 +43,14 @@ type agentConfig struct {
 	BusyPoll        time.Duration
 	RingSize        int
 	MaxConns        int
+	MaxConnsClient  int
 	ConntrackMax    int
 	StateDir        string
 	GatewayLink     string
 	KernelLink      string
 	InterfacePrefix string
 	LogLevel        string
+	ManifestLimits  manifestLimits
 }
 
 // validate reports every problem with the configuration, joined.
@@ -61,6 +61,9 @@ func (c *agentConfig) validate() error {
 	}
 	if c.MaxConns < 4 {
 		errs = append(errs, fmt.Errorf("--metrics-max-conns %d: must be at least 4", c.MaxConns))
+	}
+	if c.MaxConnsClient < 1 {
+		errs = append(errs, fmt.Errorf("--metrics-max-conns-per-client %d: must be at least 1", c.MaxConnsClient))
 	}
 	if c.BusyPoll < 0 {
 		errs = append(errs, fmt.Errorf("--busy-poll %v: must not be negative", c.BusyPoll))
@@ -73,6 +76,11 @@ func (c *agentConfig) validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
 		errs = append(errs, fmt.Errorf("--metrics-addr %q: %w", c.MetricsAddr, err))
+	}
+	if _, _, err := net.SplitHostPort(c.HealthAddr); err != nil {
+		errs = append(errs, fmt.Errorf("--health-addr %q: %w", c.HealthAddr, err))
+	} else if c.HealthAddr == c.MetricsAddr {
+		errs = append(errs, fmt.Errorf("--health-addr %q: must differ from --metrics-addr", c.HealthAddr))
 	}
 	if len(c.Manifests) > 0 && c.Kubeconfig != "" {
 		errs = append(errs, errors.New("--manifests and --kubeconfig: give one source, not both"))
@@ -90,8 +98,11 @@ func newAgentCommand() *cobra.Command {
 		Use:   "agent --node-name NODE [--manifests PATH | --kubeconfig PATH]",
 		Short: "Enforce NetworkPolicy for the pods of this node",
 		Long: `Run the node agent: intercept the traffic of the node's pods with XDP and
-AF_XDP, enforce the policies in the fastpath, and serve /metrics, /healthz
-and /readyz on --metrics-addr. The policy table comes from the Kubernetes
+AF_XDP, enforce the policies in the fastpath, serve /metrics and /flows
+(and /healthz, /readyz) on --metrics-addr, and /healthz and /readyz for the
+kubelet's probes on --health-addr (loopback: no client of the metrics
+address can delay them). Only one agent runs per node: a second one with
+the same --state-dir exits at once. The policy table comes from the Kubernetes
 API (in-cluster config, or --kubeconfig) or, standalone, from manifest
 files that are watched for changes (--manifests). On SIGTERM or SIGINT the
 agent restores the node's routes and removes its XDP programs: pods keep
@@ -101,27 +112,32 @@ their connectivity, without enforcement.`,
 			if err := cfg.validate(); err != nil {
 				return err
 			}
-			return runAgent(cmd.Context(), cfg, cmd.ErrOrStderr())
+			ctx, stop := signalContext(cmd)
+			defer stop()
+			return runAgent(ctx, cfg, cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
 	f.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
 	f.StringArrayVar(&cfg.Manifests, "manifests", nil, "manifest file or directory to read policies from instead of the API (repeatable)")
-	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9402", "address for /metrics, /healthz and /readyz")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9402", "address for /metrics and /flows (and /healthz, /readyz)")
+	f.StringVar(&cfg.HealthAddr, "health-addr", "127.0.0.1:9403", "address for /healthz and /readyz only, for the kubelet's probes (keep it on loopback)")
 	f.BoolVar(&cfg.AllowNodeToPod, "allow-node-to-pod", true, "let the node's own addresses reach its pods whatever their policies (kubelet probes)")
 	f.BoolVar(&cfg.KeepEstablished, "keep-established", false, "keep connections that a new policy would deny (default: cut them)")
 	f.DurationVar(&cfg.ReversePickup, "reverse-pickup", 2*time.Minute, "after a start, how long TCP connections that were open across a restart are picked up from a segment without SYN (judged from client to server, whichever end sent it); later such segments are dropped; 0 disables")
 	f.BoolVar(&cfg.CutReset, "cut-reset", true, "answer segments of TCP connections that a policy change cut with a reset, so applications fail at once instead of retransmitting (new connections that policy denies are always dropped silently)")
 	f.DurationVar(&cfg.BusyPoll, "busy-poll", 0, "keep polling for this long after the last frame instead of sleeping (lower latency, a CPU kept busy while traffic flows)")
 	f.IntVar(&cfg.RingSize, "xsk-ring-size", xsk.DefaultRingSize, "descriptors per AF_XDP ring and frames posted for receiving per port; each port's UMEM is twice this many 2 KiB frames (deeper rings absorb longer worker stalls at the cost of memory)")
-	f.IntVar(&cfg.MaxConns, "metrics-max-conns", 1024, "connections the /metrics, /healthz, /readyz and /flows server accepts at once (about 14 KiB each)")
+	f.IntVar(&cfg.MaxConns, "metrics-max-conns", 1024, "connections the --metrics-addr server accepts at once")
+	f.IntVar(&cfg.MaxConnsClient, "metrics-max-conns-per-client", 64, "connections the --metrics-addr server accepts at once from one client address (more are closed at once)")
 	f.IntVar(&cfg.ConntrackMax, "conntrack-max", 262144, "maximum number of tracked flows")
 	f.StringVar(&cfg.StateDir, "state-dir", "/run/podgate", "where the agent records what it changed, for recovery after a crash")
 	f.StringVar(&cfg.GatewayLink, "gateway-link", "pgw0", "name of the gateway end of the kernel leg")
 	f.StringVar(&cfg.KernelLink, "kernel-link", "pgk0", "name of the kernel end of the kernel leg")
 	f.StringVar(&cfg.InterfacePrefix, "interface-prefix", "", "only veths whose name starts with this are pod interfaces (default: every veth with pod host routes)")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
+	cfg.ManifestLimits.addFlags(f)
 	return cmd
 }
 
@@ -129,6 +145,14 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(cfg.LogLevel))
 	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lvl})).With("node", cfg.NodeName)
+
+	// One agent per node: a second one stops here, before it touches any
+	// program, route, file or port.
+	lock, err := node.AcquireLock(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 
 	store := &policy.Store{}
 	engine, err := fastpath.New(fastpath.Config{
@@ -148,6 +172,7 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 		GatewayLink:     cfg.GatewayLink,
 		KernelLink:      cfg.KernelLink,
 		StateDir:        cfg.StateDir,
+		Lock:            lock,
 		AttachMode:      xsk.Native,
 		Socket:          xsk.Config{RingSize: cfg.RingSize, NumFrames: 2 * cfg.RingSize},
 		InterfacePrefix: cfg.InterfacePrefix,
@@ -188,6 +213,7 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 	if len(cfg.Manifests) > 0 {
 		fs, err := k8swatch.NewFileSource(k8swatch.FileConfig{
 			Paths:     cfg.Manifests,
+			Loader:    cfg.ManifestLimits.loader(),
 			Store:     store,
 			Logger:    logger.With("component", "files"),
 			NodeAddrs: nd.NodeAddrs(),
@@ -247,18 +273,16 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 		k8swatch.NewCollector(src),
 		rebuilds,
 	)
-	// Bounded serving: a client that reaches the address cannot exhaust
-	// the agent (the /flows followers are capped by the flow log too).
-	srv := &http.Server{
-		Handler:           agentMux(reg, src, nd, store, flows),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       60 * time.Second,
-	}
-	ln, err := net.Listen("tcp", cfg.MetricsAddr)
+	// Bounded serving (see serve.go): a client that reaches the metrics
+	// address cannot exhaust the agent nor delay its health probes.
+	srv, err := newServers(serveConfig{
+		MetricsAddr: cfg.MetricsAddr, HealthAddr: cfg.HealthAddr,
+		MaxConns: cfg.MaxConns, MaxConnsPerClient: cfg.MaxConnsClient,
+		Registry: reg, Source: src, Node: nd, Store: store, Flows: flows,
+	})
 	if err != nil {
-		return fmt.Errorf("listen on --metrics-addr: %w", err)
+		return err
 	}
-	ln = netutil.LimitListener(ln, cfg.MaxConns)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return src.Run(gctx) })
@@ -267,19 +291,9 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 	}
 	g.Go(func() error { return nd.Run(gctx) })
 	g.Go(func() error { return flows.Run(gctx) })
-	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve %s: %w", cfg.MetricsAddr, err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-gctx.Done()
-		c, cancel := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
-		defer cancel()
-		return srv.Shutdown(c)
-	})
-	logger.Info("agent started", "metricsAddr", ln.Addr().String(), "manifests", strings.Join(cfg.Manifests, ","))
+	g.Go(func() error { return srv.Serve(gctx) })
+	logger.Info("agent started", "metricsAddr", srv.metricsLn.Addr().String(), "healthAddr", srv.healthLn.Addr().String(),
+		"manifests", strings.Join(cfg.Manifests, ","))
 	err = g.Wait()
 	stopEngine()
 	if eerr := <-engineDone; eerr != nil {
@@ -311,32 +325,4 @@ func kubeConfig(path string) (*rest.Config, error) {
 		return nil, fmt.Errorf("in-cluster config (give --kubeconfig or --manifests outside a cluster): %w", err)
 	}
 	return c, nil
-}
-
-// agentMux serves the metrics, the health endpoints and the flow records.
-func agentMux(reg *prometheus.Registry, src k8swatch.Source, nd *node.Node, store *policy.Store, flows *fastpath.FlowLog) *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.Handle("/flows", flows)
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		var problems []string
-		if !nd.Ready() {
-			problems = append(problems, "node plumbing not ready")
-		}
-		if store.Load() == nil {
-			problems = append(problems, "no policy table yet")
-		}
-		if err := src.Status().Err(); err != nil {
-			problems = append(problems, err.Error())
-		}
-		if len(problems) > 0 {
-			http.Error(w, strings.Join(problems, "; "), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	return mux
 }

@@ -21,6 +21,10 @@ func TestAgentFlagErrors(t *testing.T) {
 		{[]string{"agent", "--node-name", "n", "--manifests", article, "--conntrack-max", "10"}, "--conntrack-max"},
 		{[]string{"agent", "--node-name", "n", "--manifests", article, "--metrics-addr", "9402"}, "--metrics-addr"},
 		{[]string{"agent", "--node-name", "n", "--manifests", article, "--metrics-max-conns", "1"}, "--metrics-max-conns"},
+		{[]string{"agent", "--node-name", "n", "--manifests", article, "--metrics-max-conns-per-client", "0"}, "--metrics-max-conns-per-client"},
+		{[]string{"agent", "--node-name", "n", "--manifests", article, "--health-addr", "9403"}, "--health-addr"},
+		{[]string{"agent", "--node-name", "n", "--manifests", article, "--health-addr", "127.0.0.1:9402"}, "must differ from --metrics-addr"},
+		{[]string{"agent", "--node-name", "n", "--manifests", article, "--manifest-file-limit", "-1"}, "--manifest-file-limit"},
 		{[]string{"agent", "--node-name", "n", "--manifests", article, "--log-level", "loud"}, "--log-level"},
 	} {
 		_, _, err := podgate(t, tc.args...)

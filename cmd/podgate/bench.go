@@ -111,7 +111,9 @@ func runBench(cmd *cobra.Command, f benchFlags) error {
 		cfg.Out = filepath.Join("bench", "out", time.Now().Format("20060102-150405"))
 	}
 	cfg.Log = stderr
-	report, err := bench.Run(cmd.Context(), cfg)
+	ctx, stop := signalContext(cmd)
+	defer stop()
+	report, err := bench.Run(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -42,7 +42,9 @@ running agent recorded, from its /flows endpoint on --addr (the agent's
 				q.Set("follow", "true")
 			}
 			u := (&url.URL{Scheme: "http", Host: addr, Path: "/flows", RawQuery: q.Encode()}).String()
-			req, err := http.NewRequestWithContext(cmd.Context(), http.MethodGet, u, nil)
+			ctx, stop := signalContext(cmd)
+			defer stop()
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 			if err != nil {
 				return fmt.Errorf("--addr %q: %w", addr, err)
 			}
@@ -55,7 +57,7 @@ running agent recorded, from its /flows endpoint on --addr (the agent's
 				b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 				return fmt.Errorf("agent at %s: %s: %s", addr, resp.Status, strings.TrimSpace(string(b)))
 			}
-			return printFlows(cmd.OutOrStdout(), resp.Body, output == "json", cmd.Context().Done())
+			return printFlows(cmd.OutOrStdout(), resp.Body, output == "json", ctx.Done())
 		},
 	}
 	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1:9402", "the agent's --metrics-addr")

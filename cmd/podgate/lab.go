@@ -126,7 +126,8 @@ func runLab(cmd *cobra.Command, f labFlags) error {
 		}
 	}
 
-	ctx := cmd.Context()
+	ctx, stop := signalContext(cmd)
+	defer stop()
 	start := time.Now()
 	l, err := lab.Build(ctx, lab.Spec{
 		Manifests:     f.files,

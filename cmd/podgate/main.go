@@ -8,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 )
 
 func main() {
@@ -22,8 +20,9 @@ func main() {
 	}
 }
 
+// run runs the command tree. Signals keep their default action (ending
+// the process at once) except in the commands that stop gracefully, which
+// catch them with signalContext.
 func run() error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return newRootCommand(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	return newRootCommand(os.Stdout, os.Stderr).ExecuteContext(context.Background())
 }

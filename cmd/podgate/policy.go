@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/podgate/podgate/policy"
 )
@@ -18,15 +20,57 @@ func newPolicyCommand() *cobra.Command {
 		Use:   "policy",
 		Short: "Evaluate NetworkPolicies in manifest files: matrix, check, lint",
 	}
-	cmd.AddCommand(newMatrixCommand(), newCheckCommand(), newLintCommand())
+	lim := &manifestLimits{}
+	lim.addFlags(cmd.PersistentFlags())
+	cmd.AddCommand(newMatrixCommand(lim), newCheckCommand(lim), newLintCommand(lim))
 	return cmd
 }
+
+// manifestLimits are the flags that bound the manifest files a command
+// reads (see policy.Loader).
+type manifestLimits struct{ file, total byteSize }
+
+func (l *manifestLimits) addFlags(fs *pflag.FlagSet) {
+	l.file, l.total = byteSize(policy.DefaultMaxFileBytes), byteSize(policy.DefaultMaxTotalBytes)
+	fs.Var(&l.file, "manifest-file-limit", "largest manifest file read, in bytes or with a suffix (64Mi, 1Gi)")
+	fs.Var(&l.total, "manifest-total-limit", "largest size of all manifest files together, in bytes or with a suffix")
+}
+
+func (l *manifestLimits) loader() policy.Loader {
+	return policy.Loader{
+		MaxFileBytes: int64(l.file), MaxTotalBytes: int64(l.total),
+		FileLimitName: "--manifest-file-limit", TotalLimitName: "--manifest-total-limit",
+	}
+}
+
+// byteSize is a flag value of bytes, given as a Kubernetes quantity
+// (1048576, 64Mi, 1G).
+type byteSize int64
+
+func (b *byteSize) String() string {
+	return resource.NewQuantity(int64(*b), resource.BinarySI).String()
+}
+
+func (b *byteSize) Set(s string) error {
+	q, err := resource.ParseQuantity(s)
+	if err != nil {
+		return fmt.Errorf("parse size: %w", err)
+	}
+	v, ok := q.AsInt64()
+	if !ok || v <= 0 {
+		return fmt.Errorf("size %s: want a positive number of bytes", s)
+	}
+	*b = byteSize(v)
+	return nil
+}
+
+func (b *byteSize) Type() string { return "bytes" }
 
 // loadManifests reads and compiles manifests, printing notes and warnings
 // on stderr. readKinds are kinds the caller reads itself (no "skipped"
 // note for them).
-func loadManifests(stderr io.Writer, paths []string, readKinds ...string) (*policy.Manifests, *policy.Table, error) {
-	m, err := policy.Load(paths...)
+func loadManifests(stderr io.Writer, lim *manifestLimits, paths []string, readKinds ...string) (*policy.Manifests, *policy.Table, error) {
+	m, err := lim.loader().Load(paths...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -52,7 +96,7 @@ func checkOutput(o string, allowed ...string) error {
 	return fmt.Errorf("--output %q: want one of %s", o, strings.Join(allowed, ", "))
 }
 
-func newMatrixCommand() *cobra.Command {
+func newMatrixCommand(lim *manifestLimits) *cobra.Command {
 	var files []string
 	var ports, output string
 	cmd := &cobra.Command{
@@ -74,7 +118,7 @@ columns destinations, "." allowed, "X" denied).`,
 			if err != nil {
 				return fmt.Errorf("--ports: %w", err)
 			}
-			_, t, err := loadManifests(cmd.ErrOrStderr(), files)
+			_, t, err := loadManifests(cmd.ErrOrStderr(), lim, files)
 			if err != nil {
 				return err
 			}
@@ -100,7 +144,7 @@ type exitError struct{ code int }
 
 func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
-func newCheckCommand() *cobra.Command {
+func newCheckCommand(lim *manifestLimits) *cobra.Command {
 	var files []string
 	var from, to, proto, output string
 	var port int
@@ -126,7 +170,7 @@ is an address outside the cluster. Exits 0 when allowed, 2 when denied and
 			if !p.HasPorts() && cmd.Flags().Changed("port") {
 				return fmt.Errorf("--port: %s has no ports", p)
 			}
-			_, t, err := loadManifests(cmd.ErrOrStderr(), files)
+			_, t, err := loadManifests(cmd.ErrOrStderr(), lim, files)
 			if err != nil {
 				return err
 			}
@@ -227,7 +271,7 @@ func resolveSide(t *policy.Table, flag, s string) (*policy.Endpoint, netip.Addr,
 	return t.Endpoint(i), netip.Addr{}, nil
 }
 
-func newLintCommand() *cobra.Command {
+func newLintCommand(lim *manifestLimits) *cobra.Command {
 	var files []string
 	var output string
 	var failOnWarning bool
@@ -239,7 +283,7 @@ func newLintCommand() *cobra.Command {
 			if err := checkOutput(output, "text", "json"); err != nil {
 				return err
 			}
-			m, err := policy.Load(files...)
+			m, err := lim.loader().Load(files...)
 			if err != nil {
 				return err
 			}

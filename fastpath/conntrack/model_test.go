@@ -286,9 +286,11 @@ func runModel(tb testing.TB, capacity int, keys []Key, src source, checkEvery in
 		if (e == nil) != (f == nil) || dir != mdir {
 			tb.Fatalf("op %d: Lookup(%v): table %v %v, model %v %v", op, k, e != nil, dir, f != nil, mdir)
 		}
+		// Plain comparisons first: cmp.Diff, with its reflection, only
+		// formats a mismatch (it made each fuzzing exec cost milliseconds).
 		if e != nil {
-			if diff := cmp.Diff(f.flowView, viewOf(e)); diff != "" {
-				tb.Fatalf("op %d: flow %v (-model +table):\n%s", op, k, diff)
+			if v := viewOf(e); f.flowView != v {
+				tb.Fatalf("op %d: flow %v (-model +table):\n%s", op, k, cmp.Diff(f.flowView, v))
 			}
 		}
 		switch choice := src.next() % 16; {
@@ -360,15 +362,34 @@ func runModel(tb testing.TB, capacity int, keys []Key, src source, checkEvery in
 		}
 		if checkEvery > 0 && op%checkEvery == 0 {
 			checkInvariants(tb, ct)
-			if diff := cmp.Diff(m.views(), tableViews(ct)); diff != "" {
-				tb.Fatalf("op %d: flows (-model +table):\n%s", op, diff)
+			if !sameFlows(m, ct) {
+				tb.Fatalf("op %d: flows (-model +table):\n%s", op, cmp.Diff(m.views(), tableViews(ct)))
 			}
 		}
 	}
 	checkInvariants(tb, ct)
-	if diff := cmp.Diff(m.views(), tableViews(ct)); diff != "" {
-		tb.Fatalf("end: flows (-model +table):\n%s", diff)
+	if !sameFlows(m, ct) {
+		tb.Fatalf("end: flows (-model +table):\n%s", cmp.Diff(m.views(), tableViews(ct)))
 	}
+}
+
+// sameFlows reports whether the table holds exactly the model's flows,
+// expired ones included, without allocating: it runs after every
+// operation when fuzzing.
+func sameFlows(m *model, t *Table) bool {
+	n := 0
+	for i := range t.entries[:t.fresh] {
+		e := &t.entries[i]
+		if e.class == classFree {
+			continue
+		}
+		n++
+		mk, _ := modelKeyOf(e.Key())
+		if f := m.flows[mk]; f == nil || f.flowView != viewOf(e) {
+			return false
+		}
+	}
+	return n == len(m.flows)
 }
 
 func TestModel(t *testing.T) {
@@ -388,26 +409,77 @@ func TestModel(t *testing.T) {
 	}
 }
 
+// fuzzModelMaxInput bounds the bytes of a fuzzing input FuzzModel uses
+// (about 40 operations, enough to fill a table of up to 12 flows several
+// times over). Each exec compares table and model after every operation,
+// so its cost grows with the input, and the fuzzer minimizes every new
+// interesting input with a number of execs quadratic in its length: with
+// 512-byte inputs that took minutes, during which the fuzzer reported 0
+// execs/s. TestModel covers long runs.
+const fuzzModelMaxInput = 256
+
 // FuzzModel runs the model comparison with choices from the fuzzer.
 func FuzzModel(f *testing.F) {
 	f.Add([]byte{0})
 	f.Add([]byte{3, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16})
 	r := rand.New(rand.NewPCG(1, 2))
 	for range 4 {
-		b := make([]byte, 512)
+		b := make([]byte, 128)
 		for i := range b {
 			b[i] = byte(r.Uint32())
 		}
 		f.Add(b)
 	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		if len(data) == 0 {
-			return
-		}
-		capacity := 1 + int(data[0]%12)
-		keys := universe(rand.New(rand.NewPCG(uint64(data[0]), 0)), 24)
-		runModel(t, capacity, keys, &byteSource{b: data[1:]}, 1)
-	})
+	f.Fuzz(func(t *testing.T, data []byte) { fuzzModelExec(t, data) })
+}
+
+// fuzzModelExec is one exec of FuzzModel.
+func fuzzModelExec(tb testing.TB, data []byte) {
+	if len(data) == 0 {
+		return
+	}
+	data = data[:min(len(data), fuzzModelMaxInput)]
+	capacity := 1 + int(data[0]%12)
+	keys := universe(rand.New(rand.NewPCG(uint64(data[0]), 0)), 24)
+	runModel(tb, capacity, keys, &byteSource{b: data[1:]}, 1)
+}
+
+// fuzzModelInput is a deterministic input of FuzzModel's longest size.
+func fuzzModelInput() []byte {
+	r := rand.New(rand.NewPCG(3, 4))
+	b := make([]byte, fuzzModelMaxInput)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// TestFuzzModelExecCheap keeps FuzzModel's execs cheap, measured in
+// allocations (a count, not a speed): comparing table and model with
+// cmp.Diff after every operation cost about 16 allocations per input byte
+// (about 4,000 per exec of this size) and milliseconds per exec, and the
+// fuzzer stalled minimizing its inputs.
+func TestFuzzModelExecCheap(t *testing.T) {
+	data := fuzzModelInput()
+	allocs := testing.AllocsPerRun(20, func() { fuzzModelExec(t, data) })
+	t.Logf("%.0f allocations per exec of %d bytes", allocs, len(data))
+	if allocs > 200 {
+		t.Errorf("a FuzzModel exec of %d bytes allocates %.0f times, want at most 200", len(data), allocs)
+	}
+	// A longer input costs no more: FuzzModel uses its first
+	// fuzzModelMaxInput bytes.
+	long := append(fuzzModelInput(), fuzzModelInput()...)
+	if a := testing.AllocsPerRun(20, func() { fuzzModelExec(t, long) }); a > allocs+1 {
+		t.Errorf("an exec of %d bytes allocates %.0f times, one of %d bytes %.0f", len(long), a, len(data), allocs)
+	}
+}
+
+// BenchmarkFuzzModelExec measures one FuzzModel exec of the longest input.
+func BenchmarkFuzzModelExec(b *testing.B) {
+	data := fuzzModelInput()
+	for b.Loop() {
+		fuzzModelExec(b, data)
+	}
 }
 
 // TestIndexChurn inserts and deletes random keys in a large table whose

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"github.com/podgate/podgate/fastpath"
@@ -41,6 +42,11 @@ type Config struct {
 	// after a crash (default "/run/podgate"). It must survive a restart of
 	// the agent (a hostPath in a DaemonSet) and not a reboot.
 	StateDir string
+	// Lock is the caller's lock on StateDir ([AcquireLock]), held for as
+	// long as it may act on the node (the agent takes it before anything
+	// else). If nil, [Node.Run] takes it itself for its duration and fails
+	// with [ErrLocked], touching nothing, if another process holds it.
+	Lock *Lock
 	// AttachMode is the XDP attach mode (default [xsk.Native], which veth
 	// needs to keep frames within a UMEM frame; see package xsk).
 	AttachMode xsk.AttachMode
@@ -109,6 +115,9 @@ func (c Config) Validate() error {
 		if l.name == "" || len(l.name) > maxIfNameLen {
 			errs = append(errs, fmt.Errorf("%s %q: must be 1..%d bytes", l.field, l.name, maxIfNameLen))
 		}
+	}
+	if c.Lock != nil && filepath.Clean(c.Lock.Dir()) != filepath.Clean(c.StateDir) {
+		errs = append(errs, fmt.Errorf("lock %s: not for state dir %s", c.Lock.Path(), c.StateDir))
 	}
 	if c.GatewayLink == c.KernelLink {
 		errs = append(errs, fmt.Errorf("gateway and kernel link: both %q", c.GatewayLink))

@@ -84,6 +84,26 @@
 // its stale program removed (unenforced, logged). Stale programs on other
 // veths are removed on the first reconcile.
 //
+// Only routes the record explains are ever deleted: a route on pgk0 to an
+// address that neither the state file nor the running Node recorded (the
+// file was lost, or someone else added the route) may belong to a live pod
+// whose veth the kernel no longer names. It stays where it is (that pod
+// stays cut off) and is logged once; if the pod's route appears on its
+// veth again, the Node takes it over as usual. A graceful stop then keeps
+// the kernel leg (without its program) rather than delete such routes with
+// it, and reports the restore as incomplete.
+//
+// # One agent per node
+//
+// [Node.Run] (or the agent, before anything else) takes an exclusive
+// flock on [LockFile] in the state directory and holds it until it
+// returns (the process's lifetime). A second agent with the same state
+// directory fails with [ErrLocked], naming the lock file and the holder's
+// PID, before it touches a program, a route or the state file: two agents
+// on one node would take each other's sockets, programs, routes and state
+// file apart. Agents with different state directories in one network
+// namespace are not detected.
+//
 // A graceful stop leaves the pods unenforced until the next start; killing
 // the agent (SIGKILL) instead keeps them cut off until then. Which one an
 // upgrade should use is the operator's choice.

@@ -321,6 +321,18 @@ func (n *Node) restore(ctx context.Context) error {
 	if err := n.releaseKernel(ctx); err != nil {
 		errs = append(errs, err)
 	}
+	// Deleting the kernel leg would delete routes on it that no record
+	// explains: keep it then (without its program) for the next start.
+	if unexplained, err := n.routesOnLeg(kIdx); err != nil || len(unexplained) > 0 {
+		if err == nil {
+			err = fmt.Errorf("routes to %v on %s are in no record: kernel leg kept", unexplained, n.cfg.KernelLink)
+		}
+		errs = append(errs, err)
+		if err := removeState(n.cfg.StateDir); err != nil {
+			errs = append(errs, err)
+		}
+		return fmt.Errorf("restore node: %w", errors.Join(errs...))
+	}
 	if err := n.deleteLeg(); err != nil {
 		errs = append(errs, err)
 	}
@@ -334,6 +346,28 @@ func (n *Node) restore(ctx context.Context) error {
 		return fmt.Errorf("restore node: %w", err)
 	}
 	return nil
+}
+
+// routesOnLeg returns the pod addresses still routed via the kernel leg
+// (the link with index kIdx, none if negative).
+func (n *Node) routesOnLeg(kIdx int) ([]netip.Addr, error) {
+	if kIdx < 0 {
+		return nil, nil
+	}
+	rs, err := dump("routes", func() ([]netlink.Route, error) {
+		return n.h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: kIdx}, netlink.RT_FILTER_OIF)
+	})
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, r := range rs {
+		if ip, ok := podRouteDst(&r); ok && r.LinkIndex == kIdx {
+			out = append(out, ip)
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Addr) int { return a.Compare(b) })
+	return out, nil
 }
 
 // putBack moves the route to a pod address from the kernel leg back to

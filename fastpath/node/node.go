@@ -52,9 +52,12 @@ type Node struct {
 	// assign is which veth each pod address whose route is on the kernel
 	// leg belongs to: the content of the state file.
 	assign    map[netip.Addr]assignment
-	published []netip.Addr      // node addresses last given to the engine
-	swept     bool              // stale programs on non-port veths removed
-	failures  map[string]string // port name → last setup error, logged once
+	published []netip.Addr // node addresses last given to the engine
+	// unexplained are addresses routed via the kernel leg that no record
+	// (memory or state file) explains: left alone, logged once.
+	unexplained map[netip.Addr]bool
+	swept       bool              // stale programs on non-port veths removed
+	failures    map[string]string // port name → last setup error, logged once
 }
 
 // assignment says that a pod address belongs to a veth (name and ifindex)
@@ -117,6 +120,8 @@ func New(cfg Config) (*Node, error) {
 		ports:    make(map[int]*podPort),
 		assign:   make(map[netip.Addr]assignment),
 		failures: make(map[string]string),
+
+		unexplained: make(map[netip.Addr]bool),
 	}, nil
 }
 
@@ -178,6 +183,10 @@ func (n *Node) NodeAddrs() []netip.Addr {
 // after ctx is done means the restore was incomplete; the state file is
 // then kept for the next start.
 //
+// Before anything else Run takes the lock on the state directory, unless
+// [Config.Lock] holds it already: if another process (another agent)
+// holds it, Run returns an error wrapping [ErrLocked] and touches nothing.
+//
 // Run acts in the network namespace of the calling OS thread and keeps the
 // calling goroutine locked to that thread until it returns. The agent runs
 // it in the host's namespace (hostNetwork); a test calls it inside
@@ -188,6 +197,14 @@ func (n *Node) NodeAddrs() []netip.Addr {
 func (n *Node) Run(ctx context.Context) error {
 	if !n.started.CompareAndSwap(false, true) {
 		return fmt.Errorf("run node: %w", ErrRunning)
+	}
+	// One agent per node: nothing is touched without the lock.
+	if n.cfg.Lock == nil {
+		lock, err := AcquireLock(n.cfg.StateDir)
+		if err != nil {
+			return fmt.Errorf("run node: %w", err)
+		}
+		defer lock.Release()
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -208,7 +225,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if err != nil {
 		// Without the file the routes on the kernel leg cannot be given
 		// back to their veths; say so and carry on, enforcing what can be.
-		n.log.Error("state file unusable; routes of a previous run on the kernel leg will be deleted", "err", err)
+		n.log.Error("state file unusable; routes of a previous run on the kernel leg stay there, unexplained", "err", err)
 		st = state{}
 	}
 	for _, p := range st.Ports {

@@ -278,12 +278,31 @@ func (n *Node) reconcilePods(ctx context.Context, snap *snapshot) error {
 		}
 	}
 
-	// 2. Routes on the kernel leg to addresses no port will have: the pod
-	// is gone (its veth deleted), or the route is unknown.
+	// 2. Routes on the kernel leg to addresses no port will have. Deleted
+	// only if the record (memory or state file) says that podgate moved
+	// them there and their veth is gone: the pod is gone. A route that no
+	// record explains (the state file was lost, or someone else put it
+	// there) may belong to a live pod whose veth podgate cannot tell: it
+	// stays, and that pod stays cut off (fail-closed) until its route is
+	// moved back to its veth.
+	for ip := range n.unexplained {
+		if _, ok := pr.onKernel[ip]; !ok {
+			delete(n.unexplained, ip)
+		}
+	}
 	for ip, rs := range pr.onKernel {
 		if _, ok := want[ip]; ok {
 			continue
 		}
+		if _, recorded := n.assign[ip]; !recorded {
+			if !n.unexplained[ip] {
+				n.unexplained[ip] = true
+				n.log.Error("route to a pod address on the kernel leg that no record explains; left in place (the pod, if any, is cut off until its route is back on its veth)",
+					"ip", ip, "link", n.cfg.KernelLink)
+			}
+			continue
+		}
+		delete(n.unexplained, ip)
 		for _, r := range rs {
 			n.log.Info("deleting route of a gone pod from the kernel leg", "ip", ip)
 			if err := n.h.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {

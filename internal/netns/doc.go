@@ -3,7 +3,10 @@
 //
 // Namespaces made here are named: they are bind-mounted under /run/netns,
 // exactly like the ones made by `ip netns add`, so `ip netns list` and
-// `ip netns exec NAME ...` see them while they exist.
+// `ip netns exec NAME ...` see them while they exist. As iproute2 does,
+// /run/netns is first made a mount of its own with shared propagation, so
+// that another program's `ip netns add` cannot hide them (and make their
+// deletion fail with EBUSY).
 //
 // Thread discipline. A network namespace belongs to an OS thread, not to a
 // process. Nothing in this package ever changes the namespace of a thread it

@@ -41,7 +41,8 @@ type Namespace struct {
 // New creates a named network namespace and returns it open.
 //
 // The namespace is created on a dedicated locked OS thread, bind-mounted at
-// RunDir/name, and the thread is switched back (or destroyed if that fails);
+// RunDir/name (RunDir first made a shared mount of its own, as iproute2
+// does, see prepareRunDir), and the thread is switched back (or destroyed if that fails);
 // no other thread of the process changes namespace. It fails with an error
 // wrapping [os.ErrExist] if the name is taken. On any failure nothing is left
 // behind.
@@ -49,8 +50,8 @@ func New(name string) (*Namespace, error) {
 	if err := validateName(name); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(RunDir, 0o755); err != nil {
-		return nil, fmt.Errorf("create %s: %w", RunDir, err)
+	if err := prepareRunDir(); err != nil {
+		return nil, err
 	}
 	path := filepath.Join(RunDir, name)
 	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
@@ -115,6 +116,89 @@ func open(name, path string) (*Namespace, error) {
 		return nil, fmt.Errorf("open netns %s: not a namespace mount", path)
 	}
 	return &Namespace{name: name, path: path, fd: fd}, nil
+}
+
+// prepareRunDir makes RunDir a mount point of its own with shared
+// propagation before a namespace file is mounted in it, as iproute2's
+// `ip netns add` does: `mount --make-shared RunDir`, and if that fails
+// because RunDir is no mount point, `mount --rbind RunDir RunDir` first.
+// The setup runs under an exclusive flock on RunDir, as in iproute2, so
+// that concurrent callers do not stack bind mounts.
+//
+// Without it, namespace files are mounted on the file system that holds
+// RunDir; the next `ip netns add` by anyone then bind-mounts RunDir over
+// itself, which copies those mounts and hides the originals under the new
+// mount: unmounting removes only the copy, the namespace stays alive, and
+// removing its file fails with EBUSY.
+//
+// One exception to iproute2's behaviour: if RunDir is no mount point but
+// already holds namespace mounts (made by a program that does not do this,
+// such as an older podgate), binding RunDir over itself would do exactly
+// that to them, so it is left as it is; a later New, once they are gone,
+// makes it shared.
+func prepareRunDir() error {
+	if err := os.MkdirAll(RunDir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", RunDir, err)
+	}
+	lock, err := unix.Open(RunDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", RunDir, err)
+	}
+	defer unix.Close(lock)
+	if err := flock(lock); err != nil {
+		return fmt.Errorf("lock %s: %w", RunDir, err)
+	}
+	for made := false; ; made = true {
+		err := unix.Mount("", RunDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.EINVAL) || made {
+			return fmt.Errorf("make %s a shared mount: %w", RunDir, err)
+		}
+		// EINVAL: RunDir is no mount point.
+		busy, err := mountsBelow(RunDir)
+		if err != nil {
+			return err
+		}
+		if busy {
+			return nil
+		}
+		if err := unix.Mount(RunDir, RunDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind-mount %s on itself: %w", RunDir, err)
+		}
+	}
+}
+
+// flock takes an exclusive lock on fd, retrying when a signal interrupts
+// the wait.
+func flock(fd int) error {
+	for {
+		err := unix.Flock(fd, unix.LOCK_EX)
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
+
+// mountsBelow reports whether any mount of the calling thread's mount
+// namespace lies below dir.
+func mountsBelow(dir string) (bool, error) {
+	b, err := os.ReadFile("/proc/thread-self/mountinfo")
+	if err != nil {
+		return false, fmt.Errorf("read mount table: %w", err)
+	}
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	for _, line := range strings.Split(string(b), "\n") {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT ...; MOUNTPOINT escapes
+		// space, tab, newline and backslash in octal, which a name under
+		// RunDir cannot contain unescaped anyway.
+		f := strings.Fields(line)
+		if len(f) >= 5 && strings.HasPrefix(f[4], prefix) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 func validateName(name string) error {

@@ -24,6 +24,13 @@ import (
 const helperEnv = "PODGATE_NETNS_TEST_HELPER"
 
 func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) == "run-dir" {
+		if err := runDirScenario(os.Args[len(os.Args)-1]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if os.Getenv(helperEnv) == "print-netns" {
 		l, err := os.Readlink("/proc/self/ns/net")
 		if err != nil {
@@ -523,4 +530,158 @@ func TestPodDualStack(t *testing.T) {
 	if !found {
 		t.Errorf("node IPv6 routes on vethd = %v, want fd00:99::1/128", nroutes)
 	}
+}
+
+// TestRunDirSharedMount checks that a namespace made by New survives
+// another program's `ip netns add` (which makes /run/netns a mount of its
+// own) and can still be deleted, and that New leaves alone the namespace
+// mounts of a program that mounted them on a plain /run/netns. Each case
+// runs in a child process with a private mount namespace, whose /run/netns
+// starts as a plain directory with nothing mounted in it, so the host's
+// mounts are neither seen nor changed.
+func TestRunDirSharedMount(t *testing.T) {
+	requireRoot(t)
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs iproute2's ip")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, scenario := range []string{"ip-netns-add", "foreign-mounts"} {
+		t.Run(scenario, func(t *testing.T) {
+			cmd := exec.Command(exe, "-test.run=^$", scenario)
+			cmd.Env = append(os.Environ(), helperEnv+"=run-dir")
+			// Go makes the child's mounts private (MS_REC|MS_PRIVATE on
+			// /) after unsharing the mount namespace.
+			cmd.SysProcAttr = &unix.SysProcAttr{Unshareflags: unix.CLONE_NEWNS}
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("%s: %v\n%s", scenario, err, out)
+			}
+			t.Logf("%s", out)
+		})
+	}
+}
+
+// runDirScenario is the child's side of TestRunDirSharedMount.
+func runDirScenario(scenario string) error {
+	// Start from a plain /run/netns with nothing mounted in it (in this
+	// private mount namespace only).
+	if err := unmountAll(netns.RunDir); err != nil {
+		return err
+	}
+	name, err := netns.UniqueName("pgrund")
+	if err != nil {
+		return err
+	}
+	switch scenario {
+	case "ip-netns-add":
+		ns, err := netns.New(name)
+		if err != nil {
+			return err
+		}
+		defer ns.Delete()
+		var want unix.Stat_t
+		if err := unix.Fstat(ns.FD(), &want); err != nil {
+			return err
+		}
+		other, err := netns.UniqueName("pgrund")
+		if err != nil {
+			return err
+		}
+		if out, err := exec.Command("ip", "netns", "add", other).CombinedOutput(); err != nil {
+			return fmt.Errorf("ip netns add %s: %v: %s", other, err, out)
+		}
+		defer func() { _ = exec.Command("ip", "netns", "delete", other).Run() }()
+		// The name still leads to the namespace...
+		var got unix.Stat_t
+		if err := unix.Stat(ns.Path(), &got); err != nil {
+			return err
+		}
+		if got.Ino != want.Ino || got.Dev != want.Dev {
+			return fmt.Errorf("after ip netns add, %s is inode %d, want the namespace's %d", ns.Path(), got.Ino, want.Ino)
+		}
+		// ...and deleting it removes every mount of it and its file.
+		if err := ns.Delete(); err != nil {
+			return fmt.Errorf("delete after ip netns add: %w", err)
+		}
+		if left, err := mountedAt(ns.Path()); err != nil || left > 0 {
+			return fmt.Errorf("after delete, %d mounts left at %s (%v)", left, ns.Path(), err)
+		}
+		if _, err := os.Lstat(ns.Path()); !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("after delete, %s: %v", ns.Path(), err)
+		}
+		fmt.Printf("%s survived ip netns add and was deleted\n", name)
+	case "foreign-mounts":
+		// A program that mounts namespace files on a plain /run/netns (as
+		// podgate did): New must not bind /run/netns over them.
+		foreign := filepath.Join(netns.RunDir, name+"-foreign")
+		if err := os.WriteFile(foreign, nil, 0o444); err != nil {
+			return err
+		}
+		defer os.Remove(foreign)
+		if err := unix.Mount("/proc/self/ns/net", foreign, "none", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("mount %s: %w", foreign, err)
+		}
+		ns, err := netns.New(name)
+		if err != nil {
+			return err
+		}
+		if err := ns.Delete(); err != nil {
+			return err
+		}
+		if err := unix.Unmount(foreign, unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("unmount %s: %w", foreign, err)
+		}
+		if err := os.Remove(foreign); err != nil {
+			return fmt.Errorf("the other program's cleanup: %w", err)
+		}
+		fmt.Printf("the other program's namespace mount was left alone\n")
+	default:
+		return fmt.Errorf("unknown scenario %q", scenario)
+	}
+	return nil
+}
+
+// mountedAt returns how many mounts have path as their mount point.
+func mountedAt(path string) (int, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 5 && f[4] == path {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// unmountAll detaches every mount at or below dir, deepest first, until
+// none is left.
+func unmountAll(dir string) error {
+	for range 100 {
+		b, err := os.ReadFile("/proc/self/mountinfo")
+		if err != nil {
+			return err
+		}
+		var points []string
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) >= 5 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
+				points = append(points, f[4])
+			}
+		}
+		if len(points) == 0 {
+			return nil
+		}
+		slices.SortFunc(points, func(a, b string) int { return len(b) - len(a) })
+		for _, p := range points {
+			if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+				return fmt.Errorf("unmount %s: %w", p, err)
+			}
+		}
+	}
+	return fmt.Errorf("mounts at %s keep coming back", dir)
 }
