@@ -36,8 +36,9 @@ func buildPodgate(t *testing.T) (string, func(l *Lab) []string) {
 	}
 	return bin, func(l *Lab) []string {
 		// Each lab's agent keeps its state apart from other labs' (and
-		// from a real agent's /run/podgate).
-		if bytes.Contains(help, []byte("--state-dir")) {
+		// from a real agent's /run/podgate); in a lab of several nodes
+		// the lab gives each node's agent its own.
+		if len(l.Nodes()) == 1 && bytes.Contains(help, []byte("--state-dir")) {
 			return []string{"--state-dir", filepath.Join(l.Dir(), "agent-state")}
 		}
 		return nil
@@ -101,7 +102,7 @@ func echo(c net.Conn, d time.Duration) error {
 // agent cuts it), and an agent restart after SIGKILL.
 func TestAgentDualStack(t *testing.T) {
 	bin, extra := buildPodgate(t)
-	l := NewForTest(t, Spec{Manifests: []string{"testdata/dualstack"}, Prefix: testPrefix, ProbeTimeout: 500 * time.Millisecond, ProbeFromNode: true})
+	l := NewForTest(t, Spec{Manifests: []string{"testdata/dualstack"}, NodeName: "node-1", Prefix: testPrefix, ProbeTimeout: 500 * time.Millisecond, ProbeFromNode: true})
 	ctx := context.Background()
 	if err := l.StartAgent(ctx, bin, extra(l)...); err != nil {
 		t.Fatal(err)
