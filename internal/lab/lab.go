@@ -222,6 +222,9 @@ type Lab struct {
 	servers  *servers
 	nextPort atomic.Uint32
 
+	streamMu sync.Mutex
+	streams  map[*Stream]struct{} // nil once closing
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -261,6 +264,7 @@ func Build(ctx context.Context, spec Spec) (_ *Lab, err error) {
 		byName:     map[string]*Endpoint{},
 		byAddr:     map[netip.Addr]*Endpoint{},
 		servers:    newServers(),
+		streams:    map[*Stream]struct{}{},
 	}
 	l.table.Store(t)
 	var b [2]byte
@@ -711,8 +715,8 @@ func (l *Lab) Notes() []string { return slices.Clone(l.notes) }
 // endpoint: its namespace and addresses. See [Lab.Nodes] for all of them.
 func (l *Lab) Node() *Endpoint { return l.nodes[0].ep }
 
-// Nodes returns the lab's nodes, in [Layout] order: those with the most
-// pods first.
+// Nodes returns the lab's nodes, in [Layout] order: those the pods name,
+// by name, then lab-node-K.
 func (l *Lab) Nodes() []*Node { return slices.Clone(l.nodes) }
 
 // NodeNamed returns the node with the given name.
@@ -784,6 +788,7 @@ func (l *Lab) Close() error {
 		if err := l.StopAgent(unix.SIGTERM); err != nil && !errors.Is(err, ErrNoAgent) {
 			errs = append(errs, err)
 		}
+		l.closeStreams()
 		if err := l.servers.close(); err != nil {
 			errs = append(errs, err)
 		}

@@ -32,7 +32,9 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == "agent" {
 		os.Exit(fakeAgent(os.Args[2:]))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	removePodgate()
+	os.Exit(code)
 }
 
 func fakeAgent(args []string) int {

@@ -149,8 +149,8 @@ type NodeLayout struct {
 // Layout is what a lab built from manifests consists of, decided without
 // touching the kernel.
 type Layout struct {
-	// Nodes are the nodes, the one with the most pods first (ties broken
-	// by name), then the nodes no pod names.
+	// Nodes are the nodes the pods name, by name, then those no pod
+	// names (lab-node-K).
 	Nodes []NodeLayout
 	// Pods are the pods that take part in policy, in the table's order
 	// (namespace, name), each with its Node.
@@ -360,30 +360,25 @@ func hostNetworkPods(m *policy.Manifests) []*corev1.Pod {
 }
 
 // nodeNames returns the lab's nodes: o.NodeName alone, or the nodes the
-// pods name (most pods first, ties broken by name) and then lab-node-K up
-// to o.Nodes; DefaultNodeName for a lab of one node that no pod names.
+// pods name, by name, and then lab-node-K up to o.Nodes; DefaultNodeName
+// for a lab of one node that no pod names.
 func nodeNames(eps []policy.Endpoint, hostPods []*corev1.Pod, o PlanOptions) ([]string, error) {
 	if o.NodeName != "" {
 		return []string{o.NodeName}, nil
 	}
-	count := map[string]int{}
-	for i := range eps {
-		if n := eps[i].NodeName; n != "" {
-			count[n]++
+	var names []string
+	add := func(n string) {
+		if n != "" && !slices.Contains(names, n) {
+			names = append(names, n)
 		}
+	}
+	for i := range eps {
+		add(eps[i].NodeName)
 	}
 	for _, p := range hostPods {
-		if n := p.Spec.NodeName; n != "" {
-			if _, ok := count[n]; !ok {
-				count[n] = 0 // a node of its own, after those with pods
-			}
-		}
+		add(p.Spec.NodeName)
 	}
-	names := make([]string, 0, len(count))
-	for n := range count {
-		names = append(names, n)
-	}
-	slices.SortFunc(names, func(a, b string) int { return cmp.Or(cmp.Compare(count[b], count[a]), cmp.Compare(a, b)) })
+	slices.Sort(names)
 	n := o.Nodes
 	if n == 0 {
 		n = max(len(names), 1)

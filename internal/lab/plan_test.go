@@ -97,8 +97,7 @@ func TestPlanArticleThreeNodes(t *testing.T) {
 
 func TestPlanDualStack(t *testing.T) {
 	m, tab := load(t, "testdata/dualstack")
-	// By default every node the pods name: node-1 first (two pods
-	// against one).
+	// By default every node the pods name.
 	lay, err := Plan(m, tab, PlanOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -223,13 +222,13 @@ func TestPlanNodes(t *testing.T) {
 			place: map[string]string{"x/a": "lab-node", "x/b": "lab-node", "x/c": "lab-node"}},
 		{name: "round-robin", dir: unnamed, o: PlanOptions{Nodes: 2}, nodes: []string{"lab-node-1", "lab-node-2"},
 			place: map[string]string{"x/a": "lab-node-1", "x/b": "lab-node-2", "x/c": "lab-node-1"}},
-		{name: "named, most pods first", dir: named, nodes: []string{"n2", "n1"},
-			place: map[string]string{"x/a": "n2", "x/b": "n1", "x/c": "n2", "x/d": "n2"}},
-		{name: "named and more", dir: named, o: PlanOptions{Nodes: 3}, nodes: []string{"n2", "n1", "lab-node-3"},
-			place: map[string]string{"x/a": "n2", "x/b": "n1", "x/c": "n2", "x/d": "n2"}},
+		{name: "named, by name", dir: named, nodes: []string{"n1", "n2"},
+			place: map[string]string{"x/a": "n2", "x/b": "n1", "x/c": "n2", "x/d": "n1"}},
+		{name: "named and more", dir: named, o: PlanOptions{Nodes: 3}, nodes: []string{"n1", "n2", "lab-node-3"},
+			place: map[string]string{"x/a": "n2", "x/b": "n1", "x/c": "n2", "x/d": "n1"}},
 		{name: "one by name", dir: named, o: PlanOptions{NodeName: "n1"}, nodes: []string{"n1"},
 			place: map[string]string{"x/b": "n1", "x/d": "n1"}},
-		{name: "too few", dir: named, o: PlanOptions{Nodes: 1}, err: "the pods are on 2 nodes (n2, n1): cannot build them on 1"},
+		{name: "too few", dir: named, o: PlanOptions{Nodes: 1}, err: "the pods are on 2 nodes (n1, n2): cannot build them on 1"},
 		{name: "name and number", dir: named, o: PlanOptions{NodeName: "n1", Nodes: 2}, err: `node name "n1" builds one node`},
 		{name: "node IPs with nodes", dir: named, o: PlanOptions{NodeIPs: addrs("10.9.0.1")}, err: "node addresses: only for a lab of one node"},
 		{name: "subnet with one node", dir: unnamed, o: PlanOptions{NodeSubnets: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/24")}}, err: "a lab of one node has no underlay"},
