@@ -26,8 +26,8 @@ lint: ## gofmt, go vet and staticcheck
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-demo: build ## the article's scenario in a netns lab: real connections vs. policy (run as root)
-	bin/podgate lab -f $(ARTICLE)
+demo: build ## the article's scenario on three nodes in a netns lab: real connections vs. policy (run as root)
+	bin/podgate lab -f $(ARTICLE)/three-nodes
 
 bench: build ## podgate vs. kernel routing and iptables/ipset in a netns lab, quick subset (root; full: bin/podgate bench)
 	bin/podgate bench --quick
