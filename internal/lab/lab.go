@@ -651,15 +651,11 @@ func (l *Lab) wireOutside(ep *Endpoint) error {
 // link-local gateways of [outsideGateway], out of its uplink, which
 // permanent neighbour entries resolve to mac.
 func routeOutside(n *Node, ips []netip.Addr, mac net.HardwareAddr) error {
-	h, err := n.ep.NS.Handle()
+	h, up, err := n.uplink()
 	if err != nil {
 		return err
 	}
 	defer h.Close()
-	up, err := h.LinkByName(UplinkIf)
-	if err != nil {
-		return fmt.Errorf("find %s: %w", UplinkIf, err)
-	}
 	for _, a := range ips {
 		gw := outsideGateway(a.Is4())
 		if err := netns.AddNeighbor(n.ep.NS, up.Attrs().Index, gw, mac); err != nil {

@@ -427,48 +427,6 @@ func blackhole(t *testing.T, l *Lab, name string) {
 	}
 }
 
-// threeNodePolicies is testdata/threenode/policy.yaml with server's
-// ingress and batch's egress closed.
-const threeNodePolicies = `apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: client, namespace: x}
-spec:
-  podSelector: {matchLabels: {role: client}}
-  policyTypes: [Egress]
-  egress:
-  - to:
-    - podSelector: {matchLabels: {app: server}}
-    - podSelector: {matchLabels: {app: db}}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: server, namespace: x}
-spec:
-  podSelector: {matchLabels: {app: server}}
-  policyTypes: [Ingress]
-  ingress: []
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: db, namespace: x}
-spec:
-  podSelector: {matchLabels: {app: db}}
-  policyTypes: [Ingress, Egress]
-  ingress:
-  - from:
-    - podSelector: {matchLabels: {app: server}}
-    ports:
-    - {protocol: TCP, port: 80}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: batch, namespace: x}
-spec:
-  podSelector: {matchLabels: {role: batch}}
-  policyTypes: [Egress]
-  egress: []
-`
-
 // TestCrossNodePolicyCut is issue 15's standard for a policy change that
 // cuts established connections across nodes: one end pushes a line every
 // 0.5s, the other never speaks; after the change no line may arrive
@@ -551,8 +509,12 @@ func crossNodeCut(t *testing.T, l *Lab) {
 	if policyFile == "" {
 		t.Fatalf("no policy file among %v", names)
 	}
+	cut, err := os.ReadFile(threeNodeDir + "/cut/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
 	change := time.Now()
-	if err := l.WriteManifest(policyFile, []byte(threeNodePolicies)); err != nil {
+	if err := l.WriteManifest(policyFile, cut); err != nil {
 		t.Fatal(err)
 	}
 	const within, hold = time.Second, 4 * time.Second

@@ -193,17 +193,28 @@ func (l *Lab) routeUnderlay(outside *Endpoint) error {
 	return nil
 }
 
+// uplink returns a netlink handle in node n's namespace (the caller
+// closes it) and n's uplink.
+func (n *Node) uplink() (*netlink.Handle, netlink.Link, error) {
+	h, err := n.ep.NS.Handle()
+	if err != nil {
+		return nil, nil, err
+	}
+	up, err := h.LinkByName(UplinkIf)
+	if err != nil {
+		h.Close()
+		return nil, nil, fmt.Errorf("find %s: %w", UplinkIf, err)
+	}
+	return h, up, nil
+}
+
 // routeNode routes the other nodes and their pods on node n.
 func (l *Lab) routeNode(n *Node) error {
-	h, err := n.ep.NS.Handle()
+	h, up, err := n.uplink()
 	if err != nil {
 		return err
 	}
 	defer h.Close()
-	up, err := h.LinkByName(UplinkIf)
-	if err != nil {
-		return fmt.Errorf("find %s: %w", UplinkIf, err)
-	}
 	for _, o := range l.nodes {
 		if o == n {
 			continue
