@@ -444,10 +444,12 @@ func blackhole(t *testing.T, l *Lab, name string) {
 // --reverse-pickup at its default (the change comes within its first 2
 // minutes) and with --reverse-pickup 0.
 //
-// KNOWN TO FAIL until issue 15 is fixed in the fastpath: after the node
-// that denies deletes the flow, the next segment the far end pushes is
-// judged as a new flow in its own direction, on the side the change left
-// open, and the other node still holds the flow and lets it through.
+// This is issue 15's cross-node test. Before the fastpath kept cut flows
+// as tombstones, it failed: after the node that denies deleted the flow,
+// the next segment the far end pushed was judged as a new flow in its own
+// direction, on the side the change left open, and the other node still
+// held the flow and let it through (and within the reverse pick-up window
+// the near end's segments too).
 func TestCrossNodePolicyCut(t *testing.T) {
 	bin, extra := buildPodgate(t)
 	for _, tc := range []struct {
