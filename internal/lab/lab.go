@@ -34,12 +34,14 @@ const (
 	DefaultAgentStopTimeout  = 45 * time.Second
 )
 
-// Interface names in the node namespace.
+// Interface names in a node namespace.
 const (
-	// NodeIf is the interface that carries the node's addresses: the node
-	// namespace's loopback (the lab kernels have no dummy driver).
+	// NodeIf is the interface that carries the node's addresses in a lab
+	// of one node: the node namespace's loopback (the lab kernels have no
+	// dummy driver). In a lab of several they are on UplinkIf.
 	NodeIf = "lo"
-	// UplinkIf is the node end of the link to the outside namespace.
+	// UplinkIf is the node end of the link to the outside namespace (one
+	// node) or to the underlay bridge (several).
 	UplinkIf = "uplink0"
 )
 
@@ -60,7 +62,7 @@ type Enforcer string
 
 // Enforcers.
 const (
-	// EnforcerPodgate: the podgate agent runs in the node namespace
+	// EnforcerPodgate: a podgate agent runs in every node namespace
 	// ([Lab.StartAgent]); probes are expected to follow the policy table.
 	EnforcerPodgate Enforcer = "podgate"
 	// EnforcerNone: the kernel alone forwards; every probe is expected to
@@ -71,8 +73,9 @@ const (
 // Spec describes a lab. Only Manifests is required.
 type Spec struct {
 	// Manifests are manifest files or directories, as for [policy.Load]:
-	// Namespaces, Pods (with status.podIPs and spec.nodeName),
-	// NetworkPolicies and OutsideHosts.
+	// Namespaces, Pods (with status.podIPs and spec.nodeName; hostNetwork
+	// pods too), NetworkPolicies, Services with their EndpointSlices, and
+	// OutsideHosts.
 	Manifests []string
 	// NodeName, if set, builds this node alone, as a lab of one node:
 	// pods of other nodes are left out (with a note) and pods without
@@ -104,7 +107,7 @@ type Spec struct {
 	MTU int
 	// Enforcer decides the expectations (default EnforcerPodgate).
 	Enforcer Enforcer
-	// AgentKubeconfig, when set, makes StartAgent run the agent against
+	// AgentKubeconfig, when set, makes StartAgent run the agents against
 	// the Kubernetes API of this kubeconfig instead of the lab's manifest
 	// directory. The caller creates the objects in the API; the lab's
 	// expectations still come from Manifests.
