@@ -410,7 +410,9 @@ func waitFlowing(t *testing.T, streams []*Stream, n int) {
 	errs := make([]error, len(streams))
 	var wg sync.WaitGroup
 	for i, s := range streams {
-		wg.Go(func() { errs[i] = s.WaitFlowing(context.Background(), n, time.Duration(n)*s.Spec.Interval+3*time.Second) })
+		wg.Go(func() {
+			errs[i] = s.WaitFlowing(context.Background(), n, time.Duration(n)*s.Spec.Interval+3*time.Second)
+		})
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
