@@ -36,9 +36,9 @@ lint: ## gofmt, go vet and staticcheck
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-demo: build ## the article's scenario in a netns lab: real connections vs. policy (run as root; installs iptables if missing)
+demo: build ## the article's scenario on three nodes in a netns lab: real connections vs. policy (run as root; installs iptables if missing)
 	@bash hack/deps.sh demo
-	bin/podgate lab -f $(ARTICLE)
+	bin/podgate lab -f $(ARTICLE)/three-nodes
 
 .PHONY: deps
 deps: ## install the Debian packages that demo and test need, if missing (as root; hack/packages.txt)

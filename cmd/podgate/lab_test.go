@@ -22,6 +22,9 @@ func TestLabFlagErrors(t *testing.T) {
 		{[]string{"lab", "-f", article, "--ports", "80/XTP"}, "--ports"},
 		{[]string{"lab", "-f", article, "--enforcer", "cilium"}, "--enforcer"},
 		{[]string{"lab", "-f", article, "--node-ip", "10.0.1"}, "--node-ip"},
+		{[]string{"lab", "-f", article, "--node-subnet", "10.0.2.0"}, "--node-subnet"},
+		{[]string{"lab", "-f", article, "--nodes", "-1"}, "--nodes -1"},
+		{[]string{"lab", "-f", article, "--nodes", "2", "--node-name", "n"}, "--node-name n builds that node alone"},
 	} {
 		_, _, err := podgate(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -37,6 +40,14 @@ type labEntry struct {
 	Protocol string `json:"protocol"`
 	Expected string `json:"expected"`
 	Observed string `json:"observed"`
+	FromNode string `json:"fromNode"`
+	ToNode   string `json:"toNode"`
+	DeniedBy *struct {
+		Node      string   `json:"node"`
+		Direction string   `json:"direction"`
+		Reason    string   `json:"reason"`
+		Policies  []string `json:"policies"`
+	} `json:"deniedBy"`
 }
 
 // TestLabKernelOnlyJSON runs the article's lab without an agent: every
@@ -71,7 +82,9 @@ func TestLabKernelOnlyJSON(t *testing.T) {
 
 // TestLabArticle runs `podgate lab` on the article with a freshly built
 // podgate as the agent: all four criteria hold on the wire, the exit
-// status is 0. Skipped while podgate has no agent command.
+// status is 0. Then the same on three nodes (`make demo`), -o json: every
+// denial comes from the agent of the right node. Skipped while podgate
+// has no agent command.
 func TestLabArticle(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
@@ -103,6 +116,47 @@ func TestLabArticle(t *testing.T) {
 		if !strings.Contains(tcp, row) {
 			t.Errorf("80/TCP table lacks row %q", row)
 		}
+	}
+	if left := lab.Leftovers("pgltcmd"); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+
+	out, stderr, err = podgate(t, "lab", "-f", filepath.Join(article, "three-nodes"), "--agent-binary", bin, "--prefix", "pgltcmd", "--timeout", "1s", "-o", "json")
+	if err != nil {
+		t.Fatalf("lab on three nodes: %v\n%s", err, stderr)
+	}
+	if !strings.Contains(stderr, "3 nodes on 172.18.0.0/24") || !strings.Contains(stderr, "node aks-nodepool1-1 (172.18.0.2): frontend/apipod") {
+		t.Errorf("stderr: %s", stderr)
+	}
+	var got []labEntry
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("output is not one JSON array: %v\n%s", err, out)
+	}
+	if len(got) != 60 {
+		t.Errorf("%d entries, want 60", len(got))
+	}
+	denied := 0
+	for _, e := range got {
+		if e.Expected != e.Observed {
+			t.Errorf("%+v", e)
+		}
+		if e.Observed == "allow" {
+			continue
+		}
+		denied++
+		switch d := e.DeniedBy; {
+		case d == nil:
+			t.Errorf("no agent recorded the denial of %+v", e)
+		case !(d.Direction == "egress" && d.Node == e.FromNode) && !(d.Direction == "ingress" && d.Node == e.ToNode):
+			t.Errorf("denied at the wrong node: %+v, %+v", e, *d)
+		}
+		if e.From == "testvm" && e.To == "backend/dbpod" && e.Protocol == "TCP" &&
+			(e.DeniedBy == nil || e.DeniedBy.Node != "aks-nodepool1-0" || e.DeniedBy.Direction != "ingress" || len(e.DeniedBy.Policies) != 1 || e.DeniedBy.Policies[0] != "backend/dbpod-policy") {
+			t.Errorf("testvm -> dbpod TCP: %+v, want denied by dbpod's ingress at aks-nodepool1-0", e.DeniedBy)
+		}
+	}
+	if denied != 44 {
+		t.Errorf("%d denied, want 44", denied)
 	}
 	if left := lab.Leftovers("pgltcmd"); len(left) > 0 {
 		t.Errorf("left behind: %v", left)

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,30 +19,57 @@ import (
 	"github.com/podgate/podgate/policy"
 )
 
-// buildPodgate builds cmd/podgate into a temporary directory and returns
-// the binary and the extra agent arguments the lab should pass. It skips
-// the test when the binary has no agent command yet.
+// podgateBinary is cmd/podgate, built once for all the tests of a run
+// (removed by TestMain).
+var podgateBinary struct {
+	once sync.Once
+	dir  string
+	path string
+	help []byte
+	err  error
+}
+
+// buildPodgate builds cmd/podgate (once per test run) and returns the
+// binary and the extra agent arguments the lab should pass.
 func buildPodgate(t *testing.T) (string, func(l *Lab) []string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
-	bin := filepath.Join(t.TempDir(), "podgate")
-	build := exec.Command("go", "build", "-o", bin, "../../cmd/podgate")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/podgate: %v\n%s", err, out)
+	b := &podgateBinary
+	b.once.Do(func() {
+		if b.dir, b.err = os.MkdirTemp("", "podgate-labtest-"); b.err != nil {
+			return
+		}
+		b.path = filepath.Join(b.dir, "podgate")
+		if out, err := exec.Command("go", "build", "-o", b.path, "../../cmd/podgate").CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build ./cmd/podgate: %v\n%s", err, out)
+			return
+		}
+		help, err := exec.Command(b.path, "agent", "--help").CombinedOutput()
+		if err != nil || !bytes.Contains(help, []byte("--manifests")) {
+			b.err = fmt.Errorf("podgate agent --help: %v\n%s", err, help)
+		}
+		b.help = help
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	help, err := exec.Command(bin, "agent", "--help").CombinedOutput()
-	if err != nil || !bytes.Contains(help, []byte("--manifests")) {
-		t.Fatalf("podgate agent --help: %v\n%s", err, help)
-	}
-	return bin, func(l *Lab) []string {
+	return b.path, func(l *Lab) []string {
 		// Each lab's agent keeps its state apart from other labs' (and
-		// from a real agent's /run/podgate).
-		if bytes.Contains(help, []byte("--state-dir")) {
+		// from a real agent's /run/podgate); in a lab of several nodes
+		// the lab gives each node's agent its own.
+		if len(l.Nodes()) == 1 && bytes.Contains(b.help, []byte("--state-dir")) {
 			return []string{"--state-dir", filepath.Join(l.Dir(), "agent-state")}
 		}
 		return nil
+	}
+}
+
+// removePodgate removes the binary buildPodgate built.
+func removePodgate() {
+	if podgateBinary.dir != "" {
+		_ = os.RemoveAll(podgateBinary.dir)
 	}
 }
 
@@ -101,7 +130,7 @@ func echo(c net.Conn, d time.Duration) error {
 // agent cuts it), and an agent restart after SIGKILL.
 func TestAgentDualStack(t *testing.T) {
 	bin, extra := buildPodgate(t)
-	l := NewForTest(t, Spec{Manifests: []string{"testdata/dualstack"}, Prefix: testPrefix, ProbeTimeout: 500 * time.Millisecond, ProbeFromNode: true})
+	l := NewForTest(t, Spec{Manifests: []string{"testdata/dualstack"}, NodeName: "node-1", Prefix: testPrefix, ProbeTimeout: 500 * time.Millisecond, ProbeFromNode: true})
 	ctx := context.Background()
 	if err := l.StartAgent(ctx, bin, extra(l)...); err != nil {
 		t.Fatal(err)

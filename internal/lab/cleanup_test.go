@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,8 +22,9 @@ import (
 const childEnv = "PODGATE_LAB_TEST_CHILD"
 
 // TestChildLab is not a test of its own: the cleanup tests run it in a
-// child process. It builds a lab, starts the fake agent, probes once, and
-// then fails ("fail") or waits to be killed ("hang").
+// child process. It builds a lab of three nodes, starts the fake agent on
+// each, probes once across nodes, and then fails ("fail") or waits to be
+// killed ("hang").
 func TestChildLab(t *testing.T) {
 	mode := os.Getenv(childEnv)
 	if mode == "" {
@@ -30,7 +32,7 @@ func TestChildLab(t *testing.T) {
 	}
 	prefix, _, _ := strings.Cut(mode, ":")
 	mode = mode[len(prefix)+1:]
-	l := NewForTest(t, Spec{Manifests: []string{articleDir}, Prefix: prefix})
+	l := NewForTest(t, Spec{Manifests: []string{articleThreeNodes}, Prefix: prefix})
 	if err := l.StartAgent(context.Background(), os.Args[0]); err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +40,11 @@ func TestChildLab(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("probe: %v %v", ok, err)
 	}
-	fmt.Printf("READY %s %d\n", l.ID(), l.AgentPID())
+	var pids []string
+	for _, n := range l.Nodes() {
+		pids = append(pids, strconv.Itoa(n.AgentPID()))
+	}
+	fmt.Printf("READY %s %s\n", l.ID(), strings.Join(pids, ","))
 	switch mode {
 	case "fail":
 		t.Fatal("deliberate failure midway")
@@ -70,20 +76,27 @@ func runChild(t *testing.T, prefix, mode string) (*exec.Cmd, *bufio.Scanner) {
 }
 
 // waitReady reads the child's output up to its READY line and returns the
-// lab ID and the agent's PID.
-func waitReady(t *testing.T, sc *bufio.Scanner, log *strings.Builder) (string, int) {
+// lab ID and the agents' PIDs.
+func waitReady(t *testing.T, sc *bufio.Scanner, log *strings.Builder) (string, []int) {
 	t.Helper()
 	for sc.Scan() {
 		line := sc.Text()
 		log.WriteString(line + "\n")
-		var id string
-		var pid int
-		if _, err := fmt.Sscanf(line, "READY %s %d", &id, &pid); err == nil {
-			return id, pid
+		var id, list string
+		if _, err := fmt.Sscanf(line, "READY %s %s", &id, &list); err == nil {
+			var pids []int
+			for _, f := range strings.Split(list, ",") {
+				pid, err := strconv.Atoi(f)
+				if err != nil || pid <= 0 {
+					t.Fatalf("bad READY line %q", line)
+				}
+				pids = append(pids, pid)
+			}
+			return id, pids
 		}
 	}
 	t.Fatalf("child never got ready:\n%s", log.String())
-	return "", 0
+	return "", nil
 }
 
 func processGone(pid int) bool {
@@ -91,12 +104,12 @@ func processGone(pid int) bool {
 	return errors.Is(err, syscall.ESRCH) || zombie(pid)
 }
 
-// TestCleanupAfterFailedTest: a test that fails midway, with a lab and an
-// agent running, leaves no namespace, directory or agent behind.
+// TestCleanupAfterFailedTest: a test that fails midway, with a lab and
+// its agents running, leaves no namespace, directory or agent behind.
 func TestCleanupAfterFailedTest(t *testing.T) {
 	cmd, sc := runChild(t, "pgltc", "fail")
 	var log strings.Builder
-	id, agent := waitReady(t, sc, &log)
+	id, agents := waitReady(t, sc, &log)
 	for sc.Scan() {
 		log.WriteString(sc.Text() + "\n")
 	}
@@ -107,29 +120,33 @@ func TestCleanupAfterFailedTest(t *testing.T) {
 	if left := Leftovers(id); len(left) > 0 {
 		t.Errorf("failed test left %v", left)
 	}
-	if !processGone(agent) {
-		t.Errorf("agent %d still runs", agent)
+	for _, agent := range agents {
+		if !processGone(agent) {
+			t.Errorf("agent %d still runs", agent)
+		}
 	}
 }
 
-// TestCleanupAfterKill: a lab whose process is killed leaves its
-// namespaces, directory and agent; Cleanup removes them, and leaves a
-// running lab alone.
+// TestCleanupAfterKill: a lab of three nodes whose process is killed
+// leaves its namespaces, directory and agents; Cleanup removes them, and
+// leaves a running lab alone.
 func TestCleanupAfterKill(t *testing.T) {
 	live := NewForTest(t, Spec{Manifests: []string{articleDir}, Prefix: "pgltk", Enforcer: EnforcerNone})
 	cmd, sc := runChild(t, "pgltk", "hang")
 	var log strings.Builder
-	id, agent := waitReady(t, sc, &log)
+	id, agents := waitReady(t, sc, &log)
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
 	left := Leftovers(id)
-	if len(left) != 6 { // node, 3 pods, outside, directory
-		t.Fatalf("killed lab left %v, want 5 namespaces and a directory", left)
+	if len(left) != 9 { // underlay, 3 nodes, 3 pods, outside, directory
+		t.Fatalf("killed lab left %v, want 8 namespaces and a directory", left)
 	}
-	if processGone(agent) {
-		t.Fatalf("agent %d died with the lab; the test needs it alive", agent)
+	for _, agent := range agents {
+		if processGone(agent) {
+			t.Fatalf("agent %d died with the lab; the test needs it alive", agent)
+		}
 	}
 
 	rep, err := Cleanup("pgltk")
@@ -137,8 +154,13 @@ func TestCleanupAfterKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("cleanup: %+v", rep)
-	if len(rep.Namespaces) != 5 || len(rep.Dirs) != 1 || !slices.Contains(rep.Killed, agent) {
-		t.Errorf("cleanup report %+v: want 5 namespaces, 1 directory, agent %d stopped", rep, agent)
+	if len(rep.Namespaces) != 8 || len(rep.Dirs) != 1 {
+		t.Errorf("cleanup report %+v: want 8 namespaces, 1 directory", rep)
+	}
+	for _, agent := range agents {
+		if !slices.Contains(rep.Killed, agent) {
+			t.Errorf("cleanup report %+v: agent %d not stopped", rep, agent)
+		}
 	}
 	if !slices.Contains(rep.Alive, live.ID()) {
 		t.Errorf("cleanup report %+v: want live lab %s left alone", rep, live.ID())
@@ -146,8 +168,10 @@ func TestCleanupAfterKill(t *testing.T) {
 	if left := Leftovers(id); len(left) > 0 {
 		t.Errorf("after cleanup: %v", left)
 	}
-	if !processGone(agent) {
-		t.Errorf("agent %d still runs", agent)
+	for _, agent := range agents {
+		if !processGone(agent) {
+			t.Errorf("agent %d still runs", agent)
+		}
 	}
 	if got := len(Leftovers(live.ID())); got != 6 {
 		t.Errorf("live lab has %d namespaces and directories, want 6", got)

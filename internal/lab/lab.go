@@ -34,12 +34,14 @@ const (
 	DefaultAgentStopTimeout  = 45 * time.Second
 )
 
-// Interface names in the node namespace.
+// Interface names in a node namespace.
 const (
-	// NodeIf is the interface that carries the node's addresses: the node
-	// namespace's loopback (the lab kernels have no dummy driver).
+	// NodeIf is the interface that carries the node's addresses in a lab
+	// of one node: the node namespace's loopback (the lab kernels have no
+	// dummy driver). In a lab of several they are on UplinkIf.
 	NodeIf = "lo"
-	// UplinkIf is the node end of the link to the outside namespace.
+	// UplinkIf is the node end of the link to the outside namespace (one
+	// node) or to the underlay bridge (several).
 	UplinkIf = "uplink0"
 )
 
@@ -60,7 +62,7 @@ type Enforcer string
 
 // Enforcers.
 const (
-	// EnforcerPodgate: the podgate agent runs in the node namespace
+	// EnforcerPodgate: a podgate agent runs in every node namespace
 	// ([Lab.StartAgent]); probes are expected to follow the policy table.
 	EnforcerPodgate Enforcer = "podgate"
 	// EnforcerNone: the kernel alone forwards; every probe is expected to
@@ -71,16 +73,32 @@ const (
 // Spec describes a lab. Only Manifests is required.
 type Spec struct {
 	// Manifests are manifest files or directories, as for [policy.Load]:
-	// Namespaces, Pods (with status.podIPs and spec.nodeName),
-	// NetworkPolicies and OutsideHosts.
+	// Namespaces, Pods (with status.podIPs and spec.nodeName; hostNetwork
+	// pods too), NetworkPolicies, Services with their EndpointSlices, and
+	// OutsideHosts.
 	Manifests []string
-	// NodeName is the node to build; empty means the most common
-	// spec.nodeName among pods.
+	// NodeName, if set, builds this node alone, as a lab of one node:
+	// pods of other nodes are left out (with a note) and pods without
+	// spec.nodeName are placed on it. Empty means every node the pods
+	// name (see Nodes).
 	NodeName string
-	// NodeIPs are the node's own addresses, at most one per family; empty
-	// means the first free address of the /24 (/64) of the first pod
-	// address of each family.
+	// Nodes is how many nodes to build: 0 means as many as the pods name
+	// in spec.nodeName, at least one. The nodes the pods do not name are
+	// called lab-node-K; pods without spec.nodeName are spread over all
+	// nodes round-robin. Fewer nodes than the pods name is an error.
+	Nodes int
+	// NodeIPs are the node's own addresses in a lab of one node, at most
+	// one per family; empty means the first free address of the /24 (/64)
+	// of the first pod address of each family.
 	NodeIPs []netip.Addr
+	// NodeSubnets are the underlay's subnets in a lab of several nodes, at
+	// most one per family; the nodes get their first free addresses, in
+	// node order. A family left out defaults to the first /24 (/64) from
+	// [DefaultNodeSubnet4] ([DefaultNodeSubnet6]) on that holds no address
+	// of the manifests (pods, outside hosts, ClusterIPs). A given subnet
+	// may hold pod addresses, as with Azure CNI, where nodes and pods
+	// share a subnet.
+	NodeSubnets []netip.Prefix
 	// Prefix starts every namespace and directory name of the lab
 	// (default "pglab"); names are PREFIX-PID-XXXXXX[-...]. At most 12
 	// bytes of letters, digits and dashes.
@@ -89,7 +107,7 @@ type Spec struct {
 	MTU int
 	// Enforcer decides the expectations (default EnforcerPodgate).
 	Enforcer Enforcer
-	// AgentKubeconfig, when set, makes StartAgent run the agent against
+	// AgentKubeconfig, when set, makes StartAgent run the agents against
 	// the Kubernetes API of this kubeconfig instead of the lab's manifest
 	// directory. The caller creates the objects in the API; the lab's
 	// expectations still come from Manifests.
@@ -100,11 +118,12 @@ type Spec struct {
 	ProbeTimeout time.Duration
 	// Parallel is how many probes [Lab.Matrix] runs at once (default 32).
 	Parallel int
-	// ProbeFromNode adds the node as a probe source to [Lab.Matrix] (as
-	// kubelet probes: expected to be allowed).
+	// ProbeFromNode adds the nodes as probe sources to [Lab.Matrix]: a
+	// node to its own pods is expected to be allowed (kubelet probes), to
+	// the pods of other nodes as their policies say.
 	ProbeFromNode bool
-	// AgentOutput, if set, receives the agent's stdout and stderr besides
-	// the log file ([Lab.AgentLog]).
+	// AgentOutput, if set, receives the agents' stdout and stderr besides
+	// their log files ([Node.AgentLog]).
 	AgentOutput io.Writer
 	// AgentReadyTimeout bounds the wait for the agent's /readyz (default
 	// 60s); AgentStopTimeout the wait for it to exit after a signal before
@@ -145,6 +164,12 @@ func (s Spec) validate() error {
 	if err := checkPrefix(s.Prefix); err != nil {
 		errs = append(errs, err)
 	}
+	if s.Nodes < 0 {
+		errs = append(errs, fmt.Errorf("nodes %d: must not be negative", s.Nodes))
+	}
+	if s.NodeName != "" && s.Nodes > 1 {
+		errs = append(errs, fmt.Errorf("node name %q and %d nodes: a node name builds that node alone", s.NodeName, s.Nodes))
+	}
 	if s.MTU < 0 {
 		errs = append(errs, fmt.Errorf("mtu %d: must not be negative", s.MTU))
 	}
@@ -172,22 +197,23 @@ func checkPrefix(p string) error {
 	return nil
 }
 
-// Lab is a node built out of network namespaces. Create it with [Build]
-// and release it with [Lab.Close].
+// Lab is a cluster of nodes built out of network namespaces. Create it
+// with [Build] and release it with [Lab.Close].
 //
 // All methods except Close may be called from several goroutines at once.
 type Lab struct {
-	spec     Spec
-	id       string
-	dir      string
-	nodeName string
-	notes    []string
+	spec  Spec
+	id    string
+	dir   string
+	notes []string
 
-	node      *Endpoint
-	endpoints []*Endpoint // pods, then outside hosts
-	byName    map[string]*Endpoint
-	byAddr    map[netip.Addr]*Endpoint
-	created   []*netns.Namespace // in creation order
+	nodes      []*Node
+	nodeByName map[string]*Node
+	subnets    []netip.Prefix
+	endpoints  []*Endpoint // pods, hostNetwork pods, then outside hosts
+	byName     map[string]*Endpoint
+	byAddr     map[netip.Addr]*Endpoint
+	created    []*netns.Namespace // in creation order
 
 	services  []Service
 	svcByAddr map[netip.Addr]*Service
@@ -199,21 +225,22 @@ type Lab struct {
 	servers  *servers
 	nextPort atomic.Uint32
 
-	agentMu sync.Mutex
-	agent   *agentProc
+	streamMu sync.Mutex
+	streams  map[*Stream]struct{} // nil once closing
 
 	closeOnce sync.Once
 	closeErr  error
 }
 
 // Build creates the lab described by spec: it loads and compiles the
-// manifests, creates the node namespace (forwarding on, node addresses on
-// its loopback), one namespace per pod of the node (a ptp veth to the node
-// with the pod's addresses and default routes via 169.254.1.1 and fe80::1),
-// and an outside namespace with the OutsideHosts' addresses behind the
-// node's uplink0 (see the package documentation). Build changes nothing in
-// the caller's own namespace. On failure, or when ctx is done, everything
-// made so far is removed.
+// manifests, plans the nodes ([Plan]) and creates, for each node, a node
+// namespace (forwarding on), one namespace per pod of the node (a ptp veth
+// to the node with the pod's addresses and default routes via 169.254.1.1
+// and fe80::1), and an outside namespace with the OutsideHosts' addresses:
+// behind the node's uplink0 in a lab of one node, on the underlay bridge
+// with the nodes in a lab of several (see the package documentation).
+// Build changes nothing in the caller's own namespace. On failure, or when
+// ctx is done, everything made so far is removed.
 func Build(ctx context.Context, spec Spec) (_ *Lab, err error) {
 	spec = spec.withDefaults()
 	if err := spec.validate(); err != nil {
@@ -227,18 +254,20 @@ func Build(ctx context.Context, spec Spec) (_ *Lab, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("compile manifests: %w", err)
 	}
-	layout, err := Plan(m, t, spec.NodeName, spec.NodeIPs)
+	layout, err := Plan(m, t, PlanOptions{NodeName: spec.NodeName, Nodes: spec.Nodes, NodeIPs: spec.NodeIPs, NodeSubnets: spec.NodeSubnets})
 	if err != nil {
 		return nil, err
 	}
 
 	l := &Lab{
-		spec:     spec,
-		nodeName: layout.NodeName,
-		notes:    append(append([]string(nil), m.Notes...), layout.Notes...),
-		byName:   map[string]*Endpoint{},
-		byAddr:   map[netip.Addr]*Endpoint{},
-		servers:  newServers(),
+		spec:       spec,
+		notes:      append(append([]string(nil), m.Notes...), layout.Notes...),
+		nodeByName: map[string]*Node{},
+		subnets:    layout.NodeSubnets,
+		byName:     map[string]*Endpoint{},
+		byAddr:     map[netip.Addr]*Endpoint{},
+		servers:    newServers(),
+		streams:    map[*Stream]struct{}{},
 	}
 	l.table.Store(t)
 	var b [2]byte
@@ -259,16 +288,43 @@ func Build(ctx context.Context, spec Spec) (_ *Lab, err error) {
 		return nil, err
 	}
 
-	nodeNS, err := l.newNamespace("node")
-	if err != nil {
-		return nil, err
+	multi := len(layout.Nodes) > 1
+	var underlay *netns.Namespace
+	if multi {
+		if underlay, err = l.newUnderlay(); err != nil {
+			return nil, err
+		}
 	}
-	l.node = &Endpoint{Name: NodeEndpoint, Kind: KindNode, IPs: layout.NodeIPs, NS: nodeNS, HostIf: NodeIf}
-	if err := l.setUpNode(layout.hasIPv6()); err != nil {
-		return nil, err
-	}
-	for _, a := range l.node.IPs {
-		l.byAddr[a] = l.node
+	for i, nl := range layout.Nodes {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("build lab: %w", err)
+		}
+		part, name, ifName := "node", NodeEndpoint, NodeIf
+		if multi {
+			part, name, ifName = "node-"+nsNamePart(nl.Name), nodePrefix+nl.Name, UplinkIf
+		}
+		ns, err := l.newNamespace(part)
+		if err != nil {
+			return nil, err
+		}
+		n := &Node{
+			lab: l, name: nl.Name, index: i, multi: multi,
+			ep:       &Endpoint{Name: name, Kind: KindNode, Node: nl.Name, IPs: nl.IPs, NS: ns, HostIf: ifName},
+			podCIDRs: nl.PodCIDRs,
+		}
+		l.nodes = append(l.nodes, n)
+		l.nodeByName[n.name] = n
+		if err := l.setUpNode(n, layout.hasIPv6()); err != nil {
+			return nil, err
+		}
+		if multi {
+			if err := l.wireUplink(n, underlay); err != nil {
+				return nil, err
+			}
+		}
+		for _, a := range nl.IPs {
+			l.byAddr[a] = n.ep
+		}
 	}
 
 	for i := range layout.Pods {
@@ -276,17 +332,26 @@ func Build(ctx context.Context, spec Spec) (_ *Lab, err error) {
 			return nil, fmt.Errorf("build lab: %w", err)
 		}
 		ep := layout.Pods[i]
+		node := l.nodeByName[ep.Node]
 		ns, err := l.newNamespace(nsNamePart(ep.Name))
 		if err != nil {
 			return nil, err
 		}
 		ep.NS = ns
 		ep.HostIf = hostIfName(i, ep.Name)
-		if err := l.wire(&ep, ep.HostIf); err != nil {
+		if err := l.wire(&ep, node); err != nil {
 			return nil, err
 		}
 		l.addEndpoint(&ep)
 	}
+	for i := range layout.HostNetwork {
+		ep := layout.HostNetwork[i]
+		node := l.nodeByName[ep.Node]
+		ep.NS, ep.HostIf = node.ep.NS, node.ep.HostIf
+		l.endpoints = append(l.endpoints, &ep)
+		l.byName[ep.Name] = &ep
+	}
+	var outside *Endpoint
 	if len(layout.Outside) > 0 {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("build lab: %w", err)
@@ -295,17 +360,27 @@ func Build(ctx context.Context, spec Spec) (_ *Lab, err error) {
 		if err != nil {
 			return nil, err
 		}
-		all := &Endpoint{Name: "outside", Kind: KindOutside, NS: ns, HostIf: UplinkIf}
+		outside = &Endpoint{Name: "outside", Kind: KindOutside, NS: ns, HostIf: UplinkIf}
 		for _, o := range layout.Outside {
-			all.IPs = append(all.IPs, o.IPs...)
+			outside.IPs = append(outside.IPs, o.IPs...)
 		}
-		if err := l.wireOutside(all); err != nil {
+		if multi {
+			err = l.wireOutsideUnderlay(outside, underlay)
+		} else {
+			err = l.wireOutside(outside)
+		}
+		if err != nil {
 			return nil, err
 		}
 		for i := range layout.Outside {
 			ep := layout.Outside[i]
 			ep.NS, ep.HostIf = ns, UplinkIf
 			l.addEndpoint(&ep)
+		}
+	}
+	if multi {
+		if err := l.routeUnderlay(outside); err != nil {
+			return nil, err
 		}
 	}
 	if err := l.setUpServices(ctx, m); err != nil {
@@ -315,9 +390,14 @@ func Build(ctx context.Context, spec Spec) (_ *Lab, err error) {
 }
 
 // setUpServices plans the manifests' Services and programs their DNAT in
-// the node namespace.
+// every node namespace.
 func (l *Lab) setUpServices(ctx context.Context, m *policy.Manifests) error {
-	svcs, notes := planServices(m, func(a netip.Addr) *Endpoint { return l.byAddr[a] })
+	svcs, notes := planServices(m, func(a netip.Addr) *Endpoint {
+		if ep := l.byAddr[a]; ep != nil && ep.Kind != KindNode {
+			return ep
+		}
+		return nil
+	})
 	l.notes = append(l.notes, notes...)
 	l.services = svcs
 	l.svcByAddr = map[netip.Addr]*Service{}
@@ -330,25 +410,30 @@ func (l *Lab) setUpServices(ctx context.Context, m *policy.Manifests) error {
 			l.svcByAddr[a] = s
 		}
 	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("build lab: %w", err)
+	for _, n := range l.nodes {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("build lab: %w", err)
+		}
+		if err := l.programServices(ctx, n); err != nil {
+			return err
+		}
+		if err := l.routeClusterIPs(n); err != nil {
+			return err
+		}
 	}
-	if err := l.programServices(ctx); err != nil {
-		return err
-	}
-	return l.routeClusterIPs()
+	return nil
 }
 
-// routeClusterIPs gives the node a route to every ClusterIP (out of its
+// routeClusterIPs gives a node a route to every ClusterIP (out of its
 // loopback), so that the node's own connections to a Service pass the
 // routing decision that comes before the nat OUTPUT chain, as a real
 // node's default route lets them; the DNAT then reroutes them to the
 // backend. Packets from pods are DNATed before routing and never use it.
-func (l *Lab) routeClusterIPs() error {
+func (l *Lab) routeClusterIPs(n *Node) error {
 	if len(l.svcByAddr) == 0 {
 		return nil
 	}
-	h, err := l.node.NS.Handle()
+	h, err := n.ep.NS.Handle()
 	if err != nil {
 		return fmt.Errorf("route ClusterIPs: %w", err)
 	}
@@ -359,18 +444,24 @@ func (l *Lab) routeClusterIPs() error {
 	}
 	for _, s := range l.services {
 		for _, a := range s.ClusterIPs {
-			bits := a.BitLen()
-			r := &netlink.Route{
-				LinkIndex: lo.Attrs().Index,
-				Dst:       &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)},
-				Scope:     netlink.SCOPE_LINK,
-			}
+			r := &netlink.Route{LinkIndex: lo.Attrs().Index, Dst: hostNet(a), Scope: netlink.SCOPE_LINK}
 			if err := h.RouteReplace(r); err != nil {
-				return fmt.Errorf("route ClusterIP %s of Service %s: %w", a, s.Name, err)
+				return fmt.Errorf("route ClusterIP %s of Service %s on node %s: %w", a, s.Name, n.name, err)
 			}
 		}
 	}
 	return nil
+}
+
+// hostNet returns a as a /32 or /128 network.
+func hostNet(a netip.Addr) *net.IPNet {
+	bits := a.BitLen()
+	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}
+}
+
+// prefixNet returns p as a network.
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
 func (l *Lab) addEndpoint(ep *Endpoint) {
@@ -442,46 +533,55 @@ func hostIfName(i int, name string) string {
 	return s
 }
 
-// setUpNode turns forwarding on in the node namespace, brings lo up and
-// puts the node addresses on it.
-func (l *Lab) setUpNode(ipv6 bool) error {
-	ns := l.node.NS
+// setUpNode turns forwarding on in a node's namespace and brings lo up.
+// In a lab of one node the node's addresses go on lo; in a lab of several
+// they go on its uplink ([Lab.wireUplink]).
+func (l *Lab) setUpNode(n *Node, ipv6 bool) error {
+	ns := n.ep.NS
 	if err := ns.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
-		return fmt.Errorf("set up node: %w", err)
+		return fmt.Errorf("set up node %s: %w", n.name, err)
 	}
 	if ipv6 {
 		if err := ns.Sysctl("net.ipv6.conf.all.forwarding", "1"); err != nil {
-			return fmt.Errorf("set up node: %w", err)
+			return fmt.Errorf("set up node %s: %w", n.name, err)
 		}
 	}
 	h, err := ns.Handle()
 	if err != nil {
-		return fmt.Errorf("set up node: %w", err)
+		return fmt.Errorf("set up node %s: %w", n.name, err)
 	}
 	defer h.Close()
 	lo, err := h.LinkByName("lo")
 	if err != nil {
-		return fmt.Errorf("set up node: find lo: %w", err)
+		return fmt.Errorf("set up node %s: find lo: %w", n.name, err)
 	}
 	if err := h.LinkSetUp(lo); err != nil {
-		return fmt.Errorf("set up node: set lo up: %w", err)
+		return fmt.Errorf("set up node %s: set lo up: %w", n.name, err)
 	}
-	for _, a := range l.node.IPs {
-		bits := a.BitLen()
-		addr := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}}
-		if a.Is6() {
-			addr.Flags = unix.IFA_F_NODAD
-		}
-		if err := h.AddrAdd(lo, addr); err != nil {
-			return fmt.Errorf("set up node: add %s to %s: %w", a, NodeIf, err)
+	if n.multi {
+		return nil
+	}
+	for _, a := range n.ep.IPs {
+		if err := h.AddrAdd(lo, nodeAddr(a, a.BitLen())); err != nil {
+			return fmt.Errorf("set up node %s: add %s to %s: %w", n.name, a, NodeIf, err)
 		}
 	}
 	return nil
 }
 
+// nodeAddr returns a with the given prefix length as an interface address
+// (IPv6 without duplicate address detection).
+func nodeAddr(a netip.Addr, bits int) *netlink.Addr {
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, a.BitLen())}}
+	if a.Is6() {
+		addr.Flags = unix.IFA_F_NODAD
+	}
+	return addr
+}
+
 // hasIPv6 reports whether any address of the layout is IPv6.
 func (lay *Layout) hasIPv6() bool {
-	for _, eps := range [][]Endpoint{lay.Pods, lay.Outside, {{IPs: lay.NodeIPs}}} {
+	for _, eps := range [][]Endpoint{lay.Pods, lay.Outside} {
 		for _, ep := range eps {
 			for _, a := range ep.IPs {
 				if a.Is6() {
@@ -490,17 +590,24 @@ func (lay *Layout) hasIPv6() bool {
 			}
 		}
 	}
+	for _, n := range lay.Nodes {
+		for _, a := range n.IPs {
+			if a.Is6() {
+				return true
+			}
+		}
+	}
 	return false
 }
 
-// wire links ep's namespace to the node with a ptp veth (hostIf on the
+// wire links ep's namespace to its node with a ptp veth (ep.HostIf on the
 // node, eth0 in ep's namespace) carrying ep's addresses, with permanent
 // neighbour entries on both sides so that nobody has to answer ARP or NDP
 // for the link-local gateways.
-func (l *Lab) wire(ep *Endpoint, hostIf string) error {
+func (l *Lab) wire(ep *Endpoint, n *Node) error {
 	_, err := netns.AddPod(netns.PodConfig{
 		Pod: ep.NS, PodIf: "eth0",
-		Node: l.node.NS, HostIf: hostIf,
+		Node: n.ep.NS, HostIf: ep.HostIf,
 		IPs:           ep.IPs,
 		MTU:           l.spec.MTU,
 		StaticGateway: true,
@@ -512,71 +619,76 @@ func (l *Lab) wire(ep *Endpoint, hostIf string) error {
 	return nil
 }
 
-// wireOutside links the outside namespace to the node. The outside end
-// (eth0) is wired like a pod: the outside hosts' addresses, default routes
-// via 169.254.1.1 and fe80::1 onlink. The node end (uplink0) is wired like
-// a node's uplink rather than a pod's veth: a route per outside address
-// via a gateway (169.254.0.2, fe80::2, onlink), not a host route out of
-// the device, so that an agent looking for pod veths by their host routes
-// does not take the uplink for one.
+// wireOutside links the outside namespace to the node of a lab of one
+// node. The outside end (eth0) is wired like a pod: the outside hosts'
+// addresses, default routes via 169.254.1.1 and fe80::1 onlink. The node
+// end (uplink0) is wired like a node's uplink rather than a pod's veth: a
+// route per outside address via a gateway (169.254.0.2, fe80::2, onlink),
+// not a host route out of the device, so that an agent looking for pod
+// veths by their host routes does not take the uplink for one.
 func (l *Lab) wireOutside(ep *Endpoint) error {
-	ips := ep.IPs
+	node := l.nodes[0]
 	_, err := netns.AddPod(netns.PodConfig{
 		Pod: ep.NS, PodIf: "eth0",
-		Node: l.node.NS, HostIf: UplinkIf,
-		IPs:           ips,
+		Node: node.ep.NS, HostIf: UplinkIf,
+		IPs:           ep.IPs,
 		MTU:           l.spec.MTU,
 		StaticGateway: true,
 	})
 	if err != nil {
 		return fmt.Errorf("wire outside: %w", err)
 	}
-	h, err := l.node.NS.Handle()
+	peerMAC, err := linkMAC(ep.NS, "eth0")
 	if err != nil {
 		return fmt.Errorf("wire outside: %w", err)
 	}
-	defer h.Close()
-	up, err := h.LinkByName(UplinkIf)
-	if err != nil {
-		return fmt.Errorf("wire outside: find %s: %w", UplinkIf, err)
+	// AddPod installed host routes for the addresses on the node: replace
+	// them with gateway routes.
+	if err := routeOutside(node, ep.IPs, peerMAC); err != nil {
+		return fmt.Errorf("wire outside: %w", err)
 	}
-	peerMAC, err := l.outsideMAC(ep)
+	return nil
+}
+
+// routeOutside routes the outside addresses ips on node n via the
+// link-local gateways of [outsideGateway], out of its uplink, which
+// permanent neighbour entries resolve to mac.
+func routeOutside(n *Node, ips []netip.Addr, mac net.HardwareAddr) error {
+	h, up, err := n.uplink()
 	if err != nil {
 		return err
 	}
-	// AddPod installed host routes for the addresses on the node: replace
-	// them with gateway routes.
+	defer h.Close()
 	for _, a := range ips {
 		gw := outsideGateway(a.Is4())
-		if err := netns.AddNeighbor(l.node.NS, up.Attrs().Index, gw, peerMAC); err != nil {
-			return fmt.Errorf("wire outside: %w", err)
+		if err := netns.AddNeighbor(n.ep.NS, up.Attrs().Index, gw, mac); err != nil {
+			return err
 		}
-		bits := a.BitLen()
 		r := &netlink.Route{
 			LinkIndex: up.Attrs().Index,
-			Dst:       &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)},
+			Dst:       hostNet(a),
 			Gw:        gw.AsSlice(),
 			Flags:     int(netlink.FLAG_ONLINK),
 		}
 		if err := h.RouteReplace(r); err != nil {
-			return fmt.Errorf("wire outside: route %s via %s: %w", a, gw, err)
+			return fmt.Errorf("route %s via %s on node %s: %w", a, gw, n.name, err)
 		}
 	}
 	return nil
 }
 
-// outsideMAC returns the MAC of eth0 in the outside namespace.
-func (l *Lab) outsideMAC(ep *Endpoint) (net.HardwareAddr, error) {
-	h, err := ep.NS.Handle()
+// linkMAC returns the MAC of the named link in ns.
+func linkMAC(ns *netns.Namespace, name string) (net.HardwareAddr, error) {
+	h, err := ns.Handle()
 	if err != nil {
-		return nil, fmt.Errorf("wire outside: %w", err)
+		return nil, err
 	}
 	defer h.Close()
-	eth, err := h.LinkByName("eth0")
+	l, err := h.LinkByName(name)
 	if err != nil {
-		return nil, fmt.Errorf("wire outside: find eth0: %w", err)
+		return nil, fmt.Errorf("find %s in %s: %w", name, ns.Name(), err)
 	}
-	return eth.Attrs().HardwareAddr, nil
+	return l.Attrs().HardwareAddr, nil
 }
 
 // ID returns the lab's name, PREFIX-PID-XXXXXX, which starts the names of
@@ -586,31 +698,54 @@ func (l *Lab) ID() string { return l.id }
 // Dir returns the lab's directory (in os.TempDir()), removed by Close.
 func (l *Lab) Dir() string { return l.dir }
 
-// ManifestDir returns the directory the agent reads its manifests from.
+// ManifestDir returns the directory the agents read their manifests from.
 // Change it with [Lab.Apply], [Lab.WriteManifest] or [Lab.RemoveManifest].
 func (l *Lab) ManifestDir() string { return filepath.Join(l.dir, "manifests") }
 
-// NodeName returns the name of the node the lab built.
-func (l *Lab) NodeName() string { return l.nodeName }
+// NodeName returns the name of the lab's first node (its only one in a
+// lab of one node).
+func (l *Lab) NodeName() string { return l.nodes[0].name }
 
-// Notes returns what the user should know: manifest notes and the pods
-// that were left out.
+// Notes returns what the user should know: manifest notes, where pods
+// without a node were placed and what was left out.
 func (l *Lab) Notes() []string { return slices.Clone(l.notes) }
 
-// Node returns the node: its namespace, its addresses (on [NodeIf]).
-func (l *Lab) Node() *Endpoint { return l.node }
+// Node returns the first node (the only one in a lab of one node) as an
+// endpoint: its namespace and addresses. See [Lab.Nodes] for all of them.
+func (l *Lab) Node() *Endpoint { return l.nodes[0].ep }
 
-// Endpoints returns the lab's pods (in the policy table's order) and then
-// its outside hosts (in manifest order). The caller must not modify them.
+// Nodes returns the lab's nodes, in [Layout] order: those the pods name,
+// by name, then lab-node-K.
+func (l *Lab) Nodes() []*Node { return slices.Clone(l.nodes) }
+
+// NodeNamed returns the node with the given name.
+func (l *Lab) NodeNamed(name string) (*Node, bool) {
+	n, ok := l.nodeByName[name]
+	return n, ok
+}
+
+// NodeSubnets returns the underlay's subnets (empty in a lab of one node,
+// which has no underlay).
+func (l *Lab) NodeSubnets() []netip.Prefix { return slices.Clone(l.subnets) }
+
+// Endpoints returns the lab's pods (in the policy table's order), its
+// hostNetwork pods and then its outside hosts (in manifest order). The
+// caller must not modify them.
 func (l *Lab) Endpoints() []*Endpoint { return slices.Clone(l.endpoints) }
 
 // Endpoint returns the endpoint with the given name ("namespace/pod", an
-// OutsideHost's name or "node"), or the one that owns the given address.
-// A Service's ClusterIP, or "Service namespace/name", gives the Service as
-// an endpoint of kind [KindService] (a probe destination only).
+// OutsideHost's name, "node" for the first node, "Node NAME" for any
+// node), or the one that owns the given address (a node's address gives
+// the node). A Service's ClusterIP, or "Service namespace/name", gives the
+// Service as an endpoint of kind [KindService] (a probe destination only).
 func (l *Lab) Endpoint(name string) (*Endpoint, bool) {
 	if name == NodeEndpoint {
-		return l.node, true
+		return l.nodes[0].ep, true
+	}
+	if n, ok := strings.CutPrefix(name, nodePrefix); ok {
+		if node, ok := l.nodeByName[n]; ok {
+			return node.ep, true
+		}
 	}
 	if ep, ok := l.byName[name]; ok {
 		return ep, true
@@ -628,7 +763,8 @@ func (l *Lab) Endpoint(name string) (*Endpoint, bool) {
 	return nil, false
 }
 
-// Namespaces returns the names of the lab's namespaces, node first.
+// Namespaces returns the names of the lab's namespaces, in creation order:
+// the underlay (several nodes), the nodes, the pods, the outside.
 func (l *Lab) Namespaces() []string {
 	out := make([]string, 0, len(l.created))
 	for _, ns := range l.created {
@@ -637,20 +773,21 @@ func (l *Lab) Namespaces() []string {
 	return out
 }
 
-// Table returns the policy table compiled from the agent's current
+// Table returns the policy table compiled from the agents' current
 // manifests.
 func (l *Lab) Table() *policy.Table { return l.table.Load() }
 
-// Close stops the agent (SIGTERM, then SIGKILL after the stop timeout),
-// closes every server, deletes every namespace and removes the lab's
-// directory. It returns all errors, keeps going after each, and is safe to
-// call more than once.
+// Close stops every agent (SIGTERM, then SIGKILL after the stop timeout),
+// closes every server and stream, deletes every namespace and removes the
+// lab's directory. It returns all errors, keeps going after each, and is
+// safe to call more than once.
 func (l *Lab) Close() error {
 	l.closeOnce.Do(func() {
 		var errs []error
 		if err := l.StopAgent(unix.SIGTERM); err != nil && !errors.Is(err, ErrNoAgent) {
 			errs = append(errs, err)
 		}
+		l.closeStreams()
 		if err := l.servers.close(); err != nil {
 			errs = append(errs, err)
 		}

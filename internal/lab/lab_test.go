@@ -32,7 +32,9 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == "agent" {
 		os.Exit(fakeAgent(os.Args[2:]))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	removePodgate()
+	os.Exit(code)
 }
 
 func fakeAgent(args []string) int {
@@ -242,7 +244,7 @@ func TestProbesFail(t *testing.T) {
 // 4,000-byte UDP datagram at MTU 1500 (fragmented) and 8 MB over TCP and
 // 1 MB over SCTP, each echoed intact.
 func TestDualStack(t *testing.T) {
-	l := NewForTest(t, Spec{Manifests: []string{"testdata/dualstack"}, Enforcer: EnforcerNone, Prefix: testPrefix, ProbeFromNode: true})
+	l := NewForTest(t, Spec{Manifests: []string{"testdata/dualstack"}, NodeName: "node-1", Enforcer: EnforcerNone, Prefix: testPrefix, ProbeFromNode: true})
 	if got := len(l.Endpoints()); got != 3 {
 		t.Fatalf("%d endpoints, want a, b and ext", got)
 	}

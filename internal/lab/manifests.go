@@ -67,7 +67,7 @@ func copyManifests(paths []string, dir string) ([]string, error) {
 }
 
 // writeFileAtomic writes data to dir/name through a temporary file in
-// dir's parent (which the agent does not watch) and a rename, so that a
+// dir's parent (which the agents do not watch) and a rename, so that a
 // reader of dir never sees a partial file.
 func writeFileAtomic(dir, name string, data []byte) error {
 	f, err := os.CreateTemp(filepath.Dir(dir), ".manifest-*")
@@ -99,7 +99,7 @@ func checkManifestName(name string) error {
 	return fmt.Errorf("manifest name %q: want .yaml, .yml or .json", name)
 }
 
-// Apply replaces the manifests the agent reads with those of paths (files
+// Apply replaces the manifests the agents read with those of paths (files
 // or directories, as for Build) and recompiles the lab's expectations from
 // them. The new manifests are loaded and compiled first: if they are
 // invalid nothing changes. The new files are renamed into place one by
@@ -143,7 +143,7 @@ func (l *Lab) Apply(paths ...string) error {
 }
 
 // WriteManifest writes one manifest file (a plain name ending in .yaml,
-// .yml or .json) into the agent's manifest directory, atomically, and
+// .yml or .json) into the agents' manifest directory, atomically, and
 // recompiles the lab's expectations. If the directory no longer loads, the
 // file stays (an agent is expected to keep its previous table) and the
 // error says why; the expectations are unchanged.
@@ -159,7 +159,7 @@ func (l *Lab) WriteManifest(name string, data []byte) error {
 	return l.reloadLocked()
 }
 
-// RemoveManifest removes one manifest file from the agent's manifest
+// RemoveManifest removes one manifest file from the agents' manifest
 // directory and recompiles the lab's expectations.
 func (l *Lab) RemoveManifest(name string) error {
 	if err := checkManifestName(name); err != nil {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -16,8 +18,13 @@ import (
 // Result is one probe: what was expected and what was observed.
 type Result struct {
 	From, To string
-	Src, Dst netip.Addr
-	Port     policy.PortSpec
+	// FromKind and ToKind are the kinds of the source and the destination.
+	FromKind, ToKind Kind
+	// FromNode and ToNode are the nodes the source and the destination run
+	// on; empty for outside hosts and Services.
+	FromNode, ToNode string
+	Src, Dst         netip.Addr
+	Port             policy.PortSpec
 	// Expected and Observed say whether the connection should have worked
 	// and whether it did.
 	Expected, Observed bool
@@ -28,6 +35,37 @@ type Result struct {
 	// Retries is how many times [Lab.Matrix] probed again because an
 	// expected connection timed out (see [MatrixRetries]).
 	Retries int
+	// Started is when the (last) probe began.
+	Started time.Time
+	// DeniedBy is what an agent recorded about the denied flow of a probe
+	// that failed: which node's agent denied it, on which side, and why
+	// ([Lab.Attribute]). Nil when no agent recorded it (the probe worked,
+	// no agent runs, or what failed was no policy decision).
+	DeniedBy *Denial
+}
+
+// Denial is an agent's record of a denied flow, as [Result.DeniedBy].
+type Denial struct {
+	// Node is the node whose agent denied the flow.
+	Node string `json:"node"`
+	// Direction is the side that denied: "egress" (the source's policy, at
+	// the source's node) or "ingress" (the destination's, at its node).
+	Direction string `json:"direction,omitempty"`
+	// Reason is the agent's drop reason: denied_egress, denied_ingress or
+	// unknown_endpoint.
+	Reason string `json:"reason"`
+	// Policies are the policies that isolate the denying side.
+	Policies []string `json:"policies,omitempty"`
+}
+
+// String returns "DIRECTION at node NODE" (the reason instead of the
+// direction when the agent gave none).
+func (d *Denial) String() string {
+	what := d.Direction
+	if what == "" {
+		what = d.Reason
+	}
+	return what + " at node " + d.Node
 }
 
 // OK reports whether the observation matches the expectation.
@@ -57,32 +95,41 @@ func verdict(b bool) string {
 
 // resultJSON is the JSON form of a [Result].
 type resultJSON struct {
-	From     string `json:"from"`
-	To       string `json:"to"`
-	Port     uint16 `json:"port"`
-	Protocol string `json:"protocol"`
-	Expected string `json:"expected"`
-	Observed string `json:"observed"`
-	Detail   string `json:"detail,omitempty"`
-	Retries  int    `json:"retries,omitempty"`
+	From     string  `json:"from"`
+	To       string  `json:"to"`
+	Port     uint16  `json:"port"`
+	Protocol string  `json:"protocol"`
+	Expected string  `json:"expected"`
+	Observed string  `json:"observed"`
+	Detail   string  `json:"detail,omitempty"`
+	Retries  int     `json:"retries,omitempty"`
+	FromNode string  `json:"fromNode,omitempty"`
+	ToNode   string  `json:"toNode,omitempty"`
+	DeniedBy *Denial `json:"deniedBy,omitempty"`
 }
 
 // MarshalJSON returns {"from","to","port","protocol","expected","observed"}
 // with "allow" or "deny" verdicts, plus "detail" when the connection
-// failed and "retries" when it was probed again.
+// failed, "retries" when it was probed again, "fromNode" and "toNode" for
+// ends on a node, and "deniedBy" ({"node","direction","reason",
+// "policies"}) when an agent recorded the denial.
 func (r Result) MarshalJSON() ([]byte, error) {
 	return json.Marshal(resultJSON{
 		From: r.From, To: r.To, Port: r.Port.Port, Protocol: r.Port.Protocol.String(),
 		Expected: verdict(r.Expected), Observed: verdict(r.Observed), Detail: r.Detail,
-		Retries: r.Retries,
+		Retries: r.Retries, FromNode: r.FromNode, ToNode: r.ToNode, DeniedBy: r.DeniedBy,
 	})
 }
 
-// String returns "from -> to PORT: expected V, observed V (detail)".
+// String returns "from -> to PORT (src -> dst): expected V, observed V
+// (detail) [denied: DIRECTION at node NODE]".
 func (r *Result) String() string {
 	s := fmt.Sprintf("%s -> %s %s (%s -> %s): expected %s, observed %s", r.From, r.To, r.Port, r.Src, r.Dst, verdict(r.Expected), verdict(r.Observed))
 	if r.Detail != "" {
 		s += " (" + r.Detail + ")"
+	}
+	if r.DeniedBy != nil {
+		s += " [denied: " + r.DeniedBy.String() + "]"
 	}
 	return s
 }
@@ -97,36 +144,63 @@ func AllowAll(*Result) bool { return true }
 
 // PolicyExpectation expects what the policy table allows
 // ([policy.Table.Lookup]). ICMP between IPv6 addresses is looked up as
-// ICMPv6. The node as a source is expected to be allowed (kubelet probes:
-// podgate does not judge the node's own traffic to its pods). A probe to
-// a Service's ClusterIP and port is expected to work when the source's
-// egress allows it (the table judges it against every ready backend) and
-// every ready backend's ingress allows the source, since the node DNATs
-// the connection to any of them and the backend's ingress is judged after
-// that.
+// ICMPv6. A node as the source (the node, or a hostNetwork pod) reaches
+// the pods of its own node (kubelet probes: podgate does not judge the
+// node's own traffic to its pods); to the pods of another node it is an
+// address like any other, judged by their ingress. A probe to a Service's
+// ClusterIP and port is expected to work when the source's egress allows
+// it (the table judges it against every ready backend) and every ready
+// backend's ingress allows the source, since the node DNATs the connection
+// to any of them and the backend's ingress is judged after that.
+//
+// PolicyExpectation takes the nodes of the source and the destination
+// from the result (FromNode, ToNode; unknown means the same node) and
+// puts a Service's backends on the source's node: in a lab of several
+// nodes use [Lab.Expectation], which knows where each backend runs.
 func PolicyExpectation(t *policy.Table) Expectation {
+	return policyExpectation(t, nil)
+}
+
+// policyExpectation is [PolicyExpectation] with nodeOf giving the node of
+// a pod's address ("" when unknown: the source's node).
+func policyExpectation(t *policy.Table, nodeOf func(netip.Addr) string) Expectation {
 	return func(r *Result) bool {
-		if r.From == NodeEndpoint {
-			return true
+		host := r.From == NodeEndpoint || r.FromKind.host()
+		// local reports whether the pod with address a (on node, if
+		// known) is on the source's node.
+		local := func(a netip.Addr, node string) bool {
+			if node == "" && nodeOf != nil {
+				node = nodeOf(a)
+			}
+			return r.FromNode == "" || node == "" || node == r.FromNode
 		}
 		proto := r.Port.Protocol
 		if proto == policy.ICMP && r.Dst.Is6() {
 			proto = policy.ICMPv6
 		}
 		if _, ok := t.ServiceByAddr(r.Dst); ok && proto.HasPorts() {
-			return serviceExpectation(t, r)
+			return serviceExpectation(t, r, host, local)
+		}
+		if _, isPod := t.EndpointByAddr(r.Dst); host && isPod && local(r.Dst, r.ToNode) {
+			return true
 		}
 		return t.Lookup(r.Src, r.Dst, proto, r.Port.Port).Allowed()
 	}
 }
 
 // Expectation returns the lab's expectation: [PolicyExpectation] of the
-// current table with [EnforcerPodgate], [AllowAll] with [EnforcerNone].
+// current table (knowing the node of every pod) with [EnforcerPodgate],
+// [AllowAll] with [EnforcerNone].
 func (l *Lab) Expectation() Expectation {
 	if l.spec.Enforcer == EnforcerNone {
 		return AllowAll
 	}
-	return PolicyExpectation(l.Table())
+	return policyExpectation(l.Table(), func(a netip.Addr) string {
+		if ep := l.byAddr[a]; ep != nil {
+			return ep.Node
+		}
+		return ""
+	})
 }
 
 // Judge sets the Expected field of every result with e.
@@ -136,19 +210,22 @@ func Judge(results []Result, e Expectation) {
 	}
 }
 
-// Pairs returns the ordered pairs of endpoints Matrix probes: every pod
-// and outside host (and the node, with Spec.ProbeFromNode) to every pod
-// and outside host, a pod to itself included, one outside host to another
-// (or itself) left out.
+// Pairs returns the ordered pairs of endpoints Matrix probes: every pod,
+// hostNetwork pod and outside host (and every node, with
+// Spec.ProbeFromNode) to every pod, hostNetwork pod and outside host, a
+// pod to itself included, but no pair without a pod (no agent judges
+// those), except a node to an outside host.
 func (l *Lab) Pairs() [][2]*Endpoint {
 	sources := l.Endpoints()
 	if l.spec.ProbeFromNode {
-		sources = append(sources, l.node)
+		for _, n := range l.nodes {
+			sources = append(sources, n.ep)
+		}
 	}
 	var out [][2]*Endpoint
 	for _, s := range sources {
 		for _, d := range l.endpoints {
-			if s.Kind == KindOutside && d.Kind == KindOutside {
+			if s.Kind != KindPod && d.Kind != KindPod && !(s.Kind == KindNode && d.Kind == KindOutside) {
 				continue
 			}
 			out = append(out, [2]*Endpoint{s, d})
@@ -168,8 +245,10 @@ const MatrixRetries = 2
 // probes at a time, and returns the results ordered by port, then source,
 // then destination. Servers are started on every destination address
 // first. A probe expected to work that timed out is repeated up to
-// [MatrixRetries] times (Result.Retries). It fails only if a probe cannot
-// be made at all or ctx is done.
+// [MatrixRetries] times (Result.Retries). When agents run, the failed
+// probes are then matched with the agents' records of denied flows
+// ([Lab.Attribute]). It fails only if a probe cannot be made at all or
+// ctx is done.
 func (l *Lab) Matrix(ctx context.Context, ports []policy.PortSpec) ([]Result, error) {
 	for _, d := range l.endpoints {
 		for _, a := range d.IPs {
@@ -240,6 +319,9 @@ feed:
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("matrix: %w", err)
 	}
+	if err := l.Attribute(ctx, results); err != nil {
+		return nil, fmt.Errorf("matrix: %w", err)
+	}
 	return results, nil
 }
 
@@ -281,6 +363,52 @@ func (s Summary) String() string {
 		s.Probes, s.AsExpected, s.UnexpectedAllow, s.UnexpectedDeny)
 }
 
+// DenialSummary counts where the failed probes of a lab of several nodes
+// were denied, from their [Result.DeniedBy].
+type DenialSummary struct {
+	// Failed is the number of probes whose connection failed.
+	Failed int
+	// Egress counts those denied by the source's egress policy at the
+	// source's node, Ingress those denied by the destination's ingress
+	// policy at the destination's node (for a Service, at any node).
+	Egress, Ingress int
+	// Elsewhere counts denials recorded by another node's agent, or
+	// without a side (unknown_endpoint): Elsewhere lists them.
+	Elsewhere []Result
+	// Unrecorded counts failed probes no agent recorded a denial of.
+	Unrecorded int
+}
+
+// SummarizeDenials counts where the failed results were denied.
+func SummarizeDenials(results []Result) DenialSummary {
+	var s DenialSummary
+	for _, r := range results {
+		if r.Observed {
+			continue
+		}
+		s.Failed++
+		d := r.DeniedBy
+		switch {
+		case d == nil:
+			s.Unrecorded++
+		case d.Direction == "egress" && d.Node == r.FromNode:
+			s.Egress++
+		case d.Direction == "ingress" && (d.Node == r.ToNode || r.ToKind == KindService):
+			s.Ingress++
+		default:
+			s.Elsewhere = append(s.Elsewhere, r)
+		}
+	}
+	return s
+}
+
+// String returns "N failed: E denied by egress at the source's node, I by
+// ingress at the destination's node, O elsewhere, U without a record".
+func (s DenialSummary) String() string {
+	return fmt.Sprintf("%d failed: %d denied by egress at the source's node, %d by ingress at the destination's node, %d elsewhere, %d without a record",
+		s.Failed, s.Egress, s.Ingress, len(s.Elsewhere), s.Unrecorded)
+}
+
 // Mismatches returns the results whose observation differs from the
 // expectation.
 func Mismatches(results []Result) []Result {
@@ -307,6 +435,12 @@ func WriteJSON(w io.Writer, results []Result) error {
 // -o table`: rows are sources, columns destinations, and each cell says
 // whether the observation agreed with the expectation ([Result.Mark]);
 // "-" marks pairs that were not probed.
+//
+// When the results span several nodes, a first line numbers the nodes
+// (n1, n2, ... in name order), each row and column says the node of its
+// endpoint, and each failed cell that an agent recorded says which node's
+// agent denied it on which side: "X egress@n1" (the source's egress, at
+// its node n1), "X ingress@n2" (the destination's ingress, at n2).
 func WriteTable(w io.Writer, results []Result) error {
 	var order []policy.PortSpec
 	byPort := map[policy.PortSpec][]Result{}
@@ -316,34 +450,84 @@ func WriteTable(w io.Writer, results []Result) error {
 		}
 		byPort[r.Port] = append(byPort[r.Port], r)
 	}
+	nodes := resultNodes(results)
+	if len(nodes) > 1 {
+		var legend []string
+		for i, n := range nodes {
+			legend = append(legend, fmt.Sprintf("n%d %s", i+1, n))
+		}
+		if _, err := fmt.Fprintf(w, "nodes: %s. A denied cell says whose agent denied it: egress@n1 (the source's egress policy, at n1) or ingress@n2 (the destination's ingress policy, at n2).\n\n", strings.Join(legend, ", ")); err != nil {
+			return err
+		}
+	} else {
+		nodes = nil
+	}
 	for n, p := range order {
 		if n > 0 {
 			if _, err := fmt.Fprintln(w); err != nil {
 				return err
 			}
 		}
-		if err := writeGrid(w, p.String(), byPort[p]); err != nil {
+		if err := writeGrid(w, p.String(), byPort[p], nodes); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func writeGrid(w io.Writer, title string, cells []Result) error {
+// resultNodes returns the nodes the results' endpoints are on, by name.
+func resultNodes(results []Result) []string {
+	var out []string
+	for i := range results {
+		for _, n := range []string{results[i].FromNode, results[i].ToNode} {
+			if n != "" && !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// writeGrid prints one port's table; with nodes (a lab of several), rows
+// and columns carry their endpoints' nodes and denied cells the denying
+// node.
+func writeGrid(w io.Writer, title string, cells []Result, nodes []string) error {
+	short := func(node string) string {
+		if i := slices.Index(nodes, node); i >= 0 {
+			return fmt.Sprintf("n%d", i+1)
+		}
+		return node
+	}
+	label := func(name, node string) string {
+		if nodes == nil || node == "" {
+			return name
+		}
+		return name + " (" + short(node) + ")"
+	}
 	var rows, cols []string
 	seenRow, seenCol := map[string]bool{}, map[string]bool{}
 	mark := map[[2]string]string{}
 	for i := range cells {
 		c := &cells[i]
-		if !seenRow[c.From] {
-			seenRow[c.From] = true
-			rows = append(rows, c.From)
+		row, col := label(c.From, c.FromNode), label(c.To, c.ToNode)
+		if !seenRow[row] {
+			seenRow[row] = true
+			rows = append(rows, row)
 		}
-		if !seenCol[c.To] {
-			seenCol[c.To] = true
-			cols = append(cols, c.To)
+		if !seenCol[col] {
+			seenCol[col] = true
+			cols = append(cols, col)
 		}
-		mark[[2]string{c.From, c.To}] = c.Mark()
+		m := c.Mark()
+		if nodes != nil && c.DeniedBy != nil {
+			what := c.DeniedBy.Direction
+			if what == "" {
+				what = c.DeniedBy.Reason
+			}
+			m += " " + what + "@" + short(c.DeniedBy.Node)
+		}
+		mark[[2]string{row, col}] = m
 	}
 	if _, err := fmt.Fprintf(w, "%s (rows: from, columns: to; . allowed, X denied, as expected; ! allowed but expected denied; ? denied but expected allowed)\n", title); err != nil {
 		return err

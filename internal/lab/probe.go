@@ -31,8 +31,8 @@ var ErrUnknownEndpoint = errors.New("no such lab endpoint")
 const udpRetry = 200 * time.Millisecond
 
 // pair resolves a probe's source and destination. Each may be an endpoint
-// name ("namespace/pod", an OutsideHost's name, "node") or an address of an
-// endpoint, which also chooses the IP family. Between two names, the
+// name ("namespace/pod", an OutsideHost's name, "node", "Node NAME") or an
+// address of an endpoint, which also chooses the IP family. Between two names, the
 // family is the source's primary one if the destination has it, else the
 // destination's primary one if the source has it.
 func (l *Lab) pair(from, to string) (src, dst *Endpoint, sip, dip netip.Addr, err error) {
@@ -98,10 +98,12 @@ func (l *Lab) Probe(ctx context.Context, from, to string, p policy.PortSpec) (bo
 // ProbeResult makes one real connection from one endpoint to another and
 // returns what happened, with the expectation of [Lab.Expectation]. from
 // and to are endpoint names ("namespace/pod", an OutsideHost's name,
-// "node") or addresses of endpoints (which choose the IP family); to may
-// also be a Service's ClusterIP or "Service namespace/name" (see
-// [Lab.Services]): the connection goes to the ClusterIP and Service port,
-// and the node DNATs it to a backend, whose echo server answers.
+// "node", "Node NAME") or addresses of endpoints (which choose the IP
+// family); to may also be a Service's ClusterIP or "Service
+// namespace/name" (see [Lab.Services]): the connection goes to the
+// ClusterIP and Service port, and the source's node DNATs it to a backend,
+// whose echo server answers. Result.DeniedBy is not filled in: see
+// [Lab.Attribute].
 //
 // The probe creates its socket in the source's namespace, bound to the
 // source address, and gives up after Spec.ProbeTimeout:
@@ -121,12 +123,16 @@ func (l *Lab) ProbeResult(ctx context.Context, from, to string, p policy.PortSpe
 	if err != nil {
 		return Result{}, err
 	}
-	r := Result{From: src.Name, To: dst.Name, Src: sip, Dst: dip, Port: p}
+	r := Result{
+		From: src.Name, To: dst.Name, FromKind: src.Kind, ToKind: dst.Kind, FromNode: src.Node, ToNode: dst.Node,
+		Src: sip, Dst: dip, Port: p,
+	}
 	r.Expected = l.Expectation()(&r)
 	if err := l.ensureServer(dst, dip, p); err != nil {
 		return r, fmt.Errorf("probe %s -> %s %s: %w", src.Name, dst.Name, p, err)
 	}
 	start := time.Now()
+	r.Started = start
 	pctx, cancel := context.WithTimeout(ctx, l.spec.ProbeTimeout)
 	defer cancel()
 	token := probeToken(src.Name, dst.Name, p)

@@ -42,6 +42,11 @@ type servers struct {
 	sctp    map[netip.Addr]*sctpServer
 	// open holds the server sides of connections and associations.
 	open map[io.Closer]struct{}
+	// streams are the server sides of TCP connections (echo until a
+	// client registers a stream) and the registered UDP streams.
+	streams map[streamKey]*serverStream
+	// quit is closed by close.
+	quit chan struct{}
 	wg   sync.WaitGroup
 }
 
@@ -56,6 +61,8 @@ func newServers() *servers {
 		started: map[serverKey]io.Closer{},
 		sctp:    map[netip.Addr]*sctpServer{},
 		open:    map[io.Closer]struct{}{},
+		streams: map[streamKey]*serverStream{},
+		quit:    make(chan struct{}),
 	}
 }
 
@@ -125,6 +132,9 @@ func (s *servers) ensure(ns *netns.Namespace, addr netip.Addr, p policy.PortSpec
 // goroutines.
 func (s *servers) close() error {
 	s.mu.Lock()
+	if !s.closed {
+		close(s.quit)
+	}
 	s.closed = true
 	var errs []error
 	for _, c := range s.started {
@@ -143,7 +153,8 @@ func (s *servers) close() error {
 	return nil
 }
 
-// startTCP listens on addr:port in ns and echoes every connection.
+// startTCP listens on addr:port in ns and echoes every connection (or
+// serves it as a stream, see [servers.serveTCP]).
 // Multipath TCP is off: the gateway sees plain TCP, as from nginx.
 // The caller holds s.mu.
 func (s *servers) startTCP(ns *netns.Namespace, addr netip.Addr, port uint16) (io.Closer, error) {
@@ -175,33 +186,16 @@ func (s *servers) startTCP(ns *netns.Namespace, addr netip.Addr, port uint16) (i
 			}
 			go func() {
 				defer s.done(c)
-				echoStream(c)
+				s.serveTCP(c)
 			}()
 		}
 	}()
 	return ln, nil
 }
 
-// echoStream copies everything c sends back to it until EOF or an error,
-// or serverIdle of silence.
-func echoStream(c net.Conn) {
-	buf := make([]byte, 64<<10)
-	for {
-		_ = c.SetReadDeadline(time.Now().Add(serverIdle))
-		n, err := c.Read(buf)
-		if n > 0 {
-			if _, werr := c.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
 // startUDP listens on addr:port in ns and echoes every datagram to its
-// sender. The caller holds s.mu.
+// sender (or serves it as part of a stream, see [servers.serveUDP]). The
+// caller holds s.mu.
 func (s *servers) startUDP(ns *netns.Namespace, addr netip.Addr, port uint16) (io.Closer, error) {
 	var pc *net.UDPConn
 	err := ns.Do(func() error {
@@ -224,7 +218,7 @@ func (s *servers) startUDP(ns *netns.Namespace, addr netip.Addr, port uint16) (i
 			if err != nil {
 				continue // e.g. ECONNREFUSED from an earlier echo
 			}
-			_, _ = pc.WriteToUDPAddrPort(buf[:n], from)
+			s.serveUDP(pc, buf[:n], from)
 		}
 	}()
 	return pc, nil

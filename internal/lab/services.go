@@ -18,10 +18,10 @@ import (
 	"github.com/podgate/podgate/policy"
 )
 
-// Service is a Service of the manifests as the lab's node serves it: the
+// Service is a Service of the manifests as the lab's nodes serve it: the
 // part of kube-proxy that matters to policy, DNAT from a ClusterIP and
 // Service port to one of the ready backends, programmed with iptables in
-// the node namespace (see [Lab.Services]).
+// every node's namespace (see [Lab.Services]).
 type Service struct {
 	// Name is "namespace/name".
 	Name string
@@ -37,10 +37,11 @@ type ServicePort struct {
 	Protocol policy.Protocol
 	Port     uint16
 	// Backends are the ready endpoints of the port that are lab endpoints
-	// (pods of the lab's node, outside hosts), of both families: the
-	// first address of each ready endpoint of the Service's EndpointSlices
-	// with the slice port of the same name and protocol. Backends that
-	// are not in the lab (pods of other nodes) are left out, with a note.
+	// (pods of any of the lab's nodes, outside hosts), of both families:
+	// the first address of each ready endpoint of the Service's
+	// EndpointSlices with the slice port of the same name and protocol.
+	// Backends that are not in the lab (pods of nodes left out with
+	// Spec.NodeName, unknown addresses) are left out, with a note.
 	Backends []Backend
 }
 
@@ -169,11 +170,11 @@ func labProtocol(p corev1.Protocol) policy.Protocol {
 	return policy.TCP
 }
 
-// Services returns the Services the lab's node serves (ClusterIPs DNATed
-// to their backends in the node namespace), sorted by namespace and name.
-// Only the Services of the manifests given to [Build] are programmed;
-// [Lab.Apply] and [Lab.WriteManifest] change the agent's view, not the
-// node's DNAT.
+// Services returns the Services the lab's nodes serve (ClusterIPs DNATed
+// to their backends in every node's namespace), sorted by namespace and
+// name. Only the Services of the manifests given to [Build] are
+// programmed; [Lab.Apply] and [Lab.WriteManifest] change the agents' view,
+// not the nodes' DNAT.
 func (l *Lab) Services() []Service { return slices.Clone(l.services) }
 
 // Service returns the Service "namespace/name", or the one that owns the
@@ -267,11 +268,11 @@ func natRules(svcs []Service, is4 bool) string {
 	return out.String()
 }
 
-// programServices loads the Services' DNAT rules into the node
-// namespace's nat tables with iptables-restore and ip6tables-restore (run
-// inside the node namespace; the caller's own namespace is never
-// touched). Nothing runs when no Service has a backend in the lab.
-func (l *Lab) programServices(ctx context.Context) error {
+// programServices loads the Services' DNAT rules into node n's nat
+// tables with iptables-restore and ip6tables-restore (run inside the
+// node's namespace; the caller's own namespace is never touched). Nothing
+// runs when no Service has a backend in the lab.
+func (l *Lab) programServices(ctx context.Context, n *Node) error {
 	for _, fam := range []struct {
 		is4  bool
 		tool string
@@ -289,11 +290,11 @@ func (l *Lab) programServices(ctx context.Context) error {
 		cmd.Stdin = strings.NewReader(rules)
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := l.node.NS.Start(cmd); err != nil {
-			return fmt.Errorf("program Services: start %s: %w", fam.tool, err)
+		if err := n.ep.NS.Start(cmd); err != nil {
+			return fmt.Errorf("program Services on node %s: start %s: %w", n.name, fam.tool, err)
 		}
 		if err := cmd.Wait(); err != nil {
-			return fmt.Errorf("program Services: %s: %w: %s\ninput:\n%s", fam.tool, err, strings.TrimSpace(out.String()), rules)
+			return fmt.Errorf("program Services on node %s: %s: %w: %s\ninput:\n%s", n.name, fam.tool, err, strings.TrimSpace(out.String()), rules)
 		}
 	}
 	return nil
@@ -301,15 +302,20 @@ func (l *Lab) programServices(ctx context.Context) error {
 
 // serviceExpectation is what a probe to a Service is expected to do with
 // podgate enforcing: the source's egress as the table judges it (against
-// every ready backend), and then, after the node's DNAT, every backend's
-// ingress (kube-proxy may pick any of them).
-func serviceExpectation(t *policy.Table, r *Result) bool {
+// every ready backend), and then, after the DNAT on the source's node,
+// every backend's ingress (kube-proxy may pick any of them). A node as
+// the source (host) has no egress policy and reaches the backends on its
+// own node (local) whatever their ingress.
+func serviceExpectation(t *policy.Table, r *Result, host bool, local func(netip.Addr, string) bool) bool {
 	v := t.Lookup(r.Src, r.Dst, r.Port.Protocol, r.Port.Port)
 	if !v.Egress.Allowed() {
 		return false
 	}
 	bs, _ := t.ServiceBackends(r.Dst, r.Port.Protocol, r.Port.Port)
 	for _, b := range bs {
+		if host && local(b.Addr, "") {
+			continue
+		}
 		if !t.Lookup(r.Src, b.Addr, r.Port.Protocol, b.Port).Ingress.Allowed() {
 			return false
 		}
