@@ -69,9 +69,22 @@ type Config struct {
 	// generator and iperf3 run on LoadCPU. Default 0 and 1; equal values
 	// (on a one-CPU machine) turn pinning off.
 	EnforcerCPU, LoadCPU int
-	// Enforcers are the enforcers measured (default none, iptables and
-	// podgate: ratios need all three).
+	// Enforcers are the enforcers measured (default none, iptables,
+	// podgate and every variant's "podgate-NAME": ratios need the first
+	// three).
 	Enforcers []string
+	// Variants are agent configurations measured besides the agent with
+	// default flags, each under its own enforcer name (nil:
+	// [DefaultVariants]; empty: none).
+	Variants []Variant
+	// BusyNode measures everything a second time with a CPU hog on every
+	// CPU ([StartHogs]), after the quiet run; the report then has both.
+	BusyNode bool
+	// IdlePods is the number of pods on the node of the idle-cost lab
+	// (default 100; negative: no idle-cost measurement), IdleDuration its
+	// window (default 10s).
+	IdlePods     int
+	IdleDuration time.Duration
 	// Prefix names the lab (default "pgbench").
 	Prefix string
 	// Log receives progress lines (default io.Discard).
@@ -89,6 +102,7 @@ func FullConfig() Config {
 		TCPDuration: 5 * time.Second, ConnDuration: 5 * time.Second, LatencyDuration: 5 * time.Second,
 		ConnWorkers: 8, LatencyRate: 1000,
 		EnforcerCPU: 0, LoadCPU: 1,
+		IdlePods: 100, IdleDuration: 10 * time.Second,
 		Prefix: "pgbench",
 	}
 }
@@ -147,8 +161,17 @@ func (c Config) withDefaults() Config {
 	if c.Prefix == "" {
 		c.Prefix = d.Prefix
 	}
+	if c.Variants == nil {
+		c.Variants = DefaultVariants()
+	}
 	if c.Enforcers == nil {
-		c.Enforcers = enforcers()
+		c.Enforcers = c.knownEnforcers()
+	}
+	if c.IdlePods == 0 {
+		c.IdlePods = d.IdlePods
+	}
+	if c.IdleDuration == 0 {
+		c.IdleDuration = d.IdleDuration
 	}
 	if c.Log == nil {
 		c.Log = io.Discard
@@ -183,10 +206,19 @@ func (c Config) validate() error {
 	if c.Namespaces < 1 || c.PodsPerNamespace < 1 || c.Namespaces*c.PodsPerNamespace > 1<<20 {
 		errs = append(errs, errors.New("cluster size: out of range"))
 	}
+	if err := validateVariants(c.Variants); err != nil {
+		errs = append(errs, err)
+	}
 	for _, e := range c.Enforcers {
-		if !slices.Contains(enforcers(), e) {
-			errs = append(errs, fmt.Errorf("enforcer %q: want one of %v", e, enforcers()))
+		if !slices.Contains(c.knownEnforcers(), e) {
+			errs = append(errs, fmt.Errorf("enforcer %q: want one of %v", e, c.knownEnforcers()))
 		}
+	}
+	if c.IdlePods > maxIdlePods || (c.IdlePods > 0 && c.IdlePods < 3) {
+		errs = append(errs, fmt.Errorf("idle pods %d: want 3 to %d (the bench's 3 pods and more), or negative for none", c.IdlePods, maxIdlePods))
+	}
+	if c.IdleDuration < 0 {
+		errs = append(errs, fmt.Errorf("idle duration %v: must not be negative", c.IdleDuration))
 	}
 	if c.EnforcerCPU < 0 || c.LoadCPU < 0 || c.EnforcerCPU >= 64 || c.LoadCPU >= 64 {
 		errs = append(errs, errors.New("cpus: out of range"))
@@ -209,10 +241,58 @@ type env struct {
 	pin     bool
 	report  *Report
 	started time.Time
+	// busy is set during the busy-node pass, whose hogs are hogs.
+	busy bool
+	hogs *Hogs
 }
 
 func (e *env) logf(format string, args ...any) {
-	fmt.Fprintf(e.cfg.Log, "[%6.1fs] %s\n", time.Since(e.started).Seconds(), fmt.Sprintf(format, args...))
+	tag := ""
+	if e.busy {
+		tag = "busy node: "
+	}
+	fmt.Fprintf(e.cfg.Log, "[%6.1fs] %s%s\n", time.Since(e.started).Seconds(), tag, fmt.Sprintf(format, args...))
+}
+
+// add records a result: a quiet one of none, iptables or podgate in
+// Report.Results, a quiet variant's in VariantResults, and every result
+// of the busy-node pass in BusyResults.
+func (e *env) add(r Result) {
+	switch {
+	case e.busy:
+		e.report.BusyResults = append(e.report.BusyResults, r)
+	case slices.Contains(enforcers(), r.Enforcer):
+		e.report.Results = append(e.report.Results, r)
+	default:
+		e.report.VariantResults = append(e.report.VariantResults, r)
+	}
+}
+
+// find returns a result of the current pass.
+func (e *env) find(enforcer string, policies, flows int) *Result {
+	return e.report.lookup(e.busy, enforcer, policies, flows)
+}
+
+// phase is the start of a measurement, for its load and hogs' share.
+type phase struct{ hogs HogSample }
+
+func (e *env) begin() phase {
+	var ph phase
+	if e.hogs != nil {
+		ph.hogs, _ = e.hogs.Sample()
+	}
+	return ph
+}
+
+// end records the load average and, on a busy node, the hogs' CPU share
+// since ph.
+func (e *env) end(ph phase, r *Result) {
+	r.Load = loadAvg()
+	if e.hogs != nil && ph.hogs.cpu != nil {
+		if s, err := e.hogs.Sample(); err == nil {
+			r.HogShare, _ = ph.hogs.Share(s)
+		}
+	}
 }
 
 // Run builds the lab, measures every enforcer and returns the report. It
@@ -235,8 +315,9 @@ func Run(ctx context.Context, cfg Config) (_ *Report, err error) {
 			Step: cfg.Step.Seconds(), MaxTrials: cfg.MaxTrials, MaxLoss: DefaultMaxLoss, MeasureFlows: cfg.MeasureFlows,
 			FrameBytes: FrameLen, TCPSeconds: cfg.TCPDuration.Seconds(), ConnSeconds: cfg.ConnDuration.Seconds(),
 			ConnWorkers: cfg.ConnWorkers, LatencySeconds: cfg.LatencyDuration.Seconds(), LatencyRate: cfg.LatencyRate,
-			Policies: cfg.Policies, Flows: cfg.Flows,
+			Policies: cfg.Policies, Flows: cfg.Flows, AgentArgs: cfg.AgentArgs,
 		},
+		Variants: cfg.Variants,
 	}
 	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
@@ -244,11 +325,14 @@ func Run(ctx context.Context, cfg Config) (_ *Report, err error) {
 	if err := EnsureTools(ctx, cfg.Log); err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
+	if err := checkAgentArgs(ctx, cfg.AgentBinary, cfg.podgateRuns()); err != nil {
+		return nil, err
+	}
 	e.report.Baseline = baselineVersions(ctx)
 	e.logf("writing manifests: %d pods, policies %v", e.report.Cluster.Pods, cfg.Policies)
 	for _, p := range cfg.Policies {
 		dir := filepath.Join(cfg.Out, "manifests", fmt.Sprintf("policies-%d", p))
-		if err := writeManifests(dir, cfg.Namespaces, cfg.PodsPerNamespace, p); err != nil {
+		if err := writeManifests(dir, cfg.Namespaces, cfg.PodsPerNamespace, p, 0); err != nil {
 			return nil, err
 		}
 		e.dirs[p] = dir
@@ -279,38 +363,17 @@ func Run(ctx context.Context, cfg Config) (_ *Report, err error) {
 	if err := e.measureGenerator(ctx); err != nil {
 		return nil, err
 	}
-	runs := func(name string) bool { return slices.Contains(cfg.Enforcers, name) }
-	if runs(EnforcerNone) {
-		if err := e.measureNone(ctx); err != nil {
+	if err := e.measurePass(ctx); err != nil {
+		return nil, err
+	}
+	if cfg.IdlePods > 0 && len(cfg.podgateRuns()) > 0 {
+		if err := e.measureIdle(ctx); err != nil {
 			return nil, err
 		}
 	}
-	for _, p := range cfg.Policies {
-		if err := e.lab.Apply(e.dirs[p]); err != nil {
-			return nil, fmt.Errorf("bench: %w", err)
-		}
-		if runs(EnforcerIPTables) {
-			if err := e.measureIPTables(ctx, p, nil); err != nil {
-				return nil, err
-			}
-		}
-		if runs(EnforcerPodgate) {
-			if err := e.measurePodgate(ctx, p, nil); err != nil {
-				return nil, err
-			}
-		}
-	}
-	last := cfg.Policies[len(cfg.Policies)-1]
-	for _, f := range cfg.Flows {
-		if runs(EnforcerIPTables) {
-			if err := e.measureIPTables(ctx, last, &f); err != nil {
-				return nil, err
-			}
-		}
-		if runs(EnforcerPodgate) {
-			if err := e.measurePodgate(ctx, last, &f); err != nil {
-				return nil, err
-			}
+	if cfg.BusyNode {
+		if err := e.measureBusy(ctx); err != nil {
+			return nil, err
 		}
 	}
 	e.report.explain(cfg)
@@ -320,6 +383,82 @@ func Run(ctx context.Context, cfg Config) (_ *Report, err error) {
 	e.report.evaluate()
 	e.logf("done in %.0fs", e.report.Seconds)
 	return e.report, nil
+}
+
+// measurePass measures every enforcer: plain routing, then for each
+// policy count iptables and every agent configuration, then the same with
+// the flow table full.
+func (e *env) measurePass(ctx context.Context) error {
+	runs := func(name string) bool { return slices.Contains(e.cfg.Enforcers, name) }
+	pgs := e.cfg.podgateRuns()
+	if runs(EnforcerNone) {
+		if err := e.measureNone(ctx); err != nil {
+			return err
+		}
+	}
+	for _, p := range e.cfg.Policies {
+		if err := e.lab.Apply(e.dirs[p]); err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		if runs(EnforcerIPTables) {
+			if err := e.measureIPTables(ctx, p, nil); err != nil {
+				return err
+			}
+		}
+		for _, pg := range pgs {
+			if err := e.measurePodgate(ctx, pg, p, nil); err != nil {
+				return err
+			}
+		}
+	}
+	last := e.cfg.Policies[len(e.cfg.Policies)-1]
+	for _, f := range e.cfg.Flows {
+		if runs(EnforcerIPTables) {
+			if err := e.measureIPTables(ctx, last, &f); err != nil {
+				return err
+			}
+		}
+		for _, pg := range pgs {
+			if err := e.measurePodgate(ctx, pg, last, &f); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// measureBusy starts a hog on every CPU and measures the generator and
+// every enforcer again.
+func (e *env) measureBusy(ctx context.Context) (err error) {
+	cpus := e.report.Machine.CPUs
+	hogs, err := StartHogs(cpus, hogName(e.cfg.Prefix, os.Getpid()))
+	if err != nil {
+		return fmt.Errorf("bench: busy node: %w", err)
+	}
+	bn := &BusyNode{Hogs: cpus, Command: "sh -c '" + hogScript + "'", LoadAtStart: loadAvg()}
+	e.report.BusyNode = bn
+	start, serr := hogs.Sample()
+	e.busy, e.hogs = true, hogs
+	e.logf("%d CPU hogs (nice 0, one pinned to each CPU)", cpus)
+	defer func() {
+		e.busy, e.hogs = false, nil
+		end, eerr := hogs.Sample()
+		if serr == nil && eerr == nil {
+			bn.HogShare, bn.HogSharePerCPU = start.Share(end)
+			bn.Seconds = end.at.Sub(start.at).Seconds()
+		}
+		bn.LoadAtEnd = loadAvg()
+		if herr := hogs.Stop(); herr != nil {
+			err = errors.Join(err, fmt.Errorf("bench: busy node: %w", herr))
+		}
+	}()
+	if serr != nil {
+		return fmt.Errorf("bench: busy node: %w", serr)
+	}
+	if err := e.measureGenerator(ctx); err != nil {
+		return err
+	}
+	return e.measurePass(ctx)
 }
 
 // setUp pins, steers and opens the generator on the client pod.
@@ -462,7 +601,12 @@ func (e *env) measureGenerator(ctx context.Context) (err error) {
 		return fmt.Errorf("bench: generator capacity: %w", err)
 	}
 	e.genCap = t.Delivered
-	e.report.Generator = GeneratorCapacity{PPS: t.Delivered, OfferedPPS: t.Offered, Sent: t.Sent, Received: t.Received}
+	gc := GeneratorCapacity{PPS: t.Delivered, OfferedPPS: t.Offered, Sent: t.Sent, Received: t.Received}
+	if e.busy {
+		e.report.BusyNode.Generator = gc
+	} else {
+		e.report.Generator = gc
+	}
 	e.logf("generator: %.0f pps offered, %.0f pps counted", t.Offered, t.Delivered)
 	if e.genCap <= 0 {
 		return errors.New("bench: the generator sent nothing")
@@ -473,6 +617,7 @@ func (e *env) measureGenerator(ctx context.Context) (err error) {
 // measureAll runs the forwarding-rate search, iperf3, the connection rate
 // and the latency for one enforcer set-up.
 func (e *env) measureAll(ctx context.Context, r *Result) error {
+	ph := e.begin()
 	e.logf("%s, %d policies: forwarding rate", r.Enforcer, r.Policies)
 	fw, err := e.searchRate(ctx, e.cfg.MeasureFlows)
 	if err != nil {
@@ -504,7 +649,7 @@ func (e *env) measureAll(ctx context.Context, r *Result) error {
 	}
 	r.Latency = &lat
 	e.logf("  latency p50 %.1f µs, p99 %.1f µs (%d lost)", lat.P50, lat.P99, lat.Lost)
-	r.Load = loadAvg()
+	e.end(ph, r)
 	return nil
 }
 
@@ -608,7 +753,7 @@ func (e *env) measureNone(ctx context.Context) error {
 	if err := e.measureAll(ctx, &r); err != nil {
 		return err
 	}
-	e.report.Results = append(e.report.Results, r)
+	e.add(r)
 	return nil
 }
 
@@ -623,7 +768,7 @@ func (e *env) verify(ctx context.Context, enforcer string, none bool) error {
 	}
 	var errs []error
 	for _, c := range checks {
-		c.Enforcer = enforcer
+		c.Enforcer, c.Busy = enforcer, e.busy
 		if none {
 			c.Expected = "allow"
 		}
@@ -690,7 +835,7 @@ func (e *env) measureIPTables(ctx context.Context, p int, flows *int) (err error
 	if err != nil {
 		return err
 	}
-	if flows == nil {
+	if flows == nil && !e.busy {
 		_ = os.WriteFile(filepath.Join(e.cfg.Out, fmt.Sprintf("iptables-%d.rules", p)), []byte(rules.IPTables), 0o644)
 		_ = os.WriteFile(filepath.Join(e.cfg.Out, fmt.Sprintf("ipset-%d.restore", p)), []byte(rules.IPSet), 0o644)
 		for _, n := range rules.Notes {
@@ -705,6 +850,8 @@ func (e *env) measureIPTables(ctx context.Context, p int, flows *int) (err error
 			CompileSeconds: compileDur.Seconds(), RuleCompileSeconds: kernelCompile.Seconds(), ApplySeconds: applyDur.Seconds(),
 			Rules: rules.Rules, Chains: rules.Chains, Sets: rules.Sets, SetMembers: rules.Members, KernelSetBytes: mem,
 		})
+	}
+	if flows == nil {
 		if err := e.verify(ctx, EnforcerIPTables, false); err != nil {
 			return err
 		}
@@ -723,15 +870,16 @@ func (e *env) measureEnforcer(ctx context.Context, enforcer string, p int, flows
 		if err := e.measureAll(ctx, &r); err != nil {
 			return err
 		}
-		e.report.Results = append(e.report.Results, r)
+		e.add(r)
 		return nil
 	}
+	ph := e.begin()
 	r.Flows = *flows
 	// Prefill at 80% of the rate this enforcer forwarded without the
 	// flows, or, if it lost packets at every rate, at 30% of what it
 	// forwarded saturated.
 	rate := 0.2 * e.genCap
-	if base := e.report.find(enforcer, p, 0); base != nil && base.Forwarding != nil {
+	if base := e.find(enforcer, p, 0); base != nil && base.Forwarding != nil {
 		rate = 0.8 * base.Forwarding.Rate
 		if rate == 0 {
 			rate = 0.3 * base.Forwarding.Saturated
@@ -776,33 +924,43 @@ func (e *env) measureEnforcer(ctx context.Context, enforcer string, p int, flows
 	if r.ConntrackAfter, err = entries(); err != nil {
 		return err
 	}
-	r.Load = loadAvg()
+	e.end(ph, &r)
 	e.logf("  %.0f pps (saturated %.0f), %.0f tracked after", fw.Rate, fw.Saturated, r.ConntrackAfter)
-	e.report.Results = append(e.report.Results, r)
+	e.add(r)
 	return nil
 }
 
-// measurePodgate starts the agent for policy count p (with --conntrack-max
-// fitting flows), pins it, verifies and measures.
-func (e *env) measurePodgate(ctx context.Context, p int, flows *int) (err error) {
-	ctMax := 262144
-	if flows != nil {
-		ctMax = max(ctMax, *flows+*flows/8)
-	}
+// defaultConntrackMax is the agent's --conntrack-max default, which the
+// bench passes unless the flow table needs more.
+const defaultConntrackMax = 262144
+
+// agentArgs returns the arguments of `podgate agent` for a configuration
+// on lab l (--manifests, --node-name and --metrics-addr come from the
+// lab).
+func agentArgs(l *lab.Lab, pg podgateRun, ctMax int) []string {
 	args := []string{
-		"--state-dir", filepath.Join(e.lab.Dir(), "agent-state"),
+		"--state-dir", filepath.Join(l.Dir(), "agent-state"),
 		"--conntrack-max", strconv.Itoa(ctMax),
 		"--log-level", "warn",
 	}
-	args = append(args, e.cfg.AgentArgs...)
+	return append(args, pg.args...)
+}
+
+// measurePodgate starts an agent configuration for policy count p (with
+// --conntrack-max fitting flows), pins it, verifies and measures.
+func (e *env) measurePodgate(ctx context.Context, pg podgateRun, p int, flows *int) (err error) {
+	ctMax := defaultConntrackMax
+	if flows != nil {
+		ctMax = max(ctMax, *flows+*flows/8)
+	}
 	start := time.Now()
-	if err := e.lab.StartAgent(ctx, e.cfg.AgentBinary, args...); err != nil {
-		return fmt.Errorf("bench: %w", err)
+	if err := e.lab.StartAgent(ctx, e.cfg.AgentBinary, agentArgs(e.lab, pg, ctMax)...); err != nil {
+		return fmt.Errorf("bench: %s (agent arguments %q): %w", pg.enforcer, pg.args, err)
 	}
 	ready := time.Since(start)
 	defer func() {
 		if serr := e.lab.StopAgent(syscall.SIGTERM); serr != nil {
-			err = errors.Join(err, fmt.Errorf("bench: %w", serr))
+			err = errors.Join(err, fmt.Errorf("bench: %s: %w", pg.enforcer, serr))
 		}
 	}()
 	if e.pin {
@@ -815,27 +973,29 @@ func (e *env) measurePodgate(ctx context.Context, p int, flows *int) (err error)
 	if err != nil {
 		return err
 	}
-	e.logf("podgate, %d policies: agent ready in %.1fs, table of %.0f pods compiled in %.0f ms",
-		p, ready.Seconds(), met.Get("podgate_table_endpoints"), 1000*met.Get("podgate_table_compile_duration_seconds"))
+	e.logf("%s, %d policies: agent ready in %.1fs, table of %.0f pods compiled in %.0f ms",
+		pg.enforcer, p, ready.Seconds(), met.Get("podgate_table_endpoints"), 1000*met.Get("podgate_table_compile_duration_seconds"))
 	if flows == nil {
-		_, _, compileDur, err := e.compiled(p)
-		if err != nil {
+		if err := e.verify(ctx, pg.enforcer, false); err != nil {
 			return err
 		}
-		if err := e.verify(ctx, EnforcerPodgate, false); err != nil {
-			return err
+		if !e.busy {
+			_, _, compileDur, err := e.compiled(p)
+			if err != nil {
+				return err
+			}
+			e.report.Control = append(e.report.Control, Control{
+				Enforcer: pg.enforcer, Policies: p,
+				CompileSeconds:      compileDur.Seconds(),
+				AgentCompileSeconds: met.Get("podgate_table_compile_duration_seconds"),
+				AgentReadySeconds:   ready.Seconds(),
+				Rules:               int(met.Get("podgate_table_rules")),
+				RSSBytes:            met.Get("process_resident_memory_bytes"),
+				ConntrackCapacity:   ctMax,
+			})
 		}
-		e.report.Control = append(e.report.Control, Control{
-			Enforcer: EnforcerPodgate, Policies: p,
-			CompileSeconds:      compileDur.Seconds(),
-			AgentCompileSeconds: met.Get("podgate_table_compile_duration_seconds"),
-			AgentReadySeconds:   ready.Seconds(),
-			Rules:               int(met.Get("podgate_table_rules")),
-			RSSBytes:            met.Get("process_resident_memory_bytes"),
-			ConntrackCapacity:   ctMax,
-		})
 	}
-	if err := e.measureEnforcer(ctx, EnforcerPodgate, p, flows, func() (float64, error) {
+	if err := e.measureEnforcer(ctx, pg.enforcer, p, flows, func() (float64, error) {
 		m, err := e.metrics(ctx)
 		if err != nil {
 			return 0, err
@@ -849,28 +1009,35 @@ func (e *env) measurePodgate(ctx context.Context, p int, flows *int) (err error)
 		return err
 	}
 	rss := m.Get("process_resident_memory_bytes")
-	if flows != nil {
+	switch {
+	case e.busy:
+	case flows != nil:
 		e.report.Control = append(e.report.Control, Control{
-			Enforcer: EnforcerPodgate, Policies: p, Flows: *flows,
+			Enforcer: pg.enforcer, Policies: p, Flows: *flows,
 			RSSBytes: rss, ConntrackCapacity: ctMax,
 			AgentCompileSeconds: m.Get("podgate_table_compile_duration_seconds"),
 		})
-	} else if c := e.report.control(EnforcerPodgate, p, 0); c != nil {
-		c.RSSAfterBytes = rss
+	default:
+		if c := e.report.control(pg.enforcer, p, 0); c != nil {
+			c.RSSAfterBytes = rss
+		}
 	}
-	e.report.addDrops(p, flows, m)
+	e.report.addDrops(pg.enforcer, e.busy, p, flows, m)
 	return nil
 }
 
 // metrics scrapes the agent.
-func (e *env) metrics(ctx context.Context) (Metrics, error) {
+func (e *env) metrics(ctx context.Context) (Metrics, error) { return scrapeAgent(ctx, e.lab) }
+
+// scrapeAgent scrapes the agent of lab l.
+func scrapeAgent(ctx context.Context, l *lab.Lab) (Metrics, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.lab.AgentURL()+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, l.AgentURL()+"/metrics", nil)
 	if err != nil {
 		return nil, fmt.Errorf("bench: scrape agent: %w", err)
 	}
-	resp, err := e.lab.HTTPClient().Do(req)
+	resp, err := l.HTTPClient().Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("bench: scrape agent: %w", err)
 	}
