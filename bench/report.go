@@ -95,6 +95,8 @@ type Settings struct {
 	// AgentArgs are the extra arguments of every agent run (--agent-arg),
 	// the default one included.
 	AgentArgs []string `json:"agent_args,omitempty"`
+	// BusyFlows are the flow counts of the busy pass (quick: none).
+	BusyFlows []int `json:"busy_flows,omitempty"`
 }
 
 // GeneratorCapacity is the generator into the sink over a direct veth
@@ -832,7 +834,11 @@ func (r *Report) writeLatencyAdded(b *strings.Builder, busy bool) {
 
 // writeFlowTable writes the forwarding rates with the flow table full.
 func (r *Report) writeFlowTable(b *strings.Builder, busy bool) {
-	if len(r.Settings.Flows) == 0 || len(r.Settings.Policies) == 0 {
+	flows := r.Settings.Flows
+	if busy {
+		flows = r.Settings.BusyFlows
+	}
+	if len(flows) == 0 || len(r.Settings.Policies) == 0 {
 		return
 	}
 	last := r.Settings.Policies[len(r.Settings.Policies)-1]
@@ -851,7 +857,7 @@ func (r *Report) writeFlowTable(b *strings.Builder, busy bool) {
 	b.WriteString("\n" + sep + "\n")
 	fwd := rows()[rowForwarding]
 	none := r.lookup(busy, EnforcerNone, 0, 0)
-	for _, f := range r.Settings.Flows {
+	for _, f := range flows {
 		ip := r.lookup(busy, EnforcerIPTables, last, f)
 		iv, _, _ := cells(fwd, ip, nil, nil)
 		fmt.Fprintf(b, "| %d | %s | %s |", f, iv, ctEntries(ip))

@@ -42,7 +42,7 @@ func sampleReport() *Report {
 	r := &Report{
 		Started: time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC), Seconds: 300,
 		Machine:  Machine{CPUModel: "test CPU", CPUs: 2, Kernel: "6.18", MemoryMB: 1024, GoVer: "go1.27.3"},
-		Settings: Settings{Policies: []int{0, 2000}, Flows: []int{100000}, FrameBytes: 64, MeasureFlows: 1000},
+		Settings: Settings{Policies: []int{0, 2000}, Flows: []int{100000}, BusyFlows: []int{100000}, FrameBytes: 64, MeasureFlows: 1000},
 		Variants: []Variant{{Name: "offload-none", Args: []string{"--offload=none"}}},
 	}
 	r.Results = []Result{
@@ -322,6 +322,8 @@ func TestWriteMarkdown(t *testing.T) {
 		"| forwarding, 64-byte UDP, <0.1% loss (pps) | 2000 | 0 | 0.95× | 0.95× | 0.50× ✗ | 0.95× |",
 		"| forwarding, 64-byte UDP, <0.1% loss (pps) | 2000 | 100000 | – | 0.95× | 0.95× | 0.95× |",
 		"| UDP round trip p99 (µs) | 0 | 0 | 1.00× | 1.00× | 1.00× | 1.00× |",
+		"Busy node, forwarding with the flow table full (2000 policies)",
+		"| 100000 | 475000 | 100000 → 100000 | 522500 | 100000 → 100000 | 1.10× | 0.61× | 237500 | 100000 → 100000 | 0.50× | 0.28× |",
 		// Idle cost, with the disturbed count marked.
 		"| podgate | 100 | 0 | 10.0 | 0.30 | 0 | 0 | 406.0 | 4.06 | 400.0 / 400.0 | 5.00 (101) | 1.00 (2) | 4 (1) | 0 / 0 |",
 		"50.0 / 10.0 (disturbed: other pins on the machine)",
@@ -451,6 +453,23 @@ func TestIdlePods(t *testing.T) {
 		seen[ip] = true
 		if pod.Spec.NodeName != NodeName || pod.Labels["role"] != "idle" {
 			t.Errorf("pod %d: %+v", i, pod)
+		}
+	}
+}
+
+func TestWriteFilesSample(t *testing.T) {
+	dir := t.TempDir()
+	paths, err := sampleReport().WriteFiles(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"connections.png", "forwarding.png", "latency.png", "loss.png", "report.json", "report.md"}
+	if len(paths) != len(want) {
+		t.Fatalf("wrote %v, want %v", paths, want)
+	}
+	for i, p := range paths {
+		if !strings.HasSuffix(p, "/"+want[i]) {
+			t.Errorf("wrote %s, want %s", p, want[i])
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -79,7 +80,9 @@ type Config struct {
 	Variants []Variant
 	// BusyNode measures everything a second time with a CPU hog on every
 	// CPU ([StartHogs]), after the quiet run; the report then has both.
-	BusyNode bool
+	// BusyFlows are the flow counts of the busy pass (nil: Flows).
+	BusyNode  bool
+	BusyFlows []int
 	// IdlePods is the number of pods on the node of the idle-cost lab
 	// (default 100; negative: no idle-cost measurement), IdleDuration its
 	// window (default 10s).
@@ -108,12 +111,14 @@ func FullConfig() Config {
 }
 
 // QuickConfig returns the quick bench: 0 and 2,000 policies, 100,000
-// flows, one-second steps; it takes under three minutes.
+// flows, one-second steps; a busy pass leaves the flow table out. With
+// one variant it takes about four minutes, six with the busy pass.
 func QuickConfig() Config {
 	c := FullConfig()
 	c.Quick = true
 	c.Policies = []int{0, 2000}
 	c.Flows = []int{100_000}
+	c.BusyFlows = []int{}
 	c.Step = time.Second
 	c.MaxTrials = 7
 	c.TCPDuration, c.ConnDuration, c.LatencyDuration = 2*time.Second, 2*time.Second, 2*time.Second
@@ -133,6 +138,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Flows == nil {
 		c.Flows = d.Flows
+	}
+	if c.BusyFlows == nil {
+		c.BusyFlows = c.Flows
 	}
 	if c.Step == 0 {
 		c.Step = d.Step
@@ -195,7 +203,7 @@ func (c Config) validate() error {
 			errs = append(errs, fmt.Errorf("policies %d: must not be negative", p))
 		}
 	}
-	for _, f := range c.Flows {
+	for _, f := range append(slices.Clone(c.Flows), c.BusyFlows...) {
 		if f < c.MeasureFlows || f > (FloodPortHi-FloodPortLo+1)*FloodSrcN {
 			errs = append(errs, fmt.Errorf("flows %d: want %d to %d", f, c.MeasureFlows, (FloodPortHi-FloodPortLo+1)*FloodSrcN))
 		}
@@ -244,6 +252,8 @@ type env struct {
 	// busy is set during the busy-node pass, whose hogs are hogs.
 	busy bool
 	hogs *Hogs
+	// compiledSets caches the in-process compile of each policy count.
+	compiledSets map[int]compiledSet
 }
 
 func (e *env) logf(format string, args ...any) {
@@ -307,7 +317,7 @@ func Run(ctx context.Context, cfg Config) (_ *Report, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("bench: needs root (network namespaces, XDP, iptables)")
 	}
-	e := &env{cfg: cfg, started: time.Now(), dirs: map[int]string{}}
+	e := &env{cfg: cfg, started: time.Now(), dirs: map[int]string{}, compiledSets: map[int]compiledSet{}}
 	e.report = &Report{
 		Started: e.started, Quick: cfg.Quick, Machine: machineInfo(),
 		Cluster: ClusterSize{Namespaces: cfg.Namespaces, Pods: cfg.Namespaces * cfg.PodsPerNamespace, BenchPolicies: BenchPolicies},
@@ -318,6 +328,9 @@ func Run(ctx context.Context, cfg Config) (_ *Report, err error) {
 			Policies: cfg.Policies, Flows: cfg.Flows, AgentArgs: cfg.AgentArgs,
 		},
 		Variants: cfg.Variants,
+	}
+	if cfg.BusyNode {
+		e.report.Settings.BusyFlows = cfg.BusyFlows
 	}
 	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
@@ -363,7 +376,7 @@ func Run(ctx context.Context, cfg Config) (_ *Report, err error) {
 	if err := e.measureGenerator(ctx); err != nil {
 		return nil, err
 	}
-	if err := e.measurePass(ctx); err != nil {
+	if err := e.measurePass(ctx, cfg.Flows); err != nil {
 		return nil, err
 	}
 	if cfg.IdlePods > 0 && len(cfg.podgateRuns()) > 0 {
@@ -387,8 +400,8 @@ func Run(ctx context.Context, cfg Config) (_ *Report, err error) {
 
 // measurePass measures every enforcer: plain routing, then for each
 // policy count iptables and every agent configuration, then the same with
-// the flow table full.
-func (e *env) measurePass(ctx context.Context) error {
+// the flow table full, for each count of flows.
+func (e *env) measurePass(ctx context.Context, flows []int) error {
 	runs := func(name string) bool { return slices.Contains(e.cfg.Enforcers, name) }
 	pgs := e.cfg.podgateRuns()
 	if runs(EnforcerNone) {
@@ -412,7 +425,7 @@ func (e *env) measurePass(ctx context.Context) error {
 		}
 	}
 	last := e.cfg.Policies[len(e.cfg.Policies)-1]
-	for _, f := range e.cfg.Flows {
+	for _, f := range flows {
 		if runs(EnforcerIPTables) {
 			if err := e.measureIPTables(ctx, last, &f); err != nil {
 				return err
@@ -458,7 +471,7 @@ func (e *env) measureBusy(ctx context.Context) (err error) {
 	if err := e.measureGenerator(ctx); err != nil {
 		return err
 	}
-	return e.measurePass(ctx)
+	return e.measurePass(ctx, e.cfg.BusyFlows)
 }
 
 // setUp pins, steers and opens the generator on the client pod.
@@ -766,18 +779,27 @@ func (e *env) verify(ctx context.Context, enforcer string, none bool) error {
 		{From: OtherPod, To: ServerPod, Port: ProbePort, Expected: "deny"},
 		{From: ClientPod, To: ServerPod, Port: DeniedPort, Expected: "deny"},
 	}
+	// The probes run at once: a denied one waits for its timeout.
+	observed := make([]bool, len(checks))
+	perr := make([]error, len(checks))
+	var wg sync.WaitGroup
+	for i, c := range checks {
+		wg.Go(func() {
+			observed[i], perr[i] = e.lab.Probe(ctx, c.From, c.To, policy.PortSpec{Port: uint16(c.Port), Protocol: policy.TCP})
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(perr...); err != nil {
+		return fmt.Errorf("bench: verify %s: %w", enforcer, err)
+	}
 	var errs []error
-	for _, c := range checks {
+	for i, c := range checks {
 		c.Enforcer, c.Busy = enforcer, e.busy
 		if none {
 			c.Expected = "allow"
 		}
-		ok, err := e.lab.Probe(ctx, c.From, c.To, policy.PortSpec{Port: uint16(c.Port), Protocol: policy.TCP})
-		if err != nil {
-			return fmt.Errorf("bench: verify %s: %w", enforcer, err)
-		}
 		c.Observed = "deny"
-		if ok {
+		if observed[i] {
 			c.Observed = "allow"
 		}
 		e.report.Checks = append(e.report.Checks, c)
@@ -791,10 +813,30 @@ func (e *env) verify(ctx context.Context, enforcer string, none bool) error {
 	return nil
 }
 
+// compiledSet is the manifests of a policy count, compiled.
+type compiledSet struct {
+	m   *policy.Manifests
+	t   *policy.Table
+	dur time.Duration // median of three compiles
+}
+
 // compiled loads and compiles the manifests of a policy count in-process,
-// three times, and returns the result and the median compile time.
+// three times, the first time it is asked for that count, and returns the
+// result and the median compile time.
 func (e *env) compiled(p int) (*policy.Manifests, *policy.Table, time.Duration, error) {
-	m, err := policy.Load(e.dirs[p])
+	if c, ok := e.compiledSets[p]; ok {
+		return c.m, c.t, c.dur, nil
+	}
+	m, t, d, err := compilePolicies(e.dirs[p])
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	e.compiledSets[p] = compiledSet{m: m, t: t, dur: d}
+	return m, t, d, nil
+}
+
+func compilePolicies(dir string) (*policy.Manifests, *policy.Table, time.Duration, error) {
+	m, err := policy.Load(dir)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("bench: %w", err)
 	}
