@@ -88,14 +88,7 @@ func TestRunTiny(t *testing.T) {
 	var log bytes.Buffer
 	const prefix = "pgbtiny"
 	cfg := tinyConfig(bin, out, prefix, &log)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	r, err := Run(ctx, cfg)
-	t.Logf("log:\n%s", log.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkNothingLeft(t, prefix)
+	r := runTiny(t, cfg, &log)
 
 	if !finite(r.Generator.PPS) || r.Generator.Sent == 0 {
 		t.Errorf("generator capacity %+v: want a finite rate and frames sent", r.Generator)
@@ -153,14 +146,7 @@ func TestRunTinyBusyIdle(t *testing.T) {
 	cfg.Variants = []Variant{{Name: "bp", Args: []string{"--busy-poll=1ms"}}}
 	cfg.Enforcers = []string{EnforcerNone, "podgate-bp"}
 	cfg.BusyNode, cfg.IdlePods, cfg.IdleDuration = true, 5, time.Second
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	r, err := Run(ctx, cfg)
-	t.Logf("log:\n%s", log.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkNothingLeft(t, prefix)
+	r := runTiny(t, cfg, &log)
 
 	// Quiet: none in results[], the variant in variant_results[] only.
 	if len(r.Results) != 1 || r.Results[0].Enforcer != EnforcerNone {
@@ -262,6 +248,21 @@ func TestRunVariantRejected(t *testing.T) {
 			checkNothingLeft(t, prefix)
 		})
 	}
+}
+
+// runTiny runs a tiny bench, logs its progress and checks that it left
+// nothing behind.
+func runTiny(t *testing.T, cfg Config, log *bytes.Buffer) *Report {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	r, err := Run(ctx, cfg)
+	t.Logf("log:\n%s", log.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkNothingLeft(t, cfg.Prefix)
+	return r
 }
 
 func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }

@@ -50,12 +50,13 @@ type IdleCost struct {
 	// UMEMBytes is the user memory the kernel pinned for the agent: the
 	// growth of nr_foll_pin_acquired − nr_foll_pin_released (/proc/vmstat,
 	// pages pinned with FOLL_PIN machine-wide) from before the agent
-	// started until every pod port was attached. The agent pins nothing
-	// but its AF_XDP UMEMs. UMEMReleasedBytes is the same counter's drop
-	// when the agent stopped; the two differ when something else on the
-	// machine pinned or released pages meanwhile, and then UMEMNoisy is
-	// set and UMEMBytes is not to be trusted. The kernel folds per-CPU
-	// counter deltas lazily, so both may be off by up to ~1 MiB.
+	// started until its pod ports were attached and it had settled. The
+	// agent pins nothing but its AF_XDP UMEMs. UMEMReleasedBytes is the
+	// same counter's drop when the agent stopped; the two differ when
+	// something else on the machine pinned or released pages meanwhile,
+	// and then UMEMNoisy is set and UMEMBytes is not to be trusted. The
+	// kernel folds per-CPU counter deltas lazily, so both may be off by up
+	// to ~1 MiB.
 	UMEMBytes         float64 `json:"umem_pinned_bytes"`
 	UMEMReleasedBytes float64 `json:"umem_released_bytes"`
 	UMEMNoisy         bool    `json:"umem_noisy,omitempty"`
@@ -157,11 +158,11 @@ func (e *env) idleRun(ctx context.Context, l *lab.Lab, pg podgateRun, p int, por
 	if err := waitPorts(ctx, scrape, float64(p+BenchPolicies), ports); err != nil {
 		return ic, fmt.Errorf("bench: idle cost: %s: %w", pg.enforcer, err)
 	}
-	pin1, err := pinnedPages()
-	if err != nil {
+	if err := sleepCtx(ctx, idleSettle); err != nil {
 		return ic, fmt.Errorf("bench: idle cost: %w", err)
 	}
-	if err := sleepCtx(ctx, idleSettle); err != nil {
+	pin1, err := pinnedPages()
+	if err != nil {
 		return ic, fmt.Errorf("bench: idle cost: %w", err)
 	}
 	m0, err := scrape()
