@@ -315,7 +315,7 @@ func checkChecks(t *testing.T, r *Report, busy bool, enforcers []string, n int) 
 	t.Helper()
 	denied := map[string]int{}
 	for _, c := range r.Checks {
-		if c.Observed != c.Expected {
+		if c.Observed != c.Expected || c.Attempts < 1 || c.Attempts > allowAttempts || (c.Expected == "deny" && c.Attempts != 1) {
 			t.Errorf("check %+v", c)
 		}
 		if c.Busy == busy && c.Expected == "deny" {

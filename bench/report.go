@@ -118,6 +118,10 @@ type Check struct {
 	Observed string `json:"observed"`
 	// Busy marks the checks of the busy-node pass.
 	Busy bool `json:"busy,omitempty"`
+	// Attempts is how many probes were made: one, or up to three for an
+	// allowed pair whose probe timed out; Detail is the last failure.
+	Attempts int    `json:"attempts"`
+	Detail   string `json:"detail,omitempty"`
 }
 
 // Result is what one enforcer did with one policy count (and, when Flows
@@ -696,9 +700,9 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", g.Name, g.Target, g.Value, met)
 	}
-	b.WriteString("\nChecks before measuring (TCP connections):\n\n| enforcer | pass | from | to | port | expected | observed |\n|---|---|---|---|---:|---|---|\n")
+	b.WriteString("\nChecks before measuring (TCP connections; a connection that should work is tried up to 3 times):\n\n| enforcer | pass | from | to | port | expected | observed | attempts |\n|---|---|---|---|---:|---|---|---:|\n")
 	for _, c := range r.Checks {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %d | %s | %s |\n", c.Enforcer, passName(c.Busy), c.From, c.To, c.Port, c.Expected, c.Observed)
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %d | %s | %s | %d |\n", c.Enforcer, passName(c.Busy), c.From, c.To, c.Port, c.Expected, c.Observed, c.Attempts)
 	}
 	if len(r.Drops) > 0 {
 		b.WriteString("\npodgate drops at the end of each agent run (fastpath reasons; xsk_* are the kernel's AF_XDP counters per interface: rx_dropped and fill_ring_empty mean frames arrived while the worker had no free frame posted):\n\n")
