@@ -904,7 +904,7 @@ func (r *Report) writeBusyQuiet(b *strings.Builder) {
 			ratios[e][[3]int{br.row, br.at.policies, br.at.flows}] = br
 		}
 	}
-	b.WriteString("Busy / quiet, per row (the goal: podgate's rows within 10% of their quiet value, i.e. ≥ 0.90×, latency ≤ 1.10×; ✗ marks a podgate row outside):\n\n")
+	b.WriteString("Busy / quiet, per row (the goal: podgate's rows within 10% of their quiet value, i.e. ≥ 0.90×, latency ≤ 1.10×; ✗ marks a podgate row outside; – where the quiet value is 0 or either is missing):\n\n")
 	b.WriteString("| measurement | policies | flows | none | iptables/ipset |")
 	sep := "|---|---:|---:|---:|---:|"
 	for _, e := range pgs {
