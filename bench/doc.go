@@ -17,7 +17,15 @@
 //     ipsets and per-pod chains (see [KernelRules]) and loaded with ipset
 //     restore and iptables-legacy-restore inside the node namespace;
 //   - podgate: the agent ([lab.Lab.StartAgent]) with --conntrack-max fitted
-//     to the flow count.
+//     to the flow count and its default flags otherwise (plus
+//     Config.AgentArgs, which apply to every agent run);
+//   - podgate-NAME: a [Variant], the same agent with extra arguments, run
+//     right after podgate at every size. The default variant is
+//     offload-none (--offload=none: every packet in Go, the comparison
+//     switch of the kernel flow offload). Before anything is measured,
+//     `podgate agent ARGS --help` checks every configuration's arguments,
+//     so an unknown flag stops the run at once, naming the variant; a
+//     value the agent refuses stops it when that agent starts.
 //
 // Before an enforcer is measured, TCP probes check that client → server is
 // allowed and other → server and client → server on an unlisted port are
@@ -48,6 +56,40 @@
 //     iptables rule compile and restore times and the ipsets' kernel
 //     memory.
 //
+// # Busy node
+//
+// With Config.BusyNode, after the quiet pass (and the idle cost), one CPU
+// hog per CPU ([StartHogs]: `sh -c 'while :; do :; done'`, SCHED_OTHER,
+// nice 0, hog i pinned to CPU i, killed with the run or with the bench
+// process) runs while the generator's ceiling and every enforcer are
+// measured again, in the same order. They stand for the pods that share a
+// node's CPUs with the enforcer. The hogs' CPU time over wall time (their
+// share) is recorded for the pass and for each result, next to the load
+// average, so a reader can see the machine was busy.
+//
+// # Idle cost
+//
+// Unless Config.IdlePods is negative, a second lab is built whose node has
+// Config.IdlePods pods (default 100: the bench's three and more, each a
+// namespace and a veth the agent attaches to) with the largest policy
+// count's table. Each agent configuration is started on it in turn; once
+// every pod port is attached and 2 s have passed, with no traffic:
+//
+//   - CPU: the agent's utime+stime (/proc/PID/stat) over
+//     Config.IdleDuration (default 10 s), in percent of one core;
+//   - memory: VmRSS, and pinned memory, which the kernel cannot reclaim
+//     while the agent runs. AF_XDP pins its UMEM pages without counting
+//     them in VmPin or VmLck (and, with CAP_IPC_LOCK, in no memlock
+//     rlimit), and BPF maps live in the kernel, so pinned memory is the
+//     sum of: the UMEM pages, counted as the growth of
+//     nr_foll_pin_acquired − nr_foll_pin_released in /proc/vmstat from
+//     before the agent started until its ports were attached (checked
+//     against the drop when it stops; a mismatch means something else on
+//     the machine pinned or released pages and is flagged); the AF_XDP
+//     rings, the agent's socket mappings in /proc/PID/maps; and its BPF
+//     maps and programs, "memlock" of /proc/PID/fdinfo. Per pod port is
+//     that sum over the pod ports.
+//
 // # Pinning
 //
 // With two or more CPUs, the bench process (generator, clients, servers)
@@ -60,8 +102,36 @@
 // # Output
 //
 // A [Report] holds every raw number (WriteJSON), Markdown tables with
-// ratios to both baselines and the goals of the issue (WriteMarkdown), and
-// PNG plots made with gonum.org/v1/plot (WritePlots).
+// ratios to both baselines, busy/quiet per row and the goals of issue 10
+// with met or missed (WriteMarkdown), and PNG plots made with
+// gonum.org/v1/plot (WritePlots).
+//
+// report.json: results[] holds only the quiet machine's results of none,
+// iptables and podgate with its default flags, each with enforcer,
+// policies, flows (0 or absent: the 1,000 measured flows), forwarding
+// (rate_pps: the highest rate below 0.1% loss, saturated_pps, every
+// trial), tcp (bits_per_second), connections (connections_per_second),
+// latency (p50_us, p99_us, ...) and load_average; a flow-table entry has
+// forwarding only. Everything else is added beside it, never in it:
+//
+//   - variants[]: {name, agent_args} of each variant;
+//   - variant_results[]: the variants' quiet results, entries shaped as
+//     results[], enforcer "podgate-NAME";
+//   - busy_node: hogs, hog_command, hog_cpu_share (mean over the pass),
+//     hog_cpu_share_per_cpu, seconds, load averages at the start and end
+//     of the pass, and the generator's ceiling with the hogs;
+//   - busy_results[]: the busy pass, every enforcer and variant, entries
+//     shaped as results[] plus hog_cpu_share while that entry was
+//     measured;
+//   - idle_cost[]: per agent configuration, enforcer, agent_args,
+//     pod_ports, policies, seconds, cpu_seconds, cpu_percent_of_one_core,
+//     received_packets, rss_bytes, vm_pin_bytes, vm_lck_bytes,
+//     umem_pinned_bytes, umem_released_bytes, umem_noisy, xsk_sockets,
+//     xsk_ring_bytes, bpf_maps, bpf_map_bytes, bpf_progs, bpf_prog_bytes,
+//     pinned_bytes, pinned_bytes_per_pod_port;
+//   - goals[]: name, target, value, met, not_measured;
+//   - checks[] and podgate_drops[] carry busy: true for the busy pass,
+//     control_plane[] covers the quiet pass only.
 //
 // Everything needs root. Nothing outside the lab's namespaces is changed:
 // iptables rules and ipsets live in the node namespace, XDP programs on

@@ -57,16 +57,7 @@ func benchObjects() []any {
 		}
 		return np
 	}
-	pod := func(name, role, ip string) *corev1.Pod {
-		return &corev1.Pod{
-			TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
-			ObjectMeta: metav1.ObjectMeta{Namespace: benchNS, Name: name, Labels: map[string]string{"role": role, "tier": "web"}},
-			Spec: corev1.PodSpec{NodeName: NodeName, Containers: []corev1.Container{{
-				Name: "c", Image: "scratch", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
-			}}},
-			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}},
-		}
-	}
+	pod := benchPod
 	role := func(r string) *metav1.LabelSelector {
 		return &metav1.LabelSelector{MatchLabels: map[string]string{"role": r}}
 	}
@@ -116,19 +107,47 @@ func benchObjects() []any {
 	}
 }
 
+// benchPod returns a running pod of the bench namespace on the bench node.
+func benchPod(name, role, ip string) *corev1.Pod {
+	return &corev1.Pod{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: benchNS, Name: name, Labels: map[string]string{"role": role, "tier": "web"}},
+		Spec: corev1.PodSpec{NodeName: NodeName, Containers: []corev1.Container{{
+			Name: "c", Image: "scratch", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
+		}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}},
+	}
+}
+
+// maxIdlePods bounds Config.IdlePods: the extra pods' addresses are
+// 10.250.16.1 on, 250 per /24, within 10.250.16.0/20.
+const maxIdlePods = 1000
+
+// idlePods returns n more pods of the bench namespace on the bench node
+// (role "idle": no policy selects them), for the idle-cost lab.
+func idlePods(n int) []any {
+	out := make([]any, 0, n)
+	for i := range n {
+		ip := fmt.Sprintf("10.250.%d.%d", 16+i/250, 1+i%250) // 10.250.16.1-250, 10.250.17.1-250, ...
+		out = append(out, benchPod(fmt.Sprintf("idle-%03d", i), "idle", ip))
+	}
+	return out
+}
+
 // BenchPolicies is the number of policies of the bench namespace, which
 // are in the table besides the synthetic ones.
 const BenchPolicies = 2
 
 // writeManifests writes the manifests of one configuration into dir:
-// bench.yaml (the bench namespace, pods and policies) and cluster.json (a
-// kind: List of policytest.ScaleCluster(namespaces, podsPerNS, policies)).
-func writeManifests(dir string, namespaces, podsPerNS, policies int) error {
+// bench.yaml (the bench namespace, pods and policies, and extraPods more
+// pods on the bench node) and cluster.json (a kind: List of
+// policytest.ScaleCluster(namespaces, podsPerNS, policies)).
+func writeManifests(dir string, namespaces, podsPerNS, policies, extraPods int) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("write manifests: %w", err)
 	}
 	var doc []byte
-	for i, o := range benchObjects() {
+	for i, o := range append(benchObjects(), idlePods(extraPods)...) {
 		y, err := yaml.Marshal(o)
 		if err != nil {
 			return fmt.Errorf("write manifests: %w", err)

@@ -15,6 +15,29 @@ import (
 // enforcers in plot and table order.
 func enforcers() []string { return []string{EnforcerNone, EnforcerIPTables, EnforcerPodgate} }
 
+// series is one line of a plot: an enforcer (or variant) of the quiet or
+// the busy pass.
+type series struct {
+	label, enforcer string
+	busy            bool
+}
+
+// series returns the lines of the plots: the enforcers and variants of
+// the quiet pass, then, if there was one, of the busy pass.
+func (r *Report) series() []series {
+	var out []series
+	names := append(enforcers(), r.podgates()[1:]...)
+	for _, e := range names {
+		out = append(out, series{label: e, enforcer: e})
+	}
+	if r.BusyNode != nil {
+		for _, e := range names {
+			out = append(out, series{label: e + " (busy)", enforcer: e, busy: true})
+		}
+	}
+	return out
+}
+
 // WritePlots writes forwarding.png (forwarding rate against the policy
 // count, per enforcer), connections.png (the same for the connection
 // rate), loss.png (loss against offered rate of every search step) and
@@ -79,30 +102,32 @@ func (r *Report) perPolicyPlot(title, y string, get func(x *Result) (float64, bo
 	p.NominalX(names...)
 	var args []any
 	top := 0.0
-	for _, e := range enforcers() {
+	for _, sr := range r.series() {
 		var xys plotter.XYs
 		for i, n := range r.Settings.Policies {
-			if v, ok := get(r.find(e, n, 0)); ok {
+			if v, ok := get(r.lookup(sr.busy, sr.enforcer, n, 0)); ok {
 				xys = append(xys, plotter.XY{X: float64(i), Y: v})
 				top = max(top, v)
 			}
 		}
 		if len(xys) > 0 {
-			args = append(args, e, xys)
+			args = append(args, sr.label, xys)
 		}
 	}
 	if err := plotutil.AddLinePoints(p, args...); err != nil {
 		return nil, fmt.Errorf("plot %s: %w", title, err)
 	}
-	p.Y.Max = 1.35 * top // room for the legend
+	// Room for the legend above the lines: about 4.5% of the height per
+	// entry.
+	p.Y.Max = top * max(1.35, 1/(1-0.045*float64(len(args)/2)))
 	p.Legend.Top = true
 	p.Legend.Left = true
 	return p, nil
 }
 
 // lossPlot draws the loss of every rate-search trial against the rate the
-// generator offered, per enforcer, policy counts pooled (the flow-table
-// searches left out).
+// generator offered, per enforcer and variant of the quiet pass, policy
+// counts pooled (the flow-table searches left out).
 func (r *Report) lossPlot() (*plot.Plot, error) {
 	p := plot.New()
 	p.Title.Text = "Loss per rate-search step (all policy counts)"
@@ -110,10 +135,13 @@ func (r *Report) lossPlot() (*plot.Plot, error) {
 	p.Y.Label.Text = "loss (%)"
 	p.Y.Min = 0
 	var args []any
-	for _, e := range enforcers() {
+	for _, sr := range r.series() {
+		if sr.busy {
+			continue
+		}
 		var xys plotter.XYs
-		for _, x := range r.Results {
-			if x.Enforcer != e || x.Flows != 0 || x.Forwarding == nil {
+		for _, x := range append(slices.Clone(r.Results), r.VariantResults...) {
+			if x.Enforcer != sr.enforcer || x.Flows != 0 || x.Forwarding == nil {
 				continue
 			}
 			for _, t := range x.Forwarding.Trials {
@@ -121,7 +149,7 @@ func (r *Report) lossPlot() (*plot.Plot, error) {
 			}
 		}
 		if len(xys) > 0 {
-			args = append(args, e, xys)
+			args = append(args, sr.label, xys)
 		}
 	}
 	if err := plotutil.AddScatters(p, args...); err != nil {
@@ -145,8 +173,8 @@ func (r *Report) latencyPlot() (*plot.Plot, error) {
 	p.X.Scale = plot.LogScale{}
 	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
 	var args []any
-	for _, e := range enforcers() {
-		x := r.find(e, last, 0)
+	for _, sr := range r.series() {
+		x := r.lookup(sr.busy, sr.enforcer, last, 0)
 		if x == nil || x.Latency == nil || len(x.Latency.Samples) == 0 {
 			continue
 		}
@@ -159,7 +187,7 @@ func (r *Report) latencyPlot() (*plot.Plot, error) {
 		for i := 0; i < len(s); i += step {
 			xys = append(xys, plotter.XY{X: s[i], Y: float64(i+1) / float64(len(x.Latency.Samples))})
 		}
-		args = append(args, fmt.Sprintf("%s (p99 %.0f µs)", e, x.Latency.P99), xys)
+		args = append(args, fmt.Sprintf("%s (p99 %.0f µs)", sr.label, x.Latency.P99), xys)
 	}
 	if err := plotutil.AddLines(p, args...); err != nil {
 		return nil, fmt.Errorf("plot latency: %w", err)

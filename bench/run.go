@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -69,9 +70,24 @@ type Config struct {
 	// generator and iperf3 run on LoadCPU. Default 0 and 1; equal values
 	// (on a one-CPU machine) turn pinning off.
 	EnforcerCPU, LoadCPU int
-	// Enforcers are the enforcers measured (default none, iptables and
-	// podgate: ratios need all three).
+	// Enforcers are the enforcers measured (default none, iptables,
+	// podgate and every variant's "podgate-NAME": ratios need the first
+	// three).
 	Enforcers []string
+	// Variants are agent configurations measured besides the agent with
+	// default flags, each under its own enforcer name (nil:
+	// [DefaultVariants]; empty: none).
+	Variants []Variant
+	// BusyNode measures everything a second time with a CPU hog on every
+	// CPU ([StartHogs]), after the quiet run; the report then has both.
+	// BusyFlows are the flow counts of the busy pass (nil: Flows).
+	BusyNode  bool
+	BusyFlows []int
+	// IdlePods is the number of pods on the node of the idle-cost lab
+	// (default 100; negative: no idle-cost measurement), IdleDuration its
+	// window (default 10s).
+	IdlePods     int
+	IdleDuration time.Duration
 	// Prefix names the lab (default "pgbench").
 	Prefix string
 	// Log receives progress lines (default io.Discard).
@@ -89,17 +105,20 @@ func FullConfig() Config {
 		TCPDuration: 5 * time.Second, ConnDuration: 5 * time.Second, LatencyDuration: 5 * time.Second,
 		ConnWorkers: 8, LatencyRate: 1000,
 		EnforcerCPU: 0, LoadCPU: 1,
+		IdlePods: 100, IdleDuration: 10 * time.Second,
 		Prefix: "pgbench",
 	}
 }
 
 // QuickConfig returns the quick bench: 0 and 2,000 policies, 100,000
-// flows, one-second steps; it takes under three minutes.
+// flows, one-second steps; a busy pass leaves the flow table out. With
+// one variant it takes about four minutes, six with the busy pass.
 func QuickConfig() Config {
 	c := FullConfig()
 	c.Quick = true
 	c.Policies = []int{0, 2000}
 	c.Flows = []int{100_000}
+	c.BusyFlows = []int{}
 	c.Step = time.Second
 	c.MaxTrials = 7
 	c.TCPDuration, c.ConnDuration, c.LatencyDuration = 2*time.Second, 2*time.Second, 2*time.Second
@@ -119,6 +138,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Flows == nil {
 		c.Flows = d.Flows
+	}
+	if c.BusyFlows == nil {
+		c.BusyFlows = c.Flows
 	}
 	if c.Step == 0 {
 		c.Step = d.Step
@@ -147,8 +169,17 @@ func (c Config) withDefaults() Config {
 	if c.Prefix == "" {
 		c.Prefix = d.Prefix
 	}
+	if c.Variants == nil {
+		c.Variants = DefaultVariants()
+	}
 	if c.Enforcers == nil {
-		c.Enforcers = enforcers()
+		c.Enforcers = c.knownEnforcers()
+	}
+	if c.IdlePods == 0 {
+		c.IdlePods = d.IdlePods
+	}
+	if c.IdleDuration == 0 {
+		c.IdleDuration = d.IdleDuration
 	}
 	if c.Log == nil {
 		c.Log = io.Discard
@@ -172,7 +203,7 @@ func (c Config) validate() error {
 			errs = append(errs, fmt.Errorf("policies %d: must not be negative", p))
 		}
 	}
-	for _, f := range c.Flows {
+	for _, f := range append(slices.Clone(c.Flows), c.BusyFlows...) {
 		if f < c.MeasureFlows || f > (FloodPortHi-FloodPortLo+1)*FloodSrcN {
 			errs = append(errs, fmt.Errorf("flows %d: want %d to %d", f, c.MeasureFlows, (FloodPortHi-FloodPortLo+1)*FloodSrcN))
 		}
@@ -183,10 +214,19 @@ func (c Config) validate() error {
 	if c.Namespaces < 1 || c.PodsPerNamespace < 1 || c.Namespaces*c.PodsPerNamespace > 1<<20 {
 		errs = append(errs, errors.New("cluster size: out of range"))
 	}
+	if err := validateVariants(c.Variants); err != nil {
+		errs = append(errs, err)
+	}
 	for _, e := range c.Enforcers {
-		if !slices.Contains(enforcers(), e) {
-			errs = append(errs, fmt.Errorf("enforcer %q: want one of %v", e, enforcers()))
+		if !slices.Contains(c.knownEnforcers(), e) {
+			errs = append(errs, fmt.Errorf("enforcer %q: want one of %v", e, c.knownEnforcers()))
 		}
+	}
+	if c.IdlePods > maxIdlePods || (c.IdlePods > 0 && c.IdlePods < 3) {
+		errs = append(errs, fmt.Errorf("idle pods %d: want 3 to %d (the bench's 3 pods and more), or negative for none", c.IdlePods, maxIdlePods))
+	}
+	if c.IdleDuration < 0 {
+		errs = append(errs, fmt.Errorf("idle duration %v: must not be negative", c.IdleDuration))
 	}
 	if c.EnforcerCPU < 0 || c.LoadCPU < 0 || c.EnforcerCPU >= 64 || c.LoadCPU >= 64 {
 		errs = append(errs, errors.New("cpus: out of range"))
@@ -209,10 +249,60 @@ type env struct {
 	pin     bool
 	report  *Report
 	started time.Time
+	// busy is set during the busy-node pass, whose hogs are hogs.
+	busy bool
+	hogs *Hogs
+	// compiledSets caches the in-process compile of each policy count.
+	compiledSets map[int]compiledSet
 }
 
 func (e *env) logf(format string, args ...any) {
-	fmt.Fprintf(e.cfg.Log, "[%6.1fs] %s\n", time.Since(e.started).Seconds(), fmt.Sprintf(format, args...))
+	tag := ""
+	if e.busy {
+		tag = "busy node: "
+	}
+	fmt.Fprintf(e.cfg.Log, "[%6.1fs] %s%s\n", time.Since(e.started).Seconds(), tag, fmt.Sprintf(format, args...))
+}
+
+// add records a result: a quiet one of none, iptables or podgate in
+// Report.Results, a quiet variant's in VariantResults, and every result
+// of the busy-node pass in BusyResults.
+func (e *env) add(r Result) {
+	switch {
+	case e.busy:
+		e.report.BusyResults = append(e.report.BusyResults, r)
+	case slices.Contains(enforcers(), r.Enforcer):
+		e.report.Results = append(e.report.Results, r)
+	default:
+		e.report.VariantResults = append(e.report.VariantResults, r)
+	}
+}
+
+// find returns a result of the current pass.
+func (e *env) find(enforcer string, policies, flows int) *Result {
+	return e.report.lookup(e.busy, enforcer, policies, flows)
+}
+
+// phase is the start of a measurement, for its load and hogs' share.
+type phase struct{ hogs HogSample }
+
+func (e *env) begin() phase {
+	var ph phase
+	if e.hogs != nil {
+		ph.hogs, _ = e.hogs.Sample()
+	}
+	return ph
+}
+
+// end records the load average and, on a busy node, the hogs' CPU share
+// since ph.
+func (e *env) end(ph phase, r *Result) {
+	r.Load = loadAvg()
+	if e.hogs != nil && ph.hogs.cpu != nil {
+		if s, err := e.hogs.Sample(); err == nil {
+			r.HogShare, _ = ph.hogs.Share(s)
+		}
+	}
 }
 
 // Run builds the lab, measures every enforcer and returns the report. It
@@ -227,7 +317,7 @@ func Run(ctx context.Context, cfg Config) (_ *Report, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("bench: needs root (network namespaces, XDP, iptables)")
 	}
-	e := &env{cfg: cfg, started: time.Now(), dirs: map[int]string{}}
+	e := &env{cfg: cfg, started: time.Now(), dirs: map[int]string{}, compiledSets: map[int]compiledSet{}}
 	e.report = &Report{
 		Started: e.started, Quick: cfg.Quick, Machine: machineInfo(),
 		Cluster: ClusterSize{Namespaces: cfg.Namespaces, Pods: cfg.Namespaces * cfg.PodsPerNamespace, BenchPolicies: BenchPolicies},
@@ -235,8 +325,12 @@ func Run(ctx context.Context, cfg Config) (_ *Report, err error) {
 			Step: cfg.Step.Seconds(), MaxTrials: cfg.MaxTrials, MaxLoss: DefaultMaxLoss, MeasureFlows: cfg.MeasureFlows,
 			FrameBytes: FrameLen, TCPSeconds: cfg.TCPDuration.Seconds(), ConnSeconds: cfg.ConnDuration.Seconds(),
 			ConnWorkers: cfg.ConnWorkers, LatencySeconds: cfg.LatencyDuration.Seconds(), LatencyRate: cfg.LatencyRate,
-			Policies: cfg.Policies, Flows: cfg.Flows,
+			Policies: cfg.Policies, Flows: cfg.Flows, AgentArgs: cfg.AgentArgs,
 		},
+		Variants: cfg.Variants,
+	}
+	if cfg.BusyNode {
+		e.report.Settings.BusyFlows = cfg.BusyFlows
 	}
 	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
@@ -244,11 +338,14 @@ func Run(ctx context.Context, cfg Config) (_ *Report, err error) {
 	if err := EnsureTools(ctx, cfg.Log); err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
+	if err := checkAgentArgs(ctx, cfg.AgentBinary, cfg.podgateRuns()); err != nil {
+		return nil, err
+	}
 	e.report.Baseline = baselineVersions(ctx)
 	e.logf("writing manifests: %d pods, policies %v", e.report.Cluster.Pods, cfg.Policies)
 	for _, p := range cfg.Policies {
 		dir := filepath.Join(cfg.Out, "manifests", fmt.Sprintf("policies-%d", p))
-		if err := writeManifests(dir, cfg.Namespaces, cfg.PodsPerNamespace, p); err != nil {
+		if err := writeManifests(dir, cfg.Namespaces, cfg.PodsPerNamespace, p, 0); err != nil {
 			return nil, err
 		}
 		e.dirs[p] = dir
@@ -279,38 +376,17 @@ func Run(ctx context.Context, cfg Config) (_ *Report, err error) {
 	if err := e.measureGenerator(ctx); err != nil {
 		return nil, err
 	}
-	runs := func(name string) bool { return slices.Contains(cfg.Enforcers, name) }
-	if runs(EnforcerNone) {
-		if err := e.measureNone(ctx); err != nil {
+	if err := e.measurePass(ctx, cfg.Flows); err != nil {
+		return nil, err
+	}
+	if cfg.IdlePods > 0 && len(cfg.podgateRuns()) > 0 {
+		if err := e.measureIdle(ctx); err != nil {
 			return nil, err
 		}
 	}
-	for _, p := range cfg.Policies {
-		if err := e.lab.Apply(e.dirs[p]); err != nil {
-			return nil, fmt.Errorf("bench: %w", err)
-		}
-		if runs(EnforcerIPTables) {
-			if err := e.measureIPTables(ctx, p, nil); err != nil {
-				return nil, err
-			}
-		}
-		if runs(EnforcerPodgate) {
-			if err := e.measurePodgate(ctx, p, nil); err != nil {
-				return nil, err
-			}
-		}
-	}
-	last := cfg.Policies[len(cfg.Policies)-1]
-	for _, f := range cfg.Flows {
-		if runs(EnforcerIPTables) {
-			if err := e.measureIPTables(ctx, last, &f); err != nil {
-				return nil, err
-			}
-		}
-		if runs(EnforcerPodgate) {
-			if err := e.measurePodgate(ctx, last, &f); err != nil {
-				return nil, err
-			}
+	if cfg.BusyNode {
+		if err := e.measureBusy(ctx); err != nil {
+			return nil, err
 		}
 	}
 	e.report.explain(cfg)
@@ -320,6 +396,82 @@ func Run(ctx context.Context, cfg Config) (_ *Report, err error) {
 	e.report.evaluate()
 	e.logf("done in %.0fs", e.report.Seconds)
 	return e.report, nil
+}
+
+// measurePass measures every enforcer: plain routing, then for each
+// policy count iptables and every agent configuration, then the same with
+// the flow table full, for each count of flows.
+func (e *env) measurePass(ctx context.Context, flows []int) error {
+	runs := func(name string) bool { return slices.Contains(e.cfg.Enforcers, name) }
+	pgs := e.cfg.podgateRuns()
+	if runs(EnforcerNone) {
+		if err := e.measureNone(ctx); err != nil {
+			return err
+		}
+	}
+	for _, p := range e.cfg.Policies {
+		if err := e.lab.Apply(e.dirs[p]); err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		if runs(EnforcerIPTables) {
+			if err := e.measureIPTables(ctx, p, nil); err != nil {
+				return err
+			}
+		}
+		for _, pg := range pgs {
+			if err := e.measurePodgate(ctx, pg, p, nil); err != nil {
+				return err
+			}
+		}
+	}
+	last := e.cfg.Policies[len(e.cfg.Policies)-1]
+	for _, f := range flows {
+		if runs(EnforcerIPTables) {
+			if err := e.measureIPTables(ctx, last, &f); err != nil {
+				return err
+			}
+		}
+		for _, pg := range pgs {
+			if err := e.measurePodgate(ctx, pg, last, &f); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// measureBusy starts a hog on every CPU and measures the generator and
+// every enforcer again.
+func (e *env) measureBusy(ctx context.Context) (err error) {
+	cpus := e.report.Machine.CPUs
+	hogs, err := StartHogs(cpus, hogName(e.cfg.Prefix, os.Getpid()))
+	if err != nil {
+		return fmt.Errorf("bench: busy node: %w", err)
+	}
+	bn := &BusyNode{Hogs: cpus, Command: "sh -c '" + hogScript + "'", LoadAtStart: loadAvg()}
+	e.report.BusyNode = bn
+	start, serr := hogs.Sample()
+	e.busy, e.hogs = true, hogs
+	e.logf("%d CPU hogs (nice 0, one pinned to each CPU)", cpus)
+	defer func() {
+		e.busy, e.hogs = false, nil
+		end, eerr := hogs.Sample()
+		if serr == nil && eerr == nil {
+			bn.HogShare, bn.HogSharePerCPU = start.Share(end)
+			bn.Seconds = end.at.Sub(start.at).Seconds()
+		}
+		bn.LoadAtEnd = loadAvg()
+		if herr := hogs.Stop(); herr != nil {
+			err = errors.Join(err, fmt.Errorf("bench: busy node: %w", herr))
+		}
+	}()
+	if serr != nil {
+		return fmt.Errorf("bench: busy node: %w", serr)
+	}
+	if err := e.measureGenerator(ctx); err != nil {
+		return err
+	}
+	return e.measurePass(ctx, e.cfg.BusyFlows)
 }
 
 // setUp pins, steers and opens the generator on the client pod.
@@ -462,7 +614,12 @@ func (e *env) measureGenerator(ctx context.Context) (err error) {
 		return fmt.Errorf("bench: generator capacity: %w", err)
 	}
 	e.genCap = t.Delivered
-	e.report.Generator = GeneratorCapacity{PPS: t.Delivered, OfferedPPS: t.Offered, Sent: t.Sent, Received: t.Received}
+	gc := GeneratorCapacity{PPS: t.Delivered, OfferedPPS: t.Offered, Sent: t.Sent, Received: t.Received}
+	if e.busy {
+		e.report.BusyNode.Generator = gc
+	} else {
+		e.report.Generator = gc
+	}
 	e.logf("generator: %.0f pps offered, %.0f pps counted", t.Offered, t.Delivered)
 	if e.genCap <= 0 {
 		return errors.New("bench: the generator sent nothing")
@@ -473,6 +630,7 @@ func (e *env) measureGenerator(ctx context.Context) (err error) {
 // measureAll runs the forwarding-rate search, iperf3, the connection rate
 // and the latency for one enforcer set-up.
 func (e *env) measureAll(ctx context.Context, r *Result) error {
+	ph := e.begin()
 	e.logf("%s, %d policies: forwarding rate", r.Enforcer, r.Policies)
 	fw, err := e.searchRate(ctx, e.cfg.MeasureFlows)
 	if err != nil {
@@ -504,7 +662,7 @@ func (e *env) measureAll(ctx context.Context, r *Result) error {
 	}
 	r.Latency = &lat
 	e.logf("  latency p50 %.1f µs, p99 %.1f µs (%d lost)", lat.P50, lat.P99, lat.Lost)
-	r.Load = loadAvg()
+	e.end(ph, r)
 	return nil
 }
 
@@ -608,7 +766,7 @@ func (e *env) measureNone(ctx context.Context) error {
 	if err := e.measureAll(ctx, &r); err != nil {
 		return err
 	}
-	e.report.Results = append(e.report.Results, r)
+	e.add(r)
 	return nil
 }
 
@@ -621,23 +779,43 @@ func (e *env) verify(ctx context.Context, enforcer string, none bool) error {
 		{From: OtherPod, To: ServerPod, Port: ProbePort, Expected: "deny"},
 		{From: ClientPod, To: ServerPod, Port: DeniedPort, Expected: "deny"},
 	}
+	// The probes run at once: a denied one waits for its timeout. A probe
+	// that should connect and does not is made again, up to
+	// allowAttempts times: on a loaded machine a SYN can wait longer than
+	// the probe timeout, but no delay makes a denied connection succeed.
+	results := make([]lab.Result, len(checks))
+	attempts := make([]int, len(checks))
+	perr := make([]error, len(checks))
+	var wg sync.WaitGroup
+	for i, c := range checks {
+		wg.Go(func() {
+			for attempts[i] < allowAttempts {
+				attempts[i]++
+				results[i], perr[i] = e.lab.ProbeResult(ctx, c.From, c.To, policy.PortSpec{Port: uint16(c.Port), Protocol: policy.TCP})
+				if perr[i] != nil || results[i].Observed || (c.Expected == "deny" && !none) {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(perr...); err != nil {
+		return fmt.Errorf("bench: verify %s: %w", enforcer, err)
+	}
 	var errs []error
-	for _, c := range checks {
-		c.Enforcer = enforcer
+	for i, c := range checks {
+		c.Enforcer, c.Busy = enforcer, e.busy
 		if none {
 			c.Expected = "allow"
 		}
-		ok, err := e.lab.Probe(ctx, c.From, c.To, policy.PortSpec{Port: uint16(c.Port), Protocol: policy.TCP})
-		if err != nil {
-			return fmt.Errorf("bench: verify %s: %w", enforcer, err)
-		}
 		c.Observed = "deny"
-		if ok {
+		if results[i].Observed {
 			c.Observed = "allow"
 		}
+		c.Attempts, c.Detail = attempts[i], results[i].Detail
 		e.report.Checks = append(e.report.Checks, c)
 		if c.Observed != c.Expected {
-			errs = append(errs, fmt.Errorf("%s → %s TCP %d: %s, expected %s", c.From, c.To, c.Port, c.Observed, c.Expected))
+			errs = append(errs, fmt.Errorf("%s → %s TCP %d: %s (%d attempts: %s), expected %s", c.From, c.To, c.Port, c.Observed, c.Attempts, c.Detail, c.Expected))
 		}
 	}
 	if len(errs) > 0 {
@@ -646,10 +824,34 @@ func (e *env) verify(ctx context.Context, enforcer string, none bool) error {
 	return nil
 }
 
+// allowAttempts is how many times a probe that should connect is made
+// before the check fails.
+const allowAttempts = 3
+
+// compiledSet is the manifests of a policy count, compiled.
+type compiledSet struct {
+	m   *policy.Manifests
+	t   *policy.Table
+	dur time.Duration // median of three compiles
+}
+
 // compiled loads and compiles the manifests of a policy count in-process,
-// three times, and returns the result and the median compile time.
+// three times, the first time it is asked for that count, and returns the
+// result and the median compile time.
 func (e *env) compiled(p int) (*policy.Manifests, *policy.Table, time.Duration, error) {
-	m, err := policy.Load(e.dirs[p])
+	if c, ok := e.compiledSets[p]; ok {
+		return c.m, c.t, c.dur, nil
+	}
+	m, t, d, err := compilePolicies(e.dirs[p])
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	e.compiledSets[p] = compiledSet{m: m, t: t, dur: d}
+	return m, t, d, nil
+}
+
+func compilePolicies(dir string) (*policy.Manifests, *policy.Table, time.Duration, error) {
+	m, err := policy.Load(dir)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("bench: %w", err)
 	}
@@ -690,7 +892,7 @@ func (e *env) measureIPTables(ctx context.Context, p int, flows *int) (err error
 	if err != nil {
 		return err
 	}
-	if flows == nil {
+	if flows == nil && !e.busy {
 		_ = os.WriteFile(filepath.Join(e.cfg.Out, fmt.Sprintf("iptables-%d.rules", p)), []byte(rules.IPTables), 0o644)
 		_ = os.WriteFile(filepath.Join(e.cfg.Out, fmt.Sprintf("ipset-%d.restore", p)), []byte(rules.IPSet), 0o644)
 		for _, n := range rules.Notes {
@@ -705,6 +907,8 @@ func (e *env) measureIPTables(ctx context.Context, p int, flows *int) (err error
 			CompileSeconds: compileDur.Seconds(), RuleCompileSeconds: kernelCompile.Seconds(), ApplySeconds: applyDur.Seconds(),
 			Rules: rules.Rules, Chains: rules.Chains, Sets: rules.Sets, SetMembers: rules.Members, KernelSetBytes: mem,
 		})
+	}
+	if flows == nil {
 		if err := e.verify(ctx, EnforcerIPTables, false); err != nil {
 			return err
 		}
@@ -723,15 +927,16 @@ func (e *env) measureEnforcer(ctx context.Context, enforcer string, p int, flows
 		if err := e.measureAll(ctx, &r); err != nil {
 			return err
 		}
-		e.report.Results = append(e.report.Results, r)
+		e.add(r)
 		return nil
 	}
+	ph := e.begin()
 	r.Flows = *flows
 	// Prefill at 80% of the rate this enforcer forwarded without the
 	// flows, or, if it lost packets at every rate, at 30% of what it
 	// forwarded saturated.
 	rate := 0.2 * e.genCap
-	if base := e.report.find(enforcer, p, 0); base != nil && base.Forwarding != nil {
+	if base := e.find(enforcer, p, 0); base != nil && base.Forwarding != nil {
 		rate = 0.8 * base.Forwarding.Rate
 		if rate == 0 {
 			rate = 0.3 * base.Forwarding.Saturated
@@ -776,33 +981,43 @@ func (e *env) measureEnforcer(ctx context.Context, enforcer string, p int, flows
 	if r.ConntrackAfter, err = entries(); err != nil {
 		return err
 	}
-	r.Load = loadAvg()
+	e.end(ph, &r)
 	e.logf("  %.0f pps (saturated %.0f), %.0f tracked after", fw.Rate, fw.Saturated, r.ConntrackAfter)
-	e.report.Results = append(e.report.Results, r)
+	e.add(r)
 	return nil
 }
 
-// measurePodgate starts the agent for policy count p (with --conntrack-max
-// fitting flows), pins it, verifies and measures.
-func (e *env) measurePodgate(ctx context.Context, p int, flows *int) (err error) {
-	ctMax := 262144
-	if flows != nil {
-		ctMax = max(ctMax, *flows+*flows/8)
-	}
+// defaultConntrackMax is the agent's --conntrack-max default, which the
+// bench passes unless the flow table needs more.
+const defaultConntrackMax = 262144
+
+// agentArgs returns the arguments of `podgate agent` for a configuration
+// on lab l (--manifests, --node-name and --metrics-addr come from the
+// lab).
+func agentArgs(l *lab.Lab, pg podgateRun, ctMax int) []string {
 	args := []string{
-		"--state-dir", filepath.Join(e.lab.Dir(), "agent-state"),
+		"--state-dir", filepath.Join(l.Dir(), "agent-state"),
 		"--conntrack-max", strconv.Itoa(ctMax),
 		"--log-level", "warn",
 	}
-	args = append(args, e.cfg.AgentArgs...)
+	return append(args, pg.args...)
+}
+
+// measurePodgate starts an agent configuration for policy count p (with
+// --conntrack-max fitting flows), pins it, verifies and measures.
+func (e *env) measurePodgate(ctx context.Context, pg podgateRun, p int, flows *int) (err error) {
+	ctMax := defaultConntrackMax
+	if flows != nil {
+		ctMax = max(ctMax, *flows+*flows/8)
+	}
 	start := time.Now()
-	if err := e.lab.StartAgent(ctx, e.cfg.AgentBinary, args...); err != nil {
-		return fmt.Errorf("bench: %w", err)
+	if err := e.lab.StartAgent(ctx, e.cfg.AgentBinary, agentArgs(e.lab, pg, ctMax)...); err != nil {
+		return fmt.Errorf("bench: %s (agent arguments %q): %w", pg.enforcer, pg.args, err)
 	}
 	ready := time.Since(start)
 	defer func() {
 		if serr := e.lab.StopAgent(syscall.SIGTERM); serr != nil {
-			err = errors.Join(err, fmt.Errorf("bench: %w", serr))
+			err = errors.Join(err, fmt.Errorf("bench: %s: %w", pg.enforcer, serr))
 		}
 	}()
 	if e.pin {
@@ -815,27 +1030,29 @@ func (e *env) measurePodgate(ctx context.Context, p int, flows *int) (err error)
 	if err != nil {
 		return err
 	}
-	e.logf("podgate, %d policies: agent ready in %.1fs, table of %.0f pods compiled in %.0f ms",
-		p, ready.Seconds(), met.Get("podgate_table_endpoints"), 1000*met.Get("podgate_table_compile_duration_seconds"))
+	e.logf("%s, %d policies: agent ready in %.1fs, table of %.0f pods compiled in %.0f ms",
+		pg.enforcer, p, ready.Seconds(), met.Get("podgate_table_endpoints"), 1000*met.Get("podgate_table_compile_duration_seconds"))
 	if flows == nil {
-		_, _, compileDur, err := e.compiled(p)
-		if err != nil {
+		if err := e.verify(ctx, pg.enforcer, false); err != nil {
 			return err
 		}
-		if err := e.verify(ctx, EnforcerPodgate, false); err != nil {
-			return err
+		if !e.busy {
+			_, _, compileDur, err := e.compiled(p)
+			if err != nil {
+				return err
+			}
+			e.report.Control = append(e.report.Control, Control{
+				Enforcer: pg.enforcer, Policies: p,
+				CompileSeconds:      compileDur.Seconds(),
+				AgentCompileSeconds: met.Get("podgate_table_compile_duration_seconds"),
+				AgentReadySeconds:   ready.Seconds(),
+				Rules:               int(met.Get("podgate_table_rules")),
+				RSSBytes:            met.Get("process_resident_memory_bytes"),
+				ConntrackCapacity:   ctMax,
+			})
 		}
-		e.report.Control = append(e.report.Control, Control{
-			Enforcer: EnforcerPodgate, Policies: p,
-			CompileSeconds:      compileDur.Seconds(),
-			AgentCompileSeconds: met.Get("podgate_table_compile_duration_seconds"),
-			AgentReadySeconds:   ready.Seconds(),
-			Rules:               int(met.Get("podgate_table_rules")),
-			RSSBytes:            met.Get("process_resident_memory_bytes"),
-			ConntrackCapacity:   ctMax,
-		})
 	}
-	if err := e.measureEnforcer(ctx, EnforcerPodgate, p, flows, func() (float64, error) {
+	if err := e.measureEnforcer(ctx, pg.enforcer, p, flows, func() (float64, error) {
 		m, err := e.metrics(ctx)
 		if err != nil {
 			return 0, err
@@ -849,28 +1066,35 @@ func (e *env) measurePodgate(ctx context.Context, p int, flows *int) (err error)
 		return err
 	}
 	rss := m.Get("process_resident_memory_bytes")
-	if flows != nil {
+	switch {
+	case e.busy:
+	case flows != nil:
 		e.report.Control = append(e.report.Control, Control{
-			Enforcer: EnforcerPodgate, Policies: p, Flows: *flows,
+			Enforcer: pg.enforcer, Policies: p, Flows: *flows,
 			RSSBytes: rss, ConntrackCapacity: ctMax,
 			AgentCompileSeconds: m.Get("podgate_table_compile_duration_seconds"),
 		})
-	} else if c := e.report.control(EnforcerPodgate, p, 0); c != nil {
-		c.RSSAfterBytes = rss
+	default:
+		if c := e.report.control(pg.enforcer, p, 0); c != nil {
+			c.RSSAfterBytes = rss
+		}
 	}
-	e.report.addDrops(p, flows, m)
+	e.report.addDrops(pg.enforcer, e.busy, p, flows, m)
 	return nil
 }
 
 // metrics scrapes the agent.
-func (e *env) metrics(ctx context.Context) (Metrics, error) {
+func (e *env) metrics(ctx context.Context) (Metrics, error) { return scrapeAgent(ctx, e.lab) }
+
+// scrapeAgent scrapes the agent of lab l.
+func scrapeAgent(ctx context.Context, l *lab.Lab) (Metrics, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.lab.AgentURL()+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, l.AgentURL()+"/metrics", nil)
 	if err != nil {
 		return nil, fmt.Errorf("bench: scrape agent: %w", err)
 	}
-	resp, err := e.lab.HTTPClient().Do(req)
+	resp, err := l.HTTPClient().Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("bench: scrape agent: %w", err)
 	}

@@ -26,12 +26,16 @@ type benchFlags struct {
 	loadCPU     int
 	prefix      string
 	enforcers   []string
+	variants    []string
+	busyNode    bool
+	idlePods    int
+	idleWindow  time.Duration
 }
 
 func newBenchCommand() *cobra.Command {
 	var f benchFlags
 	cmd := &cobra.Command{
-		Use:   "bench [--quick] [--out DIR]",
+		Use:   "bench [--quick] [--busy-node] [--out DIR]",
 		Short: "Measure podgate against plain kernel routing and an iptables/ipset enforcer",
 		Long: `Build a node out of network namespaces (a client, a server and a third pod,
 with 10,000 more pods and 0, 100 or 2,000 NetworkPolicies in the policy
@@ -46,10 +50,28 @@ into an XDP sink in the server pod), TCP bulk throughput (iperf3), new TCP
 connections per second, UDP round-trip latency at 1,000/s, the forwarding
 rate with 100,000 and 1,000,000 flows tracked, and the control plane's
 compile time and memory. --quick measures 0 and 2,000 policies and
-100,000 flows with shorter steps, in under three minutes.
+100,000 flows with shorter steps.
 
-Writes report.json (every raw number), report.md (tables with ratios) and
-PNG plots into --out (default bench/out/TIMESTAMP) and prints report.md.
+Besides the agent with its default flags, every --variant is measured as
+an enforcer of its own, "podgate-NAME" (default: offload-none, the agent
+with --offload=none). --agent-arg applies to every agent run.
+
+Idle cost: a second lab whose node has --idle-pods pods (default 100), on
+which each agent configuration runs with no traffic for --idle-duration:
+its CPU use, RSS and pinned memory (AF_XDP UMEMs and rings, BPF maps and
+programs) per pod port.
+
+--busy-node measures everything a second time with a CPU hog on every CPU
+(nice 0, one pinned to each CPU) and reports both passes, with busy/quiet
+per row and the hogs' CPU share; --quick --busy-node takes about six
+minutes.
+
+Writes report.json (every raw number; results[] holds only the quiet
+none, iptables and podgate results, variants and the busy pass are in
+variant_results[] and busy_results[]), report.md (tables with ratios and
+the goals) and PNG plots into --out (default bench/out/TIMESTAMP) and
+prints report.md.
+
 Installs iperf3, ipset and iptables with apt-get when missing. Needs root;
 it changes nothing outside its own network namespaces.`,
 		Args: cobra.NoArgs,
@@ -58,7 +80,7 @@ it changes nothing outside its own network namespaces.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.BoolVar(&f.quick, "quick", false, "a subset that finishes in under three minutes")
+	fl.BoolVar(&f.quick, "quick", false, "a subset with shorter steps (0 and 2,000 policies, 100,000 flows)")
 	fl.StringVar(&f.out, "out", "", "output directory (default bench/out/TIMESTAMP)")
 	fl.StringVar(&f.agentBinary, "agent-binary", "", "podgate binary to run as the agent (default: this one)")
 	fl.StringArrayVar(&f.agentArgs, "agent-arg", nil, "extra argument for podgate agent, e.g. --agent-arg=--busy-poll=1ms (repeatable)")
@@ -68,7 +90,11 @@ it changes nothing outside its own network namespaces.`,
 	fl.IntVar(&f.enforcerCPU, "enforcer-cpu", 0, "CPU for the agent and the kernel's forwarding")
 	fl.IntVar(&f.loadCPU, "load-cpu", 1, "CPU for the generator, the clients and servers")
 	fl.StringVar(&f.prefix, "prefix", "pgbench", "prefix of the lab's namespace names")
-	fl.StringSliceVar(&f.enforcers, "enforcers", nil, "enforcers to measure (default none,iptables,podgate)")
+	fl.StringSliceVar(&f.enforcers, "enforcers", nil, "enforcers to measure: none, iptables, podgate and podgate-NAME of each variant (default all)")
+	fl.StringArrayVar(&f.variants, "variant", nil, `agent variant NAME=ARGS measured as enforcer podgate-NAME, e.g. --variant "busy-poll=--busy-poll=1ms" (repeatable; replaces the default offload-none=--offload=none; --variant= for none)`)
+	fl.BoolVar(&f.busyNode, "busy-node", false, "measure everything again with a CPU hog on every CPU and report both")
+	fl.IntVar(&f.idlePods, "idle-pods", 100, "pods on the node of the idle-cost measurement (0: none)")
+	fl.DurationVar(&f.idleWindow, "idle-duration", 10*time.Second, "window of the idle-cost measurement")
 	return cmd
 }
 
@@ -97,6 +123,24 @@ func runBench(cmd *cobra.Command, f benchFlags) error {
 	}
 	cfg.EnforcerCPU, cfg.LoadCPU, cfg.Prefix = f.enforcerCPU, f.loadCPU, f.prefix
 	cfg.Enforcers = f.enforcers
+	if cmd.Flags().Changed("variant") {
+		cfg.Variants = []bench.Variant{}
+		for _, s := range f.variants {
+			if s == "" {
+				continue
+			}
+			v, err := bench.ParseVariant(s)
+			if err != nil {
+				return fmt.Errorf("--variant: %w", err)
+			}
+			cfg.Variants = append(cfg.Variants, v)
+		}
+	}
+	cfg.BusyNode = f.busyNode
+	cfg.IdlePods, cfg.IdleDuration = f.idlePods, f.idleWindow
+	if f.idlePods == 0 {
+		cfg.IdlePods = -1
+	}
 	cfg.AgentBinary = f.agentBinary
 	cfg.AgentArgs = f.agentArgs
 	if cfg.AgentBinary == "" {
