@@ -151,8 +151,10 @@ const (
 	// pod through pgk0. Set the MACs as ActPeer does (the kernel already
 	// decremented the TTL) and bpf_redirect to the egress of OutIfindex.
 	ActRedirect Action = 3
-	numActions         = 4
 )
+
+// numActions is the number of actions, the length of [Stats.Hit].
+const numActions = 4
 
 // String returns the action's name.
 func (a Action) String() string {

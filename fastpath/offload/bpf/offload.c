@@ -142,7 +142,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p, int ingre
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	__u32 l4off;
-	__u8 proto;
+	__u8 proto, ttl;
 
 	if ((void *)(eth + 1) > end)
 		return REASON_MALFORMED;
@@ -161,8 +161,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p, int ingre
 		proto = ip->protocol;
 		if (proto == IPPROTO_ICMP)
 			return REASON_ICMP;
-		if (ingress && ip->ttl <= 1)
-			return REASON_TTL;
+		ttl = ip->ttl;
 		__builtin_memcpy(p->key.a, &ip->saddr, 4);
 		__builtin_memcpy(p->key.b, &ip->daddr, 4);
 		p->key.family = 4;
@@ -179,8 +178,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p, int ingre
 			return REASON_FRAGMENT;
 		if (proto == IPPROTO_ICMPV6)
 			return REASON_ICMP;
-		if (ingress && ip6->hop_limit <= 1)
-			return REASON_TTL;
+		ttl = ip6->hop_limit;
 		__builtin_memcpy(p->key.a, &ip6->saddr, 16);
 		__builtin_memcpy(p->key.b, &ip6->daddr, 16);
 		p->key.family = 6;
@@ -210,6 +208,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p, int ingre
 	default:
 		return REASON_PROTO;
 	}
+	if (ingress && ttl <= 1)
+		return REASON_TTL;
 	__builtin_memcpy(&p->key.port_a, l4, 2);
 	__builtin_memcpy(&p->key.port_b, l4 + 2, 2);
 	p->key.proto = proto;
