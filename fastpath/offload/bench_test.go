@@ -47,7 +47,7 @@ func benchForward(b *testing.B, offload bool) {
 		o := open(b, Config{MaxFlows: 16})
 		l.do(b, func() error { return o.AttachPod(l.podA.Index) })
 		flow, _ := l.peerFlow(ipA4, ipB4, ProtoUDP, 9000, 9001, 0)
-		if err := o.Install([]Flow{flow}); err != nil {
+		if _, err := o.Install([]Flow{flow}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -36,7 +36,8 @@
 //     [Value], one entry per flow for both directions. [MakeKey] computes
 //     the key the programs compute from a packet, and its [Dir].
 //   - counters (array, mmapable, 2*MaxFlows): one [Counter] per slot and
-//     direction, read with [Offload.Counters] from the mapped memory.
+//     direction, read ([Offload.Counters]) and taken ([Offload.Take]) with
+//     atomic operations on the map's memory mapped into the process.
 //   - config (array of 1): the punt interface.
 //   - stats (per-CPU array of 1): global counters ([Stats]).
 //

@@ -235,7 +235,7 @@ func TestLivePeerAndPunt(t *testing.T) {
 		t.Run(fam.name, func(t *testing.T) {
 			slot := uint32(i)
 			flow, dA := l.peerFlow(fam.ia, fam.ib, ProtoUDP, 5000, 6000, slot)
-			if err := o.Install([]Flow{flow}); err != nil {
+			if _, err := o.Install([]Flow{flow}); err != nil {
 				t.Fatal(err)
 			}
 			a := udpConn(t, l.a, netip.AddrPortFrom(fam.ia, 5000))
@@ -267,6 +267,15 @@ func TestLivePeerAndPunt(t *testing.T) {
 				c := o.Counters(slot, d)
 				if c.Packets != want.Packets || c.Bytes != want.Bytes || c.LastSeenNS == 0 {
 					t.Errorf("Counters(%d, %d) = %+v, want %+v and a time", slot, d, c, want)
+				}
+			}
+			taken := o.Take(slot)
+			for _, d := range []Dir{dA, 1 - dA} {
+				if taken[d].Packets != want.Packets || taken[d].Bytes != want.Bytes {
+					t.Errorf("Take(%d)[%d] = %+v, want %+v", slot, d, taken[d], want)
+				}
+				if c := o.Counters(slot, d); c.Packets != 0 || c.LastSeenNS != taken[d].LastSeenNS {
+					t.Errorf("after Take: Counters(%d, %d) = %+v", slot, d, c)
 				}
 			}
 
@@ -353,7 +362,7 @@ func TestLiveTCPBulk(t *testing.T) {
 	}
 	defer conn.Close()
 	flow, dA := l.peerFlow(ipA4, ipB4, ProtoTCP, 40001, 5201, 7)
-	if err := o.Install([]Flow{flow}); err != nil {
+	if _, err := o.Install([]Flow{flow}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -408,7 +417,7 @@ func TestLiveKernelEgress(t *testing.T) {
 	v.Slot = 9
 	v.Dir[d] = FlowDir{InIfindex: uint32(l.pgk), OutIfindex: uint32(l.podB.Index),
 		DstMAC: mac(l.podB.PeerMAC), GwMAC: mac(l.podB.MAC), Action: ActRedirect}
-	if err := o.Install([]Flow{{Key: k, Value: v}}); err != nil {
+	if _, err := o.Install([]Flow{{Key: k, Value: v}}); err != nil {
 		t.Fatal(err)
 	}
 	b := udpConn(t, l.b, netip.AddrPortFrom(ipB4, 7000))
@@ -504,7 +513,7 @@ func TestLivePinning(t *testing.T) {
 		return errors.Join(o1.AttachPod(l.podA.Index), o1.AttachPod(l.podB.Index), o1.AttachPod(gone.Index), o1.AttachKernel(l.pgk))
 	})
 	flow, dA := l.peerFlow(ipA4, ipB4, ProtoUDP, 5000, 6000, 3)
-	if err := o1.Install([]Flow{flow}); err != nil {
+	if _, err := o1.Install([]Flow{flow}); err != nil {
 		t.Fatal(err)
 	}
 	linkA := o1.pods[l.podA.Index].link

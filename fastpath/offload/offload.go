@@ -1,7 +1,6 @@
 package offload
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -78,9 +77,9 @@ const (
 type Offload struct {
 	cfg  Config
 	objs offloadObjects
-	// counters is the counters map's memory; per-packet reads use it
-	// without syscalls.
-	counters *ebpf.Memory
+	// counters is the counters map's memory: reads and resets without
+	// syscalls.
+	counters counterMem
 
 	batchMu sync.Mutex // guards keys, vals
 	keys    []Key
@@ -136,10 +135,10 @@ func Open(cfg Config) (*Offload, error) {
 		}
 		return nil, fmt.Errorf("open offload: load programs and maps: %w", err)
 	}
-	o.counters, err = o.objs.Counters.Memory()
+	o.counters, err = mapCounters(o.objs.Counters, cfg.MaxFlows)
 	if err != nil {
 		_ = o.objs.Close()
-		return nil, fmt.Errorf("open offload: map counters: %w", err)
+		return nil, fmt.Errorf("open offload: %w", err)
 	}
 	if cfg.PinDir != "" {
 		if err := o.adopt(); err != nil {
@@ -213,8 +212,7 @@ func tcxIfindex(l link.Link) (int, error) {
 
 // Close releases the programs, maps and links of this process. Links and
 // maps that are pinned stay (and keep forwarding); unpinned links are
-// detached. The counters' memory mapping is released when the garbage
-// collector finds it unreachable. Close is idempotent.
+// detached. Close is idempotent.
 func (o *Offload) Close() error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -235,7 +233,9 @@ func (o *Offload) Close() error {
 		}
 		o.kernel = nil
 	}
-	o.counters = nil
+	if err := o.counters.unmap(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := o.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close objects: %w", err))
 	}
@@ -272,25 +272,26 @@ func (o *Offload) Unpin() error {
 }
 
 // Install adds or replaces flows (BPF_MAP_UPDATE_BATCH, or one update per
-// flow on kernels without batch operations). Every flow is checked first
-// (a canonical key, a known protocol, a slot below MaxFlows, actions with
-// the interfaces they need); a bad flow is an error wrapping
-// [ErrInvalidFlow] and nothing is installed. If the kernel fails part way
-// (the map is full: E2BIG), the error says how many flows, in order, were
-// installed. Reset the counters of a reused slot with ResetCounters
-// before installing its flow.
-func (o *Offload) Install(flows []Flow) error {
+// flow on kernels without batch operations) and returns how many of them,
+// from the first, are installed. Every flow is checked first (a canonical
+// key, a known protocol, a slot below MaxFlows, actions with the
+// interfaces they need): a bad flow is an error wrapping [ErrInvalidFlow]
+// and nothing is installed. If the kernel fails part way (the map is full:
+// E2BIG), the flows from the failing one on are not installed. Reset the
+// counters of a reused slot (ResetCounters or Take) before installing its
+// flow.
+func (o *Offload) Install(flows []Flow) (int, error) {
 	for i := range flows {
 		f := &flows[i]
 		if err := f.Key.validate(); err != nil {
-			return fmt.Errorf("install flow %d (%v): %w: %w", i, f.Key, ErrInvalidFlow, err)
+			return 0, fmt.Errorf("install flow %d (%v): %w: %w", i, f.Key, ErrInvalidFlow, err)
 		}
 		if err := f.Value.validate(o.cfg.MaxFlows); err != nil {
-			return fmt.Errorf("install flow %d (%v): %w: %w", i, f.Key, ErrInvalidFlow, err)
+			return 0, fmt.Errorf("install flow %d (%v): %w: %w", i, f.Key, ErrInvalidFlow, err)
 		}
 	}
 	if len(flows) == 0 {
-		return nil
+		return 0, nil
 	}
 	o.batchMu.Lock()
 	defer o.batchMu.Unlock()
@@ -308,9 +309,10 @@ func (o *Offload) Install(flows []Flow) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("install flows: %d of %d installed, flow %d (%v): %w", n, len(flows), n, o.keys[min(n, len(o.keys)-1)], err)
+		n = min(max(n, 0), len(flows))
+		return n, fmt.Errorf("install flows: %d of %d installed, flow %d (%v): %w", n, len(flows), n, o.keys[min(n, len(o.keys)-1)], err)
 	}
-	return nil
+	return len(flows), nil
 }
 
 // Remove deletes flows (BPF_MAP_DELETE_BATCH where supported); a key that
@@ -361,44 +363,6 @@ func (o *Offload) Range(fn func(Key, Value) bool) error {
 		return fmt.Errorf("iterate flows: %w", err)
 	}
 	return nil
-}
-
-// counterSize is the size of struct counter, the stride of the counters map.
-const counterSize = 24
-
-// Counters returns the counters of a flow's direction, read from the
-// counters map's memory: no syscall, no allocation. Each field is read
-// with one aligned 8-byte load, so it is never torn, but the three fields
-// are not a consistent snapshot of each other. A slot out of range reads
-// as zero.
-func (o *Offload) Counters(slot uint32, dir Dir) Counter {
-	var c Counter
-	if o.counters == nil || uint64(slot) >= uint64(o.cfg.MaxFlows) || dir > DirBA {
-		return c
-	}
-	off := int64(slot)*2*counterSize + int64(dir)*counterSize
-	var b [8]byte
-	if _, err := o.counters.ReadAt(b[:], off); err == nil {
-		c.Packets = binary.NativeEndian.Uint64(b[:])
-	}
-	if _, err := o.counters.ReadAt(b[:], off+8); err == nil {
-		c.Bytes = binary.NativeEndian.Uint64(b[:])
-	}
-	if _, err := o.counters.ReadAt(b[:], off+16); err == nil {
-		c.LastSeenNS = binary.NativeEndian.Uint64(b[:])
-	}
-	return c
-}
-
-// ResetCounters zeroes both directions' counters of a slot, without a
-// syscall. Do it before installing a flow that reuses the slot: a packet
-// counted concurrently with the reset may be lost or kept.
-func (o *Offload) ResetCounters(slot uint32) {
-	if o.counters == nil || uint64(slot) >= uint64(o.cfg.MaxFlows) {
-		return
-	}
-	var zero [2 * counterSize]byte
-	_, _ = o.counters.WriteAt(zero[:], int64(slot)*2*counterSize)
 }
 
 // Stats returns the programs' global counters, summed over CPUs.

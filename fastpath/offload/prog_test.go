@@ -119,7 +119,7 @@ func (e *progEnv) peerFlow(src, dst netip.Addr, proto uint8, sport, dport uint16
 
 func (e *progEnv) install(t *testing.T, flows ...Flow) {
 	t.Helper()
-	if err := e.o.Install(flows); err != nil {
+	if _, err := e.o.Install(flows); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -568,17 +568,17 @@ func TestInstallRemoveRange(t *testing.T) {
 	}
 	bad := flows[3]
 	bad.Value.Slot = 16
-	if err := e.o.Install([]Flow{flows[0], bad}); err == nil {
+	if n, err := e.o.Install([]Flow{flows[0], bad}); err == nil || n != 0 {
 		t.Fatal("Install with slot 16 of 16 succeeded")
 	}
 	if n := count(t, e.o); n != 0 {
 		t.Fatalf("a rejected Install left %d flows", n)
 	}
-	if err := e.o.Install(flows); err != nil {
+	if _, err := e.o.Install(flows); err != nil {
 		t.Fatal(err)
 	}
 	// Replacing is fine.
-	if err := e.o.Install(flows[:2]); err != nil {
+	if _, err := e.o.Install(flows[:2]); err != nil {
 		t.Fatal(err)
 	}
 	got := map[Key]Value{}
@@ -607,19 +607,32 @@ func TestInstallRemoveRange(t *testing.T) {
 	if n := count(t, e.o); n != len(flows)-3 {
 		t.Errorf("%d flows after removing 3 of %d", n, len(flows))
 	}
-	// Counters: written by hand here, reset by slot.
-	if _, err := e.o.counters.WriteAt([]byte{1, 0, 0, 0, 0, 0, 0, 0}, 5*48+24); err != nil {
-		t.Fatal(err)
-	}
-	if c := e.o.Counters(5, DirBA); c.Packets != 1 {
-		t.Errorf("Counters(5, BA) = %+v, want 1 packet", c)
+	// Counters: written by hand here as the programs would.
+	*e.o.counters.field(5, DirBA, fieldPackets) = 3
+	*e.o.counters.field(5, DirBA, fieldBytes) = 300
+	*e.o.counters.field(5, DirBA, fieldLastSeen) = 77
+	*e.o.counters.field(5, DirAB, fieldPackets) = 1
+	if c := e.o.Counters(5, DirBA); c != (Counter{3, 300, 77}) {
+		t.Errorf("Counters(5, BA) = %+v", c)
 	}
 	if n := testing.AllocsPerRun(100, func() { _ = e.o.Counters(5, DirBA) }); n != 0 {
 		t.Errorf("Counters allocates %v times", n)
 	}
+	if got := e.o.Take(5); got != [2]Counter{{1, 0, 0}, {3, 300, 77}} {
+		t.Errorf("Take = %+v", got)
+	}
+	if got := e.o.Take(5); got != [2]Counter{{}, {0, 0, 77}} {
+		t.Errorf("second Take = %+v, want zero counts and the last-seen time", got)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = e.o.Take(5) }); n != 0 {
+		t.Errorf("Take allocates %v times", n)
+	}
 	e.o.ResetCounters(5)
 	if c := e.o.Counters(5, DirBA); c != (Counter{}) {
 		t.Errorf("after reset: %+v", c)
+	}
+	if got := e.o.Take(16); got != [2]Counter{} {
+		t.Errorf("Take out of range = %+v", got)
 	}
 	if c := e.o.Counters(16, DirAB); c != (Counter{}) {
 		t.Errorf("Counters out of range = %+v", c)
@@ -643,7 +656,10 @@ func TestInstallFull(t *testing.T) {
 		f, _ := e.peerFlow(v4A, v4B, ProtoUDP, uint16(i+1), 80, uint32(i%16))
 		flows = append(flows, f)
 	}
-	err := e.o.Install(flows)
+	n, err := e.o.Install(flows)
+	if n != 16 {
+		t.Errorf("Install of 20 flows into 16 installed %d", n)
+	}
 	if err == nil {
 		t.Fatal("installing 20 flows into 16 succeeded")
 	}

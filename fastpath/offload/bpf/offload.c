@@ -232,10 +232,14 @@ static __always_inline int count(const struct flow_val *v, __u32 dir, __u32 len)
 
 	if (!c)
 		return 0;
+	/*
+	 * Coarse: jiffy resolution is plenty for idle timeouts, and cheaper.
+	 * Stored before the adds, so that a reader who sees the packet
+	 * counted also sees a time (on x86; weaker orders may lag).
+	 */
+	*(volatile __u64 *)&c->last_seen_ns = bpf_ktime_get_coarse_ns();
 	__sync_fetch_and_add(&c->packets, 1);
 	__sync_fetch_and_add(&c->bytes, len);
-	/* Coarse: jiffy resolution is plenty for idle timeouts, and cheaper. */
-	*(volatile __u64 *)&c->last_seen_ns = bpf_ktime_get_coarse_ns();
 	return 1;
 }
 
