@@ -598,6 +598,15 @@ func TestLivePinning(t *testing.T) {
 	if err := o2.Close(); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := o2.Install([]Flow{flow}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Install after Close = %v, want ErrClosed", err)
+	}
+	if err := o2.Remove([]Key{flow.Key}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Remove after Close = %v, want ErrClosed", err)
+	}
+	if c := o2.Take(3); c != [2]Counter{} {
+		t.Errorf("Take after Close = %+v", c)
+	}
 	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 0 {
 		t.Errorf("pin dir after Unpin: %v, %v", entries, err)
 	}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -69,11 +70,12 @@ const (
 // Offload is the loaded BPF programs and maps of the established-flow
 // offload, and the TCX links that attach them.
 //
-// Install, Remove, Range, Stats, Counters and ResetCounters may be called
-// from several goroutines at once, and concurrently with the attach
-// methods; none of them may run concurrently with Close. The attach
-// methods (AttachPod, DetachPod, AttachKernel, DetachKernel) act in the
-// network namespace of the calling thread and are serialised internally.
+// Install, Remove, Range, Stats, Counters, Take and ResetCounters may be
+// called from several goroutines at once, and concurrently with the
+// attach methods; none of them may run concurrently with Close (after it,
+// they return ErrClosed or zero counters). The attach methods (AttachPod,
+// DetachPod, AttachKernel, DetachKernel) act in the network namespace of
+// the calling thread and are serialised internally.
 type Offload struct {
 	cfg  Config
 	objs offloadObjects
@@ -89,6 +91,8 @@ type Offload struct {
 	pods   map[int]*tcx
 	kernel *tcx
 	closed bool
+	// done is closed, readable without mu.
+	done atomic.Bool
 }
 
 // tcx is an attached program: a TCX link, maybe pinned.
@@ -220,6 +224,7 @@ func (o *Offload) Close() error {
 		return nil
 	}
 	o.closed = true
+	o.done.Store(true)
 	var errs []error
 	for _, t := range o.pods {
 		if err := t.link.Close(); err != nil {
@@ -281,6 +286,9 @@ func (o *Offload) Unpin() error {
 // counters of a reused slot (ResetCounters or Take) before installing its
 // flow.
 func (o *Offload) Install(flows []Flow) (int, error) {
+	if o.done.Load() {
+		return 0, fmt.Errorf("install flows: %w", ErrClosed)
+	}
 	for i := range flows {
 		f := &flows[i]
 		if err := f.Key.validate(); err != nil {
@@ -318,6 +326,9 @@ func (o *Offload) Install(flows []Flow) (int, error) {
 // Remove deletes flows (BPF_MAP_DELETE_BATCH where supported); a key that
 // is not there is skipped, not an error.
 func (o *Offload) Remove(keys []Key) error {
+	if o.done.Load() {
+		return fmt.Errorf("remove flows: %w", ErrClosed)
+	}
 	for i := 0; i < len(keys); {
 		n, err := o.objs.Flows.BatchDelete(keys[i:], nil)
 		if errors.Is(err, ebpf.ErrNotSupported) {
@@ -349,6 +360,9 @@ func (o *Offload) removeEach(keys []Key) error {
 // recovery: what a previous run installed). Flows installed or removed
 // meanwhile may or may not be seen.
 func (o *Offload) Range(fn func(Key, Value) bool) error {
+	if o.done.Load() {
+		return fmt.Errorf("iterate flows: %w", ErrClosed)
+	}
 	var (
 		k Key
 		v Value
@@ -367,6 +381,9 @@ func (o *Offload) Range(fn func(Key, Value) bool) error {
 
 // Stats returns the programs' global counters, summed over CPUs.
 func (o *Offload) Stats() (Stats, error) {
+	if o.done.Load() {
+		return Stats{}, fmt.Errorf("read offload stats: %w", ErrClosed)
+	}
 	var per []Stats
 	if err := o.objs.Stats.Lookup(uint32(0), &per); err != nil {
 		return Stats{}, fmt.Errorf("read offload stats: %w", err)
