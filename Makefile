@@ -62,6 +62,13 @@ deploy-check: ## deploy/ tests: manifest security, kustomize, server-side dry ru
 vuln: ## govulncheck against the Go vulnerability database from the module proxy (golang.org/x/vulndb)
 	bash hack/govulncheck.sh
 
+.PHONY: generate generate-check
+generate: ## regenerate fastpath/offload's BPF objects with bpf2go (installs clang, llvm, libbpf-dev when missing, as root)
+	bash hack/bpf-generate.sh
+
+generate-check: ## regenerate the BPF objects and fail if the committed ones differ (same clang version needed)
+	bash hack/bpf-generate.sh --check
+
 .PHONY: dashboards
 dashboards: ## regenerate deploy/grafana/*.json from the Go generator (internal/dashtest checks them)
 	$(GO) run ./deploy/grafana/gen -dir deploy/grafana

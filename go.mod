@@ -3,7 +3,7 @@ module github.com/podgate/podgate
 go 1.26.7
 
 require (
-	github.com/cilium/ebpf v0.4.0
+	github.com/cilium/ebpf v0.22.0
 	github.com/fsnotify/fsnotify v1.10.1
 	github.com/google/go-cmp v0.7.0
 	github.com/gopacket/gopacket v1.7.7

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -277,16 +278,17 @@ const (
 // interface, the IPv4 UDP frames whose destination port is in a range;
 // every other frame passes to the stack. Counting in XDP costs the
 // receiving side almost nothing, so the sink is never the bottleneck.
+// The program is attached through a BPF link, so it goes away with the
+// process even if Close is never called.
 type Sink struct {
-	ns      *netns.Namespace
-	ifindex int
-	prog    *ebpf.Program
-	count   *ebpf.Map
+	prog  *ebpf.Program
+	count *ebpf.Map
+	link  link.Link
 }
 
 // NewSink loads the sink and attaches it to ifname in ns.
 func NewSink(ns *netns.Namespace, ifname string, portLo, portHi uint16) (_ *Sink, err error) {
-	s := &Sink{ns: ns}
+	s := &Sink{}
 	defer func() {
 		if err != nil {
 			err = errors.Join(fmt.Errorf("new sink on %s: %w", ifname, err), s.Close())
@@ -326,9 +328,9 @@ func NewSink(ns *netns.Namespace, ifname string, portLo, portHi uint16) (_ *Sink
 			asm.JEq.Imm(asm.R0, 0, "drop"),
 			asm.Mov.Imm(asm.R1, 1),
 			asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
-			asm.Mov.Imm(asm.R0, xdpDrop).Sym("drop"),
+			asm.Mov.Imm(asm.R0, xdpDrop).WithSymbol("drop"),
 			asm.Return(),
-			asm.Mov.Imm(asm.R0, xdpPass).Sym("pass"),
+			asm.Mov.Imm(asm.R0, xdpPass).WithSymbol("pass"),
 			asm.Return(),
 		},
 		License: "Dual BSD/GPL",
@@ -337,14 +339,16 @@ func NewSink(ns *netns.Namespace, ifname string, portLo, portHi uint16) (_ *Sink
 		return nil, fmt.Errorf("load program: %w", err)
 	}
 	err = ns.Do(func() error {
-		link, err := netlink.LinkByName(ifname)
+		l, err := netlink.LinkByName(ifname)
 		if err != nil {
 			return fmt.Errorf("find %s: %w", ifname, err)
 		}
-		if err := netlink.LinkSetXdpFdWithFlags(link, s.prog.FD(), unix.XDP_FLAGS_DRV_MODE|unix.XDP_FLAGS_UPDATE_IF_NOEXIST); err != nil {
+		s.link, err = link.AttachXDP(link.XDPOptions{
+			Program: s.prog, Interface: l.Attrs().Index, Flags: link.XDPDriverMode,
+		})
+		if err != nil {
 			return fmt.Errorf("attach: %w", err)
 		}
-		s.ifindex = link.Attrs().Index
 		return nil
 	})
 	if err != nil {
@@ -366,19 +370,11 @@ func (s *Sink) Count() (uint64, error) {
 // it.
 func (s *Sink) Close() error {
 	var errs []error
-	if s.ifindex != 0 {
-		idx := s.ifindex
-		err := s.ns.Do(func() error {
-			link, err := netlink.LinkByIndex(idx)
-			if err != nil {
-				return nil // gone with its namespace
-			}
-			return netlink.LinkSetXdpFdWithFlags(link, -1, unix.XDP_FLAGS_DRV_MODE)
-		})
-		if err != nil {
+	if s.link != nil {
+		if err := s.link.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("detach sink: %w", err))
 		}
-		s.ifindex = 0
+		s.link = nil
 	}
 	if s.prog != nil {
 		errs = append(errs, s.prog.Close())
