@@ -87,9 +87,10 @@ type Offload struct {
 	keys    []Key
 	vals    []Value
 
-	mu     sync.Mutex // guards pods, kernel, closed
+	mu     sync.Mutex // guards pods, kernel, conf, closed
 	pods   map[int]*tcx
 	kernel *tcx
+	conf   config // the config map's entry
 	closed bool
 	// done is closed, readable without mu.
 	done atomic.Bool
@@ -143,6 +144,9 @@ func Open(cfg Config) (*Offload, error) {
 	if err != nil {
 		_ = o.objs.Close()
 		return nil, fmt.Errorf("open offload: %w", err)
+	}
+	if err := o.objs.Config.Lookup(uint32(0), &o.conf); err != nil {
+		return nil, errors.Join(fmt.Errorf("open offload: read config: %w", err), o.Close())
 	}
 	if cfg.PinDir != "" {
 		if err := o.adopt(); err != nil {
@@ -411,13 +415,42 @@ func (s *Stats) add(o *Stats) {
 
 // config mirrors struct config.
 type config struct {
-	PuntIfindex uint32
-	Flags       uint32
+	PuntIfindex  uint32
+	Flags        uint32
+	LeaseUntilNS uint64
 }
 
+// setPuntIfindex sets the punt interface, keeping the lease. The caller
+// holds o.mu.
 func (o *Offload) setPuntIfindex(ifindex int) error {
-	if err := o.objs.Config.Put(uint32(0), config{PuntIfindex: uint32(ifindex)}); err != nil {
+	c := o.conf
+	c.PuntIfindex = uint32(ifindex)
+	if err := o.objs.Config.Put(uint32(0), c); err != nil {
 		return fmt.Errorf("set punt ifindex %d: %w", ifindex, err)
 	}
+	o.conf = c
+	return nil
+}
+
+// Lease lets the programs use the flows map until the CLOCK_MONOTONIC time
+// until (nanoseconds); after it, they use no flow (every frame goes to the
+// fastpath, or on to pgw0, as on a miss), until the lease is renewed. The
+// fastpath renews it while it runs, so that if it dies, established flows
+// stop being forwarded on its verdicts within the lease: with the AF_XDP
+// socket gone, their frames are dropped, as every other frame of the node's
+// pods is. Zero removes the lease (the flows are always used). One system
+// call.
+func (o *Offload) Lease(until int64) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		return fmt.Errorf("renew lease: %w", ErrClosed)
+	}
+	c := o.conf
+	c.LeaseUntilNS = uint64(max(until, 0))
+	if err := o.objs.Config.Put(uint32(0), c); err != nil {
+		return fmt.Errorf("renew lease: %w", err)
+	}
+	o.conf = c
 	return nil
 }

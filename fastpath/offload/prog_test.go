@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
@@ -665,5 +666,60 @@ func TestInstallFull(t *testing.T) {
 	}
 	if want := fmt.Sprintf("16 of %d installed", len(flows)); !bytes.Contains([]byte(err.Error()), []byte(want)) {
 		t.Errorf("error %q does not say %q", err, want)
+	}
+}
+
+// TestLease: a flow is used while the lease holds (or without one), and
+// after it expires every frame of it is punted (pod_ingress) or passed on
+// (kernel_egress), counted as ReasonLease, until the lease is renewed.
+func TestLease(t *testing.T) {
+	e := newProgEnv(t)
+	e.setPunt(t, e.kern)
+	f := udpA(v4A, v4B, 41000, 53)
+	flow, _ := e.peerFlow(f.src, f.dst, f.proto, f.sport, f.dport, 1)
+	e.install(t, flow)
+	frame := f.bytes(t)
+	send := func(what string, want uint32) {
+		t.Helper()
+		ret, _ := e.run(t, e.o.objs.PodIngress, e.podA, frame)
+		if ret != want {
+			t.Fatalf("%s: verdict %d, want %d", what, ret, want)
+		}
+	}
+	now := int64(coarseNow(t))
+	if err := e.o.Lease(now + int64(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	before := e.stats(t)
+	send("within the lease", tcRedirect)
+	if got := e.stats(t).Hit[ActPeer] - before.Hit[ActPeer]; got != 1 {
+		t.Fatalf("within the lease: %d hits, want 1", got)
+	}
+	if err := e.o.Lease(now - int64(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	before = e.stats(t)
+	send("after the lease", tcRedirect) // punted: also a redirect, to pgk0
+	st := e.stats(t)
+	if st.Hit[ActPeer] != before.Hit[ActPeer] || st.Punt[ReasonLease] != before.Punt[ReasonLease]+1 {
+		t.Errorf("after the lease: hits %d -> %d, lease punts %d -> %d", before.Hit[ActPeer], st.Hit[ActPeer], before.Punt[ReasonLease], st.Punt[ReasonLease])
+	}
+	// kernel_egress: an expired lease passes frames on.
+	ret, _ := e.run(t, e.o.objs.KernelEgress, e.kern, udpA(v4B, v4A, 53, 41000).bytes(t))
+	if ret != tcNext {
+		t.Errorf("kernel_egress after the lease: verdict %d, want next", ret)
+	}
+	if err := e.o.Lease(0); err != nil {
+		t.Fatal(err)
+	}
+	before = e.stats(t)
+	send("without a lease", tcRedirect)
+	if got := e.stats(t).Hit[ActPeer] - before.Hit[ActPeer]; got != 1 {
+		t.Errorf("without a lease: %d hits, want 1", got)
+	}
+	// The punt interface survives lease changes.
+	var c config
+	if err := e.o.objs.Config.Lookup(uint32(0), &c); err != nil || c.PuntIfindex != uint32(e.kern) {
+		t.Errorf("config %+v, %v: punt ifindex lost", c, err)
 	}
 }

@@ -267,12 +267,13 @@ const (
 	ReasonSpoof                   // flow found, wrong interface (or source MAC)
 	ReasonAction                  // flow found, its action is not for this hook
 	ReasonSlot                    // flow found, its counter slot is out of range
+	ReasonLease                   // the fastpath's lease on the flows expired ([Offload.Lease])
 	NumReasons
 )
 
 var reasonNames = [NumReasons]string{
 	"not_ip", "vlan", "malformed", "fragment", "icmp", "proto",
-	"tcp_flags", "ttl", "miss", "spoof", "action", "slot",
+	"tcp_flags", "ttl", "miss", "spoof", "action", "slot", "lease",
 }
 
 // String returns the reason's name as used in metrics, e.g. "tcp_flags".

@@ -248,7 +248,7 @@ func TestReasonString(t *testing.T) {
 		}
 		seen[s] = true
 	}
-	if s := NumReasons.String(); s != "reason(12)" {
+	if s := NumReasons.String(); s != "reason(13)" {
 		t.Errorf("NumReasons.String() = %q", s)
 	}
 }

@@ -335,6 +335,20 @@ static __always_inline int punt(struct __sk_buff *skb, struct stats *st, int rea
 	return rc;
 }
 
+/*
+ * leased reports whether the flows map may be used: the fastpath's lease
+ * has not expired (or there is none).
+ */
+static __always_inline int leased(void)
+{
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+
+	if (!cfg || cfg->lease_until_ns == 0)
+		return 1;
+	return bpf_ktime_get_coarse_ns() <= cfg->lease_until_ns;
+}
+
 SEC("tcx/ingress")
 int pod_ingress(struct __sk_buff *skb)
 {
@@ -344,6 +358,8 @@ int pod_ingress(struct __sk_buff *skb)
 
 	if (r != REASON__MAX)
 		return punt(skb, st, r);
+	if (!leased())
+		return punt(skb, st, REASON_LEASE);
 	struct flow_val *v = bpf_map_lookup_elem(&flows, &p.key);
 
 	if (!v)
@@ -401,6 +417,8 @@ int kernel_egress(struct __sk_buff *skb)
 	struct pkt p = {};
 	int r = parse(skb, &p, 0);
 
+	if (r == REASON__MAX && !leased())
+		r = REASON_LEASE;
 	if (r == REASON__MAX) {
 		struct flow_val *v = bpf_map_lookup_elem(&flows, &p.key);
 		__u8 dir = p.dir & 1;

@@ -79,6 +79,13 @@ struct counter {
 struct config {
 	__u32 punt_ifindex; /* pgk0; 0: pod_ingress passes misses to the kernel */
 	__u32 flags;        /* reserved, 0 */
+	/*
+	 * The fastpath's lease on the flows map: after this CLOCK_MONOTONIC
+	 * time no flow is used (every frame is punted or passed on, as a
+	 * miss would be), so that an agent that died stops forwarding on its
+	 * verdicts within the lease. 0: no lease (the flows are always used).
+	 */
+	__u64 lease_until_ns;
 };
 
 /* Why a frame was not forwarded by an offloaded flow. */
@@ -95,6 +102,7 @@ enum reason {
 	REASON_SPOOF = 9,     /* flow found, wrong interface or source MAC */
 	REASON_ACTION = 10,   /* flow found, its action is not for this hook */
 	REASON_SLOT = 11,     /* flow found, its counter slot is out of range */
+	REASON_LEASE = 12,    /* the fastpath's lease on the flows expired */
 	REASON__MAX,
 };
 
