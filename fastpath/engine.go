@@ -447,6 +447,7 @@ func (e *Engine) runOnce() bool {
 	e.ct.Expire(e.now, 64)
 	e.sweep()
 	e.flushOffload()
+	e.renewLease()
 	e.cnt.publish()
 	for _, p := range e.ports {
 		p.stats.publish()

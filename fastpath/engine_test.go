@@ -11,6 +11,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/podgate/podgate/fastpath/conntrack"
+	"github.com/podgate/podgate/fastpath/offload"
 	"github.com/podgate/podgate/fastpath/packet"
 	"github.com/podgate/podgate/policy"
 )
@@ -103,6 +104,7 @@ type nopFlowTable struct{}
 func (nopFlowTable) Install(flows []KernelFlow) (int, error) { return len(flows), nil }
 func (nopFlowTable) Remove([]KernelFlow) error               { return nil }
 func (nopFlowTable) Take(uint32) KernelCounters              { return KernelCounters{} }
+func (nopFlowTable) Lease(int64) error                       { return nil }
 
 func newRigMode(t testing.TB, tab *policy.Table, tweak func(*Config), punt bool) *rig {
 	t.Helper()
@@ -192,8 +194,8 @@ func punted(t testing.TB, e *Engine, from string, frame []byte) []byte {
 	for _, p := range e.ports {
 		if p.Name == from {
 			f := append([]byte(nil), frame...)
-			f[0], f[1] = puntMarker[0], puntMarker[1]
-			binary.BigEndian.PutUint32(f[2:6], uint32(p.Ifindex))
+			m := offload.PuntMarker(p.Ifindex)
+			copy(f, m[:])
 			return f
 		}
 	}

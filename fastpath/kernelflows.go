@@ -101,6 +101,11 @@ type FlowTable interface {
 	// and starts counting again from zero, without a system call or an
 	// allocation.
 	Take(slot uint32) KernelCounters
+	// Lease lets the kernel use the flows until the CLOCK_MONOTONIC time
+	// until; after it, it forwards none of them (their packets come to
+	// the engine, or are dropped when the engine is gone). The engine
+	// renews it while it runs.
+	Lease(until int64) error
 }
 
 // offloadBatch is how many installs or removals wait for one call of the
@@ -115,6 +120,8 @@ type offloader struct {
 	// cursor is where the next sweep starts; swept when the last one ran.
 	cursor uint32
 	swept  int64
+	// leased is when the lease was last renewed.
+	leased int64
 	// cut collects the flows that a table change denied, and why.
 	cut []cutFlow
 	// err is the last error of the flow table, for [Engine.OffloadError].
@@ -125,6 +132,15 @@ type cutFlow struct {
 	ent *conntrack.Entry
 	v   verdict
 }
+
+// leaseTime is how long the kernel may use the flows after the engine
+// last renewed its lease, and leaseRenew how often the engine renews it:
+// an engine that stops (the agent died or hangs) stops the kernel from
+// forwarding on its verdicts within leaseTime.
+const (
+	leaseTime  = int64(3e9)
+	leaseRenew = int64(1e9)
+)
 
 // sweepPeriod is how often the whole table is swept.
 const sweepPeriod = int64(1e9)
@@ -273,6 +289,18 @@ func (e *Engine) flushRemoves() {
 		e.cnt.add(cOffloadRemoves, uint64(len(e.off.removes)))
 	}
 	e.off.removes = e.off.removes[:0]
+}
+
+// renewLease renews the kernel's lease on the flows when it is due.
+func (e *Engine) renewLease() {
+	if e.off == nil || (e.off.leased != 0 && e.now-e.off.leased < leaseRenew) {
+		return
+	}
+	e.off.leased = e.now
+	if err := e.off.ft.Lease(e.now + leaseTime); err != nil {
+		e.cnt.add(cOffloadErrors, 1)
+		e.setOffloadErr(fmt.Errorf("renew the kernel's lease on the flows: %w", err))
+	}
 }
 
 // sweep folds the kernel's counters of a part of the flow table into the

@@ -19,6 +19,7 @@ type memFlowTable struct {
 	counters map[uint32]KernelCounters
 	calls    int
 	fail     error // the next Install installs nothing and returns it
+	lease    int64
 }
 
 func newMemFlowTable() *memFlowTable {
@@ -48,6 +49,11 @@ func (m *memFlowTable) Remove(flows []KernelFlow) error {
 		delete(m.flows, kfKey(kf))
 		delete(m.flows, kfKey(kf).Reverse())
 	}
+	return nil
+}
+
+func (m *memFlowTable) Lease(until int64) error {
+	m.lease = until
 	return nil
 }
 
@@ -281,5 +287,17 @@ func TestOffloadPortsAndErrors(t *testing.T) {
 	r.expectOne(r.send("app", tcpFrame(t, s, d, appIP, apiIP, 40001, 80, tcpOpt{ack: true, payload: []byte("x")})), "api")
 	if _, _, ok := ft.get(k2); !ok {
 		t.Error("the flow was not offloaded after the failure")
+	}
+}
+
+// The engine keeps the kernel's lease ahead of its clock while it runs.
+func TestOffloadLease(t *testing.T) {
+	r, ft := offloadRig(t, nil)
+	for range 10 {
+		r.clock += int64(700 * time.Millisecond)
+		r.e.runOnce()
+		if ft.lease <= r.clock+int64(time.Second) {
+			t.Fatalf("lease until %d at %d: not renewed ahead", ft.lease, r.clock)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 
 	"github.com/podgate/podgate/fastpath/conntrack"
+	"github.com/podgate/podgate/fastpath/offload"
 	"github.com/podgate/podgate/fastpath/packet"
 	"github.com/podgate/podgate/fastpath/xsk"
 )
@@ -67,7 +68,7 @@ func (e *Engine) frame(rx *port, f xsk.Frame, i int) {
 	p := &e.pkts[i]
 	in := rx
 	if r := e.reasons[i]; r == packet.OK && rx.Kind == KernelPort {
-		if ifindex, ok := puntedFrom(p.DstMAC); ok {
+		if ifindex, ok := offload.PuntedFrom(p.DstMAC); ok {
 			if in = e.byIfindex[ifindex]; in == nil {
 				e.drop(fr, DropNoPort)
 				return
@@ -89,20 +90,6 @@ func (e *Engine) frame(rx *port, f xsk.Frame, i int) {
 		return
 	}
 	e.fromPod(fr, in, p, i)
-}
-
-// puntMarker starts the destination MAC of a frame that the TC program of
-// a pod's veth punted to the kernel leg; the next four bytes are the
-// veth's ifindex (big-endian). See package fastpath/offload.
-var puntMarker = [2]byte{0x06, 0x70}
-
-// puntedFrom returns the ifindex of the pod veth that punted a frame with
-// destination MAC dst, if it is the punt marker.
-func puntedFrom(dst [6]byte) (int, bool) {
-	if dst[0] != puntMarker[0] || dst[1] != puntMarker[1] {
-		return 0, false
-	}
-	return int(binary.BigEndian.Uint32(dst[2:])), true
 }
 
 // reject drops the frame fr (parsed into p) from port in, which verdict v
