@@ -184,3 +184,30 @@ func unpin(t *tcx) error {
 	t.pin = ""
 	return nil
 }
+
+// PodAttached reports whether this Offload's pod_ingress runs on the TCX
+// ingress of ifindex: someone may have detached it, or the veth may have
+// been re-created under the same index. One system call.
+func (o *Offload) PodAttached(ifindex int) (bool, error) {
+	if o.done.Load() {
+		return false, fmt.Errorf("query pod_ingress: %w", ErrClosed)
+	}
+	info, err := o.objs.PodIngress.Info()
+	if err != nil {
+		return false, fmt.Errorf("query pod_ingress: %w", err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		return false, errors.New("query pod_ingress: the kernel gives no program ID")
+	}
+	res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		return false, fmt.Errorf("query tcx ingress of ifindex %d: %w", ifindex, err)
+	}
+	for _, p := range res.Programs {
+		if p.ID == id {
+			return true, nil
+		}
+	}
+	return false, nil
+}

@@ -383,6 +383,23 @@ func (o *Offload) Range(fn func(Key, Value) bool) error {
 	return nil
 }
 
+// Clear removes every flow, and returns how many there were: at a start,
+// the flows of a previous run, whose verdicts and counter slots mean
+// nothing to this one.
+func (o *Offload) Clear() (int, error) {
+	var keys []Key
+	if err := o.Range(func(k Key, _ Value) bool {
+		keys = append(keys, k)
+		return true
+	}); err != nil {
+		return 0, fmt.Errorf("clear flows: %w", err)
+	}
+	if err := o.Remove(keys); err != nil {
+		return 0, fmt.Errorf("clear flows: %w", err)
+	}
+	return len(keys), nil
+}
+
 // Stats returns the programs' global counters, summed over CPUs.
 func (o *Offload) Stats() (Stats, error) {
 	if o.done.Load() {

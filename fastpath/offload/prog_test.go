@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 
 	"github.com/podgate/podgate/internal/netns"
@@ -721,5 +722,50 @@ func TestLease(t *testing.T) {
 	var c config
 	if err := e.o.objs.Config.Lookup(uint32(0), &c); err != nil || c.PuntIfindex != uint32(e.kern) {
 		t.Errorf("config %+v, %v: punt ifindex lost", c, err)
+	}
+}
+
+func TestPodAttachedClearAndMetrics(t *testing.T) {
+	e := newProgEnv(t)
+	attached := func(ifindex int) bool {
+		t.Helper()
+		var ok bool
+		err := e.ns.Do(func() error {
+			var err error
+			ok, err = e.o.PodAttached(ifindex)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if err := e.ns.Do(func() error { return e.o.AttachPod(e.podA) }); err != nil {
+		t.Fatal(err)
+	}
+	if !attached(e.podA) || attached(e.podB) {
+		t.Errorf("PodAttached: A %v, B %v; want true, false", attached(e.podA), attached(e.podB))
+	}
+	if err := e.ns.Do(func() error { return e.o.DetachPod(e.podA) }); err != nil {
+		t.Fatal(err)
+	}
+	if attached(e.podA) {
+		t.Error("PodAttached after DetachPod")
+	}
+	for i := range 3 {
+		f, _ := e.peerFlow(v4A, v4B, ProtoUDP, uint16(1000+i), 53, uint32(i))
+		e.install(t, f)
+	}
+	if n, err := e.o.Clear(); n != 3 || err != nil {
+		t.Errorf("Clear() = %d, %v; want 3", n, err)
+	}
+	left := 0
+	if err := e.o.Range(func(Key, Value) bool { left++; return true }); err != nil || left != 0 {
+		t.Errorf("%d flows left after Clear (%v)", left, err)
+	}
+	// One series per action, per reason for punts and passes, and the
+	// redirect errors.
+	if n := testutil.CollectAndCount(NewCollector(e.o)); n != 3+2*int(NumReasons)+1 {
+		t.Errorf("collector: %d series", n)
 	}
 }
