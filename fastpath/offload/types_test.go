@@ -273,3 +273,30 @@ func TestGenerateVersion(t *testing.T) {
 		t.Errorf("gen.go runs bpf2go %s, go.mod has cilium/ebpf %s", g[1], m[1])
 	}
 }
+
+func TestPrepareBPFFS(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (mount)")
+	}
+	base := t.TempDir()
+	dir := base + "/bpf/podgate"
+	unmount, err := PrepareBPFFS(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if unmount == nil {
+		t.Fatal("no bpffs was mounted on a temporary directory")
+	}
+	t.Cleanup(func() { _ = unmount() })
+	if err := (Config{MaxFlows: 1, PinDir: dir}).Validate(); err != nil {
+		t.Errorf("the prepared directory is not a pin directory: %v", err)
+	}
+	// A second time, the bpffs is there: nothing to unmount.
+	again, err := PrepareBPFFS(dir)
+	if err != nil || again != nil {
+		t.Errorf("PrepareBPFFS on a bpffs = %v, %v; want nil, nil", again != nil, err)
+	}
+	if err := unmount(); err != nil {
+		t.Error(err)
+	}
+}
