@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/podgate/podgate/fastpath"
 	"github.com/podgate/podgate/fastpath/conntrack"
 	"github.com/podgate/podgate/fastpath/node"
+	"github.com/podgate/podgate/fastpath/offload"
 	"github.com/podgate/podgate/fastpath/xsk"
 	"github.com/podgate/podgate/k8swatch"
 	"github.com/podgate/podgate/policy"
@@ -40,6 +42,8 @@ type agentConfig struct {
 	KeepEstablished bool
 	ReversePickup   time.Duration
 	CutReset        bool
+	Offload         string
+	BPFDir          string
 	BusyPoll        time.Duration
 	RingSize        int
 	MaxConns        int
@@ -70,6 +74,12 @@ func (c *agentConfig) validate() error {
 	}
 	if c.RingSize != 0 && (c.RingSize < 64 || c.RingSize > 1<<16 || c.RingSize&(c.RingSize-1) != 0) {
 		errs = append(errs, fmt.Errorf("--xsk-ring-size %d: must be a power of two in [64, 65536]", c.RingSize))
+	}
+	if c.Offload != "tc" && c.Offload != "none" {
+		errs = append(errs, fmt.Errorf("--offload %q: want tc or none", c.Offload))
+	}
+	if c.BPFDir == "" {
+		errs = append(errs, errors.New("--bpf-dir: required"))
 	}
 	if c.ConntrackMax < 1024 {
 		errs = append(errs, fmt.Errorf("--conntrack-max %d: must be at least 1024", c.ConntrackMax))
@@ -126,6 +136,8 @@ their connectivity, without enforcement.`,
 	f.BoolVar(&cfg.AllowNodeToPod, "allow-node-to-pod", true, "let the node's own addresses reach its pods whatever their policies (kubelet probes)")
 	f.BoolVar(&cfg.KeepEstablished, "keep-established", false, "keep connections that a new policy would deny (default: cut them)")
 	f.DurationVar(&cfg.ReversePickup, "reverse-pickup", 2*time.Minute, "after a start, how long TCP connections that were open across a restart are picked up from a segment without SYN (judged from client to server, whichever end sent it); later such segments are dropped; 0 disables")
+	f.StringVar(&cfg.Offload, "offload", "tc", "tc: established flows the fastpath allowed are forwarded by the kernel (TC programs and a BPF flow table the fastpath programs); none: every packet goes through the fastpath (for comparison)")
+	f.StringVar(&cfg.BPFDir, "bpf-dir", "/sys/fs/bpf", "a bpffs (one is mounted if it is not) where the agent pins its TC programs and maps in podgate/, so that a crashed agent's node keeps failing closed")
 	f.BoolVar(&cfg.CutReset, "cut-reset", true, "answer segments of TCP connections that a policy change cut with a reset, so applications fail at once instead of retransmitting (new connections that policy denies are always dropped silently)")
 	f.DurationVar(&cfg.BusyPoll, "busy-poll", 0, "keep polling for this long after the last frame instead of sleeping (lower latency, a CPU kept busy while traffic flows)")
 	f.IntVar(&cfg.RingSize, "xsk-ring-size", xsk.DefaultRingSize, "descriptors per AF_XDP ring and frames posted for receiving per port; each port's UMEM is twice this many 2 KiB frames (deeper rings absorb longer worker stalls at the cost of memory)")
@@ -154,8 +166,44 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 	}
 	defer lock.Release()
 
+	// The kernel half of the data path. Programs and maps are pinned, so
+	// that the node stays closed if the agent dies (a new agent takes
+	// them over); a previous run's flows are forgotten: their verdicts
+	// and counter slots mean nothing to this run.
+	pinDir := filepath.Join(cfg.BPFDir, "podgate")
+	unmountBPF, err := offload.PrepareBPFFS(pinDir)
+	if err != nil {
+		return err
+	}
+	kern, err := offload.Open(offload.Config{MaxFlows: cfg.ConntrackMax, PinDir: pinDir})
+	if err != nil {
+		return errors.Join(err, unmountIf(unmountBPF))
+	}
+	restored := false
+	defer func() {
+		if restored {
+			// The node is back to the kernel: nothing of ours may stay.
+			if err := kern.Unpin(); err != nil {
+				logger.Error("unpin offload", "err", err)
+			}
+		}
+		if err := kern.Close(); err != nil {
+			logger.Error("close offload", "err", err)
+		}
+		if restored {
+			if err := unmountIf(unmountBPF); err != nil {
+				logger.Error("unmount bpffs", "err", err)
+			}
+		}
+	}()
+	if n, err := kern.Clear(); err != nil {
+		return err
+	} else if n > 0 {
+		logger.Info("forgot the previous run's offloaded flows", "flows", n)
+	}
+
 	store := &policy.Store{}
-	engine, err := fastpath.New(fastpath.Config{
+	ecfg := fastpath.Config{
 		Store:           store,
 		Conntrack:       conntrack.Config{Capacity: cfg.ConntrackMax},
 		AllowNodeToPod:  cfg.AllowNodeToPod,
@@ -163,18 +211,23 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 		ReversePickup:   reversePickup(cfg.ReversePickup),
 		CutReset:        cfg.CutReset,
 		BusyPoll:        cfg.BusyPoll,
-	})
+	}
+	if cfg.Offload == "tc" {
+		ecfg.Offload = node.KernelFlows(kern, cfg.ConntrackMax)
+	}
+	engine, err := fastpath.New(ecfg)
 	if err != nil {
 		return err
 	}
 	nd, err := node.New(node.Config{
 		Engine:          engine,
+		Offload:         kern,
 		GatewayLink:     cfg.GatewayLink,
 		KernelLink:      cfg.KernelLink,
 		StateDir:        cfg.StateDir,
 		Lock:            lock,
 		AttachMode:      xsk.Native,
-		Socket:          xsk.Config{RingSize: cfg.RingSize, NumFrames: 2 * cfg.RingSize},
+		KernelSocket:    xsk.Config{RingSize: cfg.RingSize, NumFrames: 2 * cfg.RingSize},
 		InterfacePrefix: cfg.InterfacePrefix,
 		// Standalone, the node's own addresses are those of this host;
 		// with the API they come from the Node object.
@@ -270,6 +323,7 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 		newBuildInfo(),
 		fastpath.NewCollector(engine, store, flows),
 		node.NewCollector(nd),
+		offload.NewCollector(kern),
 		k8swatch.NewCollector(src),
 		rebuilds,
 	)
@@ -289,7 +343,11 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 	if startInformers != nil {
 		startInformers()
 	}
-	g.Go(func() error { return nd.Run(gctx) })
+	g.Go(func() error {
+		err := nd.Run(gctx)
+		restored = err == nil
+		return err
+	})
 	g.Go(func() error { return flows.Run(gctx) })
 	g.Go(func() error { return srv.Serve(gctx) })
 	logger.Info("agent started", "metricsAddr", srv.metricsLn.Addr().String(), "healthAddr", srv.healthLn.Addr().String(),
@@ -301,6 +359,13 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 	}
 	logger.Info("agent stopped", "err", err)
 	return err
+}
+
+func unmountIf(unmount func() error) error {
+	if unmount == nil {
+		return nil
+	}
+	return unmount()
 }
 
 // reversePickup maps the flag (0 disables) to the engine's setting (0

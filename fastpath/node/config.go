@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/podgate/podgate/fastpath"
+	"github.com/podgate/podgate/fastpath/offload"
 	"github.com/podgate/podgate/fastpath/xsk"
 )
 
@@ -21,6 +22,14 @@ const (
 	// quiet before it reconciles.
 	DefaultDebounce = 50 * time.Millisecond
 )
+
+// DefaultPodSocket sizes the socket of a pod port: it only transmits
+// (what the engine sends to the pod), so 256 frames of 2 KiB, 512 KiB of
+// UMEM, and one frame posted for receiving (which never happens: no XDP
+// program redirects to it).
+func DefaultPodSocket() xsk.Config {
+	return xsk.Config{NumFrames: 256, RingSize: 256, FillFrames: 1}
+}
 
 // maxIfNameLen is the longest interface name the kernel accepts.
 const maxIfNameLen = 15
@@ -47,14 +56,24 @@ type Config struct {
 	// else). If nil, [Node.Run] takes it itself for its duration and fails
 	// with [ErrLocked], touching nothing, if another process holds it.
 	Lock *Lock
-	// AttachMode is the XDP attach mode (default [xsk.Native], which veth
-	// needs to keep frames within a UMEM frame; see package xsk).
+	// Offload is the kernel half of the data path (required): the Node
+	// attaches its pod_ingress program to every pod veth, which forwards
+	// the flows the engine offloaded and punts every other frame of the
+	// pod to the kernel leg, and its kernel_egress program to the kernel
+	// end of the kernel leg. The engine receives everything on the kernel
+	// port; pod ports only transmit.
+	Offload *offload.Offload
+	// AttachMode is the XDP attach mode of the kernel port's program
+	// (default [xsk.Native], which veth needs to keep frames within a UMEM
+	// frame; see package xsk).
 	AttachMode xsk.AttachMode
-	// Socket sizes the AF_XDP socket of each pod port; Ifindex and QueueID
-	// are filled per port. Zero fields take the xsk defaults.
+	// Socket sizes the transmit-only AF_XDP socket of each pod port;
+	// Ifindex and QueueID are filled per port. The zero value means
+	// [DefaultPodSocket]; zero fields of another value take the xsk
+	// defaults.
 	Socket xsk.Config
-	// KernelSocket sizes the kernel port's socket, which carries all the
-	// traffic between pods and the rest of the world; zero means Socket.
+	// KernelSocket sizes the kernel port's socket, which receives every
+	// frame the engine handles; zero fields take the xsk defaults.
 	KernelSocket xsk.Config
 	// InterfacePrefix, if set, limits pod ports to veths whose name starts
 	// with it (for example "cali", "veth", "azv").
@@ -87,8 +106,8 @@ func (c Config) WithDefaults() Config {
 	if c.AttachMode == 0 {
 		c.AttachMode = xsk.Native
 	}
-	if c.KernelSocket == (xsk.Config{}) {
-		c.KernelSocket = c.Socket
+	if c.Socket == (xsk.Config{}) {
+		c.Socket = DefaultPodSocket()
 	}
 	c.Socket = c.Socket.WithDefaults()
 	c.KernelSocket = c.KernelSocket.WithDefaults()
@@ -110,6 +129,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.Engine == nil {
 		errs = append(errs, errors.New("engine: required"))
+	}
+	if c.Offload == nil {
+		errs = append(errs, errors.New("offload: required"))
 	}
 	for _, l := range []struct{ field, name string }{{"gateway link", c.GatewayLink}, {"kernel link", c.KernelLink}} {
 		if l.name == "" || len(l.name) > maxIfNameLen {

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podgate/podgate/fastpath"
+	"github.com/podgate/podgate/fastpath/offload"
 	"github.com/podgate/podgate/fastpath/xsk"
 	"github.com/podgate/podgate/policy"
 )
@@ -154,9 +155,11 @@ func TestConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := Config{Engine: e}.WithDefaults()
+	// Validate only checks that an Offload is given; it opens nothing.
+	c := Config{Engine: e, Offload: new(offload.Offload)}.WithDefaults()
 	if c.GatewayLink != "pgw0" || c.KernelLink != "pgk0" || c.StateDir != "/run/podgate" ||
-		c.AttachMode != xsk.Native || c.Socket.FrameSize != xsk.DefaultFrameSize || c.Logger == nil {
+		c.AttachMode != xsk.Native || c.Socket.FrameSize != xsk.DefaultFrameSize || c.Socket.NumFrames != 256 ||
+		c.Socket.FillFrames != 1 || c.KernelSocket.NumFrames != xsk.DefaultNumFrames || c.Logger == nil {
 		t.Errorf("defaults: %+v", c)
 	}
 	if err := c.Validate(); err != nil {
@@ -164,7 +167,7 @@ func TestConfig(t *testing.T) {
 	}
 	bad := Config{GatewayLink: "x", KernelLink: "x", AttachMode: 7, Socket: xsk.Config{FrameSize: 1000}}.WithDefaults()
 	err = bad.Validate()
-	for _, want := range []string{"engine", "both \"x\"", "attach mode", "frame size"} {
+	for _, want := range []string{"engine", "offload", "both \"x\"", "attach mode", "frame size"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate() = %v, want an error about %s", err, want)
 		}

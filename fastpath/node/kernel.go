@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podgate/podgate/fastpath"
+	"github.com/podgate/podgate/fastpath/offload"
 	"github.com/podgate/podgate/fastpath/xsk"
 )
 
@@ -65,9 +66,14 @@ func (n *Node) ensureKernelLeg(ctx context.Context, snap *snapshot) (bool, error
 	if err := n.ensureLinkLocal(k); err != nil {
 		return false, err
 	}
+	if gw, err := n.unmarkMAC(gw); err != nil {
+		return false, err
+	} else {
+		snap.byName[n.cfg.GatewayLink] = gw
+	}
 	gwIdx, kIdx := gw.Attrs().Index, k.Attrs().Index
 	if kp := n.kernel; kp != nil {
-		if kp.gwIndex == gwIdx && kp.kIndex == kIdx && kp.added && n.xdpIntact(gwIdx, kp.prog) {
+		if kp.gwIndex == gwIdx && kp.kIndex == kIdx && kp.added && n.xdpIntact(gwIdx, kp.prog) && kp.tcAttached {
 			n.mu.Lock()
 			kp.mtu = max(mtu, k.Attrs().MTU)
 			n.mu.Unlock()
@@ -89,7 +95,7 @@ func (n *Node) ensureKernelLeg(ctx context.Context, snap *snapshot) (bool, error
 	}
 	spec := fastpath.PortSpec{
 		Name: n.cfg.GatewayLink, Kind: fastpath.KernelPort, Port: x.sock,
-		MAC: mac6(kp.gwMAC), PeerMAC: mac6(kp.kMAC),
+		MAC: mac6(kp.gwMAC), PeerMAC: mac6(kp.kMAC), Ifindex: kIdx,
 	}
 	if err := n.cfg.Engine.AddPort(ctx, spec); err != nil {
 		_ = n.detach(gwIdx, x, n.cfg.GatewayLink)
@@ -97,6 +103,12 @@ func (n *Node) ensureKernelLeg(ctx context.Context, snap *snapshot) (bool, error
 		return false, fmt.Errorf("add kernel port %s: %w", n.cfg.GatewayLink, err)
 	}
 	kp.added = true
+	// Only now that the engine receives on pgw0 may pod_ingress punt
+	// there (and kernel_egress forward the kernel's packets to pods).
+	if err := n.cfg.Offload.AttachKernel(kIdx); err != nil {
+		return false, errors.Join(fmt.Errorf("attach kernel_egress to %s: %w", n.cfg.KernelLink, err), n.releaseKernelPort(ctx, kp))
+	}
+	kp.tcAttached = true
 	n.mu.Lock()
 	n.kernel = kp
 	n.mu.Unlock()
@@ -226,13 +238,51 @@ func eui64LinkLocal(mac net.HardwareAddr) netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
-// releaseKernel detaches the kernel port's program, takes the port out of
-// the engine and closes its socket.
+// unmarkMAC gives the gateway end of the kernel leg a new MAC if its MAC
+// starts with the punt marker's bytes, which would make the engine take
+// the kernel's frames to it for punted frames of a pod.
+func (n *Node) unmarkMAC(gw netlink.Link) (netlink.Link, error) {
+	mac := gw.Attrs().HardwareAddr
+	if len(mac) != 6 {
+		return gw, nil
+	}
+	if _, punted := offload.PuntedFrom([6]byte(mac)); !punted {
+		return gw, nil
+	}
+	fresh := slices.Clone(mac)
+	fresh[0], fresh[1] = 0x02, 0x50
+	if err := n.h.LinkSetHardwareAddr(gw, fresh); err != nil {
+		return nil, fmt.Errorf("change MAC of %s (it looks like the punt marker): %w", n.cfg.GatewayLink, err)
+	}
+	l, err := n.h.LinkByIndex(gw.Attrs().Index)
+	if err != nil {
+		return nil, fmt.Errorf("find link %s: %w", n.cfg.GatewayLink, err)
+	}
+	return l, nil
+}
+
+// releaseKernel unsets the punt interface and detaches kernel_egress (pod
+// frames that no offloaded flow takes go to the kernel unchecked from
+// then on: only for a graceful stop, after the pods' routes went back),
+// then releases the kernel port.
 func (n *Node) releaseKernel(ctx context.Context) error {
 	kp := n.kernel
 	if kp == nil {
 		return nil
 	}
+	var err error
+	if kp.tcAttached {
+		if derr := n.cfg.Offload.DetachKernel(); derr != nil {
+			err = fmt.Errorf("detach kernel_egress: %w", derr)
+		}
+		kp.tcAttached = false
+	}
+	return errors.Join(err, n.releaseKernelPort(ctx, kp))
+}
+
+// releaseKernelPort detaches the kernel port's XDP program, takes the port
+// out of the engine and closes its socket.
+func (n *Node) releaseKernelPort(ctx context.Context, kp *kernelPort) error {
 	err := n.detach(kp.gwIndex, kp.xskPort, n.cfg.GatewayLink)
 	if kp.added {
 		if rerr := engineErr(n.cfg.Engine.RemovePort(ctx, n.cfg.GatewayLink)); rerr != nil {
@@ -309,6 +359,9 @@ func (n *Node) restore(ctx context.Context) error {
 		if l, err := n.h.LinkByIndex(a.ifindex); err == nil && l.Attrs().Name == a.name {
 			if _, err := xsk.RemoveStale(a.ifindex); err != nil {
 				errs = append(errs, fmt.Errorf("remove stale xdp from %s: %w", a.name, err))
+			}
+			if err := n.cfg.Offload.DetachPod(a.ifindex); err != nil {
+				errs = append(errs, fmt.Errorf("remove stale pod_ingress from %s: %w", a.name, err))
 			}
 		}
 	}

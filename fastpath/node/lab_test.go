@@ -18,14 +18,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	ebpflink "github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
+	"golang.org/x/net/ipv4"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podgate/podgate/fastpath"
 	"github.com/podgate/podgate/fastpath/conntrack"
 	"github.com/podgate/podgate/fastpath/node"
+	"github.com/podgate/podgate/fastpath/offload"
 	"github.com/podgate/podgate/fastpath/xsk"
 	"github.com/podgate/podgate/internal/netns"
 	"github.com/podgate/podgate/policy"
@@ -51,6 +54,8 @@ type lab struct {
 	node     *netns.Namespace
 	nh       *netlink.Handle
 	stateDir string
+	// bpfDir is where the Nodes' offloads pin (a bpffs of the test's own).
+	bpfDir string
 	// dynamicGateway makes new pods resolve their gateway with ARP/NDP.
 	dynamicGateway bool
 
@@ -70,6 +75,18 @@ func newLab(t *testing.T) *lab {
 	t.Helper()
 	l := &lab{t: t, node: netns.NewForTest(t, "pgnode"), stateDir: t.TempDir(), pods: map[string]*labPod{}}
 	l.nh = netns.HandleForTest(t, l.node)
+	l.bpfDir = t.TempDir() + "/bpf/podgate"
+	unmount, err := offload.PrepareBPFFS(l.bpfDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if unmount != nil {
+		t.Cleanup(func() {
+			if err := unmount(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
 	for _, kv := range [][2]string{
 		{"net.ipv4.ip_forward", "1"},
 		{"net.ipv6.conf.all.forwarding", "1"},
@@ -249,6 +266,48 @@ func (l *lab) xdp(name string) xsk.XDPState {
 	return st
 }
 
+// tcx returns the programs on the TCX ingress of a link of the node.
+func (l *lab) tcx(name string) []ebpf.ProgramID {
+	l.t.Helper()
+	link, err := l.nh.LinkByName(name)
+	if err != nil {
+		l.t.Fatalf("find link %s: %v", name, err)
+	}
+	var ids []ebpf.ProgramID
+	if err := l.node.Do(func() error {
+		res, err := ebpflink.QueryPrograms(ebpflink.QueryOptions{Target: link.Attrs().Index, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return err
+		}
+		for _, p := range res.Programs {
+			ids = append(ids, p.ID)
+		}
+		return nil
+	}); err != nil {
+		l.t.Fatal(err)
+	}
+	return ids
+}
+
+// openOffload opens an offload pinned in the lab's bpffs, closed (and,
+// after a graceful stop of the Node, unpinned) in cleanup.
+func (l *lab) openOffload() *offload.Offload {
+	l.t.Helper()
+	o, err := offload.Open(offload.Config{MaxFlows: 4096, PinDir: l.bpfDir})
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	if _, err := o.Clear(); err != nil {
+		l.t.Fatal(err)
+	}
+	l.t.Cleanup(func() {
+		if err := o.Close(); err != nil {
+			l.t.Error(err)
+		}
+	})
+	return o
+}
+
 // linkExists reports whether the node has a link with the name.
 func (l *lab) linkExists(name string) bool {
 	_, err := l.nh.LinkByName(name)
@@ -352,6 +411,7 @@ func (l *lab) startNode(e *fastpath.Engine, tweak func(*node.Config)) *runningNo
 	l.t.Helper()
 	cfg := node.Config{
 		Engine:         e,
+		Offload:        l.openOffload(),
 		StateDir:       l.stateDir,
 		Logger:         testLogger(l.t),
 		ResyncInterval: 2 * time.Second,
@@ -432,8 +492,8 @@ func (l *lab) expectPlumbed(rn *runningNode, p *labPod) {
 				return fmt.Errorf("route to %v via %q", a, dev)
 			}
 		}
-		if st := l.xdp(p.hostIf); st.Native == 0 {
-			return fmt.Errorf("no native XDP on %s", p.hostIf)
+		if len(l.tcx(p.hostIf)) == 0 {
+			return fmt.Errorf("no pod_ingress on %s", p.hostIf)
 		}
 		return nil
 	})
@@ -470,6 +530,9 @@ func (l *lab) expectRestored(pods ...*labPod) {
 		if st := l.xdp(link.Attrs().Name); st != (xsk.XDPState{}) {
 			l.t.Errorf("link %s still has XDP %+v", link.Attrs().Name, st)
 		}
+		if ids := l.tcx(link.Attrs().Name); len(ids) != 0 {
+			l.t.Errorf("link %s still has TCX programs %v", link.Attrs().Name, ids)
+		}
 	}
 	for _, name := range []string{node.DefaultGatewayLink, node.DefaultKernelLink} {
 		if l.linkExists(name) {
@@ -504,7 +567,7 @@ func (l *lab) startAgent(pods ...*labPod) *agent {
 		spec = append(spec, p.name+"="+strings.Join(ips, "+"))
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), agentEnv+"="+strings.Join(spec, ","), "PODGATE_NODE_TEST_STATE="+l.stateDir)
+	cmd.Env = append(os.Environ(), agentEnv+"="+strings.Join(spec, ","), "PODGATE_NODE_TEST_STATE="+l.stateDir, "PODGATE_NODE_TEST_BPF="+l.bpfDir)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -570,8 +633,15 @@ func runAgent() int {
 	ectx, ecancel := context.WithCancel(context.Background())
 	defer ecancel()
 	go func() { _ = e.Run(ectx) }()
+	o, err := offload.Open(offload.Config{MaxFlows: 4096, PinDir: os.Getenv("PODGATE_NODE_TEST_BPF")})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer o.Close()
 	n, err := node.New(node.Config{
 		Engine:   e,
+		Offload:  o,
 		StateDir: os.Getenv("PODGATE_NODE_TEST_STATE"),
 		Logger:   slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
@@ -655,30 +725,26 @@ func (l *lab) routeMTU(a netip.Addr) int {
 	return rs[0].MTU
 }
 
-// watchUnchecked floods UDP from the pod to the node and counts, with a
-// packet socket on the pod's host end, the pod's frames that reach the
-// node's kernel stack directly: frames an XDP program redirects to a
-// socket, or drops, never get there. It runs until the returned function
-// is called, which returns the frames sent and the frames seen unchecked.
+// watchUnchecked floods UDP from the pod to port 9 of the node's address
+// to, and counts the datagrams that reach the node's stack through the
+// pod's veth, which only unchecked frames do (checked ones come from the
+// kernel leg): a UDP socket in the node namespace reads each datagram's
+// arrival interface. It runs until the returned function is called, which
+// returns the datagrams sent and those that arrived unchecked.
 func (l *lab) watchUnchecked(p *labPod, to netip.Addr) func() (sent, unchecked int) {
 	l.t.Helper()
 	link, err := l.nh.LinkByName(p.hostIf)
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	const ethPAll = 0x0300 // htons(ETH_P_ALL)
-	var fd int
+	var pc *ipv4.PacketConn
 	if err := l.node.Do(func() error {
-		var err error
-		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, ethPAll)
+		c, err := net.ListenPacket("udp4", netip.AddrPortFrom(to, 9).String())
 		if err != nil {
 			return err
 		}
-		tv := unix.NsecToTimeval(int64(20 * time.Millisecond))
-		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-			return err
-		}
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: ethPAll, Ifindex: link.Attrs().Index})
+		pc = ipv4.NewPacketConn(c)
+		return pc.SetControlMessage(ipv4.FlagInterface, true)
 	}); err != nil {
 		l.t.Fatal(err)
 	}
@@ -709,11 +775,9 @@ func (l *lab) watchUnchecked(p *labPod, to netip.Addr) func() (sent, unchecked i
 		defer wg.Done()
 		buf := make([]byte, 2048)
 		for !stop.Load() {
-			_, from, err := unix.Recvfrom(fd, buf, 0)
-			if err != nil {
-				continue
-			}
-			if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype != unix.PACKET_OUTGOING {
+			_ = pc.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			_, cm, _, err := pc.ReadFrom(buf)
+			if err == nil && cm != nil && cm.IfIndex == link.Attrs().Index {
 				seen.Add(1)
 			}
 		}
@@ -724,7 +788,7 @@ func (l *lab) watchUnchecked(p *labPod, to netip.Addr) func() (sent, unchecked i
 			stop.Store(true)
 			wg.Wait()
 			conn.Close()
-			unix.Close(fd)
+			pc.Close()
 		})
 		return int(sent.Load()), int(seen.Load())
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/podgate/podgate/fastpath/node"
+	"github.com/podgate/podgate/fastpath/offload"
 	"github.com/podgate/podgate/policy"
 )
 
@@ -56,7 +57,7 @@ func TestConfigLockForOtherDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lock.Release()
-	_, err = node.New(node.Config{Engine: newEngine(t, &policy.Store{}), StateDir: t.TempDir(), Lock: lock})
+	_, err = node.New(node.Config{Engine: newEngine(t, &policy.Store{}), Offload: new(offload.Offload), StateDir: t.TempDir(), Lock: lock})
 	if err == nil || !strings.Contains(err.Error(), "not for state dir") {
 		t.Errorf("New with a lock of another dir: %v", err)
 	}
@@ -74,7 +75,7 @@ func TestRunLockedTouchesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Release()
-	n, err := node.New(node.Config{Engine: newEngine(t, &policy.Store{}), StateDir: l.stateDir, Logger: testLogger(t)})
+	n, err := node.New(node.Config{Engine: newEngine(t, &policy.Store{}), Offload: l.openOffload(), StateDir: l.stateDir, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/podgate/podgate/fastpath"
+	"github.com/podgate/podgate/fastpath/offload"
 	"github.com/podgate/podgate/policy"
 )
 
@@ -16,7 +17,7 @@ func TestCollectorLint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := New(Config{Engine: e})
+	n, err := New(Config{Engine: e, Offload: new(offload.Offload)})
 	if err != nil {
 		t.Fatal(err)
 	}

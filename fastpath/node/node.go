@@ -75,9 +75,9 @@ type podPort struct {
 	mac     net.HardwareAddr
 	peerMAC net.HardwareAddr // the pod's eth0, nil if unknown
 	mtu     int
-	xskPort
-	ips   []netip.Addr // sorted; the engine's PodIPs while added
-	added bool         // in the engine
+	sock    *xsk.Socket  // transmit-only
+	ips     []netip.Addr // sorted; the engine's PodIPs while added
+	added   bool         // in the engine
 }
 
 // kernelPort is the gateway end of the kernel leg.
@@ -87,6 +87,9 @@ type kernelPort struct {
 	mtu             int
 	xskPort
 	added bool
+	// tcAttached: kernel_egress runs on the kernel end, which is the punt
+	// interface.
+	tcAttached bool
 }
 
 // PortInfo describes a port for metrics and status.

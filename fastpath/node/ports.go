@@ -16,17 +16,30 @@ import (
 	"github.com/podgate/podgate/fastpath/xsk"
 )
 
-// openPort opens the AF_XDP socket on queue 0 of a pod veth and attaches
-// the XDP program redirecting to it (see openXSK).
+// openPort sets up the port of a pod veth: a transmit-only AF_XDP socket
+// on its queue 0 (what the engine sends to the pod), then the offload's
+// pod_ingress program on its TCX ingress, from which on every frame of the
+// pod goes either on an offloaded flow or to the engine (punted to the
+// kernel leg). A podgate XDP program left by an earlier version is
+// removed first. On failure nothing of it is left.
 func (n *Node) openPort(l netlink.Link) (*podPort, error) {
 	a := l.Attrs()
-	x, err := n.openXSK(a.Index, n.cfg.Socket)
+	if _, err := xsk.RemoveStale(a.Index); err != nil && !errors.Is(err, xsk.ErrAttached) {
+		return nil, fmt.Errorf("set up port %s: %w", a.Name, err)
+	}
+	cfg := n.cfg.Socket
+	cfg.Ifindex, cfg.QueueID = a.Index, 0
+	sock, err := xsk.Open(cfg)
 	if err != nil {
+		return nil, fmt.Errorf("set up port %s: %w", a.Name, err)
+	}
+	if err := n.cfg.Offload.AttachPod(a.Index); err != nil {
+		_ = sock.Close()
 		return nil, fmt.Errorf("set up port %s: %w", a.Name, err)
 	}
 	p := &podPort{
 		name: a.Name, ifindex: a.Index, mac: slices.Clone(a.HardwareAddr), mtu: a.MTU,
-		peerMAC: n.peerMAC(l), xskPort: x,
+		peerMAC: n.peerMAC(l), sock: sock,
 	}
 	n.mu.Lock()
 	n.ports[a.Index] = p
@@ -34,7 +47,7 @@ func (n *Node) openPort(l netlink.Link) (*podPort, error) {
 	return p, nil
 }
 
-// xskPort is the socket and XDP program of one interface.
+// xskPort is the socket and XDP program of the kernel port.
 type xskPort struct {
 	sock *xsk.Socket
 	prog *xsk.Program
@@ -90,6 +103,7 @@ func (p *podPort) spec(ips []netip.Addr) fastpath.PortSpec {
 	return fastpath.PortSpec{
 		Name: p.name, Kind: fastpath.PodPort, Port: p.sock,
 		MAC: mac6(p.mac), PeerMAC: mac6(p.peerMAC), PodIPs: slices.Clone(ips),
+		Ifindex: p.ifindex, TxOnly: true,
 	}
 }
 
@@ -107,7 +121,7 @@ func (n *Node) setAdded(p *podPort, added bool, ips []netip.Addr) {
 
 // closePort detaches and closes a port that is not in the engine.
 func (n *Node) closePort(p *podPort) error {
-	err := n.detach(p.ifindex, p.xskPort, p.name)
+	err := n.detachPod(p)
 	n.mu.Lock()
 	if cerr := p.sock.Close(); cerr != nil {
 		err = errors.Join(err, fmt.Errorf("close socket of %s: %w", p.name, cerr))
@@ -118,12 +132,12 @@ func (n *Node) closePort(p *podPort) error {
 	return err
 }
 
-// releasePort takes a port out: XDP program detached first (the pod's
-// frames go to the kernel again, nothing waits in a socket nobody
-// reads), then out of the engine, then the socket closed. Routes are not
-// touched.
+// releasePort takes a port out: pod_ingress detached first (the pod's
+// frames go to the kernel again), then out of the engine (which takes the
+// pod's flows out of the kernel's table), then the socket closed. Routes
+// are not touched.
 func (n *Node) releasePort(ctx context.Context, p *podPort) error {
-	err := n.detach(p.ifindex, p.xskPort, p.name)
+	err := n.detachPod(p)
 	if p.added {
 		if rerr := engineErr(n.cfg.Engine.RemovePort(ctx, p.name)); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("remove port %s: %w", p.name, rerr))
@@ -142,7 +156,16 @@ func (n *Node) releasePort(ctx context.Context, p *podPort) error {
 	return err
 }
 
-// detach detaches and closes the port's program. If detaching fails
+// detachPod detaches pod_ingress from a pod port's veth; a veth that is
+// gone took it with it.
+func (n *Node) detachPod(p *podPort) error {
+	if err := n.cfg.Offload.DetachPod(p.ifindex); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("detach pod_ingress from %s: %w", p.name, err)
+	}
+	return nil
+}
+
+// detach detaches and closes the kernel port's program. If detaching fails
 // (someone replaced it, or netlink failed), or the program replaced a
 // stale one, any podgate program is removed from the interface, so a
 // closed socket never leaves the pod cut off.

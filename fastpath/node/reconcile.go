@@ -254,10 +254,10 @@ func (n *Node) reconcilePods(ctx context.Context, snap *snapshot) error {
 			// fit). Its routes stay on the kernel leg meanwhile.
 			n.log.Info("pod veth MTU changed; setting the port up again", "port", p.name, "old", p.mtu, "new", l.Attrs().MTU)
 			errs = append(errs, n.releasePort(ctx, p))
-		case !n.xdpIntact(p.ifindex, p.prog):
+		case !n.podIntact(p):
 			// Its routes stay on the kernel leg; step 3 opens the port
 			// again (or gives the veth back to the kernel).
-			n.log.Warn("XDP program of port replaced or removed; setting the port up again", "port", p.name)
+			n.log.Warn("pod_ingress program of port removed; setting the port up again", "port", p.name)
 			errs = append(errs, n.releasePort(ctx, p))
 		default:
 			peer := n.peerMAC(l)
@@ -521,6 +521,9 @@ func (n *Node) abandon(l netlink.Link, ips []netip.Addr, pr podRoutes, want map[
 	if _, err := xsk.RemoveStale(idx); err != nil {
 		errs = append(errs, fmt.Errorf("remove stale xdp from %s: %w", l.Attrs().Name, err))
 	}
+	if err := n.cfg.Offload.DetachPod(idx); err != nil {
+		errs = append(errs, fmt.Errorf("remove stale pod_ingress from %s: %w", l.Attrs().Name, err))
+	}
 	return errors.Join(errs...)
 }
 
@@ -539,10 +542,22 @@ func (n *Node) portFailed(name string, err error) {
 
 func (n *Node) portOK(name string) { delete(n.failures, name) }
 
-// sweepStale removes podgate programs left by a crashed run from veths
-// that did not become ports (their pods are gone from the state file or
-// cannot be set up), so no pod stays cut off.
+// sweepStale removes podgate programs left by a crashed run (or an older
+// version's XDP programs) from veths that did not become ports (their pods
+// are gone from the state file or cannot be set up), so no pod stays cut
+// off.
 func (n *Node) sweepStale(snap *snapshot) {
+	pods, _ := n.cfg.Offload.Attachments()
+	for _, idx := range pods {
+		if n.ports[idx] != nil {
+			continue
+		}
+		if err := n.cfg.Offload.DetachPod(idx); err != nil {
+			n.log.Warn("detach stale pod_ingress", "ifindex", idx, "err", err)
+			continue
+		}
+		n.log.Info("detached stale pod_ingress program", "ifindex", idx)
+	}
 	for idx, l := range snap.links {
 		if !n.isVeth(l) || n.ports[idx] != nil {
 			continue
@@ -562,6 +577,12 @@ func (n *Node) sweepStale(snap *snapshot) {
 			n.log.Info("removed stale podgate xdp program", "link", l.Attrs().Name)
 		}
 	}
+}
+
+// podIntact reports whether the port's veth still runs pod_ingress.
+func (n *Node) podIntact(p *podPort) bool {
+	ok, err := n.cfg.Offload.PodAttached(p.ifindex)
+	return ok || err != nil // cannot tell: the next reconcile looks again
 }
 
 // xdpIntact reports whether prog is still the program attached to the

@@ -115,6 +115,11 @@ func (n *Node) StateDir() string {
 	return filepath.Join(n.lab.dir, "agent-state-"+n.name)
 }
 
+// BPFDir returns the --bpf-dir the lab gives the node's agent unless the
+// caller gives one: bpf-NODE in the lab's directory, where the agent
+// mounts a bpffs.
+func (n *Node) BPFDir() string { return filepath.Join(n.lab.dir, "bpf-"+n.name) }
+
 // StartAgent runs the podgate agent in the node's namespace as a child
 // process:
 //
@@ -163,6 +168,12 @@ func (n *Node) startLocked(ctx context.Context, binary string, args []string) er
 	)
 	if d := n.StateDir(); d != "" {
 		argv = append(argv, "--state-dir", d)
+	}
+	if !slices.ContainsFunc(args, func(a string) bool { return a == "--bpf-dir" || strings.HasPrefix(a, "--bpf-dir=") }) {
+		// Each node's agent pins its programs on a bpffs of its own in
+		// the lab's directory (the host's mount namespace is shared),
+		// which Close unmounts.
+		argv = append(argv, "--bpf-dir", n.BPFDir())
 	}
 	argv = append(argv, args...)
 	cmd := exec.Command(binary, argv...)

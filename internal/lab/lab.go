@@ -797,6 +797,9 @@ func (l *Lab) Close() error {
 			}
 		}
 		if l.dir != "" {
+			if err := unmountUnder(l.dir); err != nil {
+				errs = append(errs, err)
+			}
 			if err := os.RemoveAll(l.dir); err != nil {
 				errs = append(errs, fmt.Errorf("remove lab directory: %w", err))
 			}
