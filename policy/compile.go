@@ -18,6 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	npav1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
+	npav1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 // Cluster holds the objects a [Table] is compiled from. Compile reads them
@@ -34,6 +36,16 @@ type Cluster struct {
 	// their kubernetes.io/service-name label in their namespace.
 	Services       []*corev1.Service
 	EndpointSlices []*discoveryv1.EndpointSlice
+	// ClusterNetworkPolicies (policy.networking.k8s.io v1beta1; a v1alpha2
+	// object converts with [ClusterNetworkPolicyFromV1alpha2]) and the
+	// v1alpha1 AdminNetworkPolicies and BaselineAdminNetworkPolicies are
+	// the cluster policies of the Admin and Baseline tiers (optional).
+	ClusterNetworkPolicies       []*npav1beta1.ClusterNetworkPolicy
+	AdminNetworkPolicies         []*npav1alpha1.AdminNetworkPolicy
+	BaselineAdminNetworkPolicies []*npav1alpha1.BaselineAdminNetworkPolicy
+	// Nodes (optional) are what the nodes peers of cluster policies
+	// select: their labels and the IP addresses of their status.
+	Nodes []*corev1.Node
 }
 
 // ErrInvalid is wrapped by the errors [Compile] and [Load] return for
@@ -125,13 +137,18 @@ func CompileWith(c *Cluster, opts Options) (*Table, error) {
 	errs = append(errs, b.addServices(c.Services, c.EndpointSlices)...)
 	pols, perrs := b.defaultPolicies(c.Policies)
 	errs = append(errs, perrs...)
+	errs = append(errs, b.addNodes(c.Nodes)...)
+	cps, cerrs := b.clusterPolicies(c)
+	errs = append(errs, cerrs...)
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	if err := b.addPolicies(pols); err != nil {
 		return nil, err
 	}
+	b.addClusterPolicies(cps)
 	b.buildGroups()
+	b.buildTierGroups(cps)
 	t := b.t
 	t.namespaces = b.nsNames
 	t.stats.Namespaces = len(b.nsNames)
@@ -144,6 +161,9 @@ func CompileWith(c *Cluster, opts Options) (*Table, error) {
 	for _, g := range t.groups {
 		t.stats.Rules += len(g.rules)
 	}
+	t.stats.ClusterPolicies = len(t.clusterPolicies)
+	t.stats.ClusterRules = len(t.clusterRules)
+	t.stats.Nodes = len(b.nodes)
 	return t, nil
 }
 
@@ -169,6 +189,12 @@ type builder struct {
 
 	// compiled[p][dir] are the rules of policy p.
 	compiled [][2][]rule
+
+	nodes []nodeInfo
+	// cpSelected[p] are the identities cluster policy p selects,
+	// cpCompiled[p][dir] its rules.
+	cpSelected [][]int32
+	cpCompiled [][2][]clusterRule
 }
 
 func invalid(kind, ns, name string, err error) error {

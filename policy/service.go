@@ -96,32 +96,35 @@ func (t *Table) servicePort(dst netip.Addr, proto Protocol, port uint16) *svcPor
 	return nil
 }
 
-// decideService judges the egress of pod s (isolated for egress) to the
-// backends of sp: allowed only if every backend is.
+// decideService judges the egress of pod s (subject to egress policy) to
+// the backends of sp: allowed only if every backend is. The decision is
+// the first denial, or else the first backend's that is not the source
+// itself.
 func (t *Table) decideService(s int32, sp *svcPort, proto Protocol) Decision {
-	first := noRule
+	out := Decision{Reason: Loopback, Endpoint: s, Rule: noRule}
 	for i := range sp.backends {
 		b := &sp.backends[i]
 		d := t.decide(Egress, s, b.ep, b.addr, proto, b.port, b.ep)
-		switch d.Reason {
-		case Denied:
+		if !d.Allowed() {
 			return d
-		case AllowedByRule:
-			if first.Policy < 0 {
-				first = d.Rule
-			}
+		}
+		if out.Reason == Loopback {
+			out = d
 		}
 	}
-	if first.Policy < 0 {
-		// Every backend is the source itself.
-		return Decision{Reason: Loopback, Endpoint: s, Rule: noRule}
-	}
-	return Decision{Reason: AllowedByRule, Endpoint: s, Rule: first}
+	return out
+}
+
+// judgedOnBackends reports whether egress from pod s to a ClusterIP is
+// judged against the Service's backends: when some policy (a
+// NetworkPolicy or a cluster policy) governs the egress of s.
+func (t *Table) judgedOnBackends(s int32) bool {
+	return t.hot[s].groups[Egress] >= 0 || t.subjectOfTiers(s, Egress)
 }
 
 // egress decides the egress of pod s (>= 0) to dst, owned by pod d or -1.
 func (t *Table) egress(s, d int32, dst netip.Addr, proto Protocol, dport uint16) Decision {
-	if d < 0 && t.hot[s].groups[Egress] >= 0 {
+	if d < 0 && t.judgedOnBackends(s) {
 		if sp := t.servicePort(dst, proto, dport); sp != nil {
 			return t.decideService(s, sp, proto)
 		}
