@@ -175,10 +175,14 @@ var confMutations = map[string]map[string][]func(*confWorld){
 	},
 	"CNPAdminTierIntegration": {
 		"Should support a 'pass-ingress' policy for admin CNP and respect the match for network policy": {
-			func(w *confWorld) { w.cnp("pass-example").Spec.Ingress[0].Action = npav1beta1.ClusterNetworkPolicyRuleActionPass },
+			func(w *confWorld) {
+				w.cnp("pass-example").Spec.Ingress[0].Action = npav1beta1.ClusterNetworkPolicyRuleActionPass
+			},
 		},
 		"Should support a 'pass-egress' policy for admin CNP and respect the match for network policy": {
-			func(w *confWorld) { w.cnp("pass-example").Spec.Egress[0].Action = npav1beta1.ClusterNetworkPolicyRuleActionPass },
+			func(w *confWorld) {
+				w.cnp("pass-example").Spec.Egress[0].Action = npav1beta1.ClusterNetworkPolicyRuleActionPass
+			},
 		},
 		"Should support a 'pass-ingress' policy for admin CNP and respect the match for baseline cluster network policy": {
 			func(w *confWorld) {
@@ -225,8 +229,8 @@ func init() {
 		return func(w *confWorld) { swapEgress(name, e1, e2)(w); swapIngress(name, i1, i2)(w) }
 	}
 	confMutations["CNPAdminTierGress"] = map[string][]func(*confWorld){
-		"Should support an 'deny-gress' policy across different protocols":                      {both("gress-rules", 0, 1, 0, 1)},
-		"Should support an 'pass-gress' policy across different protocols":                      {both("gress-rules", 0, 2, 0, 2)},
+		"Should support an 'deny-gress' policy across different protocols":                       {both("gress-rules", 0, 1, 0, 1)},
+		"Should support an 'pass-gress' policy across different protocols":                       {both("gress-rules", 0, 2, 0, 2)},
 		"Should support a 'pass-gress' policy across different protocols at the specified ports": {both("gress-rules", 3, 4, 3, 4)},
 	}
 	confMutations["CNPBaselineTierGress"] = map[string][]func(*confWorld){
