@@ -61,7 +61,7 @@ func FuzzCompile(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, seed uint64) {
 		g := gen{rand.New(rand.NewPCG(seed, 7))}
-		c := g.cluster()
+		c := g.clusterWithTiers()
 		tab, err := policy.Compile(c)
 		if err != nil {
 			t.Fatalf("Compile of a valid generated cluster: %v", err)
