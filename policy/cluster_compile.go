@@ -20,8 +20,12 @@ import (
 // ClusterRuleRef names one rule of a cluster policy in a [Table] (see
 // [Table.ClusterRule]). The zero value names no rule.
 type ClusterRuleRef struct {
-	id int32 // 1 + index into Table.clusterRules
+	id int32 // 1 + the rule's index in Table.clusterRules, 0 for none
 }
+
+func clusterRuleRef(i int) ClusterRuleRef { return ClusterRuleRef{id: int32(i + 1)} }
+
+func (r ClusterRuleRef) index() int { return int(r.id) - 1 }
 
 // Valid reports whether r names a rule.
 func (r ClusterRuleRef) Valid() bool { return r.id > 0 }
@@ -159,6 +163,7 @@ func (b *builder) clusterPolicies(c *Cluster) ([]cpolicy, []error) {
 			out = append(out, fromBaselineAdminNetworkPolicy(p))
 		}
 	}
+
 	slices.SortFunc(out, func(x, y cpolicy) int {
 		return cmp.Or(cmp.Compare(x.tier, y.tier), cmp.Compare(x.priority, y.priority),
 			cmp.Compare(kindOrder(x.kind), kindOrder(y.kind)), cmp.Compare(x.name, y.name))
@@ -269,7 +274,7 @@ func (b *builder) compileClusterRule(p *cpolicy, dir Direction, ri int) clusterR
 	r := &p.rules[dir][ri]
 	info := ClusterRuleInfo{Kind: p.kind, Policy: p.name, Tier: p.tier, Priority: p.priority, Direction: dir, Index: ri, Name: r.name, Action: r.action}
 	t.clusterRules = append(t.clusterRules, info)
-	cr := clusterRule{ref: ClusterRuleRef{id: int32(len(t.clusterRules))}, action: r.action}
+	cr := clusterRule{ref: clusterRuleRef(len(t.clusterRules) - 1), action: r.action}
 	where := fmt.Sprintf("%s: spec.%s[%d]", p, dir, ri)
 	// failClosed handles what podgate cannot evaluate: for an Accept rule
 	// it matches nothing, a Deny or Pass rule becomes a Deny of everything.
@@ -282,7 +287,7 @@ func (b *builder) compileClusterRule(p *cpolicy, dir Direction, ri int) clusterR
 			t.warnings = append(t.warnings, fmt.Sprintf("%s: %s: the %s rule denies every connection of its subject (fail closed)", where, what, r.action))
 		}
 		cr.all, cr.action = true, Deny
-		t.clusterRules[cr.ref.id-1].Action = Deny
+		t.clusterRules[cr.ref.index()].Action = Deny
 	}
 	if r.ports == nil {
 		cr.ports.all = true
@@ -427,39 +432,115 @@ func (t *Table) decideTiers(dir Direction, self, peer int32, peerAddr netip.Addr
 		port = 0
 	}
 	th := &t.tiers[self]
-	var passed ClusterRuleRef
 	if g := th.groups[AdminTier][dir]; g >= 0 {
 		if r := t.tierGroups[g].match(t, peerID, peerAddr, proto, port, dstEp); r != nil {
 			switch r.action {
 			case Accept:
-				return Decision{Reason: AdminAccepted, Endpoint: self, Rule: noRule, Cluster: r.ref}
+				return Decision{Reason: AdminAccepted, Endpoint: self, Rule: noRule}
 			case Deny:
-				return Decision{Reason: AdminDenied, Endpoint: self, Rule: noRule, Cluster: r.ref}
+				return Decision{Reason: AdminDenied, Endpoint: self, Rule: noRule}
 			}
-			passed = r.ref
 		}
 	}
 	if g := t.hot[self].groups[dir]; g >= 0 {
 		rules := t.groups[g].rules
 		for i := range rules {
 			if rules[i].matches(t, peerID, peerAddr, proto, port, dstEp) {
-				return Decision{Reason: AllowedByRule, Endpoint: self, Rule: rules[i].ref, Cluster: passed}
+				return Decision{Reason: AllowedByRule, Endpoint: self, Rule: rules[i].ref}
 			}
 		}
-		return Decision{Reason: Denied, Endpoint: self, Rule: noRule, Cluster: passed}
+		return Decision{Reason: Denied, Endpoint: self, Rule: noRule}
 	}
 	if g := th.groups[BaselineTier][dir]; g >= 0 {
 		if r := t.tierGroups[g].match(t, peerID, peerAddr, proto, port, dstEp); r != nil {
 			switch r.action {
 			case Accept:
-				return Decision{Reason: BaselineAccepted, Endpoint: self, Rule: noRule, Cluster: r.ref}
+				return Decision{Reason: BaselineAccepted, Endpoint: self, Rule: noRule}
 			case Deny:
-				return Decision{Reason: BaselineDenied, Endpoint: self, Rule: noRule, Cluster: r.ref}
+				return Decision{Reason: BaselineDenied, Endpoint: self, Rule: noRule}
+			}
+		}
+	}
+	return Decision{Reason: NotIsolated, Endpoint: self, Rule: noRule}
+}
+
+// tierRule is the cluster policy rule behind [Table.decideTiers]'s
+// decision for the same arguments: the rule that decided, or else the
+// last Pass rule on the way, or the zero value.
+func (t *Table) tierRule(dir Direction, self, peer int32, peerAddr netip.Addr, proto Protocol, port uint16, dstEp int32) ClusterRuleRef {
+	if t.tiers == nil || self < 0 || self == peer {
+		return ClusterRuleRef{}
+	}
+	peerID := int32(-1)
+	if peer >= 0 {
+		peerID = t.hot[peer].identity
+	}
+	if !proto.HasPorts() {
+		port = 0
+	}
+	th := &t.tiers[self]
+	var passed ClusterRuleRef
+	if g := th.groups[AdminTier][dir]; g >= 0 {
+		if r := t.tierGroups[g].match(t, peerID, peerAddr, proto, port, dstEp); r != nil {
+			if r.action != Pass {
+				return r.ref
 			}
 			passed = r.ref
 		}
 	}
-	return Decision{Reason: NotIsolated, Endpoint: self, Rule: noRule, Cluster: passed}
+	if t.hot[self].groups[dir] >= 0 {
+		return passed
+	}
+	if g := th.groups[BaselineTier][dir]; g >= 0 {
+		if r := t.tierGroups[g].match(t, peerID, peerAddr, proto, port, dstEp); r != nil {
+			return r.ref
+		}
+	}
+	return passed
+}
+
+// ClusterRuleOf names the cluster policy rule behind the decision for
+// direction dir of a connection from src to dst (what [Table.Ingress] or
+// [Table.Egress] decide for the same arguments): for the reasons
+// AdminAccepted, AdminDenied, BaselineAccepted and BaselineDenied the
+// rule that decided; for other reasons the last rule whose Pass action
+// handed the decision on (an Admin Pass before NetworkPolicy or the
+// Baseline tier, a Baseline Pass before the default), if any. For egress to
+// a Service's ClusterIP it is the rule of the backend whose decision
+// Egress returned. It repeats the lookup (the tiers' part of it), does not
+// allocate, and returns false when no cluster policy rule was involved.
+func (t *Table) ClusterRuleOf(dir Direction, src, dst netip.Addr, proto Protocol, port uint16) (ClusterRuleRef, bool) {
+	if t.tiers == nil {
+		return ClusterRuleRef{}, false
+	}
+	s, d := t.resolve(src), t.resolve(dst)
+	var ref ClusterRuleRef
+	switch {
+	case dir == Ingress:
+		ref = t.tierRule(Ingress, d, s, src, proto, port, d)
+	case s < 0:
+	case d < 0 && t.judgedOnBackends(s) && t.servicePort(dst, proto, port) != nil:
+		sp := t.servicePort(dst, proto, port)
+		chosen := -1
+		for i := range sp.backends {
+			b := &sp.backends[i]
+			dec := t.decide(Egress, s, b.ep, b.addr, proto, b.port, b.ep)
+			if !dec.Allowed() {
+				chosen = i
+				break
+			}
+			if chosen < 0 && dec.Reason != Loopback {
+				chosen = i
+			}
+		}
+		if chosen >= 0 {
+			b := &sp.backends[chosen]
+			ref = t.tierRule(Egress, s, b.ep, b.addr, proto, b.port, b.ep)
+		}
+	default:
+		ref = t.tierRule(Egress, s, d, dst, proto, port, d)
+	}
+	return ref, ref.Valid()
 }
 
 // ClusterPolicies returns the compiled cluster policies in precedence
@@ -469,7 +550,7 @@ func (t *Table) ClusterPolicies() []ClusterPolicyInfo { return t.clusterPolicies
 
 // ClusterRule describes ref, which must be valid and come from this
 // table.
-func (t *Table) ClusterRule(ref ClusterRuleRef) ClusterRuleInfo { return t.clusterRules[ref.id-1] }
+func (t *Table) ClusterRule(ref ClusterRuleRef) ClusterRuleInfo { return t.clusterRules[ref.index()] }
 
 // ClusterSelecting returns the indexes (into [Table.ClusterPolicies]) of
 // the cluster policies of tier that select the pod with index ep and have

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -555,5 +556,32 @@ func (g gen) clusterPolicies(c *policy.Cluster) {
 			p.Spec.Egress = append(p.Spec.Egress, eg)
 		}
 		c.BaselineAdminNetworkPolicies = append(c.BaselineAdminNetworkPolicies, p)
+	}
+}
+
+// checkClusterRule checks that ClusterRuleOf names a rule of the tier and
+// action that a decision's reason says decided.
+func checkClusterRule(t *testing.T, tab *policy.Table, dir policy.Direction, d policy.Decision, src, dst netip.Addr, proto policy.Protocol, port uint16) {
+	t.Helper()
+	want := map[policy.Reason]struct {
+		tier   policy.Tier
+		action policy.Action
+	}{
+		policy.AdminAccepted: {policy.AdminTier, policy.Accept}, policy.AdminDenied: {policy.AdminTier, policy.Deny},
+		policy.BaselineAccepted: {policy.BaselineTier, policy.Accept}, policy.BaselineDenied: {policy.BaselineTier, policy.Deny},
+	}
+	ref, ok := tab.ClusterRuleOf(dir, src, dst, proto, port)
+	w, decided := want[d.Reason]
+	switch {
+	case decided && !ok:
+		t.Fatalf("%s -> %s %s/%d %s: %s but ClusterRuleOf names no rule", src, dst, proto, port, dir, d.Reason)
+	case decided:
+		if r := tab.ClusterRule(ref); r.Tier != w.tier || r.Action != w.action || r.Direction != dir {
+			t.Fatalf("%s -> %s %s/%d %s: %s but ClusterRuleOf names %s (%s)", src, dst, proto, port, dir, d.Reason, r, r.Action)
+		}
+	case ok:
+		if r := tab.ClusterRule(ref); r.Action != policy.Pass {
+			t.Fatalf("%s -> %s %s/%d %s: %s but ClusterRuleOf names %s (%s), not a Pass rule", src, dst, proto, port, dir, d.Reason, r, r.Action)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	npav1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
@@ -521,8 +522,8 @@ spec:
 			t.Errorf("%s -> %s: reason %s, want %s", tt.from, tt.to, d.Reason, tt.reason)
 		}
 		got := ""
-		if d.Cluster.Valid() {
-			got = tab.ClusterRule(d.Cluster).String()
+		if ref, ok := tab.ClusterRuleOf(policy.Ingress, ip(tt.from), ip(tt.to), policy.TCP, 80); ok {
+			got = tab.ClusterRule(ref).String()
 		}
 		if got != tt.clusterRule {
 			t.Errorf("%s -> %s: cluster rule %q, want %q", tt.from, tt.to, got, tt.clusterRule)
@@ -719,4 +720,63 @@ func allAddrs(c *policy.Cluster) []netip.Addr {
 		}
 	}
 	return append(out, netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("2001:db8::7"))
+}
+
+// TestClusterPoliciesJudgeServiceBackends: egress to a ClusterIP of a pod
+// that only cluster policies govern is judged against the Service's ready
+// backends, as after kube-proxy's DNAT, and attributed to the backend's
+// rule.
+func TestClusterPoliciesJudgeServiceBackends(t *testing.T) {
+	c := clusterWorld()
+	name, port, tcpProto := "http", int32(80), corev1.ProtocolTCP
+	c.Services = append(c.Services, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "v", Name: "web"},
+		Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", Ports: []corev1.ServicePort{
+			{Name: "http", Port: 8080, Protocol: corev1.ProtocolTCP},
+		}},
+	})
+	c.EndpointSlices = append(c.EndpointSlices, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "v", Name: "web-1", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &tcpProto}},
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.0.1.1"}}, {Addresses: []string{"10.0.1.2"}}},
+	})
+	addDocs(t, c, cnp+`
+metadata: {name: no-db}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {matchLabels: {ns: x}}}
+  egress:
+  - {name: deny-db, action: Deny, to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {tier: db}}}}]}
+  - {name: accept-v, action: Accept, to: [{namespaces: {matchLabels: {ns: v}}}]}`)
+	tab := mustCompile(t, c)
+	src, svc := addr(t, "10.0.0.1"), addr(t, "10.96.0.10")
+	// v/b (10.0.1.2) is a db pod: the Service is denied although v/a is
+	// accepted, and the denial is the second backend's rule.
+	d := tab.Egress(src, svc, policy.TCP, 8080)
+	if d.Reason != policy.AdminDenied {
+		t.Fatalf("x/a -> Service v/web: %s, want admin-denied", d.Reason)
+	}
+	ref, ok := tab.ClusterRuleOf(policy.Egress, src, svc, policy.TCP, 8080)
+	if !ok || tab.ClusterRule(ref).Name != "deny-db" {
+		t.Errorf("ClusterRuleOf = %+v, %v; want the rule deny-db", ref, ok)
+	}
+	e := tab.Explain(src, svc, policy.TCP, 8080)
+	if e.Egress.ClusterRule == nil || e.Egress.ClusterRule.Name != "deny-db" || len(e.Egress.Backends) != 2 || e.Egress.Backends[0].ClusterRule.Name != "accept-v" {
+		t.Errorf("explanation %+v: want the backends' rules accept-v and deny-db, deny-db deciding", e.Egress)
+	}
+	// To a port the Service does not have, the ClusterIP is an address.
+	if d := tab.Egress(src, svc, policy.TCP, 80); d.Reason != policy.NotIsolated {
+		t.Errorf("x/a -> 10.96.0.10:80: %s, want not-isolated", d.Reason)
+	}
+	// Without the db backend: accepted by accept-v.
+	c.EndpointSlices[0].Endpoints = c.EndpointSlices[0].Endpoints[:1]
+	tab = mustCompile(t, c)
+	if d := tab.Egress(src, svc, policy.TCP, 8080); d.Reason != policy.AdminAccepted {
+		t.Errorf("x/a -> Service v/web with one backend: %s, want admin-accepted", d.Reason)
+	}
+	if ref, ok := tab.ClusterRuleOf(policy.Egress, src, svc, policy.TCP, 8080); !ok || tab.ClusterRule(ref).Name != "accept-v" {
+		t.Errorf("ClusterRuleOf = %+v, %v; want accept-v", ref, ok)
+	}
 }

@@ -657,6 +657,8 @@ func TestDifferentialAgainstReference(t *testing.T) {
 					checked++
 					reasons[v.Egress.Reason]++
 					reasons[v.Ingress.Reason]++
+					checkClusterRule(t, tab, policy.Egress, v.Egress, src, dst, proto, qq.port)
+					checkClusterRule(t, tab, policy.Ingress, v.Ingress, src, dst, proto, qq.port)
 					if _, ok := tab.ServiceByAddr(dst); ok {
 						toServices++
 						if ref.refPod(src) != nil && len(ref.refBackends(dst, proto, qq.port)) > 0 {

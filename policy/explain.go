@@ -172,7 +172,7 @@ func (t *Table) explainServiceIngress(se *SideExplanation, svc ServiceInfo, s in
 		if b.ep < 0 {
 			bd = Decision{Reason: NotPod, Endpoint: -1, Rule: noRule}
 		}
-		be := t.backendExplanation(Ingress, b, bd)
+		be := t.backendExplanation(Ingress, b, bd, t.tierRule(Ingress, b.ep, s, src, proto, b.port, b.ep))
 		se.Backends = append(se.Backends, be)
 		parts = append(parts, be.String())
 	}
@@ -214,7 +214,7 @@ func (t *Table) explainService(se *SideExplanation, dec Decision, s int32, svc S
 	for i := range sp.backends {
 		b := &sp.backends[i]
 		bd := t.decide(Egress, s, b.ep, b.addr, proto, b.port, b.ep)
-		be := t.backendExplanation(Egress, b, bd)
+		be := t.backendExplanation(Egress, b, bd, t.tierRule(Egress, s, b.ep, b.addr, proto, b.port, b.ep))
 		se.Backends = append(se.Backends, be)
 		parts = append(parts, be.String())
 	}
@@ -223,8 +223,14 @@ func (t *Table) explainService(se *SideExplanation, dec Decision, s int32, svc S
 		se.Allowing = []RuleInfo{t.Rule(Egress, dec.Rule)}
 	}
 	if isClusterDecision(dec.Reason) {
-		r := t.ClusterRule(dec.Cluster)
-		se.ClusterRule = &r
+		// The backend whose decision is the side's: the first denied, or
+		// else the first that is not the source itself.
+		for i, b := range se.Backends {
+			if b.Allowed == dec.Allowed() && b.Reason == dec.Reason.String() && b.ClusterRule != nil {
+				se.ClusterRule = se.Backends[i].ClusterRule
+				break
+			}
+		}
 	}
 	verdict := "every one allows it"
 	if !dec.Allowed() {
@@ -235,7 +241,7 @@ func (t *Table) explainService(se *SideExplanation, dec Decision, s int32, svc S
 }
 
 // backendExplanation describes the decision bd for the Service backend b.
-func (t *Table) backendExplanation(dir Direction, b *svcBackend, bd Decision) BackendExplanation {
+func (t *Table) backendExplanation(dir Direction, b *svcBackend, bd Decision, cref ClusterRuleRef) BackendExplanation {
 	be := BackendExplanation{Addr: b.addr, Port: b.port, Allowed: bd.Allowed(), Reason: bd.Reason.String()}
 	if b.ep >= 0 {
 		be.Pod = t.endpoints[b.ep].String()
@@ -244,8 +250,8 @@ func (t *Table) backendExplanation(dir Direction, b *svcBackend, bd Decision) Ba
 		r := t.Rule(dir, bd.Rule)
 		be.Rule = &r
 	}
-	if isClusterDecision(bd.Reason) {
-		r := t.ClusterRule(bd.Cluster)
+	if isClusterDecision(bd.Reason) && cref.Valid() {
+		r := t.ClusterRule(cref)
 		be.ClusterRule = &r
 	}
 	return be
