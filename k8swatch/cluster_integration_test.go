@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,7 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	npaclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 
@@ -176,39 +174,9 @@ func TestClusterPoliciesWithAPIServer(t *testing.T) {
 
 func startClusterAPISource(t *testing.T, client kubernetes.Interface, npa npaclient.Interface) *apiSetup {
 	t.Helper()
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(StripManagedFields))
-	s := &apiSetup{store: &policy.Store{}}
-	log, logs := testLogger(t)
-	s.logs = logs
-	src, err := NewAPISource(APIConfig{
-		Pods:            factory.Core().V1().Pods(),
-		Namespaces:      factory.Core().V1().Namespaces(),
-		NetworkPolicies: factory.Networking().V1().NetworkPolicies(),
-		Nodes:           factory.Core().V1().Nodes(),
-		ClusterPolicies: &ClusterPolicyConfig{Client: npa, Discovery: client.Discovery(), Interval: 200 * time.Millisecond},
-		Store:           s.store,
-		Logger:          log,
-		Probe:           ReadyzProbe(client.Discovery().RESTClient()),
-		ProbeInterval:   200 * time.Millisecond,
+	return startAPISourceWith(t, client, "", func(cfg *APIConfig) {
+		cfg.ClusterPolicies = &ClusterPolicyConfig{Client: npa, Discovery: client.Discovery(), Interval: 200 * time.Millisecond}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.src = src
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	factory.Start(ctx.Done())
-	wg.Go(func() {
-		if err := src.Run(ctx); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		factory.Shutdown()
-	})
-	return s
 }
 
 // compareValidation checks that policy.Load accepts exactly the
@@ -234,7 +202,7 @@ func compareValidation(t *testing.T, dyn dynamic.Interface, moduleDir string) {
 	head := "apiVersion: policy.networking.k8s.io/v1beta1\nkind: ClusterNetworkPolicy\nmetadata: {name: %s}\nspec:\n"
 	spec := func(name, body string) tc { return tc{name, fmt.Sprintf(head, name) + body} }
 	sub := "  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n"
-	for _, c := range []tc{
+	cases = append(cases, []tc{
 		spec("ok", sub+"  egress: [{action: Deny, to: [{networks: [10.0.0.0/8, \"fd00::/8\"]}, {nodes: {}}, {domainNames: [a.example]}], protocols: [{tcp: {destinationPort: {range: {start: 1, end: 65535}}}}]}]\n"),
 		spec("no-tier", "  priority: 1\n  subject: {namespaces: {}}\n"),
 		spec("bad-tier", "  tier: Middle\n  priority: 1\n  subject: {namespaces: {}}\n"),
@@ -274,9 +242,7 @@ func compareValidation(t *testing.T, dyn dynamic.Interface, moduleDir string) {
 		spec("26-rules", sub+"  ingress: ["+strings.Repeat("{action: Deny, from: [{namespaces: {}}]},", 26)+"]\n"),
 		spec("unknown-field", sub+"  egress: [{action: Deny, to: [{nodes: {}}], ports: [80]}]\n"),
 		{"bad-name", fmt.Sprintf(head, "Bad_Name") + sub},
-	} {
-		cases = append(cases, c)
-	}
+	}...)
 	dir := t.TempDir()
 	accepted, rejected := 0, 0
 	for _, c := range cases {

@@ -1,7 +1,6 @@
 package k8swatch
 
 import (
-	"context"
 	"slices"
 	"strings"
 	"sync"
@@ -90,22 +89,6 @@ func (f *clusterFake) serve(served ...string) {
 	f.disc.mu.Lock()
 	defer f.disc.mu.Unlock()
 	f.disc.resources = lists
-}
-
-func (f *clusterFake) start(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	f.factory.Start(ctx.Done())
-	wg.Go(func() {
-		if err := f.src.Run(ctx); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		f.factory.Shutdown()
-	})
 }
 
 func denyIngressFrom(name, tier string, priority int32, fromNS string) *npav1beta1.ClusterNetworkPolicy {

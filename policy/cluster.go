@@ -124,10 +124,6 @@ type cpeer struct {
 	domains  []string
 }
 
-func (p *cpeer) unknown() bool {
-	return p.pods == nil && p.nodes == nil && p.networks == nil && p.domains == nil
-}
-
 // cport is one entry of a rule's ports: a protocol with a port range, or a
 // named container port of the destination pod (proto 0: the named port's
 // own protocol).
@@ -139,8 +135,80 @@ type cport struct {
 
 func (p *cpolicy) String() string { return p.kind + " " + p.name }
 
-func fromNamespacedPod(np *npav1beta1.NamespacedPod) *cselector {
+// peerFields are the fields of a peer of any kind and version; at most one
+// is set in a valid peer. networks and domains are nil when absent.
+type peerFields struct {
+	namespaces *metav1.LabelSelector
+	pods       *cselector
+	nodes      *metav1.LabelSelector
+	networks   []string
+	domains    []string
+}
+
+// peer reads the fields as a cpeer: the first one set, or none.
+func (f peerFields) peer() cpeer {
+	switch {
+	case f.namespaces != nil:
+		return cpeer{pods: &cselector{ns: f.namespaces}}
+	case f.pods != nil:
+		return cpeer{pods: f.pods}
+	case f.nodes != nil:
+		return cpeer{nodes: f.nodes}
+	case f.networks != nil:
+		return cpeer{networks: f.networks}
+	case f.domains != nil:
+		return cpeer{domains: f.domains}
+	}
+	return cpeer{}
+}
+
+// address reports whether the peer names addresses rather than pods
+// (networks, nodes, domainNames), with which named ports cannot be used.
+func (f peerFields) address() bool {
+	return f.networks != nil || f.nodes != nil || f.domains != nil
+}
+
+func cnpPods(np *npav1beta1.NamespacedPod) *cselector {
+	if np == nil {
+		return nil
+	}
 	return &cselector{ns: &np.NamespaceSelector, pod: &np.PodSelector}
+}
+
+func alphaPods(np *npav1alpha1.NamespacedPod) *cselector {
+	if np == nil {
+		return nil
+	}
+	return &cselector{ns: &np.NamespaceSelector, pod: &np.PodSelector}
+}
+
+func cnpIngressPeer(p *npav1beta1.ClusterNetworkPolicyIngressPeer) peerFields {
+	return peerFields{namespaces: p.Namespaces, pods: cnpPods(p.Pods)}
+}
+
+func cnpEgressPeer(p *npav1beta1.ClusterNetworkPolicyEgressPeer) peerFields {
+	return peerFields{namespaces: p.Namespaces, pods: cnpPods(p.Pods), nodes: p.Nodes, networks: cidrStrings(p.Networks), domains: cidrStrings(p.DomainNames)}
+}
+
+func alphaIngressPeer(p *npav1alpha1.AdminNetworkPolicyIngressPeer) peerFields {
+	return peerFields{namespaces: p.Namespaces, pods: alphaPods(p.Pods)}
+}
+
+func anpEgressPeer(p *npav1alpha1.AdminNetworkPolicyEgressPeer) peerFields {
+	return peerFields{namespaces: p.Namespaces, pods: alphaPods(p.Pods), nodes: p.Nodes, networks: cidrStrings(p.Networks), domains: cidrStrings(p.DomainNames)}
+}
+
+func banpEgressPeer(p *npav1alpha1.BaselineAdminNetworkPolicyEgressPeer) peerFields {
+	return peerFields{namespaces: p.Namespaces, pods: alphaPods(p.Pods), nodes: p.Nodes, networks: cidrStrings(p.Networks)}
+}
+
+// peers reads a list of peers with the function that gives their fields.
+func peers[T any](ps []T, fields func(*T) peerFields) []cpeer {
+	out := make([]cpeer, len(ps))
+	for i := range ps {
+		out[i] = fields(&ps[i]).peer()
+	}
+	return out
 }
 
 // fromClusterNetworkPolicy reads a (validated) ClusterNetworkPolicy.
@@ -149,49 +217,28 @@ func fromClusterNetworkPolicy(cnp *npav1beta1.ClusterNetworkPolicy) cpolicy {
 	if cnp.Spec.Tier == npav1beta1.BaselineTier {
 		p.tier = BaselineTier
 	}
-	switch s := cnp.Spec.Subject; {
-	case s.Namespaces != nil:
-		p.subject = cselector{ns: s.Namespaces}
-	case s.Pods != nil:
-		p.subject = *fromNamespacedPod(s.Pods)
-	default:
-		p.subject = cselector{ns: nothingSelector()}
+	p.subject = subjectOf(cnp.Spec.Subject.Namespaces, cnpPods(cnp.Spec.Subject.Pods))
+	for i := range cnp.Spec.Ingress {
+		r := &cnp.Spec.Ingress[i]
+		p.rules[Ingress] = append(p.rules[Ingress], crule{name: r.Name, action: actionOf(string(r.Action)), ports: fromProtocols(r.Protocols), peers: peers(r.From, cnpIngressPeer)})
 	}
-	for _, r := range cnp.Spec.Ingress {
-		cr := crule{name: r.Name, action: actionOf(string(r.Action)), ports: fromProtocols(r.Protocols)}
-		for _, peer := range r.From {
-			var cp cpeer
-			switch {
-			case peer.Namespaces != nil:
-				cp.pods = &cselector{ns: peer.Namespaces}
-			case peer.Pods != nil:
-				cp.pods = fromNamespacedPod(peer.Pods)
-			}
-			cr.peers = append(cr.peers, cp)
-		}
-		p.rules[Ingress] = append(p.rules[Ingress], cr)
-	}
-	for _, r := range cnp.Spec.Egress {
-		cr := crule{name: r.Name, action: actionOf(string(r.Action)), ports: fromProtocols(r.Protocols)}
-		for _, peer := range r.To {
-			var cp cpeer
-			switch {
-			case peer.Namespaces != nil:
-				cp.pods = &cselector{ns: peer.Namespaces}
-			case peer.Pods != nil:
-				cp.pods = fromNamespacedPod(peer.Pods)
-			case peer.Nodes != nil:
-				cp.nodes = peer.Nodes
-			case peer.Networks != nil:
-				cp.networks = cidrStrings(peer.Networks)
-			case peer.DomainNames != nil:
-				cp.domains = domainStrings(peer.DomainNames)
-			}
-			cr.peers = append(cr.peers, cp)
-		}
-		p.rules[Egress] = append(p.rules[Egress], cr)
+	for i := range cnp.Spec.Egress {
+		r := &cnp.Spec.Egress[i]
+		p.rules[Egress] = append(p.rules[Egress], crule{name: r.Name, action: actionOf(string(r.Action)), ports: fromProtocols(r.Protocols), peers: peers(r.To, cnpEgressPeer)})
 	}
 	return p
+}
+
+// subjectOf reads a subject: namespaces or pods, or, with neither (a
+// subject this version does not know), no pod.
+func subjectOf(namespaces *metav1.LabelSelector, pods *cselector) cselector {
+	switch {
+	case namespaces != nil:
+		return cselector{ns: namespaces}
+	case pods != nil:
+		return *pods
+	}
+	return cselector{ns: nothingSelector()}
 }
 
 // nothingSelector matches no namespace: the subject of a policy whose
@@ -202,15 +249,17 @@ func nothingSelector() *metav1.LabelSelector {
 	}}
 }
 
+// cidrStrings converts a list of CIDRs or domain names; nil stays nil.
 func cidrStrings[T ~string](cs []T) []string {
+	if cs == nil {
+		return nil
+	}
 	out := make([]string, len(cs))
 	for i, c := range cs {
 		out[i] = string(c)
 	}
 	return out
 }
-
-func domainStrings[T ~string](ds []T) []string { return cidrStrings(ds) }
 
 // actionOf maps both APIs' action names (Allow is v1alpha1's Accept).
 // Unknown actions do not pass validation; a trusted one is read as Deny
@@ -224,6 +273,10 @@ func actionOf(a string) Action {
 	}
 	return Deny
 }
+
+// unknownProtocol marks a protocol entry without a field this version
+// knows.
+const unknownProtocol Protocol = 255
 
 func fromProtocols(ps []npav1beta1.ClusterNetworkPolicyProtocol) []cport {
 	if len(ps) == 0 {
@@ -244,9 +297,7 @@ func fromProtocols(ps []npav1beta1.ClusterNetworkPolicyProtocol) []cport {
 			out = append(out, cport{name: p.DestinationNamedPort})
 			continue
 		default:
-			// No field this version knows: match nothing (the entry is
-			// dropped; a rule whose entries are all dropped keeps an
-			// empty, non-nil list, which matches nothing).
+			out = append(out, cport{proto: unknownProtocol})
 			continue
 		}
 		e := cport{proto: proto, lo: 1, hi: 65535}
@@ -271,33 +322,6 @@ func clampPort(n int32) uint16 {
 	return uint16(n)
 }
 
-func fromAlphaNamespacedPod(np *npav1alpha1.NamespacedPod) *cselector {
-	return &cselector{ns: &np.NamespaceSelector, pod: &np.PodSelector}
-}
-
-func fromAlphaSubject(s npav1alpha1.AdminNetworkPolicySubject) cselector {
-	switch {
-	case s.Namespaces != nil:
-		return cselector{ns: s.Namespaces}
-	case s.Pods != nil:
-		return *fromAlphaNamespacedPod(s.Pods)
-	}
-	return cselector{ns: nothingSelector()}
-}
-
-func fromAlphaIngressPeers(peers []npav1alpha1.AdminNetworkPolicyIngressPeer) []cpeer {
-	out := make([]cpeer, len(peers))
-	for i, peer := range peers {
-		switch {
-		case peer.Namespaces != nil:
-			out[i].pods = &cselector{ns: peer.Namespaces}
-		case peer.Pods != nil:
-			out[i].pods = fromAlphaNamespacedPod(peer.Pods)
-		}
-	}
-	return out
-}
-
 func fromAlphaPorts(ports *[]npav1alpha1.AdminNetworkPolicyPort) []cport {
 	if ports == nil || len(*ports) == 0 {
 		return nil
@@ -312,6 +336,8 @@ func fromAlphaPorts(ports *[]npav1alpha1.AdminNetworkPolicyPort) []cport {
 			out = append(out, cport{proto: alphaProtocol(string(p.PortRange.Protocol)), lo: clampPort(p.PortRange.Start), hi: clampPort(p.PortRange.End)})
 		case p.NamedPort != nil:
 			out = append(out, cport{name: *p.NamedPort})
+		default:
+			out = append(out, cport{proto: unknownProtocol})
 		}
 	}
 	return out
@@ -332,32 +358,21 @@ func alphaProtocol(p string) Protocol {
 	return ICMP
 }
 
+// alphaRule is a v1alpha1 rule of either kind.
+func alphaRule(name, action string, ps []cpeer, ports *[]npav1alpha1.AdminNetworkPolicyPort) crule {
+	return crule{name: name, action: actionOf(action), peers: ps, ports: fromAlphaPorts(ports)}
+}
+
 // fromAdminNetworkPolicy reads a (validated) v1alpha1 AdminNetworkPolicy
 // into the Admin tier.
 func fromAdminNetworkPolicy(anp *npav1alpha1.AdminNetworkPolicy) cpolicy {
-	p := cpolicy{kind: KindAdminNetworkPolicy, name: anp.Name, tier: AdminTier, priority: anp.Spec.Priority, subject: fromAlphaSubject(anp.Spec.Subject)}
+	p := cpolicy{kind: KindAdminNetworkPolicy, name: anp.Name, tier: AdminTier, priority: anp.Spec.Priority,
+		subject: subjectOf(anp.Spec.Subject.Namespaces, alphaPods(anp.Spec.Subject.Pods))}
 	for _, r := range anp.Spec.Ingress {
-		p.rules[Ingress] = append(p.rules[Ingress], crule{name: r.Name, action: actionOf(string(r.Action)), peers: fromAlphaIngressPeers(r.From), ports: fromAlphaPorts(r.Ports)})
+		p.rules[Ingress] = append(p.rules[Ingress], alphaRule(r.Name, string(r.Action), peers(r.From, alphaIngressPeer), r.Ports))
 	}
 	for _, r := range anp.Spec.Egress {
-		cr := crule{name: r.Name, action: actionOf(string(r.Action)), ports: fromAlphaPorts(r.Ports)}
-		for _, peer := range r.To {
-			var cp cpeer
-			switch {
-			case peer.Namespaces != nil:
-				cp.pods = &cselector{ns: peer.Namespaces}
-			case peer.Pods != nil:
-				cp.pods = fromAlphaNamespacedPod(peer.Pods)
-			case peer.Nodes != nil:
-				cp.nodes = peer.Nodes
-			case peer.Networks != nil:
-				cp.networks = cidrStrings(peer.Networks)
-			case peer.DomainNames != nil:
-				cp.domains = domainStrings(peer.DomainNames)
-			}
-			cr.peers = append(cr.peers, cp)
-		}
-		p.rules[Egress] = append(p.rules[Egress], cr)
+		p.rules[Egress] = append(p.rules[Egress], alphaRule(r.Name, string(r.Action), peers(r.To, anpEgressPeer), r.Ports))
 	}
 	return p
 }
@@ -365,27 +380,13 @@ func fromAdminNetworkPolicy(anp *npav1alpha1.AdminNetworkPolicy) cpolicy {
 // fromBaselineAdminNetworkPolicy reads a (validated) v1alpha1
 // BaselineAdminNetworkPolicy into the Baseline tier.
 func fromBaselineAdminNetworkPolicy(banp *npav1alpha1.BaselineAdminNetworkPolicy) cpolicy {
-	p := cpolicy{kind: KindBaselineAdminNetworkPolicy, name: banp.Name, tier: BaselineTier, priority: baselineAdminPriority, subject: fromAlphaSubject(banp.Spec.Subject)}
+	p := cpolicy{kind: KindBaselineAdminNetworkPolicy, name: banp.Name, tier: BaselineTier, priority: baselineAdminPriority,
+		subject: subjectOf(banp.Spec.Subject.Namespaces, alphaPods(banp.Spec.Subject.Pods))}
 	for _, r := range banp.Spec.Ingress {
-		p.rules[Ingress] = append(p.rules[Ingress], crule{name: r.Name, action: actionOf(string(r.Action)), peers: fromAlphaIngressPeers(r.From), ports: fromAlphaPorts(r.Ports)})
+		p.rules[Ingress] = append(p.rules[Ingress], alphaRule(r.Name, string(r.Action), peers(r.From, alphaIngressPeer), r.Ports))
 	}
 	for _, r := range banp.Spec.Egress {
-		cr := crule{name: r.Name, action: actionOf(string(r.Action)), ports: fromAlphaPorts(r.Ports)}
-		for _, peer := range r.To {
-			var cp cpeer
-			switch {
-			case peer.Namespaces != nil:
-				cp.pods = &cselector{ns: peer.Namespaces}
-			case peer.Pods != nil:
-				cp.pods = fromAlphaNamespacedPod(peer.Pods)
-			case peer.Nodes != nil:
-				cp.nodes = peer.Nodes
-			case peer.Networks != nil:
-				cp.networks = cidrStrings(peer.Networks)
-			}
-			cr.peers = append(cr.peers, cp)
-		}
-		p.rules[Egress] = append(p.rules[Egress], cr)
+		p.rules[Egress] = append(p.rules[Egress], alphaRule(r.Name, string(r.Action), peers(r.To, banpEgressPeer), r.Ports))
 	}
 	return p
 }

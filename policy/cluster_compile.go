@@ -2,7 +2,6 @@ package policy
 
 import (
 	"cmp"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -384,9 +383,8 @@ func (b *builder) buildTierGroups(cps []cpolicy) {
 			}
 		}
 	}
-	index := make(map[string]int32)
+	groups := groupIndex{index: make(map[string]int32)}
 	idGroups := make([][2][2]int32, len(t.identities))
-	var key []byte
 	for id := range perID {
 		for tier := AdminTier; tier <= BaselineTier; tier++ {
 			for dir := Ingress; dir <= Egress; dir++ {
@@ -395,21 +393,11 @@ func (b *builder) buildTierGroups(cps []cpolicy) {
 				if len(pols) == 0 {
 					continue
 				}
-				key = append(key[:0], byte(dir))
-				for _, p := range pols {
-					key = binary.LittleEndian.AppendUint32(key, uint32(p))
-				}
-				g, ok := index[string(key)]
-				if !ok {
-					g = int32(len(t.tierGroups))
-					index[string(key)] = g
-					var rules []clusterRule
-					for _, p := range pols {
-						rules = append(rules, b.cpCompiled[p][dir]...)
-					}
+				idGroups[id][tier][dir] = groups.get(dir, pols, func() int32 {
+					rules := concat(pols, func(p int32) []clusterRule { return b.cpCompiled[p][dir] })
 					t.tierGroups = append(t.tierGroups, tierGroup{policies: pols, rules: rules})
-				}
-				idGroups[id][tier][dir] = g
+					return int32(len(t.tierGroups) - 1)
+				})
 			}
 		}
 	}
@@ -424,13 +412,7 @@ func (b *builder) buildTierGroups(cps []cpolicy) {
 // Admin tier, then NetworkPolicy, then (for pods no NetworkPolicy selects
 // for dir) the Baseline tier, then the default, which allows.
 func (t *Table) decideTiers(dir Direction, self, peer int32, peerAddr netip.Addr, proto Protocol, port uint16, dstEp int32) Decision {
-	peerID := int32(-1)
-	if peer >= 0 {
-		peerID = t.hot[peer].identity
-	}
-	if !proto.HasPorts() {
-		port = 0
-	}
+	peerID, port := t.tierArgs(peer, proto, port)
 	th := &t.tiers[self]
 	if g := th.groups[AdminTier][dir]; g >= 0 {
 		if r := t.tierGroups[g].match(t, peerID, peerAddr, proto, port, dstEp); r != nil {
@@ -464,13 +446,9 @@ func (t *Table) decideTiers(dir Direction, self, peer int32, peerAddr netip.Addr
 	return Decision{Reason: NotIsolated, Endpoint: self, Rule: noRule}
 }
 
-// tierRule is the cluster policy rule behind [Table.decideTiers]'s
-// decision for the same arguments: the rule that decided, or else the
-// last Pass rule on the way, or the zero value.
-func (t *Table) tierRule(dir Direction, self, peer int32, peerAddr netip.Addr, proto Protocol, port uint16, dstEp int32) ClusterRuleRef {
-	if t.tiers == nil || self < 0 || self == peer {
-		return ClusterRuleRef{}
-	}
+// tierArgs returns the identity of the peer (-1 when it is no pod) and
+// the port a rule sees (0 for protocols without ports).
+func (t *Table) tierArgs(peer int32, proto Protocol, port uint16) (int32, uint16) {
 	peerID := int32(-1)
 	if peer >= 0 {
 		peerID = t.hot[peer].identity
@@ -478,6 +456,17 @@ func (t *Table) tierRule(dir Direction, self, peer int32, peerAddr netip.Addr, p
 	if !proto.HasPorts() {
 		port = 0
 	}
+	return peerID, port
+}
+
+// tierRule is the cluster policy rule behind [Table.decideTiers]'s
+// decision for the same arguments: the rule that decided, or else the
+// last Pass rule on the way, or the zero value.
+func (t *Table) tierRule(dir Direction, self, peer int32, peerAddr netip.Addr, proto Protocol, port uint16, dstEp int32) ClusterRuleRef {
+	if t.tiers == nil || self < 0 || self == peer {
+		return ClusterRuleRef{}
+	}
+	peerID, port := t.tierArgs(peer, proto, port)
 	th := &t.tiers[self]
 	var passed ClusterRuleRef
 	if g := th.groups[AdminTier][dir]; g >= 0 {

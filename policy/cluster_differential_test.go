@@ -54,6 +54,28 @@ type refCPPort struct {
 	name   string
 }
 
+// refPeer reads one peer from its fields: namespaces, pods (namespace
+// and pod selectors), nodes or networks.
+func refPeer(namespaces, podsNS, podsPod, nodes *metav1.LabelSelector, networks []string) refCPPeer {
+	switch {
+	case namespaces != nil:
+		return refCPPeer{ns: namespaces}
+	case podsNS != nil:
+		return refCPPeer{ns: podsNS, pod: podsPod}
+	case nodes != nil:
+		return refCPPeer{nodes: nodes}
+	}
+	return refCPPeer{networks: networks}
+}
+
+func refStrings[T ~string](xs []T) []string {
+	var out []string
+	for _, x := range xs {
+		out = append(out, string(x))
+	}
+	return out
+}
+
 func (w *refWorld) clusterPolicies() []refCP {
 	var out []refCP
 	for _, p := range w.c.ClusterNetworkPolicies {
@@ -66,44 +88,26 @@ func (w *refWorld) clusterPolicies() []refCP {
 		for _, r := range p.Spec.Ingress {
 			rr := refCPRule{action: string(r.Action), ports: refProtocols(r.Protocols)}
 			for _, pe := range r.From {
-				if pe.Namespaces != nil {
-					rr.peers = append(rr.peers, refCPPeer{ns: pe.Namespaces})
-				} else {
-					rr.peers = append(rr.peers, refCPPeer{ns: &pe.Pods.NamespaceSelector, pod: &pe.Pods.PodSelector})
+				var pns, ppod *metav1.LabelSelector
+				if pe.Pods != nil {
+					pns, ppod = &pe.Pods.NamespaceSelector, &pe.Pods.PodSelector
 				}
+				rr.peers = append(rr.peers, refPeer(pe.Namespaces, pns, ppod, nil, nil))
 			}
 			rp.ingress = append(rp.ingress, rr)
 		}
 		for _, r := range p.Spec.Egress {
 			rr := refCPRule{action: string(r.Action), ports: refProtocols(r.Protocols)}
 			for _, pe := range r.To {
-				switch {
-				case pe.Namespaces != nil:
-					rr.peers = append(rr.peers, refCPPeer{ns: pe.Namespaces})
-				case pe.Pods != nil:
-					rr.peers = append(rr.peers, refCPPeer{ns: &pe.Pods.NamespaceSelector, pod: &pe.Pods.PodSelector})
-				case pe.Nodes != nil:
-					rr.peers = append(rr.peers, refCPPeer{nodes: pe.Nodes})
-				default:
-					var nets []string
-					for _, n := range pe.Networks {
-						nets = append(nets, string(n))
-					}
-					rr.peers = append(rr.peers, refCPPeer{networks: nets})
+				var pns, ppod *metav1.LabelSelector
+				if pe.Pods != nil {
+					pns, ppod = &pe.Pods.NamespaceSelector, &pe.Pods.PodSelector
 				}
+				rr.peers = append(rr.peers, refPeer(pe.Namespaces, pns, ppod, pe.Nodes, refStrings(pe.Networks)))
 			}
 			rp.egress = append(rp.egress, rr)
 		}
 		out = append(out, rp)
-	}
-	alpha := func(kind int, name, tier string, prio int32, sub npav1alpha1.AdminNetworkPolicySubject) refCP {
-		rp := refCP{tier: tier, priority: prio, kind: kind, name: name}
-		if sub.Namespaces != nil {
-			rp.subNS = sub.Namespaces
-		} else {
-			rp.subNS, rp.subPod = &sub.Pods.NamespaceSelector, &sub.Pods.PodSelector
-		}
-		return rp
 	}
 	alphaAction := func(a string) string {
 		if a == "Allow" {
@@ -111,59 +115,62 @@ func (w *refWorld) clusterPolicies() []refCP {
 		}
 		return a
 	}
+	// The v1alpha1 kinds: their rules, taken apart by the caller.
+	type alphaRule struct {
+		action string
+		ports  *[]npav1alpha1.AdminNetworkPolicyPort
+		peers  []refCPPeer
+	}
+	alpha := func(kind int, name, tier string, prio int32, sub npav1alpha1.AdminNetworkPolicySubject, ingress, egress []alphaRule) refCP {
+		rp := refCP{tier: tier, priority: prio, kind: kind, name: name}
+		if sub.Namespaces != nil {
+			rp.subNS = sub.Namespaces
+		} else {
+			rp.subNS, rp.subPod = &sub.Pods.NamespaceSelector, &sub.Pods.PodSelector
+		}
+		for _, r := range ingress {
+			rp.ingress = append(rp.ingress, refCPRule{action: alphaAction(r.action), ports: refAlphaPorts(r.ports), peers: r.peers})
+		}
+		for _, r := range egress {
+			rp.egress = append(rp.egress, refCPRule{action: alphaAction(r.action), ports: refAlphaPorts(r.ports), peers: r.peers})
+		}
+		return rp
+	}
+	alphaPods := func(np *npav1alpha1.NamespacedPod) (*metav1.LabelSelector, *metav1.LabelSelector) {
+		if np == nil {
+			return nil, nil
+		}
+		return &np.NamespaceSelector, &np.PodSelector
+	}
 	for _, p := range w.c.AdminNetworkPolicies {
-		rp := alpha(1, p.Name, "Admin", p.Spec.Priority, p.Spec.Subject)
+		var in, eg []alphaRule
 		for _, r := range p.Spec.Ingress {
-			rp.ingress = append(rp.ingress, refCPRule{action: alphaAction(string(r.Action)), ports: refAlphaPorts(r.Ports), peers: refAlphaPeers(r.From)})
+			in = append(in, alphaRule{string(r.Action), r.Ports, refAlphaPeers(r.From)})
 		}
 		for _, r := range p.Spec.Egress {
-			rr := refCPRule{action: alphaAction(string(r.Action)), ports: refAlphaPorts(r.Ports)}
+			var ps []refCPPeer
 			for _, pe := range r.To {
-				switch {
-				case pe.Namespaces != nil:
-					rr.peers = append(rr.peers, refCPPeer{ns: pe.Namespaces})
-				case pe.Pods != nil:
-					rr.peers = append(rr.peers, refCPPeer{ns: &pe.Pods.NamespaceSelector, pod: &pe.Pods.PodSelector})
-				case pe.Nodes != nil:
-					rr.peers = append(rr.peers, refCPPeer{nodes: pe.Nodes})
-				default:
-					var nets []string
-					for _, n := range pe.Networks {
-						nets = append(nets, string(n))
-					}
-					rr.peers = append(rr.peers, refCPPeer{networks: nets})
-				}
+				pns, ppod := alphaPods(pe.Pods)
+				ps = append(ps, refPeer(pe.Namespaces, pns, ppod, pe.Nodes, refStrings(pe.Networks)))
 			}
-			rp.egress = append(rp.egress, rr)
+			eg = append(eg, alphaRule{string(r.Action), r.Ports, ps})
 		}
-		out = append(out, rp)
+		out = append(out, alpha(1, p.Name, "Admin", p.Spec.Priority, p.Spec.Subject, in, eg))
 	}
 	for _, p := range w.c.BaselineAdminNetworkPolicies {
-		rp := alpha(2, p.Name, "Baseline", 1000, p.Spec.Subject)
+		var in, eg []alphaRule
 		for _, r := range p.Spec.Ingress {
-			rp.ingress = append(rp.ingress, refCPRule{action: alphaAction(string(r.Action)), ports: refAlphaPorts(r.Ports), peers: refAlphaPeers(r.From)})
+			in = append(in, alphaRule{string(r.Action), r.Ports, refAlphaPeers(r.From)})
 		}
 		for _, r := range p.Spec.Egress {
-			rr := refCPRule{action: alphaAction(string(r.Action)), ports: refAlphaPorts(r.Ports)}
+			var ps []refCPPeer
 			for _, pe := range r.To {
-				switch {
-				case pe.Namespaces != nil:
-					rr.peers = append(rr.peers, refCPPeer{ns: pe.Namespaces})
-				case pe.Pods != nil:
-					rr.peers = append(rr.peers, refCPPeer{ns: &pe.Pods.NamespaceSelector, pod: &pe.Pods.PodSelector})
-				case pe.Nodes != nil:
-					rr.peers = append(rr.peers, refCPPeer{nodes: pe.Nodes})
-				default:
-					var nets []string
-					for _, n := range pe.Networks {
-						nets = append(nets, string(n))
-					}
-					rr.peers = append(rr.peers, refCPPeer{networks: nets})
-				}
+				pns, ppod := alphaPods(pe.Pods)
+				ps = append(ps, refPeer(pe.Namespaces, pns, ppod, pe.Nodes, refStrings(pe.Networks)))
 			}
-			rp.egress = append(rp.egress, rr)
+			eg = append(eg, alphaRule{string(r.Action), r.Ports, ps})
 		}
-		out = append(out, rp)
+		out = append(out, alpha(2, p.Name, "Baseline", 1000, p.Spec.Subject, in, eg))
 	}
 	slices.SortFunc(out, func(a, b refCP) int {
 		return cmp.Or(cmp.Compare(a.priority, b.priority), cmp.Compare(a.kind, b.kind), cmp.Compare(a.name, b.name))

@@ -59,32 +59,13 @@ func ValidateClusterNetworkPolicy(cnp *npav1beta1.ClusterNetworkPolicy) field.Er
 		allErrs = append(allErrs, field.NotSupported(spec.Child("tier"), cnp.Spec.Tier, []string{string(npav1beta1.AdminTier), string(npav1beta1.BaselineTier)}))
 	}
 	allErrs = append(allErrs, validatePriority(cnp.Spec.Priority, spec.Child("priority"))...)
-	sp := spec.Child("subject")
-	switch n := countSet(cnp.Spec.Subject.Namespaces != nil, cnp.Spec.Subject.Pods != nil); {
-	case n == 0:
-		allErrs = append(allErrs, field.Required(sp, "must set one of namespaces or pods"))
-	case n > 1:
-		allErrs = append(allErrs, field.TooMany(sp, n, 1))
-	}
-	allErrs = append(allErrs, validateSelector(cnp.Spec.Subject.Namespaces, sp.Child("namespaces"))...)
-	if p := cnp.Spec.Subject.Pods; p != nil {
-		allErrs = append(allErrs, validateNamespacedPod(p, sp.Child("pods"))...)
-	}
+	allErrs = append(allErrs, validateSubject(cnp.Spec.Subject.Namespaces, cnpPods(cnp.Spec.Subject.Pods), spec.Child("subject"))...)
 	allErrs = append(allErrs, maxItems(len(cnp.Spec.Ingress), cnpMaxRules, spec.Child("ingress"))...)
 	for i := range cnp.Spec.Ingress {
 		r := &cnp.Spec.Ingress[i]
 		rp := spec.Child("ingress").Index(i)
 		allErrs = append(allErrs, validateRuleHead(r.Name, string(r.Action), cnpActions, rp)...)
-		allErrs = append(allErrs, itemCount(r.From == nil, len(r.From), cnpMaxRules, rp.Child("from"))...)
-		for j := range r.From {
-			peer := &r.From[j]
-			pp := rp.Child("from").Index(j)
-			allErrs = append(allErrs, exactlyOne(pp, countSet(peer.Namespaces != nil, peer.Pods != nil))...)
-			allErrs = append(allErrs, validateSelector(peer.Namespaces, pp.Child("namespaces"))...)
-			if peer.Pods != nil {
-				allErrs = append(allErrs, validateNamespacedPod(peer.Pods, pp.Child("pods"))...)
-			}
-		}
+		allErrs = append(allErrs, validatePeers(r.From, cnpIngressPeer, cnpMaxRules, rp.Child("from"))...)
 		allErrs = append(allErrs, validateProtocols(r.Protocols, rp.Child("protocols"))...)
 	}
 	allErrs = append(allErrs, maxItems(len(cnp.Spec.Egress), cnpMaxRules, spec.Child("egress"))...)
@@ -92,39 +73,73 @@ func ValidateClusterNetworkPolicy(cnp *npav1beta1.ClusterNetworkPolicy) field.Er
 		r := &cnp.Spec.Egress[i]
 		rp := spec.Child("egress").Index(i)
 		allErrs = append(allErrs, validateRuleHead(r.Name, string(r.Action), cnpActions, rp)...)
-		allErrs = append(allErrs, itemCount(r.To == nil, len(r.To), cnpMaxRules, rp.Child("to"))...)
-		addressPeer := false
-		for j := range r.To {
-			peer := &r.To[j]
-			pp := rp.Child("to").Index(j)
-			allErrs = append(allErrs, exactlyOne(pp, countSet(peer.Namespaces != nil, peer.Pods != nil, peer.Nodes != nil, peer.Networks != nil, peer.DomainNames != nil))...)
-			allErrs = append(allErrs, validateSelector(peer.Namespaces, pp.Child("namespaces"))...)
-			if peer.Pods != nil {
-				allErrs = append(allErrs, validateNamespacedPod(peer.Pods, pp.Child("pods"))...)
-			}
-			allErrs = append(allErrs, validateSelector(peer.Nodes, pp.Child("nodes"))...)
-			allErrs = append(allErrs, validateNetworks(cidrStrings(peer.Networks), peer.Networks != nil, pp.Child("networks"))...)
-			allErrs = append(allErrs, validateDomainNames(domainStrings(peer.DomainNames), peer.DomainNames != nil, pp.Child("domainNames"))...)
-			addressPeer = addressPeer || peer.Networks != nil || peer.Nodes != nil || peer.DomainNames != nil
-		}
+		allErrs = append(allErrs, validatePeers(r.To, cnpEgressPeer, cnpMaxRules, rp.Child("to"))...)
 		allErrs = append(allErrs, validateProtocols(r.Protocols, rp.Child("protocols"))...)
 		named := false
 		for _, p := range r.Protocols {
 			named = named || p.DestinationNamedPort != ""
 		}
-		if addressPeer && named {
-			allErrs = append(allErrs, field.Invalid(rp, "object", cnpNamedPortOn))
-		}
+		allErrs = append(allErrs, validateNamedPortPeers(r.To, cnpEgressPeer, named, cnpNamedPortOn, rp)...)
 	}
 	return allErrs
 }
 
+// validateSubject checks a subject: exactly one of namespaces and pods.
+func validateSubject(namespaces *metav1.LabelSelector, pods *cselector, fp *field.Path) field.ErrorList {
+	var allErrs field.ErrorList
+	switch n := countSet(namespaces != nil, pods != nil); {
+	case n == 0:
+		allErrs = append(allErrs, field.Required(fp, "must set one of namespaces or pods"))
+	case n > 1:
+		allErrs = append(allErrs, field.TooMany(fp, n, 1))
+	}
+	return append(allErrs, validatePeerSelectors(peerFields{namespaces: namespaces, pods: pods}, fp)...)
+}
+
+// validatePeers checks a required list of peers (1 to limit items), each
+// with exactly one field.
+func validatePeers[T any](ps []T, fields func(*T) peerFields, limit int, fp *field.Path) field.ErrorList {
+	allErrs := itemCount(ps == nil, len(ps), limit, fp)
+	for j := range ps {
+		f := fields(&ps[j])
+		pp := fp.Index(j)
+		allErrs = append(allErrs, exactlyOne(pp, countSet(f.namespaces != nil, f.pods != nil, f.nodes != nil, f.networks != nil, f.domains != nil))...)
+		allErrs = append(allErrs, validatePeerSelectors(f, pp)...)
+		allErrs = append(allErrs, validateNetworks(f.networks, f.networks != nil, pp.Child("networks"))...)
+		allErrs = append(allErrs, validateDomainNames(f.domains, f.domains != nil, pp.Child("domainNames"))...)
+	}
+	return allErrs
+}
+
+// validatePeerSelectors checks the selectors of a peer or subject.
+func validatePeerSelectors(f peerFields, fp *field.Path) field.ErrorList {
+	allErrs := validateSelector(f.namespaces, fp.Child("namespaces"))
+	if f.pods != nil {
+		allErrs = append(allErrs, validateSelector(f.pods.ns, fp.Child("pods", "namespaceSelector"))...)
+		allErrs = append(allErrs, validateSelector(f.pods.pod, fp.Child("pods", "podSelector"))...)
+	}
+	return append(allErrs, validateSelector(f.nodes, fp.Child("nodes"))...)
+}
+
+// validateNamedPortPeers is the CEL rule of egress rules: named ports do
+// not go with networks, nodes or domainNames peers.
+func validateNamedPortPeers[T any](ps []T, fields func(*T) peerFields, named bool, msg string, rp *field.Path) field.ErrorList {
+	if !named {
+		return nil
+	}
+	for j := range ps {
+		if fields(&ps[j]).address() {
+			return field.ErrorList{field.Invalid(rp, "object", msg)}
+		}
+	}
+	return nil
+}
+
 var (
-	cnpActions   = []string{"Accept", "Deny", "Pass"}
-	anpActions   = []string{"Allow", "Deny", "Pass"}
-	banpActions  = []string{"Allow", "Deny"}
-	alphaProtos  = []string{"TCP", "UDP", "SCTP"}
-	errNoSubject = "must set one of namespaces or pods"
+	cnpActions  = []string{"Accept", "Deny", "Pass"}
+	anpActions  = []string{"Allow", "Deny", "Pass"}
+	banpActions = []string{"Allow", "Deny"}
+	alphaProtos = []string{"TCP", "UDP", "SCTP"}
 )
 
 // validateClusterMeta checks the metadata of a cluster-scoped custom
@@ -230,11 +245,6 @@ func validateSelector(s *metav1.LabelSelector, fp *field.Path) field.ErrorList {
 		return field.ErrorList{field.Invalid(fp, s.String(), fmt.Sprintf("not a label selector: %v", err))}
 	}
 	return nil
-}
-
-func validateNamespacedPod(p *npav1beta1.NamespacedPod, fp *field.Path) field.ErrorList {
-	return append(validateSelector(&p.NamespaceSelector, fp.Child("namespaceSelector")),
-		validateSelector(&p.PodSelector, fp.Child("podSelector"))...)
 }
 
 // parseNetwork parses a CIDR of a networks peer as the CRD's CEL rule
@@ -349,36 +359,20 @@ func ValidateAdminNetworkPolicy(anp *npav1alpha1.AdminNetworkPolicy) field.Error
 	allErrs := validateClusterMeta(&anp.ObjectMeta)
 	spec := field.NewPath("spec")
 	allErrs = append(allErrs, validatePriority(anp.Spec.Priority, spec.Child("priority"))...)
-	allErrs = append(allErrs, validateAlphaSubject(&anp.Spec.Subject, spec.Child("subject"))...)
+	allErrs = append(allErrs, validateSubject(anp.Spec.Subject.Namespaces, alphaPods(anp.Spec.Subject.Pods), spec.Child("subject"))...)
 	allErrs = append(allErrs, maxItems(len(anp.Spec.Ingress), anpMaxRules, spec.Child("ingress"))...)
 	for i := range anp.Spec.Ingress {
 		r := &anp.Spec.Ingress[i]
-		allErrs = append(allErrs, validateAlphaIngressRule(r.Name, string(r.Action), anpActions, r.From, r.Ports, spec.Child("ingress").Index(i))...)
+		allErrs = append(allErrs, validateAlphaRule(r.Name, string(r.Action), anpActions, r.Ports, spec.Child("ingress").Index(i))...)
+		allErrs = append(allErrs, validatePeers(r.From, alphaIngressPeer, anpMaxRules, spec.Child("ingress").Index(i).Child("from"))...)
 	}
 	allErrs = append(allErrs, maxItems(len(anp.Spec.Egress), anpMaxRules, spec.Child("egress"))...)
 	for i := range anp.Spec.Egress {
 		r := &anp.Spec.Egress[i]
 		rp := spec.Child("egress").Index(i)
-		allErrs = append(allErrs, validateRuleHead(r.Name, string(r.Action), anpActions, rp)...)
-		allErrs = append(allErrs, itemCount(r.To == nil, len(r.To), anpMaxRules, rp.Child("to"))...)
-		address := false
-		for j := range r.To {
-			peer := &r.To[j]
-			pp := rp.Child("to").Index(j)
-			allErrs = append(allErrs, exactlyOne(pp, countSet(peer.Namespaces != nil, peer.Pods != nil, peer.Nodes != nil, peer.Networks != nil, peer.DomainNames != nil))...)
-			allErrs = append(allErrs, validateSelector(peer.Namespaces, pp.Child("namespaces"))...)
-			if peer.Pods != nil {
-				allErrs = append(allErrs, validateAlphaNamespacedPod(peer.Pods, pp.Child("pods"))...)
-			}
-			allErrs = append(allErrs, validateSelector(peer.Nodes, pp.Child("nodes"))...)
-			allErrs = append(allErrs, validateNetworks(cidrStrings(peer.Networks), peer.Networks != nil, pp.Child("networks"))...)
-			allErrs = append(allErrs, validateDomainNames(domainStrings(peer.DomainNames), peer.DomainNames != nil, pp.Child("domainNames"))...)
-			address = address || peer.Networks != nil || peer.Nodes != nil || peer.DomainNames != nil
-		}
-		allErrs = append(allErrs, validateAlphaPorts(r.Ports, rp.Child("ports"))...)
-		if address && alphaNamedPort(r.Ports) {
-			allErrs = append(allErrs, field.Invalid(rp, "object", cnpNamedPortOn))
-		}
+		allErrs = append(allErrs, validateAlphaRule(r.Name, string(r.Action), anpActions, r.Ports, rp)...)
+		allErrs = append(allErrs, validatePeers(r.To, anpEgressPeer, anpMaxRules, rp.Child("to"))...)
+		allErrs = append(allErrs, validateNamedPortPeers(r.To, anpEgressPeer, alphaNamedPort(r.Ports), cnpNamedPortOn, rp)...)
 	}
 	return allErrs
 }
@@ -393,72 +387,28 @@ func ValidateBaselineAdminNetworkPolicy(banp *npav1alpha1.BaselineAdminNetworkPo
 			`Only one baseline admin network policy with metadata.name="default" can be created in the cluster`))
 	}
 	spec := field.NewPath("spec")
-	allErrs = append(allErrs, validateAlphaSubject(&banp.Spec.Subject, spec.Child("subject"))...)
+	allErrs = append(allErrs, validateSubject(banp.Spec.Subject.Namespaces, alphaPods(banp.Spec.Subject.Pods), spec.Child("subject"))...)
 	allErrs = append(allErrs, maxItems(len(banp.Spec.Ingress), anpMaxRules, spec.Child("ingress"))...)
 	for i := range banp.Spec.Ingress {
 		r := &banp.Spec.Ingress[i]
-		allErrs = append(allErrs, validateAlphaIngressRule(r.Name, string(r.Action), banpActions, r.From, r.Ports, spec.Child("ingress").Index(i))...)
+		allErrs = append(allErrs, validateAlphaRule(r.Name, string(r.Action), banpActions, r.Ports, spec.Child("ingress").Index(i))...)
+		allErrs = append(allErrs, validatePeers(r.From, alphaIngressPeer, anpMaxRules, spec.Child("ingress").Index(i).Child("from"))...)
 	}
 	allErrs = append(allErrs, maxItems(len(banp.Spec.Egress), anpMaxRules, spec.Child("egress"))...)
 	for i := range banp.Spec.Egress {
 		r := &banp.Spec.Egress[i]
 		rp := spec.Child("egress").Index(i)
-		allErrs = append(allErrs, validateRuleHead(r.Name, string(r.Action), banpActions, rp)...)
-		allErrs = append(allErrs, itemCount(r.To == nil, len(r.To), anpMaxRules, rp.Child("to"))...)
-		address := false
-		for j := range r.To {
-			peer := &r.To[j]
-			pp := rp.Child("to").Index(j)
-			allErrs = append(allErrs, exactlyOne(pp, countSet(peer.Namespaces != nil, peer.Pods != nil, peer.Nodes != nil, peer.Networks != nil))...)
-			allErrs = append(allErrs, validateSelector(peer.Namespaces, pp.Child("namespaces"))...)
-			if peer.Pods != nil {
-				allErrs = append(allErrs, validateAlphaNamespacedPod(peer.Pods, pp.Child("pods"))...)
-			}
-			allErrs = append(allErrs, validateSelector(peer.Nodes, pp.Child("nodes"))...)
-			allErrs = append(allErrs, validateNetworks(cidrStrings(peer.Networks), peer.Networks != nil, pp.Child("networks"))...)
-			address = address || peer.Networks != nil || peer.Nodes != nil
-		}
-		allErrs = append(allErrs, validateAlphaPorts(r.Ports, rp.Child("ports"))...)
-		if address && alphaNamedPort(r.Ports) {
-			allErrs = append(allErrs, field.Invalid(rp, "object", "networks/nodes peer cannot be set with namedPorts since there are no namedPorts for networks/nodes"))
-		}
+		allErrs = append(allErrs, validateAlphaRule(r.Name, string(r.Action), banpActions, r.Ports, rp)...)
+		allErrs = append(allErrs, validatePeers(r.To, banpEgressPeer, anpMaxRules, rp.Child("to"))...)
+		allErrs = append(allErrs, validateNamedPortPeers(r.To, banpEgressPeer, alphaNamedPort(r.Ports),
+			"networks/nodes peer cannot be set with namedPorts since there are no namedPorts for networks/nodes", rp)...)
 	}
 	return allErrs
 }
 
-func validateAlphaSubject(s *npav1alpha1.AdminNetworkPolicySubject, fp *field.Path) field.ErrorList {
-	var allErrs field.ErrorList
-	switch n := countSet(s.Namespaces != nil, s.Pods != nil); {
-	case n == 0:
-		allErrs = append(allErrs, field.Required(fp, errNoSubject))
-	case n > 1:
-		allErrs = append(allErrs, field.TooMany(fp, n, 1))
-	}
-	allErrs = append(allErrs, validateSelector(s.Namespaces, fp.Child("namespaces"))...)
-	if s.Pods != nil {
-		allErrs = append(allErrs, validateAlphaNamespacedPod(s.Pods, fp.Child("pods"))...)
-	}
-	return allErrs
-}
-
-func validateAlphaNamespacedPod(p *npav1alpha1.NamespacedPod, fp *field.Path) field.ErrorList {
-	return append(validateSelector(&p.NamespaceSelector, fp.Child("namespaceSelector")),
-		validateSelector(&p.PodSelector, fp.Child("podSelector"))...)
-}
-
-func validateAlphaIngressRule(name, action string, actions []string, from []npav1alpha1.AdminNetworkPolicyIngressPeer, ports *[]npav1alpha1.AdminNetworkPolicyPort, rp *field.Path) field.ErrorList {
-	allErrs := validateRuleHead(name, action, actions, rp)
-	allErrs = append(allErrs, itemCount(from == nil, len(from), anpMaxRules, rp.Child("from"))...)
-	for j := range from {
-		peer := &from[j]
-		pp := rp.Child("from").Index(j)
-		allErrs = append(allErrs, exactlyOne(pp, countSet(peer.Namespaces != nil, peer.Pods != nil))...)
-		allErrs = append(allErrs, validateSelector(peer.Namespaces, pp.Child("namespaces"))...)
-		if peer.Pods != nil {
-			allErrs = append(allErrs, validateAlphaNamespacedPod(peer.Pods, pp.Child("pods"))...)
-		}
-	}
-	return append(allErrs, validateAlphaPorts(ports, rp.Child("ports"))...)
+// validateAlphaRule checks a v1alpha1 rule's name, action and ports.
+func validateAlphaRule(name, action string, actions []string, ports *[]npav1alpha1.AdminNetworkPolicyPort, rp *field.Path) field.ErrorList {
+	return append(validateRuleHead(name, action, actions, rp), validateAlphaPorts(ports, rp.Child("ports"))...)
 }
 
 func alphaNamedPort(ports *[]npav1alpha1.AdminNetworkPolicyPort) bool {

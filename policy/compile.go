@@ -608,29 +608,18 @@ func (b *builder) buildGroups() {
 			}
 		}
 	}
-	index := make(map[string]int32)
-	var key []byte
+	groups := groupIndex{index: make(map[string]int32)}
 	for id := range perID {
 		for dir := Ingress; dir <= Egress; dir++ {
 			pols := perID[id][dir]
 			if len(pols) == 0 {
 				continue
 			}
-			key = append(key[:0], byte(dir))
-			for _, p := range pols {
-				key = binary.LittleEndian.AppendUint32(key, uint32(p))
-			}
-			g, ok := index[string(key)]
-			if !ok {
-				g = int32(len(t.groups))
-				index[string(key)] = g
-				var rules []rule
-				for _, p := range pols {
-					rules = append(rules, b.compiled[p][dir]...)
-				}
+			t.identities[id].groups[dir] = groups.get(dir, pols, func() int32 {
+				rules := concat(pols, func(p int32) []rule { return b.compiled[p][dir] })
 				t.groups = append(t.groups, group{policies: pols, rules: rules})
-			}
-			t.identities[id].groups[dir] = g
+				return int32(len(t.groups) - 1)
+			})
 		}
 	}
 	t.hot = make([]endpointHot, len(t.endpoints))
@@ -638,4 +627,36 @@ func (b *builder) buildGroups() {
 		id := t.endpoints[i].identity
 		t.hot[i] = endpointHot{identity: id, groups: t.identities[id].groups}
 	}
+}
+
+// groupIndex numbers groups of rules by the list of policies (of one
+// direction) they come from, so that identities selected by the same
+// policies share one group.
+type groupIndex struct {
+	index map[string]int32
+	key   []byte
+}
+
+// get returns the group of pols for dir, calling newGroup to make it (and
+// return its number) the first time.
+func (g *groupIndex) get(dir Direction, pols []int32, newGroup func() int32) int32 {
+	g.key = append(g.key[:0], byte(dir))
+	for _, p := range pols {
+		g.key = binary.LittleEndian.AppendUint32(g.key, uint32(p))
+	}
+	if i, ok := g.index[string(g.key)]; ok {
+		return i
+	}
+	i := newGroup()
+	g.index[string(g.key)] = i
+	return i
+}
+
+// concat joins the rules of the policies pols, in order.
+func concat[T any](pols []int32, rulesOf func(p int32) []T) []T {
+	var out []T
+	for _, p := range pols {
+		out = append(out, rulesOf(p)...)
+	}
+	return out
 }

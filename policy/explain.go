@@ -289,13 +289,7 @@ func (t *Table) explainSide(dir Direction, dec Decision, self, peer int32, peerA
 // rules handed the decision on.
 func (t *Table) explainTiers(se *SideExplanation, dir Direction, dec Decision, self, peer int32, peerAddr netip.Addr, proto Protocol, port uint16, dstEp int32) {
 	se.ClusterSelecting = t.clusterSelectingNames(self, dir)
-	peerID := int32(-1)
-	if peer >= 0 {
-		peerID = t.hot[peer].identity
-	}
-	if !proto.HasPorts() {
-		port = 0
-	}
+	peerID, port := t.tierArgs(peer, proto, port)
 	describe := func(r *clusterRule) ClusterRuleInfo { return t.ClusterRule(r.ref) }
 	var parts []string
 	th := &t.tiers[self]

@@ -32,11 +32,7 @@ func TestArticleClusterPoliciesMatrix(t *testing.T) {
 		// selects it) but for DNS, and its ingress from pods.
 		"frontend/webpod  X              X                X                .",
 	}
-	var got []string
-	for _, l := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
-		got = append(got, strings.TrimRight(l, " "))
-	}
-	if diff := cmp.Diff(want, got); diff != "" {
+	if diff := cmp.Diff(want, tableLines(out)); diff != "" {
 		t.Errorf("table (-want +got):\n%s", diff)
 	}
 }
@@ -77,22 +73,7 @@ func TestArticleClusterPoliciesCheck(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.from+" to "+tc.to+" "+tc.port+"/"+tc.proto, func(t *testing.T) {
 			args := []string{"policy", "check", "-f", article, "-f", articleCNP, "--from", tc.from, "--to", tc.to, "--protocol", tc.proto, "--port", tc.port}
-			out, _, err := podgate(t, args...)
-			var ee *exitError
-			switch {
-			case tc.want == "allow" && err != nil:
-				t.Fatalf("check failed: %v\n%s", err, out)
-			case tc.want == "deny" && (!errors.As(err, &ee) || ee.code != 2):
-				t.Fatalf("check: err = %v, want exit status 2 (denied)\n%s", err, out)
-			}
-			if !strings.HasPrefix(out, strings.ToUpper(tc.want)+":") {
-				t.Errorf("verdict line = %q, want %s", strings.SplitN(out, "\n", 2)[0], strings.ToUpper(tc.want))
-			}
-			for _, w := range tc.explanations {
-				if !strings.Contains(out, w) {
-					t.Errorf("explanation does not say %q:\n%s", w, out)
-				}
-			}
+			runCheck(t, args, tc.want, tc.explanations)
 			jout, _, _ := podgate(t, append(args, "-o", "json")...)
 			var e struct {
 				Verdict string
