@@ -171,14 +171,16 @@ func (e *Engine) allowed(key conntrack.Key, eg, ing policy.RuleRef) {
 	e.events.push(&ev)
 }
 
-// denied accounts a flow that policy denied (or a local pod the table does
-// not know): the denial on the isolated pod's port, and an event the first
-// time in a while for this flow.
-func (e *Engine) denied(p *packet.Packet, d Drop) {
+// denied accounts a packet that verdict v denied, if policy denied it (or
+// a local pod the table does not know): the denial on the isolated pod's
+// port and its policies, and an event the first time in a while for this
+// flow.
+func (e *Engine) denied(p *packet.Packet, v verdict) {
+	d := v.drop
 	if d != DropDeniedEgress && d != DropDeniedIngress && d != DropUnknownEndpoint {
 		return
 	}
-	if port := e.local(e.deniedAt); port != nil {
+	if port := e.local(v.isolated); port != nil {
 		if d == DropDeniedEgress {
 			port.stats.local[pDeniedEgress]++
 		} else if d == DropDeniedIngress {
@@ -190,7 +192,7 @@ func (e *Engine) denied(p *packet.Packet, d Drop) {
 		if d == DropDeniedEgress {
 			dir = policy.Egress
 		}
-		if ep, ok := a.tab.EndpointByAddr(e.deniedAt); ok {
+		if ep, ok := a.tab.EndpointByAddr(v.isolated); ok {
 			for _, pi := range a.tab.Selecting(ep, dir) {
 				a.denied[dir][pi].Add(1)
 			}
@@ -201,7 +203,8 @@ func (e *Engine) denied(p *packet.Packet, d Drop) {
 		return
 	}
 	ev := FlowEvent{Mono: e.now, Src: p.Src, Dst: p.Dst, Proto: policy.Protocol(p.Proto), SrcPort: key.SrcPort, DstPort: key.DstPort,
-		Drop: d, Egress: policy.RuleRef{Policy: -1, Index: -1}, Ingress: policy.RuleRef{Policy: -1, Index: -1}}
+		Drop: d, Isolated: v.isolated, Cut: v.cut,
+		Egress: policy.RuleRef{Policy: -1, Index: -1}, Ingress: policy.RuleRef{Policy: -1, Index: -1}}
 	if e.tab != nil {
 		ev.Generation = e.tab.Generation()
 	}

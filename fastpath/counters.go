@@ -49,9 +49,16 @@ const (
 	// DropNoNeighbor: the destination pod's MAC is not known (it was not
 	// given and the pod has sent nothing yet).
 	DropNoNeighbor
+	// DropTCPNoFlow: a TCP segment without SYN of a connection that no
+	// flow tracks, outside the pick-up window after a start: it cannot
+	// start a flow (connections start with a SYN).
+	DropTCPNoFlow
+	// DropNoPort: a frame punted by the TC program of a veth that is no
+	// (longer a) port of the engine.
+	DropNoPort
 
 	// NumDrops is the number of Drop values.
-	NumDrops = int(DropNoNeighbor) + 1
+	NumDrops = int(DropNoPort) + 1
 )
 
 // String returns the reason as a snake_case metric label.
@@ -88,6 +95,10 @@ func (d Drop) String() string {
 		return "neighbor"
 	case DropNoNeighbor:
 		return "no_neighbor"
+	case DropTCPNoFlow:
+		return "tcp_no_flow"
+	case DropNoPort:
+		return "no_port"
 	}
 	return fmt.Sprintf("drop_%d", uint8(d))
 }
@@ -103,7 +114,8 @@ const (
 	PodToKernel
 	// KernelToPod: from the kernel leg to a local pod (ingress).
 	KernelToPod
-	// Reply: ARP and neighbor advertisements the gateway sent.
+	// Reply: ARP replies, neighbor advertisements and TCP resets that the
+	// gateway sent.
 	Reply
 
 	// NumPaths is the number of Path values.
@@ -136,7 +148,14 @@ const (
 	cFlowsCut   = cFlowsNew + 1          // established flows cut by a new table
 	cRechecks   = cFlowsCut + 1          // flows judged again after a table change
 	cBatches    = cRechecks + 1
-	numCounters = cBatches + 1
+	cCutDrops   = cBatches + 1  // packets dropped on the tombstone of a cut flow
+	cResets     = cCutDrops + 1 // TCP resets sent for cut connections
+	// cOffloaded is a gauge: flows in the kernel's table.
+	cOffloaded       = cResets + 1
+	cOffloadInstalls = cOffloaded + 1       // flows installed in the kernel
+	cOffloadRemoves  = cOffloadInstalls + 1 // flows removed from it
+	cOffloadErrors   = cOffloadRemoves + 1  // failed calls of the flow table
+	numCounters      = cOffloadErrors + 1
 )
 
 // counters are the worker's own counters (plain integers) and their
@@ -173,6 +192,14 @@ type Stats struct {
 	FlowsNew, FlowsCut, Rechecks uint64
 	// Batches counts receive batches that had frames.
 	Batches uint64
+	// CutDrops counts packets dropped on the tombstone of a cut flow
+	// (they are also counted in Drops, under the reason of the cut);
+	// Resets the TCP resets sent to the senders of such packets.
+	CutDrops, Resets uint64
+	// Offloaded is the number of flows in the kernel's table now;
+	// OffloadInstalls and OffloadRemoves count flows installed in and
+	// removed from it, OffloadErrors failed calls of it.
+	Offloaded, OffloadInstalls, OffloadRemoves, OffloadErrors uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -190,5 +217,11 @@ func (c *counters) snapshot() Stats {
 	s.FlowsCut = c.shared[cFlowsCut].Load()
 	s.Rechecks = c.shared[cRechecks].Load()
 	s.Batches = c.shared[cBatches].Load()
+	s.CutDrops = c.shared[cCutDrops].Load()
+	s.Resets = c.shared[cResets].Load()
+	s.Offloaded = c.shared[cOffloaded].Load()
+	s.OffloadInstalls = c.shared[cOffloadInstalls].Load()
+	s.OffloadRemoves = c.shared[cOffloadRemoves].Load()
+	s.OffloadErrors = c.shared[cOffloadErrors].Load()
 	return s
 }

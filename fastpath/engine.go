@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/podgate/podgate/fastpath/conntrack"
 	"github.com/podgate/podgate/fastpath/packet"
 	"github.com/podgate/podgate/fastpath/xsk"
@@ -61,6 +63,13 @@ type PortSpec struct {
 	PeerMAC [6]byte
 	// PodIPs are the pod's addresses (pod ports only).
 	PodIPs []netip.Addr
+	// Ifindex is the index of the pod's host-side veth (pod ports): frames
+	// that its TC program punts to the kernel leg carry it in their
+	// destination MAC, and arrive on the kernel port.
+	Ifindex int
+	// TxOnly: the engine never receives from Port; the pod's frames
+	// arrive on the kernel port, punted (see Ifindex).
+	TxOnly bool
 }
 
 // Config configures an [Engine].
@@ -79,11 +88,22 @@ type Config struct {
 	// and cut. (A side of a flow that becomes a local pod later is judged
 	// anyway.)
 	KeepEstablished bool
-	// ReversePickup is how long after the engine starts a TCP packet of an
-	// unknown connection may be picked up as a reply (the connection
-	// judged the other way round), for connections that were open when the
-	// agent restarted. Default 2 minutes; negative disables it.
+	// ReversePickup is the pick-up window: how long after the engine
+	// starts a TCP segment without SYN of a connection that no flow tracks
+	// may be picked up, for connections that were open when the agent
+	// restarted. It is then judged as the connection it belongs to, from
+	// client to server, whichever end sent it (see pickup in verdict.go).
+	// After the window such segments are dropped (DropTCPNoFlow). Default
+	// 2 minutes; negative disables pick-up.
 	ReversePickup time.Duration
+	// CutReset answers a TCP segment of a connection that policy cut
+	// (that a new policy table denies, or that is in its tombstone) with
+	// a TCP reset to the segment's sender, so that applications on both
+	// ends fail at once instead of retransmitting into a black hole. The
+	// segment itself is dropped either way. Denied new connections are
+	// never answered: they are dropped silently, as NetworkPolicy
+	// implementations do.
+	CutReset bool
 	// BatchSize is the number of frames received from a port at a time.
 	BatchSize int
 	// IdleWait is how long the worker sleeps when no port has frames
@@ -94,7 +114,13 @@ type Config struct {
 	// lower latency and fewer drops under bursts, for a CPU kept busy
 	// while traffic flows. Zero (the default) sleeps at once.
 	BusyPoll time.Duration
-	// Now returns monotonic nanoseconds; nil means the real clock.
+	// Offload, if set, is the kernel's table of established flows, which
+	// the engine programs (see kernelflows.go); nil keeps every packet in
+	// the engine.
+	Offload FlowTable
+	// Now returns monotonic nanoseconds; nil means the system's
+	// CLOCK_MONOTONIC, the clock of the kernel's timestamps of offloaded
+	// flows (bpf_ktime_get_ns).
 	Now func() int64
 }
 
@@ -120,8 +146,10 @@ type Engine struct {
 	// Owned by the worker goroutine.
 	ct        *conntrack.Table
 	ports     []*port
+	rxPorts   []*port // the ports the worker receives from
 	kernel    *port
 	byAddr    *addrmap.Map[*port] // local pod addresses; rebuilt when ports change
+	byIfindex map[int]*port       // pod ports by the ifindex of their veth
 	nodeAddrs []netip.Addr
 	batch     []xsk.Frame
 	pkts      []packet.Packet // parsed frames of the batch
@@ -132,15 +160,11 @@ type Engine struct {
 	dirs      []conntrack.Dir
 	changed   bool // the flow table changed during this batch
 	tab       *policy.Table
+	off       *offloader // nil without Config.Offload
 	now       int64
 	waiter    waiter
-	// deniedAt is the address of the isolated side of the last denial.
-	deniedAt netip.Addr
 	// started is Config.Now when the engine was made.
 	started int64
-	// viaKernel is set while a frame from the kernel leg whose source is
-	// a local pod is judged: a flow it starts is marked flagViaKernel.
-	viaKernel bool
 	// lastWork is Config.Now at the last batch that had frames.
 	lastWork int64
 	// monoBase and wallBase relate Config.Now to the wall clock.
@@ -173,14 +197,17 @@ func New(cfg Config) (*Engine, error) {
 		cfg.ReversePickup = 2 * time.Minute
 	}
 	if cfg.Now == nil {
-		start := time.Now()
-		cfg.Now = func() int64 { return int64(time.Since(start)) + int64(time.Second) }
+		now, err := monotonicClock()
+		if err != nil {
+			return nil, fmt.Errorf("new fastpath engine: %w", err)
+		}
+		cfg.Now = now
 	}
 	ct, err := conntrack.New(cfg.Conntrack)
 	if err != nil {
 		return nil, fmt.Errorf("new fastpath engine: %w", err)
 	}
-	return &Engine{
+	e := &Engine{
 		started:    cfg.Now(),
 		monoBase:   cfg.Now(),
 		wallBase:   time.Now(),
@@ -198,7 +225,12 @@ func New(cfg Config) (*Engine, error) {
 		keys:       make([]conntrack.Key, cfg.BatchSize),
 		ents:       make([]*conntrack.Entry, cfg.BatchSize),
 		dirs:       make([]conntrack.Dir, cfg.BatchSize),
-	}, nil
+	}
+	if cfg.Offload != nil {
+		e.off = newOffloader(cfg.Offload)
+		ct.SetReleaseHook(e.released)
+	}
+	return e, nil
 }
 
 // command is a change the worker makes between batches.
@@ -255,7 +287,15 @@ func (e *Engine) ConntrackStats() conntrack.Stats { return e.ct.Stats() }
 // Flows calls fn for every tracked flow, on the worker goroutine, between
 // two batches; fn must not keep the entry.
 func (e *Engine) Flows(ctx context.Context, fn func(*conntrack.Entry) bool) error {
-	return e.do(ctx, func(e *Engine) error { e.ct.Range(e.now, fn); return nil })
+	return e.do(ctx, func(e *Engine) error {
+		e.ct.Range(e.now, func(ent *conntrack.Entry) bool {
+			if e.off != nil {
+				e.fold(ent)
+			}
+			return fn(ent)
+		})
+		return nil
+	})
 }
 
 func (e *Engine) addPort(s PortSpec) error {
@@ -286,6 +326,12 @@ func (e *Engine) addPort(s PortSpec) error {
 				return fmt.Errorf("add port %s: address %s already belongs to port %s", s.Name, a, q.Name)
 			}
 		}
+		if q := e.byIfindex[s.Ifindex]; s.Ifindex != 0 && q != nil {
+			return fmt.Errorf("add port %s: ifindex %d already belongs to port %s", s.Name, s.Ifindex, q.Name)
+		}
+		if s.TxOnly && s.Ifindex <= 0 {
+			return fmt.Errorf("add port %s: a transmit-only pod port needs the ifindex its frames are punted with", s.Name)
+		}
 		p.PodIPs = make([]netip.Addr, len(s.PodIPs))
 		for i, a := range s.PodIPs {
 			p.PodIPs[i] = a.Unmap()
@@ -295,6 +341,8 @@ func (e *Engine) addPort(s PortSpec) error {
 	}
 	e.ports = append(e.ports, p)
 	e.portsChanged()
+	// A pod's flows that the kernel forwarded as remote change their way.
+	e.unoffloadAddrs(p.PodIPs)
 	return nil
 }
 
@@ -314,12 +362,20 @@ func (e *Engine) portsChanged() {
 		}
 	}
 	m := addrmap.New[*port](n4, n6)
+	byIfindex := make(map[int]*port, len(e.ports))
+	e.rxPorts = e.rxPorts[:0]
 	for _, p := range e.ports {
 		for _, a := range p.PodIPs {
 			m.Insert(a, p)
 		}
+		if p.Kind == PodPort && p.Ifindex > 0 {
+			byIfindex[p.Ifindex] = p
+		}
+		if !p.TxOnly {
+			e.rxPorts = append(e.rxPorts, p)
+		}
 	}
-	e.byAddr = m
+	e.byAddr, e.byIfindex = m, byIfindex
 }
 
 func (e *Engine) removePort(name string) error {
@@ -330,7 +386,9 @@ func (e *Engine) removePort(name string) error {
 		err := p.Port.Flush()
 		if e.kernel == p {
 			e.kernel = nil
+			e.unoffloadAll()
 		}
+		e.unoffloadAddrs(p.PodIPs)
 		e.ports = append(e.ports[:i], e.ports[i+1:]...)
 		e.portsChanged()
 		if err != nil {
@@ -369,9 +427,10 @@ func (e *Engine) runOnce() bool {
 	if t := e.cfg.Store.Load(); t != e.tab {
 		e.tab = t
 		e.tableChanged()
+		e.recheckOffloaded()
 	}
 	worked := false
-	for _, p := range e.ports {
+	for _, p := range e.rxPorts {
 		n := p.Port.Receive(e.batch)
 		if n == 0 {
 			continue
@@ -386,6 +445,8 @@ func (e *Engine) runOnce() bool {
 	}
 	e.flushAll()
 	e.ct.Expire(e.now, 64)
+	e.sweep()
+	e.flushOffload()
 	e.cnt.publish()
 	for _, p := range e.ports {
 		p.stats.publish()
@@ -402,4 +463,16 @@ func (e *Engine) flushAll() {
 			_ = p.Port.Flush()
 		}
 	}
+}
+
+// monotonicClock returns a clock that reads CLOCK_MONOTONIC in nanoseconds
+// without a system call: one reading of the kernel's clock plus Go's
+// monotonic time since, which is the same clock.
+func monotonicClock() (func() int64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return nil, fmt.Errorf("read CLOCK_MONOTONIC: %w", err)
+	}
+	base, start := ts.Nano(), time.Now()
+	return func() int64 { return base + int64(time.Since(start)) }, nil
 }

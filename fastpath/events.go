@@ -8,9 +8,10 @@ import (
 	"github.com/podgate/podgate/policy"
 )
 
-// FlowEvent is a verdict on a new flow: a flow allowed and tracked, or a
-// denied one. Denied flows are reported once per flow, not per packet
-// (see [eventRing.deny]).
+// FlowEvent is a verdict on a flow: a new flow allowed and tracked, or a
+// denied one (a new flow, or a packet of a flow that policy cut). Denied
+// flows are reported once in a while per flow, not per packet (see
+// [eventRing.firstDenial]).
 type FlowEvent struct {
 	// Mono is the engine's monotonic clock (Config.Now) at the packet.
 	Mono             int64
@@ -20,6 +21,13 @@ type FlowEvent struct {
 	// Allowed is the verdict; Drop is the reason when it is false.
 	Allowed bool
 	Drop    Drop
+	// Isolated is the local pod whose policy denied the flow (the
+	// packet's source for an egress denial of a new flow, but either end
+	// for a packet of a cut flow), or the zero Addr.
+	Isolated netip.Addr
+	// Cut: the packet belongs to a flow that was allowed and that a newer
+	// policy table denied.
+	Cut bool
 	// Egress and Ingress are the rules that allowed the flow, per
 	// direction, or {-1, -1}; Generation is the policy table they index.
 	Egress, Ingress policy.RuleRef

@@ -39,6 +39,9 @@ type FlowRecord struct {
 	// drop reason (denied_ingress, denied_egress, unknown_endpoint).
 	Direction string `json:"direction,omitempty"`
 	Reason    string `json:"reason,omitempty"`
+	// Cut marks a denied packet of a connection that was allowed and that
+	// a newer policy denies (the connection was cut).
+	Cut bool `json:"cut,omitempty"`
 	// Policies says what decided: the rules that allowed the flow, or the
 	// policies that isolate the denying side.
 	Policies []string `json:"policies,omitempty"`
@@ -233,13 +236,13 @@ func (l *FlowLog) record(ev *FlowEvent) FlowRecord {
 		}
 		return r
 	}
-	r.Verdict, r.Reason = "deny", ev.Drop.String()
-	var side netip.Addr
+	r.Verdict, r.Reason, r.Cut = "deny", ev.Drop.String(), ev.Cut
+	side := ev.Isolated
 	switch ev.Drop {
 	case DropDeniedEgress:
-		r.Direction, side = "egress", ev.Src
+		r.Direction = "egress"
 	case DropDeniedIngress:
-		r.Direction, side = "ingress", ev.Dst
+		r.Direction = "ingress"
 	}
 	if i, ok := t.EndpointByAddr(side); ok {
 		dir := policy.Ingress

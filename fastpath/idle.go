@@ -41,7 +41,7 @@ func newWaiter(ports []*port) waiter {
 
 // idle waits for frames, a command or the end of ctx, at most IdleWait.
 func (e *Engine) idle(ctx context.Context) {
-	if len(e.ports) == 0 {
+	if len(e.rxPorts) == 0 {
 		select {
 		case <-ctx.Done():
 		case c := <-e.cmds:
@@ -50,7 +50,7 @@ func (e *Engine) idle(ctx context.Context) {
 		return
 	}
 	if e.waiter == nil {
-		e.waiter = newWaiter(e.ports)
+		e.waiter = newWaiter(e.rxPorts)
 	}
 	e.waiter.wait(e.cfg.IdleWait)
 }

@@ -19,6 +19,7 @@ type Collector struct {
 
 	rxPackets, rxBytes, fwdPackets, fwdBytes, drops    *prometheus.Desc
 	denied, allowedFlows, flowsNew, flowsCut, rechecks *prometheus.Desc
+	cutDrops, resets, ctTombstones                     *prometheus.Desc
 	deniedByPolicy                                     *prometheus.Desc
 	portPackets, portBytes, batches                    *prometheus.Desc
 	ctEntries, ctCapacity, ctInserts, ctEvictions      *prometheus.Desc
@@ -47,6 +48,9 @@ func NewCollector(e *Engine, store *policy.Store, flows *FlowLog) *Collector {
 		flowsNew:       d("flows_new_total", "Flows judged allowed and tracked."),
 		flowsCut:       d("flows_cut_total", "Established flows that a new policy table denied and that were cut."),
 		rechecks:       d("flows_rechecked_total", "Established flows judged again after a policy table change."),
+		cutDrops:       d("flows_cut_packets_dropped_total", "Packets of flows that policy cut, dropped by their tombstone (also counted in dropped_packets_total under the reason of the cut)."),
+		resets:         d("flows_cut_resets_total", "TCP resets sent to the senders of segments of cut connections (--cut-reset)."),
+		ctTombstones:   d("conntrack_tombstones_total", "Flows that policy cut and that the connection-tracking table keeps as tombstones."),
 		portPackets:    d("port_packets_total", "Frames per port and direction (rx from the interface, tx to it).", "interface", "direction"),
 		portBytes:      d("port_bytes_total", "Bytes per port and direction.", "interface", "direction"),
 		batches:        d("batches_total", "Receive batches that had frames."),
@@ -55,7 +59,7 @@ func NewCollector(e *Engine, store *policy.Store, flows *FlowLog) *Collector {
 		ctInserts:      d("conntrack_inserts_total", "Flows inserted into the connection-tracking table (inserting never fails: a full table evicts)."),
 		ctEvictions:    d("conntrack_evictions_total", "Flows evicted before they expired because the table was full."),
 		ctExpirations:  d("conntrack_expirations_total", "Expired flows reclaimed."),
-		ctDeletes:      d("conntrack_deletes_total", "Flows deleted (cut by policy, or restarted)."),
+		ctDeletes:      d("conntrack_deletes_total", "Flows deleted (restarted on the same addresses and ports, or a new connection on a tombstone)."),
 		ctFragInserts:  d("conntrack_fragment_inserts_total", "Fragmented packets whose first fragment's verdict was recorded."),
 		ctFragEv:       d("conntrack_fragment_evictions_total", "Fragment verdicts replaced before their timeout because the fragment table was full."),
 		eventsLost:     d("flow_events_lost_total", "Flow events dropped because the flow log fell behind."),
@@ -98,6 +102,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.flowsNew, s.FlowsNew)
 	counter(c.flowsCut, s.FlowsCut)
 	counter(c.rechecks, s.Rechecks)
+	counter(c.cutDrops, s.CutDrops)
+	counter(c.resets, s.Resets)
 	counter(c.batches, s.Batches)
 
 	t := c.store.Load()
@@ -168,6 +174,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.ctEvictions, ct.Evictions)
 	counter(c.ctExpirations, ct.Expirations)
 	counter(c.ctDeletes, ct.Deletes)
+	counter(c.ctTombstones, ct.Tombstones)
 	counter(c.ctFragInserts, ct.FragInserts)
 	counter(c.ctFragEv, ct.FragEvictions)
 

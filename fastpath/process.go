@@ -7,7 +7,6 @@ import (
 	"github.com/podgate/podgate/fastpath/conntrack"
 	"github.com/podgate/podgate/fastpath/packet"
 	"github.com/podgate/podgate/fastpath/xsk"
-	"github.com/podgate/podgate/policy"
 )
 
 // prepare parses the n frames of a batch from port in and looks up the
@@ -49,33 +48,86 @@ func (e *Engine) flow(i int, p *packet.Packet) (conntrack.Key, *conntrack.Entry,
 	return e.keys[j], e.ents[j], e.dirs[j]
 }
 
-// frame handles the received frame f with batch index i, parsed by
-// prepare; it always releases or transmits f.
-func (e *Engine) frame(in *port, f xsk.Frame, i int) {
-	b := in.Port.Bytes(f)
+// rxFrame is a received frame: f, whose bytes are b, in the UMEM of the
+// socket of port rx, which must release or transmit it.
+type rxFrame struct {
+	rx *port
+	f  xsk.Frame
+	b  []byte
+}
+
+// frame handles the received frame f of port rx with batch index i, parsed
+// by prepare; it always releases or transmits f. A frame on the kernel
+// port that a pod port's TC program punted (its destination MAC is the
+// punt marker) is handled as if that pod's port had received it.
+func (e *Engine) frame(rx *port, f xsk.Frame, i int) {
+	fr := rxFrame{rx: rx, f: f, b: rx.Port.Bytes(f)}
 	e.cnt.add(cRxPackets, 1)
-	e.cnt.add(cRxBytes, uint64(len(b)))
-	in.stats.local[pRxPackets]++
-	in.stats.local[pRxBytes] += uint64(len(b))
+	e.cnt.add(cRxBytes, uint64(len(fr.b)))
 	p := &e.pkts[i]
+	in := rx
+	if r := e.reasons[i]; r == packet.OK && rx.Kind == KernelPort {
+		if ifindex, ok := puntedFrom(p.DstMAC); ok {
+			if in = e.byIfindex[ifindex]; in == nil {
+				e.drop(fr, DropNoPort)
+				return
+			}
+		}
+	}
+	in.stats.local[pRxPackets]++
+	in.stats.local[pRxBytes] += uint64(len(fr.b))
 	if r := e.reasons[i]; r != packet.OK {
-		e.drop(in, f, Drop(r))
+		e.drop(fr, Drop(r))
 		return
 	}
 	if p.HasVLAN {
-		e.drop(in, f, DropNotRouted)
+		e.drop(fr, DropNotRouted)
 		return
 	}
 	if in.Kind == KernelPort {
-		e.fromKernel(in, f, b, p, i)
+		e.fromKernel(fr, p, i)
 		return
 	}
-	e.fromPod(in, f, b, p, i)
+	e.fromPod(fr, in, p, i)
 }
 
-func (e *Engine) drop(in *port, f xsk.Frame, d Drop) {
-	in.Port.Release(f)
-	in.dirty = true
+// puntMarker starts the destination MAC of a frame that the TC program of
+// a pod's veth punted to the kernel leg; the next four bytes are the
+// veth's ifindex (big-endian). See package fastpath/offload.
+var puntMarker = [2]byte{0x06, 0x70}
+
+// puntedFrom returns the ifindex of the pod veth that punted a frame with
+// destination MAC dst, if it is the punt marker.
+func puntedFrom(dst [6]byte) (int, bool) {
+	if dst[0] != puntMarker[0] || dst[1] != puntMarker[1] {
+		return 0, false
+	}
+	return int(binary.BigEndian.Uint32(dst[2:])), true
+}
+
+// reject drops the frame fr (parsed into p) from port in, which verdict v
+// denied, and accounts the denial. A TCP segment of a connection that
+// policy cut is answered with a reset to its sender when
+// [Config.CutReset] is set: the frame itself becomes the reset.
+func (e *Engine) reject(fr rxFrame, in *port, p *packet.Packet, v verdict) {
+	e.denied(p, v)
+	if !v.cut || !e.cfg.CutReset || p.Proto != packet.ProtoTCP {
+		e.drop(fr, v.drop)
+		return
+	}
+	n := packet.BuildTCPReset(fr.b[:cap(fr.b)], fr.b, p, p.SrcMAC, in.MAC)
+	if n == 0 {
+		e.drop(fr, v.drop)
+		return
+	}
+	e.cnt.drop(v.drop)
+	e.cnt.add(cResets, 1)
+	e.emit(fr, n, in, Reply)
+}
+
+func (e *Engine) drop(fr rxFrame, d Drop) {
+	fr.rx.Port.Release(fr.f)
+	fr.rx.dirty = true
 	e.cnt.drop(d)
 }
 
@@ -109,37 +161,38 @@ func isNDP(p *packet.Packet) bool {
 		p.ICMPType >= packet.ICMPv6RouterSolicit && p.ICMPType <= packet.ICMPv6Redirect
 }
 
-func (e *Engine) fromPod(in *port, f xsk.Frame, b []byte, p *packet.Packet, i int) {
+// fromPod handles a frame that the pod of port in sent.
+func (e *Engine) fromPod(fr rxFrame, in *port, p *packet.Packet, i int) {
 	if !in.checkPodMAC(p.SrcMAC) {
-		e.drop(in, f, DropSpoofedMAC)
+		e.drop(fr, DropSpoofedMAC)
 		return
 	}
 	if p.L3 == packet.L3ARP {
 		a := &p.ARP
 		if a.SenderMAC != in.PeerMAC || (!in.owns(a.SenderIP) && !a.SenderIP.IsUnspecified()) {
-			e.drop(in, f, DropSpoofedSource)
+			e.drop(fr, DropSpoofedSource)
 			return
 		}
 		// The gateway answers for every address but the pod's own (those
 		// requests are duplicate address probes).
 		if a.Op == packet.ARPRequest && !in.owns(a.TargetIP) {
-			e.replyARP(in, f, b, p)
+			e.replyARP(fr, in, p)
 			return
 		}
-		e.drop(in, f, DropNeighbor)
+		e.drop(fr, DropNeighbor)
 		return
 	}
 	if isNDP(p) {
 		if p.ICMPType == packet.ICMPv6NeighborSolicit && !in.owns(p.NDP.Target) &&
 			(in.owns(p.Src) || p.Src.IsUnspecified() || p.Src.IsLinkLocalUnicast()) {
-			e.replyNA(in, f, p, packet.NARouter|packet.NAOverride)
+			e.replyNA(fr, in, p, packet.NARouter|packet.NAOverride)
 			return
 		}
 		d := DropNeighbor
 		if p.ICMPType != packet.ICMPv6NeighborAdvert && p.ICMPType != packet.ICMPv6NeighborSolicit {
 			d = DropNotRouted
 		}
-		e.drop(in, f, d)
+		e.drop(fr, d)
 		return
 	}
 	if !in.owns(p.Src) {
@@ -147,11 +200,11 @@ func (e *Engine) fromPod(in *port, f xsk.Frame, b []byte, p *packet.Packet, i in
 		if p.Src.IsLinkLocalUnicast() || p.Src.IsUnspecified() {
 			d = DropNotRouted
 		}
-		e.drop(in, f, d)
+		e.drop(fr, d)
 		return
 	}
 	if !routable(p.Dst) {
-		e.drop(in, f, DropNotRouted)
+		e.drop(fr, DropNotRouted)
 		return
 	}
 	out, path := e.local(p.Dst), PodToPod
@@ -165,37 +218,40 @@ func (e *Engine) fromPod(in *port, f xsk.Frame, b []byte, p *packet.Packet, i in
 	if out == nil {
 		out, path = e.kernel, PodToKernel
 		if out == nil {
-			e.drop(in, f, DropNoRoute)
+			e.drop(fr, DropNoRoute)
 			return
 		}
 	}
-	if d, ok := e.judge(p, i, true, path == PodToPod); !ok {
-		e.denied(p, d)
-		e.drop(in, f, d)
+	v := e.judge(p, i, sides{src: true, dst: path == PodToPod})
+	if !v.ok {
+		e.reject(fr, in, p, v)
 		return
 	}
-	e.forward(in, f, b, p, out, path)
+	e.offload(p, v, in, out)
+	e.forward(fr, p, out, path)
 }
 
-func (e *Engine) fromKernel(in *port, f xsk.Frame, b []byte, p *packet.Packet, i int) {
+// fromKernel handles a frame that the kernel sent on the kernel leg.
+func (e *Engine) fromKernel(fr rxFrame, p *packet.Packet, i int) {
+	in := fr.rx
 	if p.L3 == packet.L3ARP {
 		if p.ARP.Op == packet.ARPRequest && e.hasAddr(p.ARP.TargetIP) {
-			e.replyARP(in, f, b, p)
+			e.replyARP(fr, in, p)
 			return
 		}
-		e.drop(in, f, DropNeighbor)
+		e.drop(fr, DropNeighbor)
 		return
 	}
 	if isNDP(p) {
 		if p.ICMPType == packet.ICMPv6NeighborSolicit && e.hasAddr(p.NDP.Target) {
-			e.replyNA(in, f, p, packet.NAOverride)
+			e.replyNA(fr, in, p, packet.NAOverride)
 			return
 		}
 		d := DropNeighbor
 		if p.ICMPType != packet.ICMPv6NeighborAdvert && p.ICMPType != packet.ICMPv6NeighborSolicit {
 			d = DropNotRouted
 		}
-		e.drop(in, f, d)
+		e.drop(fr, d)
 		return
 	}
 	out := e.local(p.Dst)
@@ -204,22 +260,20 @@ func (e *Engine) fromKernel(in *port, f xsk.Frame, b []byte, p *packet.Packet, i
 		if !routable(p.Dst) {
 			d = DropNotRouted
 		}
-		e.drop(in, f, d)
+		e.drop(fr, d)
 		return
 	}
 	// A local source here is a pod's packet that the kernel sent back (a
 	// Service address DNATed to a local pod): its egress is judged too,
 	// and the flow's replies must return through the kernel.
 	srcLocal := e.hasAddr(p.Src)
-	e.viaKernel = srcLocal
-	d, ok := e.judge(p, i, srcLocal, true)
-	e.viaKernel = false
-	if !ok {
-		e.denied(p, d)
-		e.drop(in, f, d)
+	v := e.judge(p, i, sides{src: srcLocal, dst: true, viaKernel: srcLocal})
+	if !v.ok {
+		e.reject(fr, in, p, v)
 		return
 	}
-	e.forward(in, f, b, p, out, KernelToPod)
+	e.offload(p, v, in, out)
+	e.forward(fr, p, out, KernelToPod)
 }
 
 // local returns the port of a local pod's address, or nil.
@@ -230,22 +284,27 @@ func (e *Engine) local(a netip.Addr) *port {
 
 func (e *Engine) hasAddr(a netip.Addr) bool { return e.local(a) != nil }
 
-func (e *Engine) replyARP(in *port, f xsk.Frame, b []byte, p *packet.Packet) {
-	if !packet.ReplyARP(b, p, in.MAC) {
-		e.drop(in, f, DropNeighbor)
+// replyARP answers the ARP request fr (parsed into p) that came from port
+// in, out of in.
+func (e *Engine) replyARP(fr rxFrame, in *port, p *packet.Packet) {
+	if !packet.ReplyARP(fr.b, p, in.MAC) {
+		e.drop(fr, DropNeighbor)
 		return
 	}
-	e.send(in, f, len(b), Reply)
+	e.emit(fr, len(fr.b), in, Reply)
 }
 
-func (e *Engine) replyNA(in *port, f xsk.Frame, p *packet.Packet, flags packet.NAFlags) {
+// replyNA answers the neighbor solicitation fr (parsed into p) that came
+// from port in, out of in.
+func (e *Engine) replyNA(fr rxFrame, in *port, p *packet.Packet, flags packet.NAFlags) {
 	nf, ok := in.Port.Alloc()
 	if !ok {
-		e.drop(in, f, DropTxRingFull)
+		e.drop(fr, DropTxRingFull)
 		return
 	}
 	n := packet.BuildNeighborAdvertisement(in.Port.Bytes(nf), p, in.MAC, flags)
-	in.Port.Release(f)
+	fr.rx.Port.Release(fr.f)
+	fr.rx.dirty = true
 	if n == 0 {
 		in.Port.Release(nf)
 		in.dirty = true
@@ -255,7 +314,8 @@ func (e *Engine) replyNA(in *port, f xsk.Frame, p *packet.Packet, flags packet.N
 	e.send(in, nf, n, Reply)
 }
 
-// send transmits f (n bytes) on out and counts it on path.
+// send transmits f (n bytes, a frame of out's socket) on out and counts it
+// on path.
 func (e *Engine) send(out *port, f xsk.Frame, n int, path Path) {
 	out.dirty = true
 	f.Len = uint32(n)
@@ -270,39 +330,54 @@ func (e *Engine) send(out *port, f xsk.Frame, n int, path Path) {
 	out.stats.local[pTxBytes] += uint64(n)
 }
 
-// forward copies the IP packet of f into a frame of out, rewrites it and
-// transmits it.
-func (e *Engine) forward(in *port, f xsk.Frame, b []byte, p *packet.Packet, out *port, path Path) {
+// emit transmits the first n bytes of the received frame fr on out: in
+// place when fr belongs to out's socket, else copied into a frame of
+// out's socket (fr is then released).
+func (e *Engine) emit(fr rxFrame, n int, out *port, path Path) {
+	if out == fr.rx {
+		e.send(out, fr.f, n, path)
+		return
+	}
+	nf, ok := out.Port.Alloc()
+	if !ok {
+		e.drop(fr, DropTxRingFull)
+		return
+	}
+	ob := out.Port.Bytes(nf)
+	if n > len(ob) {
+		out.Port.Release(nf)
+		out.dirty = true
+		e.drop(fr, DropTooBig)
+		return
+	}
+	copy(ob, fr.b[:n])
+	fr.rx.Port.Release(fr.f)
+	fr.rx.dirty = true
+	e.send(out, nf, n, path)
+}
+
+// forward rewrites the IP packet of fr (parsed into p) for out (TTL or hop
+// limit, MACs, a checksum left partial by the sender) and transmits it.
+func (e *Engine) forward(fr rxFrame, p *packet.Packet, out *port, path Path) {
 	n := p.L3Off + p.L3Len // without Ethernet padding
-	if r := packet.DecrementTTL(b, p); r != packet.OK {
-		e.drop(in, f, Drop(r))
+	if r := packet.DecrementTTL(fr.b, p); r != packet.OK {
+		e.drop(fr, Drop(r))
 		return
 	}
 	if out.PeerMAC == ([6]byte{}) {
 		// A pod that has not sent a frame yet and whose MAC the port was
 		// not given: a frame to the broadcast MAC would be discarded by
 		// the pod's TCP, so drop and count.
-		e.drop(in, f, DropNoNeighbor)
+		e.drop(fr, DropNoNeighbor)
 		return
 	}
-	nf, ok := out.Port.Alloc()
-	if !ok {
-		e.drop(in, f, DropTxRingFull)
+	if n > len(fr.b) {
+		e.drop(fr, DropTooBig)
 		return
 	}
-	ob := out.Port.Bytes(nf)
-	if n > len(ob) {
-		out.Port.Release(nf)
-		e.drop(in, f, DropTooBig)
-		return
-	}
-	copy(ob, b[:n])
-	in.Port.Release(f)
-	in.dirty, out.dirty = true, true
-	ob = ob[:n]
-	completeChecksum(ob, p)
-	packet.SetMACs(ob, out.PeerMAC, out.MAC)
-	e.send(out, nf, n, path)
+	completeChecksum(fr.b[:n], p)
+	packet.SetMACs(fr.b, out.PeerMAC, out.MAC)
+	e.emit(fr, n, out, path)
 }
 
 // completeChecksum finishes a TCP or UDP checksum that checksum offload in
@@ -343,239 +418,4 @@ func completeChecksum(b []byte, p *packet.Packet) {
 		c = 0xffff
 	}
 	binary.BigEndian.PutUint16(l4[off:], c)
-}
-
-// flowKey is the conntrack key of a packet: ports for TCP, UDP and SCTP,
-// the identifier (as both ports) for ICMP queries, zeros otherwise.
-func flowKey(p *packet.Packet) conntrack.Key {
-	proto := policy.Protocol(p.Proto)
-	switch {
-	case p.HasPorts:
-		return conntrack.MakeKey(p.Src, p.Dst, proto, p.SrcPort, p.DstPort)
-	case p.HasICMPID:
-		return conntrack.MakeKey(p.Src, p.Dst, proto, p.ICMPID, p.ICMPID)
-	}
-	return conntrack.MakeKey(p.Src, p.Dst, proto, 0, 0)
-}
-
-func innerKey(in *packet.Embedded) conntrack.Key {
-	proto := policy.Protocol(in.Proto)
-	switch {
-	case in.HasPorts:
-		return conntrack.MakeKey(in.Src, in.Dst, proto, in.SrcPort, in.DstPort)
-	case in.HasICMPID:
-		return conntrack.MakeKey(in.Src, in.Dst, proto, in.ICMPID, in.ICMPID)
-	}
-	return conntrack.MakeKey(in.Src, in.Dst, proto, 0, 0)
-}
-
-// judge decides a packet: a tracked flow passes (after a re-check when the
-// policy table changed), a new flow is judged by policy and tracked. It
-// returns the drop reason when the packet must be dropped. srcLocal and
-// dstLocal say which sides are local pods, whose policies this node
-// enforces.
-func (e *Engine) judge(p *packet.Packet, i int, srcLocal, dstLocal bool) (Drop, bool) {
-	now := e.now
-	// Non-first fragments follow their first fragment.
-	if p.Fragmented && p.FragOffset != 0 {
-		v, ok := e.ct.LookupFragment(conntrack.MakeFragKey(p.Src, p.Dst, policy.Protocol(p.Proto), p.FragID), now)
-		if !ok || !v.Allowed {
-			return DropFragmentNoState, false
-		}
-		return 0, true
-	}
-	if p.ICMPError {
-		// An error relates to a tracked flow and goes back to the sender
-		// of the quoted packet. A pod is an end of the flow, not a
-		// router: the errors it may send are about packets addressed to
-		// it, so it must be the quoted packet's destination.
-		rel, _ := e.ct.LookupRelated(innerKey(&p.Inner), now)
-		if rel == nil || p.Dst != p.Inner.Src || (srcLocal && p.Src != p.Inner.Dst) {
-			return DropICMPUnrelated, false
-		}
-		return 0, true
-	}
-	key, ent, dir := e.flow(i, p)
-	if ent != nil {
-		// The flow's original sides, and whether each is a local pod now.
-		origSrcLocal, origDstLocal := srcLocal, dstLocal
-		if dir == conntrack.Reply {
-			origSrcLocal, origDstLocal = dstLocal, srcLocal
-		}
-		// A side that is local now but was not judged when the flow was
-		// (its pod had no port yet, e.g. while the agent starts or a
-		// pod's veth is re-created) must be judged before the flow's
-		// verdict applies to it, whatever KeepEstablished says.
-		unjudged := (origSrcLocal && ent.Flags&flagSrcJudged == 0) || (origDstLocal && ent.Flags&flagDstJudged == 0)
-		stale := !e.cfg.KeepEstablished && e.tab != nil && ent.Generation != e.tab.Generation()
-		if unjudged || stale {
-			e.cnt.add(cRechecks, 1)
-			var d Drop
-			var ok bool
-			var eg, ing policy.RuleRef
-			if dir == conntrack.Original {
-				d, eg, ing, ok = e.decide(p.Src, p.Dst, p.Proto, p.DstPort, srcLocal, dstLocal)
-			} else {
-				d, eg, ing, ok = e.decide(p.Dst, p.Src, p.Proto, p.SrcPort, dstLocal, srcLocal)
-			}
-			if !ok {
-				e.ct.Delete(ent)
-				e.changed = true
-				e.cnt.add(cFlowsCut, 1)
-				return d, false
-			}
-			if e.tab != nil {
-				ent.Generation = e.tab.Generation()
-			}
-			ent.Egress, ent.Ingress = eg, ing
-			ent.Flags |= judgedFlags(origSrcLocal, origDstLocal)
-		}
-		switch e.ct.Update(ent, dir, p.TCPFlags, p.L3Len, now) {
-		case conntrack.Invalid:
-			return DropInvalidTCP, false
-		case conntrack.Restart:
-			e.ct.Delete(ent)
-			e.changed = true
-			return e.newFlow(p, key, srcLocal, dstLocal)
-		}
-		e.firstFragment(p, ent, dir)
-		return 0, true
-	}
-	return e.newFlow(p, key, srcLocal, dstLocal)
-}
-
-func (e *Engine) newFlow(p *packet.Packet, key conntrack.Key, srcLocal, dstLocal bool) (Drop, bool) {
-	established := false
-	if p.Proto == packet.ProtoTCP {
-		switch conntrack.ClassifyNewTCP(p.TCPFlags) {
-		case conntrack.NewTCPOpen:
-		case conntrack.NewTCPPickup:
-			// A connection this agent does not know, e.g. after a restart:
-			// judged like a new one, so allowed connections survive.
-			established = true
-		default:
-			return DropInvalidTCP, false
-		}
-	}
-	dir := conntrack.Original
-	d, eg, ing, ok := e.decide(p.Src, p.Dst, p.Proto, p.DstPort, srcLocal, dstLocal)
-	origSrcLocal, origDstLocal := srcLocal, dstLocal
-	if !ok && established && e.now-e.started < int64(e.cfg.ReversePickup) {
-		// Just after a start, a picked-up connection's first packet may be
-		// the server's: judge the connection the other way round too, and
-		// track it with the packet as a reply if that way is allowed.
-		// Later, connections are picked up only in the direction of the
-		// packet seen (a reverse pick-up lets a pod send data segments to
-		// a peer that may reach it, on a connection nobody opened).
-		if _, reg, ring, rok := e.decide(p.Dst, p.Src, p.Proto, p.SrcPort, dstLocal, srcLocal); rok {
-			key, dir, eg, ing, ok = key.Reverse(), conntrack.Reply, reg, ring, true
-			origSrcLocal, origDstLocal = dstLocal, srcLocal
-		}
-	}
-	if !ok {
-		return d, false
-	}
-	var ent *conntrack.Entry
-	e.changed = true
-	if established {
-		ent, _ = e.ct.InsertEstablished(key, e.now)
-	} else {
-		ent, _ = e.ct.Insert(key, e.now)
-	}
-	ent.Flags |= conntrack.FlagAllowed | judgedFlags(origSrcLocal, origDstLocal)
-	if e.viaKernel && dir == conntrack.Original {
-		ent.Flags |= flagViaKernel
-	}
-	if e.tab != nil {
-		ent.Generation = e.tab.Generation()
-	}
-	ent.Egress, ent.Ingress = eg, ing
-	e.ct.Update(ent, dir, p.TCPFlags, p.L3Len, e.now)
-	e.cnt.add(cFlowsNew, 1)
-	e.allowed(key, eg, ing)
-	e.firstFragment(p, ent, dir)
-	return 0, true
-}
-
-// Conntrack entry flags of the fastpath: which sides of the flow (in its
-// original direction) were local pods whose policy was judged.
-const (
-	flagSrcJudged conntrack.Flags = 1 << 1
-	flagDstJudged conntrack.Flags = 1 << 2
-	// flagViaKernel marks a flow between two local pods whose original
-	// direction came from the kernel leg: a pod's packet to a Service
-	// address that kube-proxy DNATed to a local pod. Its replies must go
-	// back through the kernel, whose conntrack reverses the DNAT; switched
-	// directly, they would reach the client from the backend's address
-	// instead of the Service's, and the client would reset the connection.
-	flagViaKernel conntrack.Flags = 1 << 3
-)
-
-func judgedFlags(srcLocal, dstLocal bool) conntrack.Flags {
-	var f conntrack.Flags
-	if srcLocal {
-		f |= flagSrcJudged
-	}
-	if dstLocal {
-		f |= flagDstJudged
-	}
-	return f
-}
-
-func (e *Engine) firstFragment(p *packet.Packet, ent *conntrack.Entry, dir conntrack.Dir) {
-	if p.Fragmented && p.FragOffset == 0 {
-		e.ct.InsertFragment(conntrack.MakeFragKey(p.Src, p.Dst, policy.Protocol(p.Proto), p.FragID), ent, dir, true, e.now)
-	}
-}
-
-func (e *Engine) isNode(a netip.Addr) bool {
-	for _, n := range e.nodeAddrs {
-		if n == a {
-			return true
-		}
-	}
-	return false
-}
-
-// decide judges a new flow from src to dst: the egress of src when it is a
-// local pod, the ingress of dst when it is. A local pod the table does not
-// know is denied.
-func (e *Engine) decide(src, dst netip.Addr, proto uint8, dport uint16, srcLocal, dstLocal bool) (d Drop, eg, ing policy.RuleRef, ok bool) {
-	none := policy.RuleRef{Policy: -1, Index: -1}
-	eg, ing = none, none
-	t := e.tab
-	e.deniedAt = netip.Addr{}
-	if t == nil {
-		return DropUnknownEndpoint, none, none, false
-	}
-	pr := policy.Protocol(proto)
-	if srcLocal {
-		dec := t.Egress(src, dst, pr, dport)
-		switch {
-		case dec.Reason == policy.NotPod:
-			return DropUnknownEndpoint, none, none, false
-		case !dec.Allowed():
-			e.deniedAt = src
-			return DropDeniedEgress, none, none, false
-		}
-		eg = dec.Rule
-	}
-	if dstLocal {
-		if e.cfg.AllowNodeToPod && !srcLocal && e.isNode(src) {
-			if _, known := t.EndpointByAddr(dst); !known {
-				return DropUnknownEndpoint, none, none, false
-			}
-			return 0, eg, ing, true
-		}
-		dec := t.Ingress(src, dst, pr, dport)
-		switch {
-		case dec.Reason == policy.NotPod:
-			return DropUnknownEndpoint, none, none, false
-		case !dec.Allowed():
-			e.deniedAt = dst
-			return DropDeniedIngress, none, none, false
-		}
-		ing = dec.Rule
-	}
-	return 0, eg, ing, true
 }

@@ -42,6 +42,7 @@ type agentConfig struct {
 	AllowNodeToPod  bool
 	KeepEstablished bool
 	ReversePickup   time.Duration
+	CutReset        bool
 	BusyPoll        time.Duration
 	RingSize        int
 	MaxConns        int
@@ -111,7 +112,8 @@ their connectivity, without enforcement.`,
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9402", "address for /metrics, /healthz and /readyz")
 	f.BoolVar(&cfg.AllowNodeToPod, "allow-node-to-pod", true, "let the node's own addresses reach its pods whatever their policies (kubelet probes)")
 	f.BoolVar(&cfg.KeepEstablished, "keep-established", false, "keep connections that a new policy would deny (default: cut them)")
-	f.DurationVar(&cfg.ReversePickup, "reverse-pickup", 2*time.Minute, "after a start, how long TCP connections whose first packet seen is the server's are picked up (connections open across a restart); 0 disables")
+	f.DurationVar(&cfg.ReversePickup, "reverse-pickup", 2*time.Minute, "after a start, how long TCP connections that were open across a restart are picked up from a segment without SYN (judged from client to server, whichever end sent it); later such segments are dropped; 0 disables")
+	f.BoolVar(&cfg.CutReset, "cut-reset", true, "answer segments of TCP connections that a policy change cut with a reset, so applications fail at once instead of retransmitting (new connections that policy denies are always dropped silently)")
 	f.DurationVar(&cfg.BusyPoll, "busy-poll", 0, "keep polling for this long after the last frame instead of sleeping (lower latency, a CPU kept busy while traffic flows)")
 	f.IntVar(&cfg.RingSize, "xsk-ring-size", xsk.DefaultRingSize, "descriptors per AF_XDP ring and frames posted for receiving per port; each port's UMEM is twice this many 2 KiB frames (deeper rings absorb longer worker stalls at the cost of memory)")
 	f.IntVar(&cfg.MaxConns, "metrics-max-conns", 1024, "connections the /metrics, /healthz, /readyz and /flows server accepts at once (about 14 KiB each)")
@@ -136,6 +138,7 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 		AllowNodeToPod:  cfg.AllowNodeToPod,
 		KeepEstablished: cfg.KeepEstablished,
 		ReversePickup:   reversePickup(cfg.ReversePickup),
+		CutReset:        cfg.CutReset,
 		BusyPoll:        cfg.BusyPoll,
 	})
 	if err != nil {

@@ -47,12 +47,18 @@ type Timeouts struct {
 	ICMP time.Duration
 	// Generic applies to every other protocol (SCTP included).
 	Generic time.Duration
+	// Tombstone applies to flows that policy cut ([Table.Tombstone]): how
+	// long after its last packet a cut connection is remembered, so that
+	// none of its packets can start a flow. It should outlast TCP's
+	// longest retransmission interval (120 s on Linux).
+	Tombstone time.Duration
 }
 
 // DefaultTimeouts returns the kernel's defaults: SYN_SENT 120 s, SYN_RECV
 // 60 s, ESTABLISHED 5 days, FIN_WAIT 120 s, CLOSE_WAIT 60 s, LAST_ACK 30 s,
 // TIME_WAIT 120 s, CLOSE 10 s; UDP 30 s unreplied, 120 s replied; ICMP 30 s;
-// other protocols 600 s.
+// other protocols 600 s. Tombstones (which the kernel does not have) last
+// 150 s, past TCP's longest retransmission interval.
 func DefaultTimeouts() Timeouts {
 	return Timeouts{
 		TCPSynSent:     120 * time.Second,
@@ -67,6 +73,7 @@ func DefaultTimeouts() Timeouts {
 		UDPStream:      120 * time.Second,
 		ICMP:           30 * time.Second,
 		Generic:        600 * time.Second,
+		Tombstone:      150 * time.Second,
 	}
 }
 
@@ -91,6 +98,7 @@ func (t *Timeouts) fields() [numClasses - 1]struct {
 		{"UDPStream", &t.UDPStream},
 		{"ICMP", &t.ICMP},
 		{"Generic", &t.Generic},
+		{"Tombstone", &t.Tombstone},
 	}
 }
 

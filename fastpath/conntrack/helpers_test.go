@@ -79,7 +79,7 @@ func checkInvariants(tb testing.TB, t *Table) {
 			if want := t.deadline(e.lastSeen, c); e.expires != want {
 				tb.Fatalf("entry %d expires %d, want %d", i, e.expires, want)
 			}
-			if e.k.proto() == policy.TCP {
+			if e.k.proto() == policy.TCP && c != classTombstone {
 				wc := uint8(e.state)
 				if e.state == TCPSynSent2 {
 					wc = classTCPSynSent

@@ -30,12 +30,23 @@ func (d Dir) String() string {
 }
 
 // Flags are bits that the fastpath keeps in an [Entry]. The table clears
-// them on insert and never reads them; bits other than FlagAllowed are free
-// for the caller.
+// them on insert; bits other than FlagAllowed and FlagOffloaded are free
+// for the caller and never read by the table.
 type Flags uint8
 
-// FlagAllowed: the cached verdict lets the flow through.
-const FlagAllowed Flags = 1 << 0
+// Flags that the table knows.
+const (
+	// FlagAllowed: the cached verdict lets the flow through. Tombstone
+	// clears it.
+	FlagAllowed Flags = 1 << 0
+	// FlagOffloaded: the caller installed the flow in a table outside this
+	// one (the kernel's established-flow table) that must forget it when
+	// this one does: the table calls its release hook
+	// ([Table.SetReleaseHook]) and clears the flag when such a flow is
+	// released (expired, evicted, deleted, replaced by an insert of its
+	// key) or tombstoned.
+	FlagOffloaded Flags = 1 << 7
+)
 
 // Traffic classes: each has its own timeout and its own LRU list, so that
 // within a list the least recently seen entry is also the first to expire.
@@ -55,6 +66,8 @@ const (
 	classUDPStream
 	classICMP
 	classGeneric
+	// classTombstone holds flows that policy cut ([Table.Tombstone]).
+	classTombstone
 	numClasses
 )
 
@@ -131,6 +144,9 @@ func (e *Entry) Expires() int64 { return e.expires }
 // Replied reports whether a packet was seen in the reply direction.
 func (e *Entry) Replied() bool { return e.bits&bitReplied != 0 }
 
+// Tombstoned reports whether the flow was cut by [Table.Tombstone].
+func (e *Entry) Tombstoned() bool { return e.class == classTombstone }
+
 // link is an entry's place in its class's LRU list, or in the free list
 // (next only).
 type link struct{ prev, next uint32 }
@@ -169,6 +185,9 @@ type Table struct {
 	frags       fragTable
 	batch       batch
 	stats       counters
+	// onRelease is called for entries with FlagOffloaded that stop being
+	// live flows; nil if unset.
+	onRelease func(*Entry)
 }
 
 // counters are written by the owner and read by any goroutine.
@@ -178,6 +197,7 @@ type counters struct {
 	evictions     atomic.Uint64
 	expirations   atomic.Uint64
 	deletes       atomic.Uint64
+	tombstones    atomic.Uint64
 	fragInserts   atomic.Uint64
 	fragEvictions atomic.Uint64
 }
@@ -200,6 +220,8 @@ type Stats struct {
 	Expirations uint64
 	// Deletes counts flows removed by Delete.
 	Deletes uint64
+	// Tombstones counts flows turned into tombstones by Tombstone.
+	Tombstones uint64
 	// FragInserts counts fragmented packets recorded by InsertFragment;
 	// FragEvictions those replaced before their timeout because the
 	// fragment table was full (their later fragments then find nothing).
@@ -264,6 +286,7 @@ func (t *Table) Stats() Stats {
 		Evictions:     t.stats.evictions.Load(),
 		Expirations:   t.stats.expirations.Load(),
 		Deletes:       t.stats.deletes.Load(),
+		Tombstones:    t.stats.tombstones.Load(),
 		FragInserts:   t.stats.fragInserts.Load(),
 		FragEvictions: t.stats.fragEvictions.Load(),
 	}
@@ -434,6 +457,7 @@ func (t *Table) insert(k *Key, st TCPState, now int64) (*Entry, bool) {
 		if t.entries[i].expires <= now {
 			t.stats.expirations.Add(1)
 		}
+		t.released(&t.entries[i])
 		t.unlink(i)
 	case v != noIdx:
 		next := t.lru[v].prev // the next victim of this class, or its sentinel
@@ -532,6 +556,7 @@ func (t *Table) release(i uint32) { t.releaseHashed(i, t.seed.hash(&t.entries[i]
 // releaseHashed is release for an entry whose key hashes to h.
 func (t *Table) releaseHashed(i uint32, h uint64) {
 	e := &t.entries[i]
+	t.released(e)
 	t.index.remove(h, i+1)
 	t.unlink(i)
 	e.class = classFree
@@ -555,8 +580,10 @@ func (t *Table) Update(e *Entry, dir Dir, tcpFlags uint8, length int, now int64)
 	dir &= 1
 	cls := e.class
 	res := Accepted
-	switch e.k.proto() {
-	case policy.TCP:
+	switch {
+	case cls == classTombstone:
+		// A cut flow: no state machine; every packet keeps it alive.
+	case e.k.proto() == policy.TCP:
 		st, r := tcpStep(e.state, dir, tcpFlags, e.bits>>finShift)
 		if r >= Invalid {
 			return r
@@ -579,7 +606,7 @@ func (t *Table) Update(e *Entry, dir Dir, tcpFlags uint8, length int, now int64)
 				cls = classTCPSynSent
 			}
 		}
-	case policy.UDP:
+	case e.k.proto() == policy.UDP:
 		if dir == Reply {
 			cls = classUDPStream
 		}
@@ -594,6 +621,12 @@ func (t *Table) Update(e *Entry, dir Dir, tcpFlags uint8, length int, now int64)
 	if dir == Reply {
 		e.bits |= bitReplied
 	}
+	t.refresh(i, e, cls, now)
+	return Accepted
+}
+
+// refresh makes entry i (e), now of class cls, seen at now.
+func (t *Table) refresh(i uint32, e *Entry, cls uint8, now int64) {
 	if cls != e.class || now-e.filed >= t.granularity {
 		// Moving costs cache misses on the list neighbours, so an entry
 		// moves at most once per granularity: the list is sorted by filed,
@@ -607,7 +640,6 @@ func (t *Table) Update(e *Entry, dir Dir, tcpFlags uint8, length int, now int64)
 	}
 	e.lastSeen = now
 	e.expires = t.deadline(now, cls)
-	return Accepted
 }
 
 // Count adds a packet of length bytes to the counters of direction dir of
@@ -623,6 +655,114 @@ func (t *Table) Count(e *Entry, dir Dir, length int) {
 	if length > 0 {
 		e.Bytes[dir&1] += uint64(length)
 	}
+}
+
+// Tombstone turns flow e into a tombstone and reports whether it did; it
+// returns false if e is nil or not an entry of t in use. A tombstone keeps
+// the flow's key, direction, counters and caller fields, but leaves its
+// state's class for a class of its own, with the Tombstone timeout, and
+// clears [FlagAllowed]: lookups find it, so that the caller can drop both
+// directions of a connection that policy cut, and no packet of it is
+// taken for the first packet of a new flow. [Table.Update] on a tombstone
+// runs no state machine: it counts the packet and restarts the timer, so
+// a tombstone lasts until the connection has been silent for the timeout.
+// An Insert of its key replaces it. Tombstoning a tombstone refreshes it.
+func (t *Table) Tombstone(e *Entry, now int64) bool {
+	i, ok := t.owned(e)
+	if !ok {
+		return false
+	}
+	now = t.clock(now)
+	t.released(e)
+	t.unlink(i)
+	t.pushFront(i, classTombstone)
+	e.class = classTombstone
+	e.Flags &^= FlagAllowed
+	e.filed, e.lastSeen = now, now
+	e.expires = t.deadline(now, classTombstone)
+	t.stats.tombstones.Add(1)
+	return true
+}
+
+// SetReleaseHook makes the table call fn for every entry with
+// [FlagOffloaded] when it stops being a live flow: just before it is
+// released (expired, evicted, deleted, replaced by an insert of its key)
+// or turned into a tombstone, while its key and fields still describe the
+// flow. The table clears FlagOffloaded after the call. fn runs on the
+// owner's goroutine inside the table's method: it must not call the
+// table's methods.
+func (t *Table) SetReleaseHook(fn func(e *Entry)) { t.onRelease = fn }
+
+func (t *Table) released(e *Entry) {
+	if e.Flags&FlagOffloaded != 0 {
+		if t.onRelease != nil {
+			t.onRelease(e)
+		}
+		e.Flags &^= FlagOffloaded
+	}
+}
+
+// Index returns the position of e in the table, in [0, Cap()): a stable
+// name for the flow while it is tracked (a slot of a table outside, such
+// as the kernel's per-flow counters), reused by later flows. ok is false
+// if e is not an entry of t in use.
+func (t *Table) Index(e *Entry) (i uint32, ok bool) { return t.owned(e) }
+
+// Touch records that flow e carried packets elsewhere (the kernel
+// forwarded them), the last one at time seen: if seen is later than e's
+// last-seen time, e is refreshed as an accepted packet at now would
+// refresh it (last-seen time, expiry, LRU position; a UDP flow with
+// packets in the reply direction becomes a stream), without running the
+// TCP state machine. Calling it soon after seen keeps the error small: a
+// flow's last-seen time is at most that delay late. packets and bytes
+// (per direction) are added to its counters. It reports false, changing
+// nothing, if e is not an entry of t in use.
+func (t *Table) Touch(e *Entry, seen int64, packets, bytes [2]uint64, now int64) bool {
+	i, ok := t.owned(e)
+	if !ok {
+		return false
+	}
+	now = t.clock(now)
+	for d := range 2 {
+		e.Packets[d] += packets[d]
+		e.Bytes[d] += bytes[d]
+	}
+	cls := e.class
+	if packets[Reply] > 0 {
+		e.bits |= bitReplied
+		if cls == classUDP {
+			cls = classUDPStream
+		}
+	}
+	if seen > e.lastSeen || cls != e.class {
+		t.refresh(i, e, cls, now)
+	}
+	return true
+}
+
+// Scan calls fn for up to n entries in use, starting at position from and
+// wrapping around at the end of the entries ever used, and returns the
+// position after the last one looked at: calling Scan again with it
+// continues where this call stopped. Expired entries not yet reclaimed are
+// included. fn may read and write the entry's exported fields and call
+// Touch, but must not insert, delete, tombstone or expire.
+func (t *Table) Scan(from uint32, n int, fn func(e *Entry)) uint32 {
+	if t.fresh == 0 {
+		return 0
+	}
+	if from >= t.fresh {
+		from = 0
+	}
+	i := from
+	for range min(n, int(t.fresh)) {
+		if e := &t.entries[i]; e.class != classFree {
+			fn(e)
+		}
+		if i++; i == t.fresh {
+			i = 0
+		}
+	}
+	return i
 }
 
 // Delete stops tracking flow e and reports whether it did; it returns

@@ -664,3 +664,191 @@ func TestStatsConcurrent(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 }
+
+func TestTombstone(t *testing.T) {
+	const sec = int64(time.Second)
+	ct := newTable(t, 8)
+	k := tcpKey("10.0.0.1", 40000, "10.0.0.2", 80)
+	now := 10 * sec
+	e := mustInsert(t, ct, k, now)
+	e.Flags = FlagAllowed | 1<<4
+	ct.Update(e, Original, TCPFlagSYN, 60, now)
+	ct.Update(e, Reply, TCPFlagSYN|TCPFlagACK, 60, now)
+	ct.Update(e, Original, TCPFlagACK, 52, now)
+	if e.State() != TCPEstablished {
+		t.Fatalf("state %v", e.State())
+	}
+	if ct.Tombstone(nil, now) || ct.Tombstone(&Entry{}, now) {
+		t.Error("Tombstone of an entry not in the table reported true")
+	}
+	now += sec
+	if !ct.Tombstone(e, now) || !e.Tombstoned() {
+		t.Fatal("Tombstone() = false")
+	}
+	if e.Flags != 1<<4 {
+		t.Errorf("flags %#x: want FlagAllowed cleared and the caller's bits kept", e.Flags)
+	}
+	timeout := int64(DefaultTimeouts().Tombstone)
+	if e.Expires() != now+timeout {
+		t.Errorf("expires %d, want %d", e.Expires(), now+timeout)
+	}
+	checkInvariants(t, ct)
+	// Both directions find it; packets keep it alive without touching the
+	// TCP state, whatever their flags.
+	for i, pk := range []struct {
+		k     Key
+		dir   Dir
+		flags uint8
+	}{{k, Original, TCPFlagACK}, {k.Reverse(), Reply, TCPFlagACK | TCPFlagPSH}, {k.Reverse(), Reply, TCPFlagFIN}, {k, Original, TCPFlagSYN | TCPFlagACK}} {
+		now += 100 * sec
+		got, dir := ct.Lookup(pk.k, now)
+		if got != e || dir != pk.dir {
+			t.Fatalf("packet %d: lookup %p %v, want the tombstone %p %v", i, got, dir, e, pk.dir)
+		}
+		if r := ct.Update(e, dir, pk.flags, 40, now); r != Accepted {
+			t.Errorf("packet %d: Update = %v, want accepted", i, r)
+		}
+		if e.Expires() != now+timeout || e.State() != TCPEstablished || !e.Tombstoned() {
+			t.Errorf("packet %d: expires %d state %v tombstoned %v", i, e.Expires(), e.State(), e.Tombstoned())
+		}
+	}
+	// The handshake (2 + 1) and the 2 + 2 packets on the tombstone.
+	if e.Packets != [2]uint64{4, 3} {
+		t.Errorf("packets %v, want [4 3]", e.Packets)
+	}
+	// Silence for the timeout: gone, and Expire reclaims it.
+	now += timeout
+	if got, _ := ct.Lookup(k, now); got != nil {
+		t.Error("the tombstone outlived its timeout")
+	}
+	if n := ct.Expire(now, 8); n != 1 {
+		t.Errorf("Expire reclaimed %d, want 1", n)
+	}
+	// An insert of a tombstone's key replaces it.
+	e = mustInsert(t, ct, k, now)
+	ct.Tombstone(e, now)
+	e2 := mustInsert(t, ct, k.Reverse(), now)
+	if e2.Tombstoned() || ct.Len() != 1 || e2.Key() != k.Reverse() {
+		t.Errorf("insert over a tombstone: tombstoned %v, len %d, key %v", e2.Tombstoned(), ct.Len(), e2.Key())
+	}
+	if st := ct.Stats(); st.Tombstones != 2 {
+		t.Errorf("stats: %d tombstones, want 2", st.Tombstones)
+	}
+	checkInvariants(t, ct)
+}
+
+// The release hook sees every offloaded flow that stops being live, once,
+// with its key; other flows never.
+func TestReleaseHook(t *testing.T) {
+	const sec = int64(time.Second)
+	ct := newTable(t, 4)
+	var got []Key
+	ct.SetReleaseHook(func(e *Entry) { got = append(got, e.Key()) })
+	now := sec
+	mk := func(port uint16, off bool) (*Entry, Key) {
+		k := udpKey("10.0.0.1", port, "10.0.0.2", 53)
+		e, _ := ct.Insert(k, now)
+		if off {
+			e.Flags |= FlagOffloaded
+		}
+		return e, k
+	}
+	expect := func(what string, want ...Key) {
+		t.Helper()
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("%s: released (-want +got):\n%s", what, diff)
+		}
+		got = nil
+	}
+	e1, k1 := mk(1, true)
+	_, _ = mk(2, false)
+	e3, k3 := mk(3, true)
+	e4, k4 := mk(4, true)
+	if i, ok := ct.Index(e3); !ok || &ct.entries[i] != e3 {
+		t.Errorf("Index(e3) = %d, %v", i, ok)
+	}
+	ct.Delete(e1)
+	expect("delete", k1)
+	ct.Tombstone(e3, now)
+	expect("tombstone", k3)
+	if e3.Flags&FlagOffloaded != 0 {
+		t.Error("FlagOffloaded survived the tombstone")
+	}
+	ct.Delete(e3)
+	expect("delete of the tombstone")
+	// Insert of the same key replaces the flow.
+	_, _ = mk(4, false)
+	expect("insert over the flow", k4)
+	_ = e4
+	// Eviction in a full table (capacity 4: ports 2, 4 and two new ones).
+	now += sec
+	e5, k5 := mk(5, true)
+	now += sec
+	_, _ = mk(6, false)
+	now += sec
+	_, _ = mk(7, false) // evicts the least recently seen: port 2 (not offloaded)
+	expect("eviction of a plain flow")
+	_, _ = mk(8, false) // then port 4, then 5
+	_, _ = mk(9, false)
+	expect("eviction", k5)
+	_ = e5
+	// Expiry.
+	e10, k10 := mk(10, true)
+	_ = e10
+	now += int64(DefaultTimeouts().UDP) + sec
+	for ct.Expire(now, 8) > 0 {
+	}
+	expect("expiry", k10)
+	checkInvariants(t, ct)
+}
+
+func TestTouchAndScan(t *testing.T) {
+	const sec = int64(time.Second)
+	ct := newTable(t, 16)
+	now := 10 * sec
+	k := udpKey("10.0.0.1", 1000, "10.0.0.2", 53)
+	e := mustInsert(t, ct, k, now)
+	ct.Update(e, Original, 0, 100, now)
+	// The kernel forwarded packets both ways until 20 s later; touched then.
+	now += 25 * sec
+	if !ct.Touch(e, now-5*sec, [2]uint64{3, 2}, [2]uint64{300, 200}, now) {
+		t.Fatal("Touch() = false")
+	}
+	if e.LastSeen() != now || e.Expires() != now+int64(DefaultTimeouts().UDPStream) || !e.Replied() {
+		t.Errorf("after Touch: last seen %d, expires %d, replied %v", e.LastSeen(), e.Expires(), e.Replied())
+	}
+	if e.Packets != [2]uint64{4, 2} || e.Bytes != [2]uint64{400, 200} {
+		t.Errorf("counters %v %v", e.Packets, e.Bytes)
+	}
+	// Nothing new: no refresh.
+	later := now + 10*sec
+	ct.Touch(e, now-5*sec, [2]uint64{}, [2]uint64{}, later)
+	if e.LastSeen() != now {
+		t.Errorf("a touch without newer packets refreshed the flow: %d", e.LastSeen())
+	}
+	if ct.Touch(&Entry{}, now, [2]uint64{}, [2]uint64{}, now) {
+		t.Error("Touch of a foreign entry = true")
+	}
+	checkInvariants(t, ct)
+	// Scan visits every entry in use once per lap, in chunks.
+	for i := range 9 {
+		mustInsert(t, ct, udpKey("10.0.1.1", uint16(i), "10.0.0.2", 53), now)
+	}
+	ct.Delete(e)
+	seen := map[Key]int{}
+	pos := uint32(0)
+	for range 4 {
+		pos = ct.Scan(pos, 3, func(e *Entry) { seen[e.Key()]++ })
+	}
+	if len(seen) != 9 {
+		t.Errorf("scan saw %d flows, want 9", len(seen))
+	}
+	for k, n := range seen {
+		if n > 2 {
+			t.Errorf("%v seen %d times in 12 steps over 10 slots", k, n)
+		}
+	}
+	if p := newTable(t, 4).Scan(3, 10, func(*Entry) { t.Error("empty table scanned an entry") }); p != 0 {
+		t.Errorf("Scan of an empty table = %d", p)
+	}
+}

@@ -175,3 +175,90 @@ func BuildNeighborAdvertisement(buf []byte, ns *Packet, mac [6]byte, flags NAFla
 	binary.BigEndian.PutUint16(m[2:4], ^sum)
 	return total
 }
+
+// Lengths of the frames that [BuildTCPReset] writes.
+const (
+	tcpHeaderLen = 20
+	// MaxTCPResetLen is the largest frame that BuildTCPReset writes: 74
+	// bytes for IPv6, 54 for IPv4.
+	MaxTCPResetLen = EthernetHeaderLen + IPv6HeaderLen + tcpHeaderLen
+)
+
+// BuildTCPReset writes into buf the Ethernet frame of a TCP reset that
+// answers the TCP segment seg (frame, as parsed into p by [Parse]) as its
+// receiver would (RFC 9293 section 3.10.7.1): from the segment's
+// destination to its source, with seq set to the segment's acknowledgment
+// number when it has one, else with ACK and the acknowledgment of the
+// segment's sequence space. The frame goes to mac dst from mac src, with
+// a fresh IP header (TTL or hop limit 64, IPv4 DF) and valid checksums,
+// and carries no VLAN tag, options or payload. It returns the frame's
+// length, or 0 if p is not an unfragmented TCP segment or a reset, frame
+// is too short for the TCP header p describes, or buf is shorter than
+// the reset ([MaxTCPResetLen] always suffices).
+//
+// buf may be seg's own frame: everything needed is read before it is
+// written. BuildTCPReset does not allocate.
+func BuildTCPReset(buf []byte, seg []byte, p *Packet, dst, src [6]byte) int {
+	if p.Proto != ProtoTCP || !p.HasPorts || p.Fragmented || p.TCPFlags&TCPFlagRST != 0 ||
+		p.L4Off < 0 || len(seg) < p.L4Off+tcpHeaderLen || (p.L3 != L3IPv4 && p.L3 != L3IPv6) {
+		return 0
+	}
+	l3 := IPv4MinHeaderLen
+	if p.L3 == L3IPv6 {
+		l3 = IPv6HeaderLen
+	}
+	total := EthernetHeaderLen + l3 + tcpHeaderLen
+	if len(buf) < total {
+		return 0
+	}
+	th := seg[p.L4Off:]
+	segSeq := binary.BigEndian.Uint32(th[4:8])
+	segAck := binary.BigEndian.Uint32(th[8:12])
+	segLen := uint32(max(0, p.L3Off+p.L3Len-p.PayloadOff))
+	if p.TCPFlags&TCPFlagSYN != 0 {
+		segLen++
+	}
+	if p.TCPFlags&TCPFlagFIN != 0 {
+		segLen++
+	}
+	flags, seq, ack := uint8(TCPFlagRST), segAck, uint32(0)
+	if p.TCPFlags&TCPFlagACK == 0 {
+		flags, seq, ack = TCPFlagRST|TCPFlagACK, 0, segSeq+segLen
+	}
+	from, to := p.Dst, p.Src
+	sport, dport := p.DstPort, p.SrcPort
+
+	b := buf[:total]
+	clear(b)
+	*(*[6]byte)(b[0:6]) = dst
+	*(*[6]byte)(b[6:12]) = src
+	ip := b[EthernetHeaderLen : EthernetHeaderLen+l3]
+	if l3 == IPv4MinHeaderLen {
+		binary.BigEndian.PutUint16(b[12:14], EtherTypeIPv4)
+		ip[0] = 4<<4 | 5
+		binary.BigEndian.PutUint16(ip[2:4], uint16(l3+tcpHeaderLen))
+		ip[6] = 0x40 // DF
+		ip[8] = 64
+		ip[9] = ProtoTCP
+		*(*[4]byte)(ip[12:16]) = from.As4()
+		*(*[4]byte)(ip[16:20]) = to.As4()
+		binary.BigEndian.PutUint16(ip[10:12], ^Sum(ip, 0))
+	} else {
+		binary.BigEndian.PutUint16(b[12:14], EtherTypeIPv6)
+		ip[0] = 6 << 4
+		binary.BigEndian.PutUint16(ip[4:6], tcpHeaderLen)
+		ip[6] = ProtoTCP
+		ip[7] = 64
+		*(*[16]byte)(ip[8:24]) = from.As16()
+		*(*[16]byte)(ip[24:40]) = to.As16()
+	}
+	t := b[EthernetHeaderLen+l3:]
+	binary.BigEndian.PutUint16(t[0:2], sport)
+	binary.BigEndian.PutUint16(t[2:4], dport)
+	binary.BigEndian.PutUint32(t[4:8], seq)
+	binary.BigEndian.PutUint32(t[8:12], ack)
+	t[12] = 5 << 4
+	t[13] = flags
+	binary.BigEndian.PutUint16(t[16:18], ^Sum(t, PseudoHeaderSum(from, to, ProtoTCP, tcpHeaderLen)))
+	return total
+}
