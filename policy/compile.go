@@ -109,7 +109,12 @@ type Options struct {
 	// names, labels and selectors are then not checked again (the regular
 	// expressions cost most of a compilation). Addresses, CIDRs, ports and
 	// selectors are still parsed, and a malformed value is still an error,
-	// never a panic.
+	// never a panic. Cluster policies are not validated either: what
+	// cannot be compiled in them (a selector, a CIDR, a peer or protocol
+	// entry of a newer CRD) fails closed as the API asks (an Accept rule
+	// ignores it, a Deny or Pass rule denies everything), with a warning,
+	// so that one such object does not stop the table from following the
+	// cluster.
 	Trusted bool
 }
 
