@@ -101,6 +101,9 @@ func (t *Table) servicePort(dst netip.Addr, proto Protocol, port uint16) *svcPor
 // the first denial, or else the first backend's that is not the source
 // itself.
 func (t *Table) decideService(s int32, sp *svcPort, proto Protocol) Decision {
+	if t.tiers == nil {
+		return t.decideServiceNetworkPolicy(s, sp, proto)
+	}
 	out := Decision{Reason: Loopback, Endpoint: s, Rule: noRule}
 	for i := range sp.backends {
 		b := &sp.backends[i]
@@ -113,6 +116,28 @@ func (t *Table) decideService(s int32, sp *svcPort, proto Protocol) Decision {
 		}
 	}
 	return out
+}
+
+// decideServiceNetworkPolicy is decideService by NetworkPolicy alone.
+func (t *Table) decideServiceNetworkPolicy(s int32, sp *svcPort, proto Protocol) Decision {
+	first := noRule
+	for i := range sp.backends {
+		b := &sp.backends[i]
+		d := t.decide(Egress, s, b.ep, b.addr, proto, b.port, b.ep)
+		switch d.Reason {
+		case Denied:
+			return d
+		case AllowedByRule:
+			if first.Policy < 0 {
+				first = d.Rule
+			}
+		}
+	}
+	if first.Policy < 0 {
+		// Every backend is the source itself.
+		return Decision{Reason: Loopback, Endpoint: s, Rule: noRule}
+	}
+	return Decision{Reason: AllowedByRule, Endpoint: s, Rule: first}
 }
 
 // judgedOnBackends reports whether egress from pod s to a ClusterIP is

@@ -454,7 +454,9 @@ func (t *Table) Egress(src, dst netip.Addr, proto Protocol, dport uint16) Decisi
 
 // decide judges direction dir for the pod self (or -1) against peer (pod
 // index or -1) at peerAddr; dstEp is the destination pod whose named ports
-// resolve named port rules.
+// resolve named port rules. Tables with cluster policies go through the
+// tiers; the others cost one nil test more than NetworkPolicy alone (a
+// wrapper would cost a call: decide is too big to inline).
 func (t *Table) decide(dir Direction, self, peer int32, peerAddr netip.Addr, proto Protocol, port uint16, dstEp int32) Decision {
 	if self < 0 {
 		return Decision{Reason: NotPod, Endpoint: -1, Rule: noRule}
