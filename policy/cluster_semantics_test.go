@@ -780,3 +780,39 @@ spec:
 		t.Errorf("ClusterRuleOf = %+v, %v; want accept-v", ref, ok)
 	}
 }
+
+// TestClusterLookupsDoNotAllocate: lookups and attribution in a table with
+// cluster policies of both tiers allocate nothing.
+func TestClusterLookupsDoNotAllocate(t *testing.T) {
+	c := clusterWorld()
+	addDocs(t, c, substitute(cnp+`
+metadata: {name: admin}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {}}
+  egress:
+  - {action: Pass, to: [{nodes: {matchLabels: {role: worker}}}]}
+  - {action: Deny, to: [{networks: [$OUTNET]}], protocols: [{tcp: {destinationPort: {range: {start: 1, end: 1024}}}}]}
+  - {action: Accept, to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: b}}}}], protocols: [{destinationNamedPort: http}]}`, families["IPv4"]), substitute(cnp+`
+metadata: {name: baseline}
+spec:
+  tier: Baseline
+  priority: 1
+  subject: {namespaces: {matchLabels: {ns: x}}}
+  ingress: [{action: Deny, from: [{namespaces: {matchLabels: {ns: v}}}]}]`, families["IPv4"]))
+	tab := mustCompile(t, c)
+	addrs := []netip.Addr{addr(t, "10.0.0.1"), addr(t, "10.0.0.2"), addr(t, "10.0.1.1"), addr(t, "192.0.2.10"), addr(t, "172.18.0.2")}
+	i := 0
+	allocs := testing.AllocsPerRun(1000, func() {
+		src, dst := addrs[i%len(addrs)], addrs[(i/len(addrs))%len(addrs)]
+		i++
+		_ = tab.Lookup(src, dst, policy.TCP, 80)
+		_ = tab.Egress(src, dst, policy.UDP, 53)
+		_ = tab.Ingress(src, dst, policy.SCTP, 9000)
+		_, _ = tab.ClusterRuleOf(policy.Egress, src, dst, policy.TCP, 80)
+	})
+	if allocs != 0 {
+		t.Errorf("lookups in a table with cluster policies allocate %v times per run, want 0", allocs)
+	}
+}
