@@ -97,29 +97,11 @@ func (t *Table) servicePort(dst netip.Addr, proto Protocol, port uint16) *svcPor
 }
 
 // decideService judges the egress of pod s (subject to egress policy) to
-// the backends of sp: allowed only if every backend is. The decision is
-// the first denial, or else the first backend's that is not the source
-// itself.
+// the backends of sp: allowed only if every backend is.
 func (t *Table) decideService(s int32, sp *svcPort, proto Protocol) Decision {
-	if t.tiers == nil {
-		return t.decideServiceNetworkPolicy(s, sp, proto)
+	if t.tiers != nil {
+		return t.decideServiceTiers(s, sp, proto)
 	}
-	out := Decision{Reason: Loopback, Endpoint: s, Rule: noRule}
-	for i := range sp.backends {
-		b := &sp.backends[i]
-		d := t.decide(Egress, s, b.ep, b.addr, proto, b.port, b.ep)
-		if !d.Allowed() {
-			return d
-		}
-		if out.Reason == Loopback {
-			out = d
-		}
-	}
-	return out
-}
-
-// decideServiceNetworkPolicy is decideService by NetworkPolicy alone.
-func (t *Table) decideServiceNetworkPolicy(s int32, sp *svcPort, proto Protocol) Decision {
 	first := noRule
 	for i := range sp.backends {
 		b := &sp.backends[i]
@@ -138,6 +120,24 @@ func (t *Table) decideServiceNetworkPolicy(s int32, sp *svcPort, proto Protocol)
 		return Decision{Reason: Loopback, Endpoint: s, Rule: noRule}
 	}
 	return Decision{Reason: AllowedByRule, Endpoint: s, Rule: first}
+}
+
+// decideServiceTiers is decideService in a table with cluster policies,
+// where decisions have more reasons: the first denial, or else the first
+// backend's decision that is not the source's own (Loopback).
+func (t *Table) decideServiceTiers(s int32, sp *svcPort, proto Protocol) Decision {
+	out := Decision{Reason: Loopback, Endpoint: s, Rule: noRule}
+	for i := range sp.backends {
+		b := &sp.backends[i]
+		d := t.decide(Egress, s, b.ep, b.addr, proto, b.port, b.ep)
+		if !d.Allowed() {
+			return d
+		}
+		if out.Reason == Loopback {
+			out = d
+		}
+	}
+	return out
 }
 
 // judgedOnBackends reports whether egress from pod s to a ClusterIP is
