@@ -246,6 +246,8 @@ func checkRBAC(t *testing.T, ctx context.Context, sa kubernetes.Interface) {
 		for _, res := range []struct{ group, resource string }{
 			{"", "pods"}, {"", "namespaces"}, {"", "nodes"}, {"", "services"},
 			{"networking.k8s.io", "networkpolicies"}, {"discovery.k8s.io", "endpointslices"},
+			{"policy.networking.k8s.io", "clusternetworkpolicies"}, {"policy.networking.k8s.io", "adminnetworkpolicies"},
+			{"policy.networking.k8s.io", "baselineadminnetworkpolicies"},
 		} {
 			for _, verb := range []string{"get", "list", "watch"} {
 				allowed = append(allowed, check{verb, res.group, res.resource, ""})
@@ -275,6 +277,10 @@ func checkRBAC(t *testing.T, ctx context.Context, sa kubernetes.Interface) {
 			{"delete", "", "namespaces", ""},
 			{"create", "networking.k8s.io", "networkpolicies", ""},
 			{"delete", "networking.k8s.io", "networkpolicies", ""},
+			{"create", "policy.networking.k8s.io", "clusternetworkpolicies", ""},
+			{"update", "policy.networking.k8s.io", "clusternetworkpolicies", ""},
+			{"patch", "policy.networking.k8s.io", "adminnetworkpolicies", ""},
+			{"delete", "policy.networking.k8s.io", "baselineadminnetworkpolicies", ""},
 			{"create", "", "events", ""},
 			{"get", "coordination.k8s.io", "leases", namespace},
 			{"impersonate", "", "serviceaccounts", ""},
@@ -299,6 +305,26 @@ func checkRBAC(t *testing.T, ctx context.Context, sa kubernetes.Interface) {
 						t.Errorf("allowed (-want +got):\n%s", diff)
 					}
 				})
+			}
+		}
+	})
+
+	// Cluster policies without their CRDs: the authorizer judges a request
+	// before the API server looks for the resource, so a permitted list
+	// finds nothing (NotFound) and a forbidden create is Forbidden.
+	t.Run("cluster policy requests", func(t *testing.T) {
+		rc := sa.Discovery().RESTClient()
+		for _, res := range []string{"v1beta1/clusternetworkpolicies", "v1alpha2/clusternetworkpolicies", "v1alpha1/adminnetworkpolicies", "v1alpha1/baselineadminnetworkpolicies"} {
+			path := "/apis/policy.networking.k8s.io/" + res
+			if err := rc.Get().AbsPath(path).Do(ctx).Error(); !apierrors.IsNotFound(err) {
+				t.Errorf("list %s: %v, want NotFound (allowed; no CRD)", res, err)
+			}
+			if err := rc.Get().AbsPath(path).Param("watch", "true").Param("timeoutSeconds", "1").Do(ctx).Error(); !apierrors.IsNotFound(err) {
+				t.Errorf("watch %s: %v, want NotFound (allowed; no CRD)", res, err)
+			}
+			body := []byte(`{"apiVersion":"policy.networking.k8s.io/` + strings.Split(res, "/")[0] + `","kind":"X","metadata":{"name":"x"}}`)
+			if err := rc.Post().AbsPath(path).Param("dryRun", "All").Body(body).Do(ctx).Error(); !apierrors.IsForbidden(err) {
+				t.Errorf("create %s: %v, want Forbidden", res, err)
 			}
 		}
 	})

@@ -423,6 +423,9 @@ func TestRBAC(t *testing.T) {
 		"services":                          read,
 		"networking.k8s.io/networkpolicies": read,
 		"discovery.k8s.io/endpointslices":   read,
+		"policy.networking.k8s.io/clusternetworkpolicies":       read,
+		"policy.networking.k8s.io/adminnetworkpolicies":         read,
+		"policy.networking.k8s.io/baselineadminnetworkpolicies": read,
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("ClusterRole %s rules (-want +got):\n%s", m.role.Name, diff)

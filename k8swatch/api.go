@@ -59,7 +59,9 @@ type APIConfig struct {
 	Services       coreinformers.ServiceInformer
 	EndpointSlices discoveryinformers.EndpointSliceInformer
 	// Nodes is the informer that NodeName is looked up in; required with
-	// NodeName. It may come from a factory restricted to that node.
+	// NodeName. It may come from a factory restricted to that node, unless
+	// ClusterPolicies is set: the nodes peers of cluster policies select
+	// among all nodes.
 	Nodes coreinformers.NodeInformer
 	// NodeName is the node the agent runs on, whose InternalIP and
 	// ExternalIP addresses [APISource.NodeAddrs] returns. Optional.
@@ -68,6 +70,13 @@ type APIConfig struct {
 	// they change (nil when the node is gone). Calls are serialized; the
 	// callee must not modify the slice and should return quickly.
 	OnNodeAddrs func([]netip.Addr)
+
+	// ClusterPolicies, when set, adds the cluster policies of
+	// sigs.k8s.io/network-policy-api (ClusterNetworkPolicy,
+	// AdminNetworkPolicy, BaselineAdminNetworkPolicy) to the table, each
+	// while the API server serves it (its CRD is installed), and the nodes
+	// of the Nodes informer, which their nodes peers select. Optional.
+	ClusterPolicies *ClusterPolicyConfig
 
 	// Store receives the tables. Required.
 	Store *policy.Store
@@ -111,6 +120,11 @@ func (c *APIConfig) Default() {
 	if c.Clock == nil {
 		c.Clock = clock.RealClock{}
 	}
+	if c.ClusterPolicies != nil && c.ClusterPolicies.Interval == 0 {
+		cp := *c.ClusterPolicies
+		cp.Interval = DefaultDiscoveryInterval
+		c.ClusterPolicies = &cp
+	}
 }
 
 // Validate reports every problem of the config, joined.
@@ -133,6 +147,9 @@ func (c *APIConfig) Validate() error {
 	}
 	if c.Store == nil {
 		errs = append(errs, errors.New("store is required"))
+	}
+	if c.ClusterPolicies != nil {
+		errs = append(errs, c.ClusterPolicies.validate())
 	}
 	if c.MinInterval < 0 {
 		errs = append(errs, fmt.Errorf("minimum interval %v is negative", c.MinInterval))
@@ -185,15 +202,19 @@ type APISource struct {
 	slices     discoverylisters.EndpointSliceLister // nil without Services
 	nodes      corelisters.NodeLister
 
+	// watched are the informers the source depends on; cluster policy
+	// informers come and go. Guarded by healthMu after NewAPISource.
 	watched  []*watched
 	handlers map[string]cache.ResourceEventHandler // by watched.name, for tests
 	started  atomic.Bool
+
+	cluster *clusterWatch // nil without ClusterPolicies
 
 	// nodeMu serializes node address updates and OnNodeAddrs calls.
 	nodeMu    sync.Mutex
 	nodeAddrs atomic.Pointer[[]netip.Addr]
 
-	// healthMu guards the suspect fields of watched.
+	// healthMu guards watched and the suspect fields of its elements.
 	healthMu sync.Mutex
 }
 
@@ -237,6 +258,9 @@ func NewAPISource(cfg APIConfig) (*APISource, error) {
 	s.pub.opts = policy.Options{Trusted: true}
 	s.pub.onPublish = cfg.OnPublish
 	s.runner = newRunner(s.rebuild, cfg.MinInterval, cfg.Clock)
+	if cfg.ClusterPolicies != nil {
+		s.cluster = &clusterWatch{cfg: *cfg.ClusterPolicies, rediscover: make(chan struct{}, 1), crs: map[string]*crWatch{}}
+	}
 	add := func(name string, inf cache.SharedIndexInformer, h cache.ResourceEventHandler) {
 		s.watched = append(s.watched, &watched{name: name, inf: inf, lastRV: inf.LastSyncResourceVersion})
 		s.handlers[name] = h
@@ -248,6 +272,9 @@ func NewAPISource(cfg APIConfig) (*APISource, error) {
 		s.services, s.slices = cfg.Services.Lister(), cfg.EndpointSlices.Lister()
 		add("services", cfg.Services.Informer(), s.policyHandler("Service", always, serviceChanged))
 		add("endpointslices", cfg.EndpointSlices.Informer(), s.policyHandler("EndpointSlice", endpointSlicePresent, endpointSliceChanged))
+	}
+	if cfg.ClusterPolicies != nil && cfg.Nodes == nil {
+		s.log.Warn("no node informer: the nodes peers of cluster policies match no address")
 	}
 	if cfg.Nodes != nil {
 		s.nodes = cfg.Nodes.Lister()
@@ -286,10 +313,23 @@ func (s *APISource) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { s.probeLoop(ctx) })
+	if s.cluster != nil {
+		// Cluster policy resources served now are part of the first
+		// table: their informers sync before it is published.
+		s.cluster.mu.Lock()
+		s.cluster.ctx = ctx
+		s.cluster.mu.Unlock()
+		if _, ok := s.discoverUntilAnswered(ctx); !ok {
+			return nil
+		}
+		wg.Go(func() { s.discoveryLoop(ctx) })
+	}
+	s.healthMu.Lock()
 	synced := make([]cache.InformerSynced, len(s.watched))
 	for i, w := range s.watched {
 		synced[i] = w.synced
 	}
+	s.healthMu.Unlock()
 	s.log.Info("waiting for informer caches to sync")
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return nil
@@ -328,12 +368,18 @@ func (s *APISource) rebuild() {
 	pods, err2 := s.pods.List(labels.Everything())
 	nps, err3 := s.policies.List(labels.Everything())
 	c := &policy.Cluster{Namespaces: nss, Pods: pods, Policies: nps}
-	var err4, err5 error
+	var err4, err5, err6, err7 error
 	if s.services != nil {
 		c.Services, err4 = s.services.List(labels.Everything())
 		c.EndpointSlices, err5 = s.slices.List(labels.Everything())
 	}
-	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
+	if s.cluster != nil {
+		if s.nodes != nil {
+			c.Nodes, err6 = s.nodes.List(labels.Everything())
+		}
+		err7 = s.clusterPolicies(c)
+	}
+	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7); err != nil {
 		s.pub.fail(fmt.Errorf("list informer caches: %w", err))
 		return
 	}
@@ -510,23 +556,46 @@ func (s *APISource) nodeHandler() cache.ResourceEventHandler {
 		m, err := meta.Accessor(obj)
 		return err == nil && m.GetName() == s.cfg.NodeName
 	}
+	// With cluster policies, nodes are in the table (nodes peers): a
+	// node's labels and addresses matter.
+	table := func(kind string, obj any) {
+		if s.cluster != nil {
+			s.changed("node", kind, obj)
+		}
+	}
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			if mine(obj) {
 				s.updateNodeAddrs()
 			}
+			table("added", obj)
 		},
-		UpdateFunc: func(_, cur any) {
+		UpdateFunc: func(old, cur any) {
 			if mine(cur) {
 				s.updateNodeAddrs()
+			}
+			if nodeChanged(old, cur) {
+				table("updated", cur)
 			}
 		},
 		DeleteFunc: func(obj any) {
 			if mine(obj) {
 				s.updateNodeAddrs()
 			}
+			table("deleted", obj)
 		},
 	}
+}
+
+// nodeChanged reports whether an update changes what [policy.Compile]
+// reads of a node: its labels and addresses.
+func nodeChanged(old, cur any) bool {
+	if sameVersion(old, cur) {
+		return false
+	}
+	o, ok1 := old.(*corev1.Node)
+	c, ok2 := cur.(*corev1.Node)
+	return !ok1 || !ok2 || !maps.Equal(o.Labels, c.Labels) || !slices.Equal(o.Status.Addresses, c.Status.Addresses)
 }
 
 // updateNodeAddrs reads the node from the cache and publishes its
@@ -602,6 +671,14 @@ func (s *APISource) suspect(ws []*watched, reason string) {
 	s.pub.setStale(reason)
 }
 
+// suspectAll marks every informer as possibly behind the API server.
+func (s *APISource) suspectAll(reason string) {
+	s.healthMu.Lock()
+	ws := slices.Clone(s.watched)
+	s.healthMu.Unlock()
+	s.suspect(ws, reason)
+}
+
 // probed records a successful probe: informers that received data since
 // they became suspect are current again, and when all are, so is the view.
 func (s *APISource) probed() {
@@ -633,7 +710,7 @@ func (s *APISource) probeLoop(ctx context.Context) {
 			return
 		}
 		if err != nil {
-			s.suspect(s.watched, err.Error())
+			s.suspectAll(err.Error())
 		} else {
 			s.probed()
 		}

@@ -17,6 +17,19 @@
 //     quiet period is rebuilt at once, later ones at most every
 //     [APIConfig.MinInterval]. The source also follows the addresses of
 //     its own Node ([APISource.NodeAddrs]).
+//     With [APIConfig.ClusterPolicies] it also reads the cluster policies
+//     of sigs.k8s.io/network-policy-api (ClusterNetworkPolicy at v1beta1,
+//     else v1alpha2, and the v1alpha1 AdminNetworkPolicy and
+//     BaselineAdminNetworkPolicy) and the Nodes their nodes peers select.
+//     These are custom resources: the source asks API discovery which of
+//     them the API server serves (at start, every
+//     [ClusterPolicyConfig.Interval], and at once when a watch finds its
+//     resource gone) and runs an informer per served resource, generated
+//     by the module's code generator, with managedFields stripped (and
+//     v1alpha2 objects converted to v1beta1) by its transform. Resources
+//     served at start are in the first table; one that appears later joins
+//     the table when its informer has synced; one that disappears leaves
+//     it. Without the CRDs the source works as before.
 //   - [FileSource] reads manifest files and directories with [policy.Load]
 //     and reloads them, debounced, when fsnotify reports a change
 //     (editors that write a temporary file and rename it over the original,
@@ -43,8 +56,10 @@
 //
 // An APISource needs RBAC permission to get, list and watch pods,
 // namespaces and nodes (core) and networkpolicies (networking.k8s.io),
-// and with Services also services (core) and endpointslices
-// (discovery.k8s.io);
+// with Services also services (core) and endpointslices
+// (discovery.k8s.io), and with cluster policies clusternetworkpolicies,
+// adminnetworkpolicies and baselineadminnetworkpolicies
+// (policy.networking.k8s.io; discovery is open to every client);
 // /readyz is open to every client by the default system:public-info-viewer
 // role. Without permission the informers never sync, client-go reports
 // Forbidden to the watch error handler and the view is stale.

@@ -30,11 +30,17 @@ type apiSetup struct {
 
 func startAPISource(t testing.TB, client kubernetes.Interface, nodeName string) *apiSetup {
 	t.Helper()
+	return startAPISourceWith(t, client, nodeName, nil)
+}
+
+// startAPISourceWith is startAPISource with a change to the config.
+func startAPISourceWith(t testing.TB, client kubernetes.Interface, nodeName string, change func(*APIConfig)) *apiSetup {
+	t.Helper()
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(StripManagedFields))
 	s := &apiSetup{store: &policy.Store{}}
 	log, logs := testLogger(t)
 	s.logs = logs
-	src, err := NewAPISource(APIConfig{
+	cfg := APIConfig{
 		Pods:            factory.Core().V1().Pods(),
 		Namespaces:      factory.Core().V1().Namespaces(),
 		NetworkPolicies: factory.Networking().V1().NetworkPolicies(),
@@ -47,7 +53,11 @@ func startAPISource(t testing.TB, client kubernetes.Interface, nodeName string) 
 		Probe:           ReadyzProbe(client.Discovery().RESTClient()),
 		ProbeInterval:   200 * time.Millisecond,
 		ProbeTimeout:    time.Second,
-	})
+	}
+	if change != nil {
+		change(&cfg)
+	}
+	src, err := NewAPISource(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -177,7 +177,7 @@ func (p *publisher) publish(c *policy.Cluster, start time.Time, current bool) {
 	}
 	p.log.Log(context.Background(), level, "published policy table",
 		"generation", gen, "endpoints", stats.Endpoints, "policies", stats.Policies,
-		"rules", stats.Rules, "compile", stats.Duration, "rebuild", st.LastRebuild)
+		"rules", stats.Rules, "clusterPolicies", stats.ClusterPolicies, "compile", stats.Duration, "rebuild", st.LastRebuild)
 	if w := t.Warnings(); !slices.Equal(w, p.warnings) {
 		for _, msg := range w {
 			p.log.Warn("policy table warning", "generation", gen, "warning", msg)

@@ -18,6 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	npav1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
+	npav1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 // Cluster holds the objects a [Table] is compiled from. Compile reads them
@@ -34,6 +36,16 @@ type Cluster struct {
 	// their kubernetes.io/service-name label in their namespace.
 	Services       []*corev1.Service
 	EndpointSlices []*discoveryv1.EndpointSlice
+	// ClusterNetworkPolicies (policy.networking.k8s.io v1beta1; a v1alpha2
+	// object converts with [ClusterNetworkPolicyFromV1alpha2]) and the
+	// v1alpha1 AdminNetworkPolicies and BaselineAdminNetworkPolicies are
+	// the cluster policies of the Admin and Baseline tiers (optional).
+	ClusterNetworkPolicies       []*npav1beta1.ClusterNetworkPolicy
+	AdminNetworkPolicies         []*npav1alpha1.AdminNetworkPolicy
+	BaselineAdminNetworkPolicies []*npav1alpha1.BaselineAdminNetworkPolicy
+	// Nodes (optional) are what the nodes peers of cluster policies
+	// select: their labels and the IP addresses of their status.
+	Nodes []*corev1.Node
 }
 
 // ErrInvalid is wrapped by the errors [Compile] and [Load] return for
@@ -97,7 +109,12 @@ type Options struct {
 	// names, labels and selectors are then not checked again (the regular
 	// expressions cost most of a compilation). Addresses, CIDRs, ports and
 	// selectors are still parsed, and a malformed value is still an error,
-	// never a panic.
+	// never a panic. Cluster policies are not validated either: what
+	// cannot be compiled in them (a selector, a CIDR, a peer or protocol
+	// entry of a newer CRD) fails closed as the API asks (an Accept rule
+	// ignores it, a Deny or Pass rule denies everything), with a warning,
+	// so that one such object does not stop the table from following the
+	// cluster.
 	Trusted bool
 }
 
@@ -125,13 +142,18 @@ func CompileWith(c *Cluster, opts Options) (*Table, error) {
 	errs = append(errs, b.addServices(c.Services, c.EndpointSlices)...)
 	pols, perrs := b.defaultPolicies(c.Policies)
 	errs = append(errs, perrs...)
+	errs = append(errs, b.addNodes(c.Nodes)...)
+	cps, cerrs := b.clusterPolicies(c)
+	errs = append(errs, cerrs...)
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	if err := b.addPolicies(pols); err != nil {
 		return nil, err
 	}
+	b.addClusterPolicies(cps)
 	b.buildGroups()
+	b.buildTierGroups(cps)
 	t := b.t
 	t.namespaces = b.nsNames
 	t.stats.Namespaces = len(b.nsNames)
@@ -144,6 +166,9 @@ func CompileWith(c *Cluster, opts Options) (*Table, error) {
 	for _, g := range t.groups {
 		t.stats.Rules += len(g.rules)
 	}
+	t.stats.ClusterPolicies = len(t.clusterPolicies)
+	t.stats.ClusterRules = len(t.clusterRules)
+	t.stats.Nodes = len(b.nodes)
 	return t, nil
 }
 
@@ -169,6 +194,12 @@ type builder struct {
 
 	// compiled[p][dir] are the rules of policy p.
 	compiled [][2][]rule
+
+	nodes []nodeInfo
+	// cpSelected[p] are the identities cluster policy p selects,
+	// cpCompiled[p][dir] its rules.
+	cpSelected [][]int32
+	cpCompiled [][2][]clusterRule
 }
 
 func invalid(kind, ns, name string, err error) error {
@@ -582,29 +613,18 @@ func (b *builder) buildGroups() {
 			}
 		}
 	}
-	index := make(map[string]int32)
-	var key []byte
+	groups := groupIndex{index: make(map[string]int32)}
 	for id := range perID {
 		for dir := Ingress; dir <= Egress; dir++ {
 			pols := perID[id][dir]
 			if len(pols) == 0 {
 				continue
 			}
-			key = append(key[:0], byte(dir))
-			for _, p := range pols {
-				key = binary.LittleEndian.AppendUint32(key, uint32(p))
-			}
-			g, ok := index[string(key)]
-			if !ok {
-				g = int32(len(t.groups))
-				index[string(key)] = g
-				var rules []rule
-				for _, p := range pols {
-					rules = append(rules, b.compiled[p][dir]...)
-				}
+			t.identities[id].groups[dir] = groups.get(dir, pols, func() int32 {
+				rules := concat(pols, func(p int32) []rule { return b.compiled[p][dir] })
 				t.groups = append(t.groups, group{policies: pols, rules: rules})
-			}
-			t.identities[id].groups[dir] = g
+				return int32(len(t.groups) - 1)
+			})
 		}
 	}
 	t.hot = make([]endpointHot, len(t.endpoints))
@@ -612,4 +632,36 @@ func (b *builder) buildGroups() {
 		id := t.endpoints[i].identity
 		t.hot[i] = endpointHot{identity: id, groups: t.identities[id].groups}
 	}
+}
+
+// groupIndex numbers groups of rules by the list of policies (of one
+// direction) they come from, so that identities selected by the same
+// policies share one group.
+type groupIndex struct {
+	index map[string]int32
+	key   []byte
+}
+
+// get returns the group of pols for dir, calling newGroup to make it (and
+// return its number) the first time.
+func (g *groupIndex) get(dir Direction, pols []int32, newGroup func() int32) int32 {
+	g.key = append(g.key[:0], byte(dir))
+	for _, p := range pols {
+		g.key = binary.LittleEndian.AppendUint32(g.key, uint32(p))
+	}
+	if i, ok := g.index[string(g.key)]; ok {
+		return i
+	}
+	i := newGroup()
+	g.index[string(g.key)] = i
+	return i
+}
+
+// concat joins the rules of the policies pols, in order.
+func concat[T any](pols []int32, rulesOf func(p int32) []T) []T {
+	var out []T
+	for _, p := range pols {
+		out = append(out, rulesOf(p)...)
+	}
+	return out
 }

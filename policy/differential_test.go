@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -245,14 +246,14 @@ func (w *refWorld) decide(src, dst netip.Addr, proto policy.Protocol, port uint1
 			egress = true
 			for _, b := range backends {
 				bp := w.refPod(b.Addr())
-				if !w.refSide(true, s, b.Addr(), bp, bp, proto, b.Port()) {
+				if !w.refTiered(true, s, b.Addr(), bp, bp, proto, b.Port()) {
 					egress = false
 				}
 			}
 			return egress, true
 		}
 	}
-	return w.refSide(true, s, dst, d, d, proto, port), w.refSide(false, d, src, s, d, proto, port)
+	return w.refTiered(true, s, dst, d, d, proto, port), w.refTiered(false, d, src, s, d, proto, port)
 }
 
 // refBackends returns the ready backends (address and port) that
@@ -493,6 +494,16 @@ func (g gen) cluster() *policy.Cluster {
 	return c
 }
 
+// clusterWithTiers is cluster() with, for most seeds, cluster policies of
+// both tiers and nodes.
+func (g gen) clusterWithTiers() *policy.Cluster {
+	c := g.cluster()
+	if g.r.IntN(5) > 0 {
+		g.clusterPolicies(c)
+	}
+	return c
+}
+
 // services adds Services (IPv4, IPv6 or dual-stack ClusterIPs) and their
 // EndpointSlices: endpoints are pod addresses (of live pods or not) and
 // outside addresses, ready or not, behind numbered target ports; some
@@ -614,9 +625,10 @@ func TestDifferentialAgainstReference(t *testing.T) {
 	}
 	queries := []q{{policy.TCP, 80}, {policy.TCP, 81}, {policy.TCP, 83}, {policy.UDP, 80}, {policy.UDP, 82}, {policy.SCTP, 81}, {policy.ICMP, 0}}
 	checked, toServices, onBackends, backendsAllowed, backendsDenied := 0, 0, 0, 0, 0
+	reasons := map[policy.Reason]int{}
 	for seed := range seeds {
 		g := gen{rand.New(rand.NewPCG(uint64(seed), 7))}
-		c := g.cluster()
+		c := g.clusterWithTiers()
 		tab, err := policy.Compile(c)
 		if err != nil {
 			t.Fatalf("seed %d: Compile: %v", seed, err)
@@ -643,6 +655,10 @@ func TestDifferentialAgainstReference(t *testing.T) {
 					v := tab.Lookup(src, dst, proto, qq.port)
 					wantE, wantI := ref.decide(src, dst, proto, qq.port)
 					checked++
+					reasons[v.Egress.Reason]++
+					reasons[v.Ingress.Reason]++
+					checkClusterRule(t, tab, policy.Egress, v.Egress, src, dst, proto, qq.port)
+					checkClusterRule(t, tab, policy.Ingress, v.Ingress, src, dst, proto, qq.port)
 					if _, ok := tab.ServiceByAddr(dst); ok {
 						toServices++
 						if ref.refPod(src) != nil && len(ref.refBackends(dst, proto, qq.port)) > 0 {
@@ -665,6 +681,11 @@ func TestDifferentialAgainstReference(t *testing.T) {
 	}
 	t.Logf("%d queries over %d random clusters agree (%d to Service ClusterIPs, %d of them judged on ready backends: %d allowed by rules, %d denied)",
 		checked, seeds, toServices, onBackends, backendsAllowed, backendsDenied)
+	var tally []string
+	for r := policy.NotPod; r <= policy.BaselineDenied; r++ {
+		tally = append(tally, fmt.Sprintf("%s %d", r, reasons[r]))
+	}
+	t.Logf("sides decided: %s", strings.Join(tally, ", "))
 }
 
 // clusterIPs returns every ClusterIP of the cluster's Services.

@@ -1,5 +1,5 @@
 // Package policy turns Kubernetes Namespaces, Pods and NetworkPolicies (and
-// Services with their EndpointSlices) into an immutable, compiled [Table] that answers "may this source talk to this
+// Services with their EndpointSlices, cluster policies and Nodes) into an immutable, compiled [Table] that answers "may this source talk to this
 // destination on this protocol and port, and why" without locks or
 // allocation.
 //
@@ -22,11 +22,25 @@
 //     have, the ClusterIP is an address like any other. The backend's
 //     ingress is judged after the DNAT, where the packet arrives.
 //
+// Cluster policies of sigs.k8s.io/network-policy-api (ClusterNetworkPolicy
+// v1beta1 and v1alpha2, and the v1alpha1 AdminNetworkPolicy and
+// BaselineAdminNetworkPolicy) add two tiers around NetworkPolicy, per
+// direction: the Admin tier first, whose Accept and Deny are final and whose
+// Pass hands the decision on; then NetworkPolicy; then, only for a pod that
+// no NetworkPolicy selects for the direction, the Baseline tier; then the
+// default, which allows. Within a tier, lower priority first, rules in
+// order, the first match acts. Their peers are namespaces and pods (both
+// directions) and, for egress, networks (CIDRs) and nodes (the addresses of
+// the selected [Cluster.Nodes]); domainNames peers are not implemented and
+// match nothing. Tables without cluster policies skip the tiers with one
+// nil test per lookup.
+//
 // The package has three layers:
 //
 //   - [Load] reads manifest files (YAML or JSON, multi-document, kind: List)
 //     into a [Cluster], validating every object the way the API server does
-//     and naming file, object and field in errors.
+//     (cluster policies as their CRDs' schemas and CEL rules do) and naming
+//     file, object and field in errors.
 //   - [Compile] turns a [Cluster] into a [Table]: pods are grouped into
 //     identities (namespace and labels), selectors are evaluated once into
 //     bitsets over identities, and each identity points at the compiled rules

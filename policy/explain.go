@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -37,6 +38,19 @@ type SideExplanation struct {
 	Selecting []string `json:"selecting,omitempty"`
 	// Allowing are all rules that allow the connection (the first decided).
 	Allowing []RuleInfo `json:"allowing,omitempty"`
+	// Tier is what decided, in a table with cluster policies: "Admin",
+	// "NetworkPolicy", "Baseline" or "default"; empty in tables without
+	// cluster policies and for sides that are not pods.
+	Tier string `json:"tier,omitempty"`
+	// ClusterSelecting are the cluster policies with rules for this
+	// direction that select the pod, in precedence order.
+	ClusterSelecting []string `json:"clusterSelecting,omitempty"`
+	// ClusterRule is the cluster policy rule that decided (Accept or
+	// Deny), if one did.
+	ClusterRule *ClusterRuleInfo `json:"clusterRule,omitempty"`
+	// Passed are the rules whose Pass action handed the decision on to the
+	// next tier.
+	Passed []ClusterRuleInfo `json:"passed,omitempty"`
 	// Service is "namespace/name" when the destination is a Service's
 	// ClusterIP (egress side only).
 	Service string `json:"service,omitempty"`
@@ -58,6 +72,8 @@ type BackendExplanation struct {
 	Reason  string     `json:"reason"`
 	// Rule is the first rule that allows it, when one does.
 	Rule *RuleInfo `json:"rule,omitempty"`
+	// ClusterRule is the cluster policy rule that decided, if one did.
+	ClusterRule *ClusterRuleInfo `json:"clusterRule,omitempty"`
 }
 
 // String returns "pod (ip) port N: allow by RULE" or "... deny".
@@ -70,6 +86,8 @@ func (b BackendExplanation) String() string {
 	switch {
 	case b.Rule != nil:
 		s += " by " + b.Rule.String()
+	case b.ClusterRule != nil:
+		s += " by " + b.ClusterRule.String()
 	case b.Reason != AllowedByRule.String() && b.Reason != Denied.String():
 		s += " (" + b.Reason + ")"
 	}
@@ -117,12 +135,13 @@ func (t *Table) Explain(src, dst netip.Addr, proto Protocol, port uint16) Explan
 	if isSvc {
 		e.To = "Service " + svc.String()
 	}
-	if isSvc && s >= 0 && t.hot[s].groups[Egress] >= 0 && t.servicePort(dst, proto, port) != nil {
+	if isSvc && s >= 0 && t.judgedOnBackends(s) && t.servicePort(dst, proto, port) != nil {
 		// Judged against the backends: explain each.
 		e.Egress = SideExplanation{Direction: Egress.String(), Pod: t.endpoints[s].String(), Allowed: v.Egress.Allowed(), Reason: v.Egress.Reason.String()}
 		for _, p := range t.Selecting(s, Egress) {
 			e.Egress.Selecting = append(e.Egress.Selecting, t.policies[p].String())
 		}
+		e.Egress.ClusterSelecting = t.clusterSelectingNames(s, Egress)
 	} else {
 		e.Egress = t.explainSide(Egress, v.Egress, s, d, dst, proto, port, d)
 	}
@@ -153,14 +172,7 @@ func (t *Table) explainServiceIngress(se *SideExplanation, svc ServiceInfo, s in
 		if b.ep < 0 {
 			bd = Decision{Reason: NotPod, Endpoint: -1, Rule: noRule}
 		}
-		be := BackendExplanation{Addr: b.addr, Port: b.port, Allowed: bd.Allowed(), Reason: bd.Reason.String()}
-		if b.ep >= 0 {
-			be.Pod = t.endpoints[b.ep].String()
-		}
-		if bd.Reason == AllowedByRule {
-			r := t.Rule(Ingress, bd.Rule)
-			be.Rule = &r
-		}
+		be := t.backendExplanation(Ingress, b, bd, t.tierRule(Ingress, b.ep, s, src, proto, b.port, b.ep))
 		se.Backends = append(se.Backends, be)
 		parts = append(parts, be.String())
 	}
@@ -197,25 +209,28 @@ func (t *Table) explainService(se *SideExplanation, dec Decision, s int32, svc S
 		se.Detail = fmt.Sprintf("destination is Service %s (%s for %s); %s", svc, readyEndpoints(len(sp.backends)), portName, se.Detail)
 		return
 	}
-	se.Detail = fmt.Sprintf("%s is isolated for egress by %s; ", se.Pod, strings.Join(se.Selecting, ", "))
+	se.Detail = fmt.Sprintf("%s is subject to egress policy (%s); ", se.Pod, strings.Join(append(slices.Clone(se.Selecting), se.ClusterSelecting...), ", "))
 	var parts []string
 	for i := range sp.backends {
 		b := &sp.backends[i]
 		bd := t.decide(Egress, s, b.ep, b.addr, proto, b.port, b.ep)
-		be := BackendExplanation{Addr: b.addr, Port: b.port, Allowed: bd.Allowed(), Reason: bd.Reason.String()}
-		if b.ep >= 0 {
-			be.Pod = t.endpoints[b.ep].String()
-		}
-		if bd.Reason == AllowedByRule {
-			r := t.Rule(Egress, bd.Rule)
-			be.Rule = &r
-		}
+		be := t.backendExplanation(Egress, b, bd, t.tierRule(Egress, s, b.ep, b.addr, proto, b.port, b.ep))
 		se.Backends = append(se.Backends, be)
 		parts = append(parts, be.String())
 	}
 	se.Allowing = nil
 	if dec.Reason == AllowedByRule {
 		se.Allowing = []RuleInfo{t.Rule(Egress, dec.Rule)}
+	}
+	if isClusterDecision(dec.Reason) {
+		// The backend whose decision is the side's: the first denied, or
+		// else the first that is not the source itself.
+		for i, b := range se.Backends {
+			if b.Allowed == dec.Allowed() && b.Reason == dec.Reason.String() && b.ClusterRule != nil {
+				se.ClusterRule = se.Backends[i].ClusterRule
+				break
+			}
+		}
 	}
 	verdict := "every one allows it"
 	if !dec.Allowed() {
@@ -225,7 +240,123 @@ func (t *Table) explainService(se *SideExplanation, dec Decision, s int32, svc S
 		svc, readyEndpoints(len(sp.backends)), portName, strings.Join(parts, "; "), verdict)
 }
 
+// backendExplanation describes the decision bd for the Service backend b.
+func (t *Table) backendExplanation(dir Direction, b *svcBackend, bd Decision, cref ClusterRuleRef) BackendExplanation {
+	be := BackendExplanation{Addr: b.addr, Port: b.port, Allowed: bd.Allowed(), Reason: bd.Reason.String()}
+	if b.ep >= 0 {
+		be.Pod = t.endpoints[b.ep].String()
+	}
+	if bd.Reason == AllowedByRule {
+		r := t.Rule(dir, bd.Rule)
+		be.Rule = &r
+	}
+	if isClusterDecision(bd.Reason) && cref.Valid() {
+		r := t.ClusterRule(cref)
+		be.ClusterRule = &r
+	}
+	return be
+}
+
+// isClusterDecision reports whether a cluster policy rule made a decision
+// with this reason.
+func isClusterDecision(r Reason) bool {
+	return r == AdminAccepted || r == AdminDenied || r == BaselineAccepted || r == BaselineDenied
+}
+
+// clusterSelectingNames names the cluster policies with rules for dir that
+// select the pod ep, in precedence order.
+func (t *Table) clusterSelectingNames(ep int32, dir Direction) []string {
+	var out []string
+	for tier := AdminTier; tier <= BaselineTier; tier++ {
+		for _, p := range t.ClusterSelecting(ep, tier, dir) {
+			info := t.clusterPolicies[p]
+			out = append(out, fmt.Sprintf("%s (%s, priority %d)", info, info.Tier, info.Priority))
+		}
+	}
+	return out
+}
+
 func (t *Table) explainSide(dir Direction, dec Decision, self, peer int32, peerAddr netip.Addr, proto Protocol, port uint16, dstEp int32) SideExplanation {
+	se := t.explainNetworkPolicySide(dir, dec, self, peer, peerAddr, proto, port, dstEp)
+	if t.tiers != nil && self >= 0 && dec.Reason != NotPod && dec.Reason != Loopback {
+		t.explainTiers(&se, dir, dec, self, peer, peerAddr, proto, port, dstEp)
+	}
+	return se
+}
+
+// explainTiers rewrites the explanation of a side that the tiers decided
+// (or passed through): which tier decided, by which rule, and what Pass
+// rules handed the decision on.
+func (t *Table) explainTiers(se *SideExplanation, dir Direction, dec Decision, self, peer int32, peerAddr netip.Addr, proto Protocol, port uint16, dstEp int32) {
+	se.ClusterSelecting = t.clusterSelectingNames(self, dir)
+	peerID, port := t.tierArgs(peer, proto, port)
+	describe := func(r *clusterRule) ClusterRuleInfo { return t.ClusterRule(r.ref) }
+	var parts []string
+	th := &t.tiers[self]
+	if g := th.groups[AdminTier][dir]; g >= 0 {
+		names := t.policyNames(t.tierGroups[g].policies)
+		switch r := t.tierGroups[g].match(t, peerID, peerAddr, proto, port, dstEp); {
+		case r == nil:
+			parts = append(parts, fmt.Sprintf("no rule of the Admin tier (%s) matches", names))
+		case r.action == Pass:
+			info := describe(r)
+			se.Passed = append(se.Passed, info)
+			parts = append(parts, fmt.Sprintf("%s passes it on (Pass) to NetworkPolicy and the Baseline tier", info))
+		default:
+			info := describe(r)
+			se.Tier, se.ClusterRule, se.Allowing, se.Selecting = "Admin", &info, nil, nil
+			se.Detail = fmt.Sprintf("the Admin tier decides: %s %s it (%s); NetworkPolicy and the Baseline tier are not consulted", info, actionWord(r.action), r.action)
+			return
+		}
+	}
+	if t.hot[self].groups[dir] >= 0 {
+		se.Tier = "NetworkPolicy"
+		se.Detail = strings.Join(append(parts, se.Detail), "; ")
+		return
+	}
+	if g := th.groups[BaselineTier][dir]; g >= 0 {
+		parts = append(parts, fmt.Sprintf("no NetworkPolicy with policyType %s selects %s", typeName(dir), se.Pod))
+		names := t.policyNames(t.tierGroups[g].policies)
+		switch r := t.tierGroups[g].match(t, peerID, peerAddr, proto, port, dstEp); {
+		case r == nil:
+			parts = append(parts, fmt.Sprintf("no rule of the Baseline tier (%s) matches", names))
+		case r.action == Pass:
+			info := describe(r)
+			se.Passed = append(se.Passed, info)
+			parts = append(parts, fmt.Sprintf("%s passes it on (Pass) to the default", info))
+		default:
+			info := describe(r)
+			se.Tier, se.ClusterRule = "Baseline", &info
+			se.Detail = strings.Join(append(parts, fmt.Sprintf("the Baseline tier decides: %s %s it (%s)", info, actionWord(r.action), r.action)), "; ")
+			return
+		}
+	} else {
+		parts = append(parts, fmt.Sprintf("no NetworkPolicy with policyType %s selects %s and no Baseline-tier policy applies", typeName(dir), se.Pod))
+	}
+	se.Tier = "default"
+	se.Detail = strings.Join(append(parts, fmt.Sprintf("all %s is allowed by default", dir)), "; ")
+}
+
+func actionWord(a Action) string {
+	switch a {
+	case Deny:
+		return "denies"
+	case Pass:
+		return "passes"
+	}
+	return "accepts"
+}
+
+func (t *Table) policyNames(idx []int32) string {
+	names := make([]string, len(idx))
+	for i, p := range idx {
+		info := t.clusterPolicies[p]
+		names[i] = fmt.Sprintf("%s, priority %d", info, info.Priority)
+	}
+	return strings.Join(names, "; ")
+}
+
+func (t *Table) explainNetworkPolicySide(dir Direction, dec Decision, self, peer int32, peerAddr netip.Addr, proto Protocol, port uint16, dstEp int32) SideExplanation {
 	se := SideExplanation{Direction: dir.String(), Allowed: dec.Allowed(), Reason: dec.Reason.String()}
 	if self >= 0 {
 		se.Pod = t.endpoints[self].String()
@@ -242,6 +373,9 @@ func (t *Table) explainSide(dir Direction, dec Decision, self, peer int32, peerA
 	case NotIsolated:
 		se.Detail = fmt.Sprintf("no policy with policyType %s selects %s: all %s is allowed", typeName(dir), se.Pod, dir)
 	case AllowedByRule, Denied:
+		if t.hot[self].groups[dir] < 0 {
+			break // decided by a cluster policy: explainTiers says why
+		}
 		g := &t.groups[t.hot[self].groups[dir]]
 		peerID := int32(-1)
 		if peer >= 0 {

@@ -23,6 +23,15 @@ func FuzzLoad(f *testing.F) {
 		}
 		f.Add(b)
 	}
+	for _, name := range []string{"deny-instance-metadata.yaml", "frontend-default-deny.yaml"} {
+		b, err := os.ReadFile(filepath.Join("../deploy/examples/aks-network-policies/cluster-network-policies", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte("apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: a}\nspec: {priority: 3, subject: {pods: {namespaceSelector: {}, podSelector: {}}}, egress: [{action: Pass, to: [{nodes: {}}, {networks: ['::/0']}], ports: [{portRange: {start: 1, end: 9}}]}]}\n"))
+	f.Add([]byte("apiVersion: v1\nkind: Node\nmetadata: {name: n, labels: {a: b}}\nstatus: {addresses: [{type: InternalIP, address: 10.0.0.1}]}\n---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: c}\nspec: {tier: Baseline, priority: 0, subject: {namespaces: {}}, egress: [{action: Deny, to: [{nodes: {matchLabels: {a: b}}}], protocols: [{destinationNamedPort: x}]}]}\n"))
 	f.Add([]byte("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: p}\n  status: {podIPs: [{ip: 'fd00::1'}, {ip: 10.0.0.1}]}\n"))
 	f.Add([]byte(npHeader + "spec: {podSelector: {matchExpressions: [{key: a, operator: NotIn, values: [x]}]}, ingress: [{from: [{ipBlock: {cidr: 010.0.0.0/8, except: [10.1.0.0/16]}}], ports: [{port: 1, endPort: 65535, protocol: SCTP}, {port: http}]}]}"))
 	f.Add([]byte(`{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"a"},"spec":{"podSelector":{},"egress":[{}]}}`))
@@ -61,7 +70,7 @@ func FuzzCompile(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, seed uint64) {
 		g := gen{rand.New(rand.NewPCG(seed, 7))}
-		c := g.cluster()
+		c := g.clusterWithTiers()
 		tab, err := policy.Compile(c)
 		if err != nil {
 			t.Fatalf("Compile of a valid generated cluster: %v", err)

@@ -38,7 +38,10 @@ const dnsNamespace = "kube-system"
 // must have compiled into t without error: egress isolation that also
 // blocks DNS, selectors that match nothing, two peers where one ANDed peer
 // was probably meant, named ports no pod declares, hostNetwork pods that a
-// policy seems to target, and the compiler's warnings.
+// policy seems to target, and the compiler's warnings; and for cluster
+// policies: subjects and peers that match nothing, rules shadowed by an
+// earlier rule, policies of one tier and priority that select the same
+// pods, and Baseline Deny rules that no NetworkPolicy relaxes.
 func Lint(c *Cluster, t *Table) []Finding {
 	l := linter{t: t, nsLabels: map[string]labels.Set{}}
 	for _, ns := range c.Namespaces {
@@ -68,6 +71,7 @@ func Lint(c *Cluster, t *Table) []Finding {
 		l.policy(np, c.Pods)
 	}
 	l.dns(pols)
+	l.clusterPolicies()
 	return l.out
 }
 

@@ -18,6 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	sigsjson "sigs.k8s.io/json"
+	npav1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
+	npav1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -54,11 +56,11 @@ type Object struct {
 // the objects of other kinds, and notes for the user.
 type Manifests struct {
 	Cluster
-	// Sources maps "Kind namespace/name" (Namespace: "Namespace name") to
-	// where the object was read.
+	// Sources maps "Kind namespace/name" (cluster-scoped kinds such as
+	// Namespace and ClusterNetworkPolicy: "Kind name") to where the object
+	// was read.
 	Sources map[string]Source
-	// Other holds objects of kinds other than Namespace, Pod,
-	// NetworkPolicy, Service and EndpointSlice.
+	// Other holds objects of kinds Load does not read into the Cluster.
 	Other []Object
 	// Notes are things the user should hear about that are not errors:
 	// skipped files and objects, API server warnings.
@@ -69,9 +71,15 @@ type Manifests struct {
 // malformed manifests.
 var ErrManifest = errors.New("bad manifest")
 
+// clusterScoped are the kinds Load reads that have no namespace.
+var clusterScoped = map[string]bool{
+	"Namespace": true, "Node": true,
+	KindClusterNetworkPolicy: true, KindAdminNetworkPolicy: true, KindBaselineAdminNetworkPolicy: true,
+}
+
 // objectKey names an object for duplicate detection and Sources.
 func objectKey(kind, ns, name string) string {
-	if kind == "Namespace" {
+	if clusterScoped[kind] {
 		return kind + " " + name
 	}
 	return kind + " " + ns + "/" + name
@@ -124,10 +132,13 @@ func (ld Loader) withDefaults() Loader {
 	return ld
 }
 
-// Load reads Namespaces, Pods, NetworkPolicies, Services and
-// EndpointSlices (discovery.k8s.io/v1) from files or directories of YAML or
-// JSON manifests, with the default limits of a [Loader]. A directory
-// contributes its *.yaml, *.yml and *.json files (not subdirectories).
+// Load reads Namespaces, Pods, Nodes, NetworkPolicies, Services,
+// EndpointSlices (discovery.k8s.io/v1), ClusterNetworkPolicies
+// (policy.networking.k8s.io/v1beta1 and v1alpha2), AdminNetworkPolicies and
+// BaselineAdminNetworkPolicies (policy.networking.k8s.io/v1alpha1) from
+// files or directories of YAML or JSON manifests, with the default limits
+// of a [Loader]. A directory contributes its *.yaml, *.yml and *.json files
+// (not subdirectories).
 // Documents may be multi-document YAML or a kind: List such as kubectl get
 // -o yaml prints. Objects are decoded strictly (unknown or duplicate fields
 // are errors), defaulted and validated as the API server would; all
@@ -308,13 +319,17 @@ func (l *loader) file(name string) {
 }
 
 // readKinds are the kinds Load reads into the Cluster, with their
-// apiVersion.
-var readKinds = map[string]string{
-	"Namespace":     "v1",
-	"Pod":           "v1",
-	"NetworkPolicy": "networking.k8s.io/v1",
-	"Service":       "v1",
-	"EndpointSlice": "discovery.k8s.io/v1",
+// apiVersions.
+var readKinds = map[string][]string{
+	"Namespace":                    {"v1"},
+	"Pod":                          {"v1"},
+	"NetworkPolicy":                {"networking.k8s.io/v1"},
+	"Service":                      {"v1"},
+	"EndpointSlice":                {"discovery.k8s.io/v1"},
+	"Node":                         {"v1"},
+	KindClusterNetworkPolicy:       clusterKinds[KindClusterNetworkPolicy],
+	KindAdminNetworkPolicy:         clusterKinds[KindAdminNetworkPolicy],
+	KindBaselineAdminNetworkPolicy: clusterKinds[KindBaselineAdminNetworkPolicy],
 }
 
 // header is the part of every object that identifies it.
@@ -346,21 +361,25 @@ func (l *loader) object(src Source, data []byte) {
 		return
 	}
 	ns := h.Metadata.Namespace
-	if ns == "" && h.Kind != "Namespace" {
+	if ns == "" && !clusterScoped[h.Kind] {
 		ns = defaultNamespace
 	}
 	what := fmt.Sprintf("%s %s", h.Kind, h.Metadata.Name)
-	if h.Kind != "Namespace" {
+	if !clusterScoped[h.Kind] {
 		what = fmt.Sprintf("%s %s/%s", h.Kind, ns, h.Metadata.Name)
 	}
 	want := readKinds[h.Kind]
-	if want == "" {
+	if want == nil {
 		l.m.Other = append(l.m.Other, Object{Source: src, APIVersion: h.APIVersion, Kind: h.Kind, Namespace: h.Metadata.Namespace, Name: h.Metadata.Name, JSON: data})
 		return
 	}
-	if h.APIVersion != want {
-		l.fail("%s: %s: apiVersion: Unsupported value: %q: supported values: %q", src, what, h.APIVersion, want)
+	if !slices.Contains(want, h.APIVersion) {
+		l.fail("%s: %s: apiVersion: Unsupported value: %q: supported values: %s", src, what, h.APIVersion, quoteAll(want))
 		return
+	}
+	if clusterScoped[h.Kind] && h.Kind != "Namespace" && ns != "" {
+		l.m.Notes = append(l.m.Notes, fmt.Sprintf("%s: %s: metadata.namespace %q is ignored: %s is cluster-scoped", src, what, ns, h.Kind))
+		ns = ""
 	}
 	key := objectKey(h.Kind, ns, h.Metadata.Name)
 	if prev, dup := l.m.Sources[key]; dup {
@@ -395,6 +414,37 @@ func (l *loader) object(src Source, data []byte) {
 			obj = DefaultEndpointSlice(obj)
 			errs = fieldErrors(ValidateEndpointSlice(obj))
 			l.m.EndpointSlices = append(l.m.EndpointSlices, obj)
+		}
+	case "Node":
+		obj := &corev1.Node{}
+		if errs = decodeStrict(data, obj); errs == nil {
+			obj.Namespace = ""
+			errs = fieldErrors(validateNode(obj))
+			l.m.Nodes = append(l.m.Nodes, obj)
+		}
+	case KindClusterNetworkPolicy:
+		obj := &npav1beta1.ClusterNetworkPolicy{}
+		if errs = decodeStrict(data, obj); errs == nil {
+			obj.Namespace = ""
+			errs = fieldErrors(append(missingClusterFields(h.Kind, data), ValidateClusterNetworkPolicy(obj)...))
+			l.clusterNotes(src, what, fromClusterNetworkPolicy(obj), errs)
+			l.m.ClusterNetworkPolicies = append(l.m.ClusterNetworkPolicies, obj)
+		}
+	case KindAdminNetworkPolicy:
+		obj := &npav1alpha1.AdminNetworkPolicy{}
+		if errs = decodeStrict(data, obj); errs == nil {
+			obj.Namespace = ""
+			errs = fieldErrors(append(missingClusterFields(h.Kind, data), ValidateAdminNetworkPolicy(obj)...))
+			l.clusterNotes(src, what, fromAdminNetworkPolicy(obj), errs)
+			l.m.AdminNetworkPolicies = append(l.m.AdminNetworkPolicies, obj)
+		}
+	case KindBaselineAdminNetworkPolicy:
+		obj := &npav1alpha1.BaselineAdminNetworkPolicy{}
+		if errs = decodeStrict(data, obj); errs == nil {
+			obj.Namespace = ""
+			errs = fieldErrors(append(missingClusterFields(h.Kind, data), ValidateBaselineAdminNetworkPolicy(obj)...))
+			l.clusterNotes(src, what, fromBaselineAdminNetworkPolicy(obj), errs)
+			l.m.BaselineAdminNetworkPolicies = append(l.m.BaselineAdminNetworkPolicies, obj)
 		}
 	case "NetworkPolicy":
 		obj := &networkingv1.NetworkPolicy{}
@@ -453,6 +503,72 @@ func fieldErrors(el field.ErrorList) []error {
 	return out
 }
 
+// clusterNotes adds the warnings about a valid cluster policy to the
+// notes.
+func (l *loader) clusterNotes(src Source, what string, p cpolicy, errs []error) {
+	if len(errs) > 0 {
+		return
+	}
+	for _, w := range clusterPolicyWarnings(&p) {
+		l.m.Notes = append(l.m.Notes, fmt.Sprintf("%s: %s: warning: %s", src, what, w))
+	}
+}
+
+func quoteAll(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return strings.Join(q, ", ")
+}
+
+// missingClusterFields reports the required fields of a cluster policy
+// manifest that decoding into the Go type cannot tell from zero values:
+// spec.priority, and the selectors of pods subjects and peers.
+func missingClusterFields(kind string, data []byte) field.ErrorList {
+	var obj map[string]any
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(data, &obj); err != nil {
+		return nil // decodeStrict reported it
+	}
+	var allErrs field.ErrorList
+	spec, _ := obj["spec"].(map[string]any)
+	sp := field.NewPath("spec")
+	if spec == nil {
+		return field.ErrorList{field.Required(sp, "")}
+	}
+	if _, ok := spec["priority"]; !ok && kind != KindBaselineAdminNetworkPolicy {
+		allErrs = append(allErrs, field.Required(sp.Child("priority"), ""))
+	}
+	required := []string{"podSelector"}
+	if kind != KindClusterNetworkPolicy {
+		required = append(required, "namespaceSelector")
+	}
+	pods := func(holder any, fp *field.Path) {
+		m, _ := holder.(map[string]any)
+		p, ok := m["pods"].(map[string]any)
+		if !ok {
+			return
+		}
+		for _, r := range required {
+			if _, ok := p[r]; !ok {
+				allErrs = append(allErrs, field.Required(fp.Child("pods", r), ""))
+			}
+		}
+	}
+	pods(spec["subject"], sp.Child("subject"))
+	for _, dir := range []struct{ rules, peers string }{{"ingress", "from"}, {"egress", "to"}} {
+		rules, _ := spec[dir.rules].([]any)
+		for i, r := range rules {
+			rm, _ := r.(map[string]any)
+			peers, _ := rm[dir.peers].([]any)
+			for j, peer := range peers {
+				pods(peer, sp.Child(dir.rules).Index(i).Child(dir.peers).Index(j))
+			}
+		}
+	}
+	return allErrs
+}
+
 // SkippedNotes returns a note for each object of a kind the policy engine
 // does not read, except kinds the caller reads itself.
 func (m *Manifests) SkippedNotes(readByCaller ...string) []string {
@@ -465,7 +581,7 @@ func (m *Manifests) SkippedNotes(readByCaller ...string) []string {
 		if o.Namespace != "" {
 			name = o.Namespace + "/" + o.Name
 		}
-		out = append(out, fmt.Sprintf("%s: skipped %s %s (podgate reads Namespace, Pod, NetworkPolicy, Service and EndpointSlice)", o.Source, o.Kind, name))
+		out = append(out, fmt.Sprintf("%s: skipped %s %s (podgate reads Namespace, Pod, Node, NetworkPolicy, Service, EndpointSlice, ClusterNetworkPolicy, AdminNetworkPolicy and BaselineAdminNetworkPolicy)", o.Source, o.Kind, name))
 	}
 	return out
 }

@@ -96,9 +96,12 @@ func (t *Table) servicePort(dst netip.Addr, proto Protocol, port uint16) *svcPor
 	return nil
 }
 
-// decideService judges the egress of pod s (isolated for egress) to the
-// backends of sp: allowed only if every backend is.
+// decideService judges the egress of pod s (subject to egress policy) to
+// the backends of sp: allowed only if every backend is.
 func (t *Table) decideService(s int32, sp *svcPort, proto Protocol) Decision {
+	if t.tiers != nil {
+		return t.decideServiceTiers(s, sp, proto)
+	}
 	first := noRule
 	for i := range sp.backends {
 		b := &sp.backends[i]
@@ -119,9 +122,34 @@ func (t *Table) decideService(s int32, sp *svcPort, proto Protocol) Decision {
 	return Decision{Reason: AllowedByRule, Endpoint: s, Rule: first}
 }
 
+// decideServiceTiers is decideService in a table with cluster policies,
+// where decisions have more reasons: the first denial, or else the first
+// backend's decision that is not the source's own (Loopback).
+func (t *Table) decideServiceTiers(s int32, sp *svcPort, proto Protocol) Decision {
+	out := Decision{Reason: Loopback, Endpoint: s, Rule: noRule}
+	for i := range sp.backends {
+		b := &sp.backends[i]
+		d := t.decide(Egress, s, b.ep, b.addr, proto, b.port, b.ep)
+		if !d.Allowed() {
+			return d
+		}
+		if out.Reason == Loopback {
+			out = d
+		}
+	}
+	return out
+}
+
+// judgedOnBackends reports whether egress from pod s to a ClusterIP is
+// judged against the Service's backends: when some policy (a
+// NetworkPolicy or a cluster policy) governs the egress of s.
+func (t *Table) judgedOnBackends(s int32) bool {
+	return t.hot[s].groups[Egress] >= 0 || t.subjectOfTiers(s, Egress)
+}
+
 // egress decides the egress of pod s (>= 0) to dst, owned by pod d or -1.
 func (t *Table) egress(s, d int32, dst netip.Addr, proto Protocol, dport uint16) Decision {
-	if d < 0 && t.hot[s].groups[Egress] >= 0 {
+	if d < 0 && t.judgedOnBackends(s) {
 		if sp := t.servicePort(dst, proto, dport); sp != nil {
 			return t.decideService(s, sp, proto)
 		}

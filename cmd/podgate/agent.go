@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	npaclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 
 	"github.com/podgate/podgate/fastpath"
 	"github.com/podgate/podgate/fastpath/conntrack"
@@ -285,6 +286,10 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("create Kubernetes client: %w", err)
 		}
+		npaClient, err := npaclient.NewForConfig(restCfg)
+		if err != nil {
+			return fmt.Errorf("create network-policy-api client: %w", err)
+		}
 		factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(k8swatch.StripManagedFields))
 		// Services and EndpointSlices: a pod's egress to a ClusterIP is
 		// judged against the Service's ready backends, as after
@@ -296,6 +301,9 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 			Services:        factory.Core().V1().Services(),
 			EndpointSlices:  factory.Discovery().V1().EndpointSlices(),
 			Nodes:           factory.Core().V1().Nodes(),
+			// ClusterNetworkPolicy and the v1alpha1 Admin/Baseline
+			// kinds, while their CRDs are installed.
+			ClusterPolicies: &k8swatch.ClusterPolicyConfig{Client: npaClient, Discovery: client.Discovery()},
 			NodeName:        cfg.NodeName,
 			OnNodeAddrs:     setNodeAddrs,
 			Store:           store,

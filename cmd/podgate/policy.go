@@ -18,7 +18,13 @@ import (
 func newPolicyCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "policy",
-		Short: "Evaluate NetworkPolicies in manifest files: matrix, check, lint",
+		Short: "Evaluate NetworkPolicies and ClusterNetworkPolicies in manifest files: matrix, check, lint",
+		Long: `Evaluate the policies in manifest files: NetworkPolicy (networking.k8s.io/v1)
+and the cluster policies of sigs.k8s.io/network-policy-api: ClusterNetworkPolicy
+(policy.networking.k8s.io/v1beta1 and v1alpha2) and the v1alpha1
+AdminNetworkPolicy and BaselineAdminNetworkPolicy. The Admin tier is evaluated
+before NetworkPolicy, the Baseline tier only for pods that no NetworkPolicy
+selects for the direction; the default allows.`,
 	}
 	lim := &manifestLimits{}
 	lim.addFlags(cmd.PersistentFlags())
@@ -152,9 +158,11 @@ func newCheckCommand(lim *manifestLimits) *cobra.Command {
 		Use:   "check -f PATH --from ns/pod|IP --to ns/pod|IP --port N --protocol P [-o json]",
 		Short: "Decide one connection and explain the verdict",
 		Long: `Decide one connection and explain it: which policies select each side,
-which rule allowed it, or which isolation denied it. An IP that is no pod's
-is an address outside the cluster. Exits 0 when allowed, 2 when denied and
-1 on errors.`,
+which rule allowed it, or which isolation denied it; with cluster policies,
+which tier decided (Admin, NetworkPolicy, Baseline or the default), by which
+rule, and which Pass rules handed the decision on. An IP that is no pod's is
+an address outside the cluster. Exits 0 when allowed, 2 when denied and 1 on
+errors.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(output, "text", "json"); err != nil {
@@ -277,7 +285,7 @@ func newLintCommand(lim *manifestLimits) *cobra.Command {
 	var failOnWarning bool
 	cmd := &cobra.Command{
 		Use:   "lint -f PATH [-f PATH ...]",
-		Short: "Warn about NetworkPolicy mistakes: blocked DNS, selectors matching nothing, ORed peers",
+		Short: "Warn about policy mistakes: blocked DNS, selectors matching nothing, ORed peers, shadowed cluster policy rules, Baseline denies in force",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(output, "text", "json"); err != nil {

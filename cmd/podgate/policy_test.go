@@ -118,22 +118,7 @@ func TestArticleCriteria(t *testing.T) {
 			if tc.port != "" {
 				args = append(args, "--port", tc.port)
 			}
-			out, _, err := podgate(t, args...)
-			var ee *exitError
-			switch {
-			case tc.want == "allow" && err != nil:
-				t.Fatalf("check failed: %v\n%s", err, out)
-			case tc.want == "deny" && (!errors.As(err, &ee) || ee.code != 2):
-				t.Fatalf("check: err = %v, want exit status 2 (denied)\n%s", err, out)
-			}
-			if !strings.HasPrefix(out, strings.ToUpper(tc.want)+":") {
-				t.Errorf("verdict line = %q, want %s", strings.SplitN(out, "\n", 2)[0], strings.ToUpper(tc.want))
-			}
-			for _, w := range tc.wantExplanations {
-				if !strings.Contains(out, w) {
-					t.Errorf("explanation does not say %q:\n%s", w, out)
-				}
-			}
+			runCheck(t, args, tc.want, tc.wantExplanations)
 			// The JSON form agrees.
 			jout, _, _ := podgate(t, append(args, "-o", "json")...)
 			var e struct{ Verdict string }
@@ -156,13 +141,41 @@ func TestMatrixTable(t *testing.T) {
 		"frontend/apipod  .              .                X",
 		"frontend/apppod  X              .                .",
 	}
+	if diff := cmp.Diff(want, tableLines(out)); diff != "" {
+		t.Errorf("table (-want +got):\n%s", diff)
+	}
+}
+
+// runCheck runs podgate with args (a policy check) and checks the verdict
+// (exit status and first line) and that the output says every one of
+// explanations.
+func runCheck(t *testing.T, args []string, want string, explanations []string) {
+	t.Helper()
+	out, _, err := podgate(t, args...)
+	var ee *exitError
+	switch {
+	case want == "allow" && err != nil:
+		t.Fatalf("check failed: %v\n%s", err, out)
+	case want == "deny" && (!errors.As(err, &ee) || ee.code != 2):
+		t.Fatalf("check: err = %v, want exit status 2 (denied)\n%s", err, out)
+	}
+	if !strings.HasPrefix(out, strings.ToUpper(want)+":") {
+		t.Errorf("verdict line = %q, want %s", strings.SplitN(out, "\n", 2)[0], strings.ToUpper(want))
+	}
+	for _, w := range explanations {
+		if !strings.Contains(out, w) {
+			t.Errorf("explanation does not say %q:\n%s", w, out)
+		}
+	}
+}
+
+// tableLines splits a matrix table into lines without trailing blanks.
+func tableLines(out string) []string {
 	var got []string
 	for _, l := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
 		got = append(got, strings.TrimRight(l, " "))
 	}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("table (-want +got):\n%s", diff)
-	}
+	return got
 }
 
 func TestLint(t *testing.T) {
