@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync/atomic"
+	"time"
 
 	"github.com/podgate/podgate/fastpath/conntrack"
 	"github.com/podgate/podgate/fastpath/packet"
@@ -133,13 +134,15 @@ type cutFlow struct {
 	v   verdict
 }
 
-// leaseTime is how long the kernel may use the flows after the engine
-// last renewed its lease, and leaseRenew how often the engine renews it:
-// an engine that stops (the agent died or hangs) stops the kernel from
-// forwarding on its verdicts within leaseTime.
+// KernelLease is how long the kernel may use the offloaded flows after
+// the engine last renewed its lease: an engine that stops (the agent died,
+// or its worker is stuck) stops the kernel from forwarding on its verdicts
+// within KernelLease. The engine renews the lease four times as often.
+const KernelLease = 2 * time.Second
+
 const (
-	leaseTime  = int64(3e9)
-	leaseRenew = int64(1e9)
+	leaseTime  = int64(KernelLease)
+	leaseRenew = leaseTime / 4
 )
 
 // sweepPeriod is how often the whole table is swept.

@@ -20,6 +20,8 @@ type Collector struct {
 	rxPackets, rxBytes, fwdPackets, fwdBytes, drops    *prometheus.Desc
 	denied, allowedFlows, flowsNew, flowsCut, rechecks *prometheus.Desc
 	cutDrops, resets, ctTombstones                     *prometheus.Desc
+	offloaded, offloadInstalls, offloadRemoves         *prometheus.Desc
+	offloadErrors                                      *prometheus.Desc
 	deniedByPolicy                                     *prometheus.Desc
 	portPackets, portBytes, batches                    *prometheus.Desc
 	ctEntries, ctCapacity, ctInserts, ctEvictions      *prometheus.Desc
@@ -37,39 +39,43 @@ func NewCollector(e *Engine, store *policy.Store, flows *FlowLog) *Collector {
 	}
 	return &Collector{
 		e: e, store: store, flows: flows,
-		rxPackets:      d("received_packets_total", "Frames the fastpath received from all ports."),
-		rxBytes:        d("received_bytes_total", "Bytes of the frames the fastpath received."),
-		fwdPackets:     d("forwarded_packets_total", "Frames the fastpath sent, by path.", "path"),
-		fwdBytes:       d("forwarded_bytes_total", "Bytes of the frames the fastpath sent, by path.", "path"),
-		drops:          d("dropped_packets_total", "Frames the fastpath dropped, by reason.", "reason"),
-		denied:         d("policy_denied_packets_total", "Packets a policy of a local pod denied, by direction and by the pod that is isolated.", "direction", "namespace", "pod"),
-		allowedFlows:   d("policy_allowed_flows_total", "New flows a policy's rules allowed on this node, by direction.", "direction", "policy_namespace", "policy"),
-		deniedByPolicy: d("policy_isolation_denied_packets_total", "Packets denied on this node while this policy isolated the denying pod, by direction; a denial counts for every policy that isolates the pod.", "direction", "policy_namespace", "policy"),
-		flowsNew:       d("flows_new_total", "Flows judged allowed and tracked."),
-		flowsCut:       d("flows_cut_total", "Established flows that a new policy table denied and that were cut."),
-		rechecks:       d("flows_rechecked_total", "Established flows judged again after a policy table change."),
-		cutDrops:       d("flows_cut_packets_dropped_total", "Packets of flows that policy cut, dropped by their tombstone (also counted in dropped_packets_total under the reason of the cut)."),
-		resets:         d("flows_cut_resets_total", "TCP resets sent to the senders of segments of cut connections (--cut-reset)."),
-		ctTombstones:   d("conntrack_tombstones_total", "Flows that policy cut and that the connection-tracking table keeps as tombstones."),
-		portPackets:    d("port_packets_total", "Frames per port and direction (rx from the interface, tx to it).", "interface", "direction"),
-		portBytes:      d("port_bytes_total", "Bytes per port and direction.", "interface", "direction"),
-		batches:        d("batches_total", "Receive batches that had frames."),
-		ctEntries:      d("conntrack_entries", "Flows held in the connection-tracking table, expired ones not yet reclaimed included."),
-		ctCapacity:     d("conntrack_capacity", "Maximum number of flows the connection-tracking table holds."),
-		ctInserts:      d("conntrack_inserts_total", "Flows inserted into the connection-tracking table (inserting never fails: a full table evicts)."),
-		ctEvictions:    d("conntrack_evictions_total", "Flows evicted before they expired because the table was full."),
-		ctExpirations:  d("conntrack_expirations_total", "Expired flows reclaimed."),
-		ctDeletes:      d("conntrack_deletes_total", "Flows deleted (restarted on the same addresses and ports, or a new connection on a tombstone)."),
-		ctFragInserts:  d("conntrack_fragment_inserts_total", "Fragmented packets whose first fragment's verdict was recorded."),
-		ctFragEv:       d("conntrack_fragment_evictions_total", "Fragment verdicts replaced before their timeout because the fragment table was full."),
-		eventsLost:     d("flow_events_lost_total", "Flow events dropped because the flow log fell behind."),
-		logLines:       d("flow_log_lines_total", "Denied-flow log lines written."),
-		logSuppressed:  d("flow_log_suppressed_total", "Denied-flow log lines held back by the rate limit."),
-		tableGen:       d("table_generation", "Generation of the policy table the fastpath uses."),
-		tablePolicies:  d("table_policies", "NetworkPolicies in the current table."),
-		tableEndpoints: d("table_endpoints", "Pods with an address in the current table, cluster-wide."),
-		tableRules:     d("table_rules", "Compiled rules in the current table."),
-		tableCompile:   d("table_compile_duration_seconds", "How long compiling the current table took."),
+		rxPackets:       d("received_packets_total", "Frames the fastpath received from all ports."),
+		rxBytes:         d("received_bytes_total", "Bytes of the frames the fastpath received."),
+		fwdPackets:      d("forwarded_packets_total", "Frames the fastpath sent, by path.", "path"),
+		fwdBytes:        d("forwarded_bytes_total", "Bytes of the frames the fastpath sent, by path.", "path"),
+		drops:           d("dropped_packets_total", "Frames the fastpath dropped, by reason.", "reason"),
+		denied:          d("policy_denied_packets_total", "Packets a policy of a local pod denied, by direction and by the pod that is isolated.", "direction", "namespace", "pod"),
+		allowedFlows:    d("policy_allowed_flows_total", "New flows a policy's rules allowed on this node, by direction.", "direction", "policy_namespace", "policy"),
+		deniedByPolicy:  d("policy_isolation_denied_packets_total", "Packets denied on this node while this policy isolated the denying pod, by direction; a denial counts for every policy that isolates the pod.", "direction", "policy_namespace", "policy"),
+		flowsNew:        d("flows_new_total", "Flows judged allowed and tracked."),
+		flowsCut:        d("flows_cut_total", "Established flows that a new policy table denied and that were cut."),
+		rechecks:        d("flows_rechecked_total", "Established flows judged again after a policy table change."),
+		cutDrops:        d("flows_cut_packets_dropped_total", "Packets of flows that policy cut, dropped by their tombstone (also counted in dropped_packets_total under the reason of the cut)."),
+		resets:          d("flows_cut_resets_total", "TCP resets sent to the senders of segments of cut connections (--cut-reset)."),
+		ctTombstones:    d("conntrack_tombstones_total", "Flows that policy cut and that the connection-tracking table keeps as tombstones."),
+		offloaded:       d("offloaded_flows", "Flows in the kernel's table of offloaded flows (forwarded by the kernel, decided by the fastpath)."),
+		offloadInstalls: d("offload_installs_total", "Flows installed in the kernel's table."),
+		offloadRemoves:  d("offload_removes_total", "Flows removed from the kernel's table (ended, cut, expired, evicted, or their pod port changed)."),
+		offloadErrors:   d("offload_errors_total", "Failed calls of the kernel's flow table (its flows stay with the fastpath)."),
+		portPackets:     d("port_packets_total", "Frames per port and direction (rx from the interface, tx to it).", "interface", "direction"),
+		portBytes:       d("port_bytes_total", "Bytes per port and direction.", "interface", "direction"),
+		batches:         d("batches_total", "Receive batches that had frames."),
+		ctEntries:       d("conntrack_entries", "Flows held in the connection-tracking table, expired ones not yet reclaimed included."),
+		ctCapacity:      d("conntrack_capacity", "Maximum number of flows the connection-tracking table holds."),
+		ctInserts:       d("conntrack_inserts_total", "Flows inserted into the connection-tracking table (inserting never fails: a full table evicts)."),
+		ctEvictions:     d("conntrack_evictions_total", "Flows evicted before they expired because the table was full."),
+		ctExpirations:   d("conntrack_expirations_total", "Expired flows reclaimed."),
+		ctDeletes:       d("conntrack_deletes_total", "Flows deleted (restarted on the same addresses and ports, or a new connection on a tombstone)."),
+		ctFragInserts:   d("conntrack_fragment_inserts_total", "Fragmented packets whose first fragment's verdict was recorded."),
+		ctFragEv:        d("conntrack_fragment_evictions_total", "Fragment verdicts replaced before their timeout because the fragment table was full."),
+		eventsLost:      d("flow_events_lost_total", "Flow events dropped because the flow log fell behind."),
+		logLines:        d("flow_log_lines_total", "Denied-flow log lines written."),
+		logSuppressed:   d("flow_log_suppressed_total", "Denied-flow log lines held back by the rate limit."),
+		tableGen:        d("table_generation", "Generation of the policy table the fastpath uses."),
+		tablePolicies:   d("table_policies", "NetworkPolicies in the current table."),
+		tableEndpoints:  d("table_endpoints", "Pods with an address in the current table, cluster-wide."),
+		tableRules:      d("table_rules", "Compiled rules in the current table."),
+		tableCompile:    d("table_compile_duration_seconds", "How long compiling the current table took."),
 	}
 }
 
@@ -103,6 +109,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.flowsCut, s.FlowsCut)
 	counter(c.rechecks, s.Rechecks)
 	counter(c.cutDrops, s.CutDrops)
+	gauge(c.offloaded, float64(s.Offloaded))
+	counter(c.offloadInstalls, s.OffloadInstalls)
+	counter(c.offloadRemoves, s.OffloadRemoves)
+	counter(c.offloadErrors, s.OffloadErrors)
 	counter(c.resets, s.Resets)
 	counter(c.batches, s.Batches)
 
