@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -479,6 +481,31 @@ func TestCrossNodePolicyCut(t *testing.T) {
 	}
 }
 
+// TestOnePolicyCut is [TestCrossNodePolicyCut] with every pod on one
+// node: the same manifests without their nodeName.
+func TestOnePolicyCut(t *testing.T) {
+	bin, extra := buildPodgate(t)
+	dir := t.TempDir()
+	for _, f := range []string{"cluster.yaml", "policy.yaml", "services.yaml"} {
+		b, err := os.ReadFile(filepath.Join(threeNodeDir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = regexp.MustCompile(`(?m)^\s*nodeName: node-\d\n`).ReplaceAll(b, nil)
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l := NewForTest(t, Spec{Manifests: []string{dir}, Prefix: testPrefix, ProbeTimeout: time.Second})
+	if n := len(l.Nodes()); n != 1 {
+		t.Fatalf("%d nodes, want 1", n)
+	}
+	if err := l.StartAgent(context.Background(), bin, extra(l)...); err != nil {
+		t.Fatal(err)
+	}
+	crossNodeCut(t, l)
+}
+
 // crossNodeCut is [TestCrossNodePolicyCut] on a lab whose agents run.
 func crossNodeCut(t *testing.T, l *Lab) {
 	ctx := context.Background()
@@ -489,7 +516,10 @@ func crossNodeCut(t *testing.T, l *Lab) {
 		cut      bool
 	}
 	var specs []stream
-	for _, pair := range [][2]string{{"x/client", "x/server"}, {"x/batch", "x/client"}} {
+	// The server's ingress and batch's egress are cut; the outside vm is a
+	// client of the server too (the server's egress stays open, so its
+	// half of the connection alone would look allowed).
+	for _, pair := range [][2]string{{"x/client", "x/server"}, {"x/batch", "x/client"}, {"vm", "x/server"}} {
 		for _, p := range []policy.PortSpec{tcp80, udp80} {
 			for _, pusher := range []Pusher{ServerPushes, ClientPushes} {
 				specs = append(specs, stream{pair[0], pair[1], p, pusher, true})
@@ -555,17 +585,21 @@ func crossNodeCut(t *testing.T, l *Lab) {
 			t.Logf("ok: %s (%s)", streams[i], map[bool]string{true: "cut", false: "still flowing"}[specs[i].cut])
 		}
 	}
-	for _, name := range []string{"node-1", "node-2", "node-3"} {
-		m, err := node(t, l, name).Metrics(ctx)
+	for _, nd := range l.Nodes() {
+		name := nd.Name()
+		m, err := nd.Metrics(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("node %s: flows rechecked %v, cut %v", name, m.Get("podgate_flows_rechecked_total"), m.Get("podgate_flows_cut_total"))
 	}
 
-	// New connections follow the new table, each denied at its node.
-	wantDenied(t, probe(t, l, "x/client", "x/server", tcp80), "ingress", "node-2")
-	wantDenied(t, probe(t, l, "x/batch", "x/client", tcp80), "egress", "node-3")
+	// New connections follow the new table, each denied at its node: the
+	// destination's for ingress, the source's for egress.
+	r := probe(t, l, "x/client", "x/server", tcp80)
+	wantDenied(t, r, "ingress", r.ToNode)
+	r = probe(t, l, "x/batch", "x/client", tcp80)
+	wantDenied(t, r, "egress", r.FromNode)
 }
 
 // TestNodeAgentErrors: a lab of several nodes gives each agent its own
