@@ -298,3 +298,64 @@ func TestAgentDualStack(t *testing.T) {
 		matrix("after restart")
 	})
 }
+
+// TestAgentOffload: with the default --offload=tc, an allowed TCP
+// connection goes to the kernel once established, and its 100 MB are
+// forwarded there (the kernel's counters carry them, the fastpath sees a
+// handful of packets, the kernel's table holds the flow while it is open);
+// with --offload=none every packet goes through the fastpath and the
+// kernel forwards none.
+func TestAgentOffload(t *testing.T) {
+	bin, extra := buildPodgate(t)
+	for _, tc := range []struct {
+		mode    string
+		offload bool
+	}{{"tc", true}, {"none", false}} {
+		t.Run(tc.mode, func(t *testing.T) {
+			l := NewForTest(t, Spec{Manifests: []string{"testdata/dualstack"}, Prefix: testPrefix})
+			ctx := context.Background()
+			if err := l.StartAgent(ctx, bin, append(extra(l), "--offload="+tc.mode)...); err != nil {
+				t.Fatal(err)
+			}
+			before, err := l.Nodes()[0].Metrics(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			transfer(t, l, "app/a", "app/b", policy.PortSpec{Port: 80, Protocol: policy.TCP}, 100<<20)
+			after, err := l.Nodes()[0].Metrics(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			delta := func(name string, labels ...string) float64 {
+				return after.Get(name, labels...) - before.Get(name, labels...)
+			}
+			kernel := delta("podgate_offload_forwarded_packets_total", "action", "peer")
+			engine := delta("podgate_forwarded_packets_total", "path", "pod_to_pod")
+			t.Logf("offload=%s: the kernel forwarded %.0f packets, the fastpath %.0f; installs %.0f, removes %.0f",
+				tc.mode, kernel, engine, delta("podgate_offload_installs_total"), delta("podgate_offload_removes_total"))
+			if !tc.offload {
+				if kernel != 0 || delta("podgate_offload_installs_total") != 0 {
+					t.Errorf("--offload=none: the kernel forwarded %.0f packets, %.0f flows installed", kernel, delta("podgate_offload_installs_total"))
+				}
+				if engine < 1000 {
+					t.Errorf("--offload=none: the fastpath forwarded only %.0f packets of 100 MB", engine)
+				}
+				return
+			}
+			if delta("podgate_offload_installs_total") < 1 {
+				t.Error("no flow was offloaded")
+			}
+			// 100 MB are at least 1,600 GSO super-frames of 64 KiB; the
+			// handshake, the FINs and a few segments before the install
+			// go through the fastpath.
+			if kernel < 1600 || engine > kernel/10 {
+				t.Errorf("the kernel forwarded %.0f packets and the fastpath %.0f: the transfer was not offloaded", kernel, engine)
+			}
+			// The connection ended with FINs through the fastpath: out of
+			// the kernel's table.
+			if after.Get("podgate_offloaded_flows") != 0 {
+				t.Errorf("%v flows still offloaded after the connection closed", after.Get("podgate_offloaded_flows"))
+			}
+		})
+	}
+}
