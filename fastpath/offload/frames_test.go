@@ -18,7 +18,7 @@ type frame struct {
 	proto          uint8
 	sport, dport   uint16
 	ttl            uint8
-	tcpFlags       string // letters of S, F, R, A; "" is "A"
+	tcpFlags       string // letters of S, F, R, A, P; "" is "A", "-" none
 	payload        int    // bytes; 0 is 16
 	// ipOptions adds a 4-byte IPv4 option (NOP, NOP, NOP, EOL): IHL 6.
 	ipOptions bool
@@ -78,6 +78,8 @@ func (f frame) layers() []gopacket.SerializableLayer {
 		}
 		for _, c := range flags {
 			switch c {
+			case 'P':
+				t.PSH = true
 			case 'S':
 				t.SYN = true
 			case 'F':

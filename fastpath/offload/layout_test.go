@@ -38,7 +38,7 @@ func TestLayout(t *testing.T) {
 		{"config", reflect.TypeFor[config](), map[string]string{"punt_ifindex": "PuntIfindex", "flags": "Flags", "lease_until_ns": "LeaseUntilNS"}},
 		{"stats", reflect.TypeFor[Stats](), map[string]string{
 			"hit": "Hit", "punt": "Punt", "pass": "Pass", "punt_unset": "PuntUnset", "egress_marked": "EgressMarked",
-			"redirect_err": "RedirectErrors", "short_frame": "ShortFrames",
+			"redirect_err": "RedirectErrors", "short_frame": "ShortFrames", "vlan_dropped": "VLANDropped",
 		}},
 	} {
 		t.Run(tc.c, func(t *testing.T) {

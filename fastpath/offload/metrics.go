@@ -5,8 +5,8 @@ import "github.com/prometheus/client_golang/prometheus"
 // Collector exports the programs' global counters ([Offload.Stats]) to
 // Prometheus, read at scrape time (one system call per scrape).
 type Collector struct {
-	o                                *Offload
-	hits, punts, passes, redirectErr *prometheus.Desc
+	o                                       *Offload
+	hits, punts, passes, drops, redirectErr *prometheus.Desc
 }
 
 // NewCollector returns a collector for o.
@@ -19,6 +19,7 @@ func NewCollector(o *Offload) *Collector {
 		hits:        d("forwarded_packets_total", "Packets the kernel forwarded on offloaded flows, by action (kernel: left to the kernel's routing; peer: into a local pod; redirect: from the kernel leg to a local pod).", "action"),
 		punts:       d("punted_packets_total", "Frames of pods that the TC program sent to the fastpath instead of forwarding, by reason.", "reason"),
 		passes:      d("passed_packets_total", "Frames on the kernel leg that the TC program left to the fastpath, by reason.", "reason"),
+		drops:       d("dropped_packets_total", "Frames of pods that the TC program dropped, by reason (vlan: VLAN-tagged; also in punted_packets_total).", "reason"),
 		redirectErr: d("redirect_errors_total", "Frames dropped because a redirect failed."),
 	}
 }
@@ -43,5 +44,6 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.punts, s.Punt[r], r.String())
 		counter(c.passes, s.Pass[r], r.String())
 	}
+	counter(c.drops, s.VLANDropped, ReasonVLAN.String())
 	counter(c.redirectErr, s.RedirectErrors)
 }

@@ -428,6 +428,7 @@ func (s *Stats) add(o *Stats) {
 	s.EgressMarked += o.EgressMarked
 	s.RedirectErrors += o.RedirectErrors
 	s.ShortFrames += o.ShortFrames
+	s.VLANDropped += o.VLANDropped
 }
 
 // config mirrors struct config.

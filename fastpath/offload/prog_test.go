@@ -21,6 +21,7 @@ import (
 const (
 	tcNext     = 0xffffffff // TC_ACT_UNSPEC, TCX_NEXT
 	tcRedirect = 7
+	tcShot     = 2
 )
 
 // MACs of the test pods' eth0 (macA, macB) and of their host veths.
@@ -250,6 +251,12 @@ func TestPodIngressPunt(t *testing.T) {
 		{"tcp syn ack", func() []byte { return tcp("SA").bytes(t) }, 0, ReasonTCPFlags},
 		{"tcp fin", func() []byte { return tcp("FA").bytes(t) }, 0, ReasonTCPFlags},
 		{"tcp rst", func() []byte { return tcp("R").bytes(t) }, 0, ReasonTCPFlags},
+		{"tcp no flags", func() []byte { return tcp("-").bytes(t) }, 0, ReasonTCPFlags},
+		{"tcp push without ack", func() []byte { return tcp("P").bytes(t) }, 0, ReasonTCPFlags},
+		{"tcp data offset 4", func() []byte { f := tcp("A").bytes(t); return patch(f, 14+20+12, 0x40) }, 0, ReasonMalformed},
+		{"ipv4 options", func() []byte {
+			return frame{srcMAC: macA, dstMAC: macGWA, src: v4A, dst: v4B, proto: ProtoTCP, sport: 33000, dport: 80, ipOptions: true}.bytes(t)
+		}, 0, ReasonProto},
 		{"ipv6 tcp syn", func() []byte { return v6(tcp("S")).bytes(t) }, 0, ReasonTCPFlags},
 		{"ttl 1", func() []byte { f := base; f.ttl = 1; return f.bytes(t) }, 0, ReasonTTL},
 		{"ttl 0", func() []byte { return withIP(base, func(ip *layers.IPv4) { ip.TTL = 0 }) }, 0, ReasonTTL},
@@ -278,14 +285,22 @@ func TestPodIngressPunt(t *testing.T) {
 			before := e.stats(t)
 			ret, out := e.run(t, e.o.objs.PodIngress, ifindex, in)
 			after := e.stats(t)
-			if ret != tcRedirect {
-				t.Errorf("verdict %#x, want redirect (%d)", ret, tcRedirect)
-			}
-			if want := PuntMarker(ifindex); !bytes.Equal(out[:6], want[:]) {
-				t.Errorf("destination MAC % x, want marker % x", out[:6], want)
-			}
-			if !bytes.Equal(out[6:], in[6:]) {
-				t.Errorf("frame changed beyond the destination MAC:\n in % x\nout % x", in, out)
+			switch {
+			case tc.want == ReasonVLAN:
+				// Dropped, not punted: see pod_ingress.
+				if ret != tcShot || !bytes.Equal(out[:len(in)], in) || after.VLANDropped != before.VLANDropped+1 {
+					t.Errorf("verdict %#x, VLAN drops %d -> %d; want shot (%d), counted, the frame unchanged", ret, before.VLANDropped, after.VLANDropped, tcShot)
+				}
+			default:
+				if ret != tcRedirect {
+					t.Errorf("verdict %#x, want redirect (%d)", ret, tcRedirect)
+				}
+				if want := PuntMarker(ifindex); !bytes.Equal(out[:6], want[:]) {
+					t.Errorf("destination MAC % x, want marker % x", out[:6], want)
+				}
+				if !bytes.Equal(out[6:], in[6:]) {
+					t.Errorf("frame changed beyond the destination MAC:\n in % x\nout % x", in, out)
+				}
 			}
 			for r := Reason(0); r < NumReasons; r++ {
 				want := before.Punt[r]
@@ -343,7 +358,6 @@ func TestPodIngressPeer(t *testing.T) {
 		{"udp v4", udpA(v4A, v4B, 40000, 53)},
 		{"udp v4 ports compared in host order", udpA(v4A, netip.MustParseAddr("10.0.0.1"), 0x0100, 0x0001)},
 		{"udp v4 higher source", udpA(netip.MustParseAddr("10.0.1.0"), netip.MustParseAddr("10.0.0.255"), 7, 8)},
-		{"tcp v4 with ip options", frame{srcMAC: macA, dstMAC: macGWA, src: v4A, dst: v4B, proto: ProtoTCP, sport: 33000, dport: 80, ipOptions: true}},
 		{"tcp v4 push", frame{srcMAC: macA, dstMAC: macGWA, src: v4A, dst: v4B, proto: ProtoTCP, sport: 33001, dport: 80, tcpFlags: "AP", payload: 1400}},
 		{"sctp v4", frame{srcMAC: macA, dstMAC: macGWA, src: v4A, dst: v4B, proto: ProtoSCTP, sport: 9, dport: 9}},
 		{"ttl 2", frame{srcMAC: macA, dstMAC: macGWA, src: v4A, dst: v4B, proto: ProtoUDP, sport: 3, dport: 4, ttl: 2}},
@@ -765,7 +779,7 @@ func TestPodAttachedClearAndMetrics(t *testing.T) {
 	}
 	// One series per action, per reason for punts and passes, and the
 	// redirect errors.
-	if n := testutil.CollectAndCount(NewCollector(e.o)); n != 3+2*int(NumReasons)+1 {
+	if n := testutil.CollectAndCount(NewCollector(e.o)); n != 3+2*int(NumReasons)+2 {
 		t.Errorf("collector: %d series", n)
 	}
 }

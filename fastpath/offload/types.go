@@ -256,12 +256,12 @@ type Reason uint8
 // Reasons.
 const (
 	ReasonNotIP     Reason = iota // not IPv4 or IPv6 (ARP, ...)
-	ReasonVLAN                    // VLAN tag, in the frame or in the skb
+	ReasonVLAN                    // VLAN tag, in the frame or in the skb (pod_ingress drops the frame)
 	ReasonMalformed               // truncated or invalid header
 	ReasonFragment                // IPv4 fragment or IPv6 fragment header
 	ReasonICMP                    // ICMP or ICMPv6 (NDP included)
-	ReasonProto                   // another protocol or an IPv6 extension header
-	ReasonTCPFlags                // TCP SYN, FIN or RST
+	ReasonProto                   // another protocol, an IPv6 extension header, or IPv4 options
+	ReasonTCPFlags                // TCP SYN, FIN or RST, or no ACK
 	ReasonTTL                     // pod_ingress: TTL or hop limit <= 1
 	ReasonMiss                    // no flow
 	ReasonSpoof                   // flow found, wrong interface (or source MAC)
@@ -307,6 +307,10 @@ type Stats struct {
 	// ShortFrames counts frames without a whole Ethernet header that
 	// pod_ingress dropped instead of punting (it could not mark them).
 	ShortFrames uint64
+	// VLANDropped counts VLAN-tagged frames pod_ingress dropped (the
+	// kernel holds the tag outside the frame, and a punt would lose it);
+	// also in Punt[ReasonVLAN].
+	VLANDropped uint64
 }
 
 // Punt marker: pod_ingress sets a punted frame's destination MAC to

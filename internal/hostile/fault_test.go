@@ -20,6 +20,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/podgate/podgate/fastpath"
 	"github.com/podgate/podgate/internal/lab"
 	"github.com/podgate/podgate/internal/netns"
 	"github.com/podgate/podgate/policy"
@@ -317,7 +318,7 @@ func (b *bulk) failed() error {
 	return b.firstErr
 }
 
-func startBulk(c net.Conn, size int64) *bulk {
+func startBulk(c net.Conn, size, rate int64) *bulk {
 	b := &bulk{size: size, done: make(chan struct{})}
 	b.last.Store(time.Now().UnixNano())
 	errs := make(chan error, 2)
@@ -327,10 +328,15 @@ func startBulk(c net.Conn, size int64) *bulk {
 		b.mu.Unlock()
 		errs <- err
 	}
-	go func() { // writer
+	go func() { // writer, at rate bytes per second (0: as fast as it can)
 		s := newStream()
 		buf := make([]byte, 64<<10)
+		began := time.Now()
 		for left := size; left > 0; {
+			if rate > 0 {
+				due := began.Add(time.Duration(float64(size-left) / float64(rate) * float64(time.Second)))
+				time.Sleep(time.Until(due))
+			}
 			n := min(int64(len(buf)), left)
 			s.fill(buf[:n])
 			if _, err := c.Write(buf[:n]); err != nil {
@@ -397,7 +403,9 @@ func (b *bulk) firstArrival() (time.Time, bool) {
 }
 
 // TestKillDuringBulkTransfer kills the agent with SIGKILL while 100 MB go
-// from a to b and back, keeps it down for a second, and starts it again.
+// from a to b and back at 16 MB/s, keeps it down until a second after the
+// kernel's lease on the offloaded connection expired (the kernel forwards
+// it on the dead agent's verdict until then), and starts it again.
 // While it is down and while it starts, denied probes must fail and denied
 // frames (a to b's TCP 81, a to c, the outside host to b) must not reach
 // b or c; the transfer must resume and complete intact. It reports how
@@ -407,7 +415,7 @@ func TestKillDuringBulkTransfer(t *testing.T) {
 	n := newNode(t)
 	conn := n.dial("app/a", "app/b", tcpPort(80))
 	start := time.Now()
-	b := startBulk(conn, size)
+	b := startBulk(conn, size, 16<<20)
 	eventually(t, 30*time.Second, "20 MB transferred", func() error {
 		if got := b.received.Load(); got < 20<<20 {
 			return fmt.Errorf("%d bytes", got)
@@ -455,8 +463,11 @@ func TestKillDuringBulkTransfer(t *testing.T) {
 		t.Fatal(err)
 	}
 	denied("while the agent is down")
-	if d := time.Until(killed.Add(time.Second)); d > 0 {
+	if d := time.Until(killed.Add(fastpath.KernelLease + time.Second)); d > 0 {
 		time.Sleep(d)
+	}
+	if b.received.Load() >= size {
+		t.Fatalf("the transfer completed while the agent was down")
 	}
 	// Start again; probe denied pairs while it starts.
 	b.markNow()

@@ -286,13 +286,19 @@ func (n *node) nodeHandle() *netlink.Handle {
 	return netns.HandleForTest(n.t, n.l.Node().NS)
 }
 
-// drops returns the drop counters by reason.
+// drops returns the drop counters by reason: the fastpath's, and the TC
+// program's of pod veths as offload_REASON (VLAN-tagged frames never reach
+// the fastpath).
 func drops(m Metrics) map[string]float64 {
 	out := map[string]float64{}
 	for k, v := range m {
-		const p = `podgate_dropped_packets_total{reason="`
-		if strings.HasPrefix(k, p) {
-			out[strings.TrimSuffix(strings.TrimPrefix(k, p), `"}`)] = v
+		for _, p := range []struct{ prefix, as string }{
+			{`podgate_dropped_packets_total{reason="`, ""},
+			{`podgate_offload_dropped_packets_total{reason="`, "offload_"},
+		} {
+			if strings.HasPrefix(k, p.prefix) {
+				out[p.as+strings.TrimSuffix(strings.TrimPrefix(k, p.prefix), `"}`)] = v
+			}
 		}
 	}
 	return out

@@ -73,6 +73,7 @@ struct {
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
 #define TCP_RST 0x04
+#define TCP_ACK 0x10
 
 /* A parsed frame: its flow key and direction, where its IP header is. */
 struct pkt {
@@ -156,6 +157,11 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p, int ingre
 			return REASON_MALFORMED;
 		if (ip->version != 4 || ip->ihl < 5)
 			return REASON_MALFORMED;
+		if ((void *)ip + ip->ihl * 4 > end)
+			return REASON_MALFORMED;
+		/* Options (source routes among them) are the fastpath's to judge. */
+		if (ip->ihl != 5)
+			return REASON_PROTO;
 		if (ip->frag_off & bpf_htons(0x3fff))
 			return REASON_FRAGMENT;
 		proto = ip->protocol;
@@ -194,7 +200,15 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p, int ingre
 	case IPPROTO_TCP:
 		if ((void *)(l4 + 20) > end)
 			return REASON_MALFORMED;
-		if (l4[13] & (TCP_SYN | TCP_FIN | TCP_RST))
+		if ((l4[12] >> 4) < 5)
+			return REASON_MALFORMED;
+		/*
+		 * An established connection's segments carry ACK and neither SYN,
+		 * FIN nor RST; anything else (those, or an invalid combination
+		 * such as no flags at all) is the fastpath's: it tracks the state
+		 * and drops what is invalid.
+		 */
+		if ((l4[13] & (TCP_SYN | TCP_FIN | TCP_RST)) || !(l4[13] & TCP_ACK))
 			return REASON_TCP_FLAGS;
 		break;
 	case IPPROTO_UDP:
@@ -356,6 +370,19 @@ int pod_ingress(struct __sk_buff *skb)
 	struct pkt p = {};
 	int r = parse(skb, &p, 1);
 
+	if (r == REASON_VLAN) {
+		/*
+		 * The kernel moved the tag into the skb before this hook, and a
+		 * punted frame would lose it on the way to the AF_XDP socket:
+		 * the fastpath would judge it untagged. Pods do not tag frames
+		 * (the fastpath drops tagged ones); drop here.
+		 */
+		if (st) {
+			st->punt[REASON_VLAN]++;
+			st->vlan_dropped++;
+		}
+		return TC_ACT_SHOT;
+	}
 	if (r != REASON__MAX)
 		return punt(skb, st, r);
 	if (!leased())

@@ -91,12 +91,12 @@ struct config {
 /* Why a frame was not forwarded by an offloaded flow. */
 enum reason {
 	REASON_NOT_IP = 0,    /* not IPv4 or IPv6 (ARP, NDP rides on ICMPv6) */
-	REASON_VLAN = 1,      /* VLAN tag, in the frame or in the skb */
+	REASON_VLAN = 1,      /* VLAN tag, in the frame or in the skb (pod_ingress drops it) */
 	REASON_MALFORMED = 2, /* truncated or invalid header */
 	REASON_FRAGMENT = 3,  /* IPv4 fragment, IPv6 fragment header */
 	REASON_ICMP = 4,      /* ICMP or ICMPv6 */
-	REASON_PROTO = 5,     /* another protocol or IPv6 extension header */
-	REASON_TCP_FLAGS = 6, /* TCP SYN, FIN or RST */
+	REASON_PROTO = 5,     /* another protocol, an IPv6 extension header, IPv4 options */
+	REASON_TCP_FLAGS = 6, /* TCP SYN, FIN or RST, or no ACK */
 	REASON_TTL = 7,       /* pod_ingress: TTL or hop limit <= 1 */
 	REASON_MISS = 8,      /* no flow */
 	REASON_SPOOF = 9,     /* flow found, wrong interface or source MAC */
@@ -115,6 +115,7 @@ struct stats {
 	__u64 egress_marked;       /* kernel_egress: punted pod frames seen */
 	__u64 redirect_err;        /* redirect helpers that failed (frame dropped) */
 	__u64 short_frame;         /* pod_ingress: frames without an Ethernet header, dropped */
+	__u64 vlan_dropped;        /* pod_ingress: VLAN-tagged frames, dropped (also in punt[REASON_VLAN]) */
 };
 
 /* Punt marker: destination MAC 06:70:ii:ii:ii:ii, ii = ifindex big-endian. */
