@@ -17,6 +17,7 @@ const (
 	pTxBytes
 	pDeniedIngress // flows denied by the ingress policy of this port's pod
 	pDeniedEgress  // flows denied by the egress policy of this port's pod
+	pEvicted       // flows of this port's pod evicted from a full flow table
 	numPortCounters
 )
 
@@ -46,6 +47,9 @@ type PortStats struct {
 	TxPackets, TxBytes uint64
 	DeniedIngress      uint64
 	DeniedEgress       uint64
+	// Evicted counts flows of this pod (that it started, or that came to
+	// it from the kernel leg) evicted to make room in a full flow table.
+	Evicted uint64
 }
 
 // PortStats returns the counters of every port as of the last batch. It is
@@ -63,6 +67,7 @@ func (e *Engine) PortStats() []PortStats {
 			RxPackets: c[pRxPackets].Load(), RxBytes: c[pRxBytes].Load(),
 			TxPackets: c[pTxPackets].Load(), TxBytes: c[pTxBytes].Load(),
 			DeniedIngress: c[pDeniedIngress].Load(), DeniedEgress: c[pDeniedEgress].Load(),
+			Evicted: c[pEvicted].Load(),
 		})
 	}
 	return out
@@ -217,3 +222,20 @@ func (e *Engine) NextEvent(ev *FlowEvent) bool { return e.events.pop(ev) }
 
 // EventsLost counts flow events dropped because the consumer fell behind.
 func (e *Engine) EventsLost() uint64 { return e.events.lost.Load() }
+
+// evicted is the flow table's eviction hook: flow ent of owner goes to
+// make room for another. It counts on the owner's port and reports the
+// flow (rate limited by the flow log).
+func (e *Engine) evicted(ent *conntrack.Entry, owner conntrack.Owner) {
+	if p := e.byOwner[owner]; owner != 0 && p != nil {
+		p.stats.local[pEvicted]++
+	}
+	k := ent.Key()
+	ev := FlowEvent{Mono: e.now, Proto: k.Proto, SrcPort: k.SrcPort, DstPort: k.DstPort, Evicted: true,
+		Egress: ent.Egress, Ingress: ent.Ingress, EvictedState: ent.State()}
+	ev.Src, ev.Dst = k.Addrs()
+	if e.tab != nil {
+		ev.Generation = e.tab.Generation()
+	}
+	e.events.push(&ev)
+}

@@ -56,9 +56,13 @@ const (
 	// DropNoPort: a frame punted by the TC program of a veth that is no
 	// (longer a) port of the engine.
 	DropNoPort
+	// DropConntrackFull: the flow table is full and the pod that would own
+	// the new flow holds its fair share of it, with no flow of its own to
+	// make room (see conntrack.Table.InsertFor).
+	DropConntrackFull
 
 	// NumDrops is the number of Drop values.
-	NumDrops = int(DropNoPort) + 1
+	NumDrops = int(DropConntrackFull) + 1
 )
 
 // String returns the reason as a snake_case metric label.
@@ -99,6 +103,8 @@ func (d Drop) String() string {
 		return "tcp_no_flow"
 	case DropNoPort:
 		return "no_port"
+	case DropConntrackFull:
+		return "conntrack_full"
 	}
 	return fmt.Sprintf("drop_%d", uint8(d))
 }

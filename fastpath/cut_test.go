@@ -3,6 +3,7 @@ package fastpath
 import (
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -375,5 +376,57 @@ func TestPickupJudgesTheConnection(t *testing.T) {
 			}
 			r.expectOne(c.push(false, false), "api")
 		})
+	})
+}
+
+// Issue 11, F2: a pod that floods new allowed flows into a full flow table
+// does not evict another pod's idle established connection; it replaces
+// its own flows, and the evictions are counted on it and reported.
+func TestFloodKeepsOthersEstablishedFlows(t *testing.T) {
+	bothModes(t, func(t *testing.T, newRig rigMaker) {
+		r := newRig(t, articleTable(t), func(c *Config) { c.Conntrack.Capacity = 1024 })
+		// apipod's connection to dbpod:80, on which db pushes and api never
+		// speaks again.
+		c := &conn{r: r, client: endOf(r, "api"), server: endOf(r, "db"), cport: 40000, sport: 80}
+		c.open()
+		r.expectOne(c.push(true, false), "api")
+		// apppod floods SYNs to apipod:80 (allowed) from 5,000 ports, far
+		// more than the table holds.
+		s, d := fromPod(wire("app"))
+		for i := range 5000 {
+			r.clock += int64(100 * time.Microsecond)
+			r.send("app", tcpFrame(t, s, d, appIP, apiIP, uint16(10000+i), 80, tcpOpt{syn: true}))
+		}
+		// Much later (but well within ESTABLISHED's timeout) db pushes again.
+		r.clock += int64(10 * time.Minute)
+		r.expectOne(c.push(true, false), "api")
+		st := r.e.ConntrackStats()
+		if st.Evictions == 0 {
+			t.Fatal("the flood evicted nothing: the table was not full")
+		}
+		var app, api PortStats
+		for _, ps := range r.e.PortStats() {
+			switch ps.Name {
+			case "app":
+				app = ps
+			case "api":
+				api = ps
+			}
+		}
+		if app.Evicted == 0 || api.Evicted != 0 {
+			t.Errorf("evictions counted on app %d, on api %d; want the flooder's only", app.Evicted, api.Evicted)
+		}
+		est := st.EvictionsByClass[slices.Index(conntrack.ClassNames[:], "established")]
+		if est != 0 {
+			t.Errorf("%d established flows evicted", est)
+		}
+		var ev FlowEvent
+		found := false
+		for r.e.NextEvent(&ev) {
+			found = found || ev.Evicted
+		}
+		if !found {
+			t.Error("no eviction was reported as a flow event")
+		}
 	})
 }

@@ -150,6 +150,7 @@ type Engine struct {
 	kernel    *port
 	byAddr    *addrmap.Map[*port] // local pod addresses; rebuilt when ports change
 	byIfindex map[int]*port       // pod ports by the ifindex of their veth
+	byOwner   map[conntrack.Owner]*port
 	nodeAddrs []netip.Addr
 	batch     []xsk.Frame
 	pkts      []packet.Packet // parsed frames of the batch
@@ -174,6 +175,9 @@ type Engine struct {
 
 type port struct {
 	PortSpec
+	// owner is the conntrack owner of the flows of this port's pod (pod
+	// ports; 0 for the kernel port).
+	owner conntrack.Owner
 	learned bool // PeerMAC was learned from the pod's frames
 	dirty   bool // needs a Flush
 	stats   portCounters
@@ -203,6 +207,7 @@ func New(cfg Config) (*Engine, error) {
 		}
 		cfg.Now = now
 	}
+	cfg.Conntrack.SetDefaults()
 	ct, err := conntrack.New(cfg.Conntrack)
 	if err != nil {
 		return nil, fmt.Errorf("new fastpath engine: %w", err)
@@ -230,6 +235,7 @@ func New(cfg Config) (*Engine, error) {
 		e.off = newOffloader(cfg.Offload)
 		ct.SetReleaseHook(e.released)
 	}
+	ct.SetEvictHook(e.evicted)
 	return e, nil
 }
 
@@ -336,6 +342,7 @@ func (e *Engine) addPort(s PortSpec) error {
 		for i, a := range s.PodIPs {
 			p.PodIPs[i] = a.Unmap()
 		}
+		p.owner = e.freeOwner()
 	default:
 		return fmt.Errorf("add port %s: unknown kind %d", s.Name, s.Kind)
 	}
@@ -363,6 +370,7 @@ func (e *Engine) portsChanged() {
 	}
 	m := addrmap.New[*port](n4, n6)
 	byIfindex := make(map[int]*port, len(e.ports))
+	byOwner := make(map[conntrack.Owner]*port, len(e.ports))
 	e.rxPorts = e.rxPorts[:0]
 	for _, p := range e.ports {
 		for _, a := range p.PodIPs {
@@ -371,11 +379,26 @@ func (e *Engine) portsChanged() {
 		if p.Kind == PodPort && p.Ifindex > 0 {
 			byIfindex[p.Ifindex] = p
 		}
+		if p.owner != 0 {
+			byOwner[p.owner] = p
+		}
 		if !p.TxOnly {
 			e.rxPorts = append(e.rxPorts, p)
 		}
 	}
-	e.byAddr, e.byIfindex = m, byIfindex
+	e.byAddr, e.byIfindex, e.byOwner = m, byIfindex, byOwner
+}
+
+// freeOwner returns the lowest conntrack owner that no port has, or 0
+// (nobody: its flows are not counted against a share) when all are taken.
+// A removed pod's owner is given out again only once its flows are gone.
+func (e *Engine) freeOwner() conntrack.Owner {
+	for o := conntrack.Owner(1); int(o) < e.cfg.Conntrack.MaxOwners; o++ {
+		if e.byOwner[o] == nil && e.ct.OwnerFlows(o) == 0 {
+			return o
+		}
+	}
+	return 0
 }
 
 func (e *Engine) removePort(name string) error {

@@ -28,6 +28,12 @@ type FlowEvent struct {
 	// Cut: the packet belongs to a flow that was allowed and that a newer
 	// policy table denied.
 	Cut bool
+	// Evicted: the flow was allowed and tracked, and was evicted to make
+	// room in a full flow table (its later packets are judged as a new
+	// flow's, or dropped if they cannot start one); EvictedState is its
+	// TCP state then.
+	Evicted      bool
+	EvictedState conntrack.TCPState
 	// Egress and Ingress are the rules that allowed the flow, per
 	// direction, or {-1, -1}; Generation is the policy table they index.
 	Egress, Ingress policy.RuleRef

@@ -31,7 +31,7 @@ type FlowEnd struct {
 // show it.
 type FlowRecord struct {
 	Time     time.Time `json:"time"`
-	Verdict  string    `json:"verdict"` // "allow" or "deny"
+	Verdict  string    `json:"verdict"` // "allow", "deny" or "evicted"
 	Protocol string    `json:"protocol"`
 	Src      FlowEnd   `json:"src"`
 	Dst      FlowEnd   `json:"dst"`
@@ -42,6 +42,9 @@ type FlowRecord struct {
 	// Cut marks a denied packet of a connection that was allowed and that
 	// a newer policy denies (the connection was cut).
 	Cut bool `json:"cut,omitempty"`
+	// State is the TCP state of an evicted flow (verdict "evicted": an
+	// allowed flow evicted to make room in a full flow table).
+	State string `json:"state,omitempty"`
 	// Policies says what decided: the rules that allowed the flow, or the
 	// policies that isolate the denying side.
 	Policies []string `json:"policies,omitempty"`
@@ -50,7 +53,7 @@ type FlowRecord struct {
 // FlowFilter selects records; zero fields match everything.
 type FlowFilter struct {
 	Namespace string // either end's namespace
-	Verdict   string // "allow" or "deny"
+	Verdict   string // "allow", "deny" or "evicted"
 }
 
 // Match reports whether r passes the filter.
@@ -164,9 +167,13 @@ func (l *FlowLog) drain() {
 	for l.cfg.Engine.NextEvent(&ev) {
 		rec := l.record(&ev)
 		if !ev.Allowed && l.cfg.Logger != nil {
+			msg := "flow denied"
+			if ev.Evicted {
+				msg = "flow evicted"
+			}
 			if l.limiter.Allow() {
 				l.logged.Add(1)
-				l.cfg.Logger.LogAttrs(context.Background(), slog.LevelInfo, "flow denied",
+				l.cfg.Logger.LogAttrs(context.Background(), slog.LevelInfo, msg,
 					slog.Time("flowTime", rec.Time), slog.String("direction", rec.Direction), slog.String("reason", rec.Reason),
 					slog.String("protocol", rec.Protocol),
 					slog.String("srcNamespace", rec.Src.Namespace), slog.String("srcPod", rec.Src.Pod),
@@ -224,6 +231,13 @@ func (l *FlowLog) record(ev *FlowEvent) FlowRecord {
 			e := t.Endpoint(i)
 			end.Namespace, end.Pod = e.Namespace, e.Name
 		}
+	}
+	if ev.Evicted {
+		r.Verdict, r.Reason = "evicted", "table_full"
+		if ev.Proto == policy.TCP {
+			r.State = ev.EvictedState.String()
+		}
+		return r
 	}
 	if ev.Allowed {
 		for _, x := range []struct {
@@ -302,8 +316,8 @@ func (l *FlowLog) subscribe(f FlowFilter) (<-chan FlowRecord, func(), error) {
 func (l *FlowLog) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	f := FlowFilter{Namespace: q.Get("namespace"), Verdict: strings.ToLower(q.Get("verdict"))}
-	if f.Verdict != "" && f.Verdict != "allow" && f.Verdict != "deny" {
-		http.Error(w, "verdict: want allow or deny", http.StatusBadRequest)
+	if f.Verdict != "" && f.Verdict != "allow" && f.Verdict != "deny" && f.Verdict != "evicted" {
+		http.Error(w, "verdict: want allow, deny or evicted", http.StatusBadRequest)
 		return
 	}
 	follow, _ := strconv.ParseBool(q.Get("follow"))

@@ -3,6 +3,7 @@ package fastpath
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/podgate/podgate/fastpath/conntrack"
 	"github.com/podgate/podgate/policy"
 )
 
@@ -21,7 +22,8 @@ type Collector struct {
 	denied, allowedFlows, flowsNew, flowsCut, rechecks *prometheus.Desc
 	cutDrops, resets, ctTombstones                     *prometheus.Desc
 	offloaded, offloadInstalls, offloadRemoves         *prometheus.Desc
-	offloadErrors                                      *prometheus.Desc
+	offloadErrors, ctEvictedByClass, ctRefusals        *prometheus.Desc
+	evictedByPod                                       *prometheus.Desc
 	deniedByPolicy                                     *prometheus.Desc
 	portPackets, portBytes, batches                    *prometheus.Desc
 	ctEntries, ctCapacity, ctInserts, ctEvictions      *prometheus.Desc
@@ -39,43 +41,46 @@ func NewCollector(e *Engine, store *policy.Store, flows *FlowLog) *Collector {
 	}
 	return &Collector{
 		e: e, store: store, flows: flows,
-		rxPackets:       d("received_packets_total", "Frames the fastpath received from all ports."),
-		rxBytes:         d("received_bytes_total", "Bytes of the frames the fastpath received."),
-		fwdPackets:      d("forwarded_packets_total", "Frames the fastpath sent, by path.", "path"),
-		fwdBytes:        d("forwarded_bytes_total", "Bytes of the frames the fastpath sent, by path.", "path"),
-		drops:           d("dropped_packets_total", "Frames the fastpath dropped, by reason.", "reason"),
-		denied:          d("policy_denied_packets_total", "Packets a policy of a local pod denied, by direction and by the pod that is isolated.", "direction", "namespace", "pod"),
-		allowedFlows:    d("policy_allowed_flows_total", "New flows a policy's rules allowed on this node, by direction.", "direction", "policy_namespace", "policy"),
-		deniedByPolicy:  d("policy_isolation_denied_packets_total", "Packets denied on this node while this policy isolated the denying pod, by direction; a denial counts for every policy that isolates the pod.", "direction", "policy_namespace", "policy"),
-		flowsNew:        d("flows_new_total", "Flows judged allowed and tracked."),
-		flowsCut:        d("flows_cut_total", "Established flows that a new policy table denied and that were cut."),
-		rechecks:        d("flows_rechecked_total", "Established flows judged again after a policy table change."),
-		cutDrops:        d("flows_cut_packets_dropped_total", "Packets of flows that policy cut, dropped by their tombstone (also counted in dropped_packets_total under the reason of the cut)."),
-		resets:          d("flows_cut_resets_total", "TCP resets sent to the senders of segments of cut connections (--cut-reset)."),
-		ctTombstones:    d("conntrack_tombstones_total", "Flows that policy cut and that the connection-tracking table keeps as tombstones."),
-		offloaded:       d("offloaded_flows", "Flows in the kernel's table of offloaded flows (forwarded by the kernel, decided by the fastpath)."),
-		offloadInstalls: d("offload_installs_total", "Flows installed in the kernel's table."),
-		offloadRemoves:  d("offload_removes_total", "Flows removed from the kernel's table (ended, cut, expired, evicted, or their pod port changed)."),
-		offloadErrors:   d("offload_errors_total", "Failed calls of the kernel's flow table (its flows stay with the fastpath)."),
-		portPackets:     d("port_packets_total", "Frames per port and direction (rx from the interface, tx to it).", "interface", "direction"),
-		portBytes:       d("port_bytes_total", "Bytes per port and direction.", "interface", "direction"),
-		batches:         d("batches_total", "Receive batches that had frames."),
-		ctEntries:       d("conntrack_entries", "Flows held in the connection-tracking table, expired ones not yet reclaimed included."),
-		ctCapacity:      d("conntrack_capacity", "Maximum number of flows the connection-tracking table holds."),
-		ctInserts:       d("conntrack_inserts_total", "Flows inserted into the connection-tracking table (inserting never fails: a full table evicts)."),
-		ctEvictions:     d("conntrack_evictions_total", "Flows evicted before they expired because the table was full."),
-		ctExpirations:   d("conntrack_expirations_total", "Expired flows reclaimed."),
-		ctDeletes:       d("conntrack_deletes_total", "Flows deleted (restarted on the same addresses and ports, or a new connection on a tombstone)."),
-		ctFragInserts:   d("conntrack_fragment_inserts_total", "Fragmented packets whose first fragment's verdict was recorded."),
-		ctFragEv:        d("conntrack_fragment_evictions_total", "Fragment verdicts replaced before their timeout because the fragment table was full."),
-		eventsLost:      d("flow_events_lost_total", "Flow events dropped because the flow log fell behind."),
-		logLines:        d("flow_log_lines_total", "Denied-flow log lines written."),
-		logSuppressed:   d("flow_log_suppressed_total", "Denied-flow log lines held back by the rate limit."),
-		tableGen:        d("table_generation", "Generation of the policy table the fastpath uses."),
-		tablePolicies:   d("table_policies", "NetworkPolicies in the current table."),
-		tableEndpoints:  d("table_endpoints", "Pods with an address in the current table, cluster-wide."),
-		tableRules:      d("table_rules", "Compiled rules in the current table."),
-		tableCompile:    d("table_compile_duration_seconds", "How long compiling the current table took."),
+		rxPackets:        d("received_packets_total", "Frames the fastpath received from all ports."),
+		rxBytes:          d("received_bytes_total", "Bytes of the frames the fastpath received."),
+		fwdPackets:       d("forwarded_packets_total", "Frames the fastpath sent, by path.", "path"),
+		fwdBytes:         d("forwarded_bytes_total", "Bytes of the frames the fastpath sent, by path.", "path"),
+		drops:            d("dropped_packets_total", "Frames the fastpath dropped, by reason.", "reason"),
+		denied:           d("policy_denied_packets_total", "Packets a policy of a local pod denied, by direction and by the pod that is isolated.", "direction", "namespace", "pod"),
+		allowedFlows:     d("policy_allowed_flows_total", "New flows a policy's rules allowed on this node, by direction.", "direction", "policy_namespace", "policy"),
+		deniedByPolicy:   d("policy_isolation_denied_packets_total", "Packets denied on this node while this policy isolated the denying pod, by direction; a denial counts for every policy that isolates the pod.", "direction", "policy_namespace", "policy"),
+		flowsNew:         d("flows_new_total", "Flows judged allowed and tracked."),
+		flowsCut:         d("flows_cut_total", "Established flows that a new policy table denied and that were cut."),
+		rechecks:         d("flows_rechecked_total", "Established flows judged again after a policy table change."),
+		cutDrops:         d("flows_cut_packets_dropped_total", "Packets of flows that policy cut, dropped by their tombstone (also counted in dropped_packets_total under the reason of the cut)."),
+		resets:           d("flows_cut_resets_total", "TCP resets sent to the senders of segments of cut connections (--cut-reset)."),
+		ctTombstones:     d("conntrack_tombstones_total", "Flows that policy cut and that the connection-tracking table keeps as tombstones."),
+		offloaded:        d("offloaded_flows", "Flows in the kernel's table of offloaded flows (forwarded by the kernel, decided by the fastpath)."),
+		offloadInstalls:  d("offload_installs_total", "Flows installed in the kernel's table."),
+		offloadRemoves:   d("offload_removes_total", "Flows removed from the kernel's table (ended, cut, expired, evicted, or their pod port changed)."),
+		offloadErrors:    d("offload_errors_total", "Failed calls of the kernel's flow table (its flows stay with the fastpath)."),
+		portPackets:      d("port_packets_total", "Frames per port and direction (rx from the interface, tx to it).", "interface", "direction"),
+		portBytes:        d("port_bytes_total", "Bytes per port and direction.", "interface", "direction"),
+		batches:          d("batches_total", "Receive batches that had frames."),
+		ctEntries:        d("conntrack_entries", "Flows held in the connection-tracking table, expired ones not yet reclaimed included."),
+		ctCapacity:       d("conntrack_capacity", "Maximum number of flows the connection-tracking table holds."),
+		ctInserts:        d("conntrack_inserts_total", "Flows inserted into the connection-tracking table (inserting never fails: a full table evicts)."),
+		ctEvictions:      d("conntrack_evictions_total", "Flows evicted before they expired because the table was full."),
+		ctEvictedByClass: d("conntrack_evictions_by_state_total", "Flows evicted to make room in the full table, by their state (half-open, unreplied and closed flows go before established ones).", "state"),
+		ctRefusals:       d("conntrack_refusals_total", "New flows refused because the table was full and their pod held its fair share of it (also dropped_packets_total{reason=\"conntrack_full\"})."),
+		evictedByPod:     d("conntrack_evicted_flows_total", "Flows of a local pod (started by it, or coming to it from the kernel leg) evicted to make room in the full table.", "namespace", "pod"),
+		ctExpirations:    d("conntrack_expirations_total", "Expired flows reclaimed."),
+		ctDeletes:        d("conntrack_deletes_total", "Flows deleted (restarted on the same addresses and ports, or a new connection on a tombstone)."),
+		ctFragInserts:    d("conntrack_fragment_inserts_total", "Fragmented packets whose first fragment's verdict was recorded."),
+		ctFragEv:         d("conntrack_fragment_evictions_total", "Fragment verdicts replaced before their timeout because the fragment table was full."),
+		eventsLost:       d("flow_events_lost_total", "Flow events dropped because the flow log fell behind."),
+		logLines:         d("flow_log_lines_total", "Denied-flow log lines written."),
+		logSuppressed:    d("flow_log_suppressed_total", "Denied-flow log lines held back by the rate limit."),
+		tableGen:         d("table_generation", "Generation of the policy table the fastpath uses."),
+		tablePolicies:    d("table_policies", "NetworkPolicies in the current table."),
+		tableEndpoints:   d("table_endpoints", "Pods with an address in the current table, cluster-wide."),
+		tableRules:       d("table_rules", "Compiled rules in the current table."),
+		tableCompile:     d("table_compile_duration_seconds", "How long compiling the current table took."),
 	}
 }
 
@@ -138,6 +143,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		counter(c.denied, ps.DeniedIngress, "ingress", ns, pod)
 		counter(c.denied, ps.DeniedEgress, "egress", ns, pod)
+		counter(c.evictedByPod, ps.Evicted, ns, pod)
 	}
 	counts := c.e.PolicyCounts()
 	// Policies that isolate a local pod have a denial series from the
@@ -182,6 +188,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.ctCapacity, float64(ct.Capacity))
 	counter(c.ctInserts, ct.Inserts)
 	counter(c.ctEvictions, ct.Evictions)
+	for i, name := range conntrack.ClassNames {
+		counter(c.ctEvictedByClass, ct.EvictionsByClass[i], name)
+	}
+	counter(c.ctRefusals, ct.Refusals)
 	counter(c.ctExpirations, ct.Expirations)
 	counter(c.ctDeletes, ct.Deletes)
 	counter(c.ctTombstones, ct.Tombstones)

@@ -209,7 +209,7 @@ func (e *Engine) fromPod(fr rxFrame, in *port, p *packet.Packet, i int) {
 			return
 		}
 	}
-	v := e.judge(p, i, sides{src: true, dst: path == PodToPod})
+	v := e.judge(p, i, sides{src: true, dst: path == PodToPod, owner: in.owner})
 	if !v.ok {
 		e.reject(fr, in, p, v)
 		return
@@ -254,7 +254,7 @@ func (e *Engine) fromKernel(fr rxFrame, p *packet.Packet, i int) {
 	// Service address DNATed to a local pod): its egress is judged too,
 	// and the flow's replies must return through the kernel.
 	srcLocal := e.hasAddr(p.Src)
-	v := e.judge(p, i, sides{src: srcLocal, dst: true, viaKernel: srcLocal})
+	v := e.judge(p, i, sides{src: srcLocal, dst: true, viaKernel: srcLocal, owner: out.owner})
 	if !v.ok {
 		e.reject(fr, in, p, v)
 		return

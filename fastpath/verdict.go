@@ -61,9 +61,14 @@ func deny(d Drop) verdict { return verdict{drop: d} }
 type sides struct {
 	src, dst  bool
 	viaKernel bool
+	// owner is who a new flow counts against in a full flow table: the
+	// local pod that sent the packet, or the local pod it is for.
+	owner conntrack.Owner
 }
 
-func (s sides) reverse() sides { return sides{src: s.dst, dst: s.src, viaKernel: s.viaKernel} }
+func (s sides) reverse() sides {
+	return sides{src: s.dst, dst: s.src, viaKernel: s.viaKernel, owner: s.owner}
+}
 
 // Conntrack entry flags of the fastpath.
 const (
@@ -228,7 +233,10 @@ func (e *Engine) newFlow(p *packet.Packet, key conntrack.Key, s sides) verdict {
 	if !v.ok {
 		return v
 	}
-	ent, _ := e.ct.Insert(key, e.now)
+	ent, r := e.ct.InsertFor(key, s.owner, false, e.now)
+	if r == conntrack.InsertRefused {
+		return deny(DropConntrackFull)
+	}
 	e.track(p, key, ent, conntrack.Original, s, eg, ing)
 	return verdict{ok: true, ent: ent, dir: conntrack.Original}
 }
@@ -285,7 +293,10 @@ func (e *Engine) pickup(p *packet.Packet, key conntrack.Key, s sides) verdict {
 	if !v.ok {
 		return v
 	}
-	ent, _ := e.ct.InsertEstablished(key, e.now)
+	ent, r := e.ct.InsertFor(key, s.owner, true, e.now)
+	if r == conntrack.InsertRefused {
+		return deny(DropConntrackFull)
+	}
 	e.track(p, key, ent, dir, s, eg, ing)
 	return verdict{ok: true, ent: ent, dir: dir}
 }

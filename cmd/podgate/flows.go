@@ -18,7 +18,7 @@ func newFlowsCommand() *cobra.Command {
 	var addr, namespace, verdict, output string
 	var follow bool
 	cmd := &cobra.Command{
-		Use:   "flows [--follow] [--namespace N] [--verdict deny|allow]",
+		Use:   "flows [--follow] [--namespace N] [--verdict deny|allow|evicted]",
 		Short: "Show recent flow verdicts of a running agent",
 		Long: `Show the verdicts on new flows (allowed, and denied once per flow) that a
 running agent recorded, from its /flows endpoint on --addr (the agent's
@@ -28,8 +28,8 @@ running agent recorded, from its /flows endpoint on --addr (the agent's
 			if err := checkOutput(output, "table", "json"); err != nil {
 				return err
 			}
-			if verdict != "" && verdict != "allow" && verdict != "deny" {
-				return fmt.Errorf("--verdict %q: want allow or deny", verdict)
+			if verdict != "" && verdict != "allow" && verdict != "deny" && verdict != "evicted" {
+				return fmt.Errorf("--verdict %q: want allow, deny or evicted", verdict)
 			}
 			q := url.Values{}
 			if namespace != "" {
@@ -63,7 +63,7 @@ running agent recorded, from its /flows endpoint on --addr (the agent's
 	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1:9402", "the agent's --metrics-addr")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new flows")
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "only flows with an end in this namespace")
-	cmd.Flags().StringVar(&verdict, "verdict", "", "only allow or deny")
+	cmd.Flags().StringVar(&verdict, "verdict", "", "only allow, deny or evicted")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json (one JSON object per line)")
 	return cmd
 }

@@ -15,6 +15,8 @@ const (
 	MaxCapacity = 1 << 28
 	// MaxFragCapacity is the largest number of fragment entries.
 	MaxFragCapacity = 1 << 20
+	// MaxOwners bounds [Config.MaxOwners].
+	MaxOwners = 1 << 16
 )
 
 // Defaults of [Config].
@@ -22,6 +24,8 @@ const (
 	DefaultCapacity     = 1 << 18
 	DefaultFragCapacity = 4096
 	DefaultFragTimeout  = 30 * time.Second
+	// DefaultMaxOwners is the default of [Config.MaxOwners].
+	DefaultMaxOwners = 4096
 	// DefaultLRUGranularity is the default of [Config.LRUGranularity].
 	DefaultLRUGranularity = time.Second
 )
@@ -123,6 +127,9 @@ type Config struct {
 	// to LRUGranularity late (lookups never return expired flows). Zero
 	// means 1 s; 1 ns gives exact LRU order.
 	LRUGranularity time.Duration
+	// MaxOwners is one more than the largest [Owner] that flows may have
+	// (default 4096, at most 65536): owners at or beyond it count as none.
+	MaxOwners int
 	// Seed keys the hash function. Zero draws a random seed, which is what
 	// production wants (flow keys are chosen by pods); tests fix it.
 	Seed uint64
@@ -141,6 +148,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.LRUGranularity == 0 {
 		c.LRUGranularity = DefaultLRUGranularity
+	}
+	if c.MaxOwners == 0 {
+		c.MaxOwners = DefaultMaxOwners
 	}
 	def := DefaultTimeouts()
 	df := def.fields()
@@ -163,6 +173,9 @@ func (c *Config) Validate() error {
 	}
 	if c.FragTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("fragment timeout %v not positive: %w", c.FragTimeout, ErrInvalidConfig))
+	}
+	if c.MaxOwners < 1 || c.MaxOwners > MaxOwners {
+		errs = append(errs, fmt.Errorf("max owners %d not in [1, %d]: %w", c.MaxOwners, MaxOwners, ErrInvalidConfig))
 	}
 	if c.LRUGranularity <= 0 {
 		errs = append(errs, fmt.Errorf("LRU granularity %v not positive: %w", c.LRUGranularity, ErrInvalidConfig))

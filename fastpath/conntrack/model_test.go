@@ -47,6 +47,27 @@ type flowView struct {
 	Generation        uint64
 }
 
+// tierOf is the eviction tier of a flow: 1 for flows that are not
+// assured (half-open or closed TCP, unreplied UDP, ICMP), 2 for the others.
+func tierOf(v flowView) int {
+	switch v.Key.Proto {
+	case policy.TCP:
+		switch v.State {
+		case TCPSynSent, TCPSynSent2, TCPSynRecv, TCPTimeWait, TCPClose:
+			return 1
+		}
+		return 2
+	case policy.UDP:
+		if v.Replied {
+			return 2
+		}
+		return 1
+	case policy.ICMP, policy.ICMPv6:
+		return 1
+	}
+	return 2
+}
+
 type modelFlow struct {
 	flowView
 	fin uint8
@@ -116,7 +137,8 @@ func (m *model) insert(k Key, st TCPState, now int64) (evicted bool, expired boo
 			case victim == nil:
 			case f.Expires <= now && victim.Expires > now:
 			case f.Expires <= now && (f.Expires < victim.Expires || f.Expires == victim.Expires && f.LastSeen < victim.LastSeen):
-			case f.Expires > now && victim.Expires > now && f.LastSeen < victim.LastSeen:
+			case f.Expires > now && victim.Expires > now &&
+				(tierOf(f.flowView) < tierOf(victim.flowView) || tierOf(f.flowView) == tierOf(victim.flowView) && f.LastSeen < victim.LastSeen):
 			default:
 				continue
 			}
@@ -593,9 +615,10 @@ func TestApproximateLRU(t *testing.T) {
 		}
 		evictions++
 		after := tableViews(ct)
-		minSeen := int64(1<<63 - 1)
+		minSeen := [3]int64{1<<63 - 1, 1<<63 - 1, 1<<63 - 1} // per tier
 		for _, v := range before {
-			minSeen = min(minSeen, v.LastSeen)
+			tier := tierOf(v)
+			minSeen[tier] = min(minSeen[tier], v.LastSeen)
 			if v.Expires <= now-g {
 				t.Fatalf("op %d: evicted a live flow while %v expired at %d, now %d", op, v.Key, v.Expires, now)
 			}
@@ -607,8 +630,12 @@ func TestApproximateLRU(t *testing.T) {
 			if v.Expires <= now {
 				t.Fatalf("op %d: eviction reported for expired flow %v", op, bk)
 			}
-			if v.LastSeen-minSeen >= g {
-				t.Fatalf("op %d: evicted %v seen at %d; least recently seen at %d", op, bk, v.LastSeen, minSeen)
+			tier := tierOf(v)
+			if tier == 2 && minSeen[1] != 1<<63-1 {
+				t.Fatalf("op %d: evicted %v (assured) while a flow that is not assured was there", op, bk)
+			}
+			if v.LastSeen-minSeen[tier] >= g {
+				t.Fatalf("op %d: evicted %v seen at %d; least recently seen of its tier at %d", op, bk, v.LastSeen, minSeen[tier])
 			}
 		}
 		checkInvariants(t, ct)

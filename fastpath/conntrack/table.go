@@ -71,6 +71,15 @@ const (
 	numClasses
 )
 
+// ClassNames names the classes of [Stats].EvictionsByClass, in order:
+// the TCP states of their flows (SYN_SENT2 counts as SYN_SENT), "udp"
+// (unreplied), "udp_stream" (replied), "icmp", "generic" (other
+// protocols) and "tombstone".
+var ClassNames = [numClasses - 1]string{
+	"syn_sent", "syn_recv", "established", "fin_wait", "close_wait", "last_ack", "time_wait", "close",
+	"udp", "udp_stream", "icmp", "generic", "tombstone",
+}
+
 // Entry.bits.
 const (
 	bitSwapped = 1 << 0 // the original direction goes from endpoint b to a
@@ -188,18 +197,28 @@ type Table struct {
 	// onRelease is called for entries with FlagOffloaded that stop being
 	// live flows; nil if unset.
 	onRelease func(*Entry)
+	// onEvict is called for live flows evicted to make room; nil if unset.
+	onEvict func(*Entry, Owner)
+	// owners holds the owner of entry i at i; ownerN counts the flows of
+	// each owner, activeOwners the owners with flows.
+	owners       []uint16
+	ownerN       []uint32
+	activeOwners int
 }
 
 // counters are written by the owner and read by any goroutine.
 type counters struct {
-	entries       atomic.Uint64
-	inserts       atomic.Uint64
-	evictions     atomic.Uint64
-	expirations   atomic.Uint64
-	deletes       atomic.Uint64
-	tombstones    atomic.Uint64
-	fragInserts   atomic.Uint64
-	fragEvictions atomic.Uint64
+	entries     atomic.Uint64
+	inserts     atomic.Uint64
+	evictions   atomic.Uint64
+	expirations atomic.Uint64
+	deletes     atomic.Uint64
+	tombstones  atomic.Uint64
+	refusals    atomic.Uint64
+	// evictedByClass counts evictions by the evicted flow's class.
+	evictedByClass [numClasses]atomic.Uint64
+	fragInserts    atomic.Uint64
+	fragEvictions  atomic.Uint64
 }
 
 // Stats are counters of a [Table]. They only grow, except Entries.
@@ -222,6 +241,11 @@ type Stats struct {
 	Deletes uint64
 	// Tombstones counts flows turned into tombstones by Tombstone.
 	Tombstones uint64
+	// Refusals counts InsertFor calls that found no room.
+	Refusals uint64
+	// EvictionsByClass splits Evictions by the evicted flow's state:
+	// index with the names of [ClassNames].
+	EvictionsByClass [numClasses - 1]uint64
 	// FragInserts counts fragmented packets recorded by InsertFragment;
 	// FragEvictions those replaced before their timeout because the
 	// fragment table was full (their later fragments then find nothing).
@@ -245,6 +269,8 @@ func New(cfg Config) (*Table, error) {
 	var mem arena
 	t := &Table{
 		entries:     makeArray[Entry](&mem, cfg.Capacity),
+		owners:      makeArray[uint16](&mem, cfg.Capacity),
+		ownerN:      make([]uint32, cfg.MaxOwners),
 		lru:         makeArray[link](&mem, cfg.Capacity+numClasses),
 		index:       newIndex(&mem, cfg.Capacity),
 		seed:        newSeed(s),
@@ -273,22 +299,29 @@ func (t *Table) Len() int { return t.n }
 // MemoryBytes returns the memory that the table allocated: entries, LRU
 // links, hash index and fragment table.
 func (t *Table) MemoryBytes() int {
-	const entrySize, linkSize, slotSize = 128, 8, 8
-	return len(t.entries)*entrySize + len(t.lru)*linkSize + len(t.index.slots)*slotSize + t.frags.memoryBytes()
+	const entrySize, linkSize, slotSize, ownerSize, countSize = 128, 8, 8, 2, 4
+	return len(t.entries)*(entrySize+ownerSize) + len(t.lru)*linkSize + len(t.index.slots)*slotSize +
+		len(t.ownerN)*countSize + t.frags.memoryBytes()
 }
 
 // Stats returns the table's counters. It is safe for concurrent use.
 func (t *Table) Stats() Stats {
+	var byClass [numClasses - 1]uint64
+	for c := range byClass {
+		byClass[c] = t.stats.evictedByClass[c+1].Load()
+	}
 	return Stats{
-		Capacity:      len(t.entries),
-		Entries:       t.stats.entries.Load(),
-		Inserts:       t.stats.inserts.Load(),
-		Evictions:     t.stats.evictions.Load(),
-		Expirations:   t.stats.expirations.Load(),
-		Deletes:       t.stats.deletes.Load(),
-		Tombstones:    t.stats.tombstones.Load(),
-		FragInserts:   t.stats.fragInserts.Load(),
-		FragEvictions: t.stats.fragEvictions.Load(),
+		EvictionsByClass: byClass,
+		Capacity:         len(t.entries),
+		Entries:          t.stats.entries.Load(),
+		Inserts:          t.stats.inserts.Load(),
+		Evictions:        t.stats.evictions.Load(),
+		Expirations:      t.stats.expirations.Load(),
+		Deletes:          t.stats.deletes.Load(),
+		Tombstones:       t.stats.tombstones.Load(),
+		Refusals:         t.stats.refusals.Load(),
+		FragInserts:      t.stats.fragInserts.Load(),
+		FragEvictions:    t.stats.fragEvictions.Load(),
 	}
 }
 
@@ -424,7 +457,8 @@ func (t *Table) LookupRelated(inner Key, now int64) (*Entry, Dir) {
 // entries obtained before are invalidated (see [Table.LookupBatch] for
 // which ones).
 func (t *Table) Insert(k Key, now int64) (e *Entry, evicted bool) {
-	return t.insert(&k, TCPSynSent, now)
+	e, r := t.insert(&k, 0, TCPSynSent, now)
+	return e, r == InsertEvicted
 }
 
 // InsertEstablished is [Table.Insert] for a TCP packet that picks up a
@@ -433,10 +467,50 @@ func (t *Table) Insert(k Key, now int64) (e *Entry, evicted bool) {
 // packet was in fact sent by the connection's responder. For other
 // protocols it is Insert.
 func (t *Table) InsertEstablished(k Key, now int64) (e *Entry, evicted bool) {
-	return t.insert(&k, TCPEstablished, now)
+	e, r := t.insert(&k, 0, TCPEstablished, now)
+	return e, r == InsertEvicted
 }
 
-func (t *Table) insert(k *Key, st TCPState, now int64) (*Entry, bool) {
+// Owner is who a flow counts against when the table is full: the local
+// pod that started it, say. 0 is nobody. An owner below
+// [Config.MaxOwners].
+type Owner uint16
+
+// Insertion says how [Table.InsertFor] found room.
+type Insertion uint8
+
+// Insertions.
+const (
+	// InsertFree: a free entry, or the flow's own (it was tracked).
+	InsertFree Insertion = iota
+	// InsertExpired: an expired flow's entry was reused.
+	InsertExpired
+	// InsertEvicted: a live flow was evicted.
+	InsertEvicted
+	// InsertRefused: the table is full, the owner holds its fair share or
+	// more, and none of its flows could make room: nothing was inserted.
+	InsertRefused
+)
+
+// InsertFor is [Table.Insert] (established false) or
+// [Table.InsertEstablished] (true) for a flow of owner, which makes room
+// in a full table as [Table] describes: expired flows first, then not
+// assured flows before established ones, and an owner that holds its fair
+// share (the capacity divided among the owners that hold flows) or more
+// only at the expense of its own flows. It returns nil and InsertRefused
+// when it cannot make room.
+func (t *Table) InsertFor(k Key, owner Owner, established bool, now int64) (*Entry, Insertion) {
+	st := TCPSynSent
+	if established {
+		st = TCPEstablished
+	}
+	if int(owner) >= len(t.ownerN) {
+		owner = 0
+	}
+	return t.insert(&k, owner, st, now)
+}
+
+func (t *Table) insert(k *Key, owner Owner, st TCPState, now int64) (*Entry, Insertion) {
 	now = t.clock(now)
 	var c ckey
 	swapped := canon(k, &c)
@@ -444,13 +518,16 @@ func (t *Table) insert(k *Key, st TCPState, now int64) (*Entry, bool) {
 	// In a full table, choose the victim first and start loading its
 	// hash slot, so that its cache miss overlaps with that of the new
 	// key's slot in find.
-	v, vh, vexpired := uint32(noIdx), uint64(0), false
-	if t.free == noIdx && t.fresh == uint32(len(t.entries)) {
-		v, vexpired = t.victim(now)
-		vh = t.seed.hash(&t.entries[v].k)
-		t.batch.sink += t.index.slots[uint64(uint32(vh))&t.index.mask]
+	v, vh, vkind := uint32(noIdx), uint64(0), victimRefuse
+	full := t.free == noIdx && t.fresh == uint32(len(t.entries))
+	if full {
+		v, vkind = t.victim(now, owner)
+		if v != noIdx {
+			vh = t.seed.hash(&t.entries[v].k)
+			t.batch.sink += t.index.slots[uint64(uint32(vh))&t.index.mask]
+		}
 	}
-	evicted := false
+	res := InsertFree
 	i := t.find(&c, h)
 	switch {
 	case i != noIdx:
@@ -459,19 +536,28 @@ func (t *Table) insert(k *Key, st TCPState, now int64) (*Entry, bool) {
 		}
 		t.released(&t.entries[i])
 		t.unlink(i)
+	case full && v == noIdx:
+		t.stats.refusals.Add(1)
+		return nil, InsertRefused
 	case v != noIdx:
 		next := t.lru[v].prev // the next victim of this class, or its sentinel
+		if vkind == victimExpired {
+			t.stats.expirations.Add(1)
+			res = InsertExpired
+		} else {
+			ve := &t.entries[v]
+			t.stats.evictions.Add(1)
+			t.stats.evictedByClass[ve.class].Add(1)
+			if t.onEvict != nil {
+				t.onEvict(ve, Owner(t.owners[v]))
+			}
+			res = InsertEvicted
+		}
 		t.releaseHashed(v, vh)
 		if next < uint32(len(t.entries)) {
 			// Start loading what the next eviction reads (the next
 			// victim's key and list neighbour).
 			t.batch.sink += t.entries[next].k.a0 + uint64(t.lru[t.lru[next].prev].next)
-		}
-		if vexpired {
-			t.stats.expirations.Add(1)
-		} else {
-			t.stats.evictions.Add(1)
-			evicted = true
 		}
 		i = t.alloc()
 		t.index.insert(h, i+1)
@@ -482,6 +568,7 @@ func (t *Table) insert(k *Key, st TCPState, now int64) (*Entry, bool) {
 		t.n++
 		t.stats.entries.Store(uint64(t.n))
 	}
+	t.setOwner(i, owner)
 	e := &t.entries[i]
 	var cls uint8
 	switch c.proto() {
@@ -508,8 +595,14 @@ func (t *Table) insert(k *Key, st TCPState, now int64) (*Entry, bool) {
 	}
 	t.pushFront(i, cls)
 	t.stats.inserts.Add(1)
-	return e, evicted
+	return e, res
 }
+
+// SetEvictHook makes the table call fn for every live flow it evicts to
+// make room (not for expired ones), with its owner, just before the flow
+// goes. fn runs on the owner's goroutine inside the table's method: it
+// must not call the table's methods.
+func (t *Table) SetEvictHook(fn func(e *Entry, owner Owner)) { t.onEvict = fn }
 
 // alloc takes an unused entry, or returns noIdx if the table is full.
 func (t *Table) alloc() uint32 {
@@ -524,12 +617,39 @@ func (t *Table) alloc() uint32 {
 	return noIdx
 }
 
-// victim chooses the entry to reuse in a full table: of the entries that
-// expired at now, the one that expired first (then the least recently
-// seen); if none expired, the least recently seen entry. Ties go to the
-// lower class. Only the class tails need looking at: within a class, the
-// tail is the least recently seen entry and the first to expire.
-func (t *Table) victim(now int64) (i uint32, expired bool) {
+// Eviction tiers. A full table reuses an expired flow if there is one;
+// else it evicts a flow of the first tier (not assured, as the kernel's
+// early_drop says: half-open and unreplied flows, closed ones, tombstones)
+// before any of the second (established and replied flows), so that no
+// established flow goes to admit a new one while an unreplied one exists.
+var (
+	tier1 = [...]uint8{classTCPSynSent, classTCPSynRecv, classTCPTimeWait, classTCPClose, classUDP, classICMP, classTombstone}
+	tier2 = [...]uint8{classTCPEstablished, classTCPFinWait, classTCPCloseWait, classTCPLastAck, classUDPStream, classGeneric}
+)
+
+// Kinds of victim.
+const (
+	victimExpired = iota // an expired flow: reuse it
+	victimEvict          // a live flow: evict it
+	victimRefuse         // none: refuse the insert
+)
+
+// victim chooses the entry to reuse in a full table for a flow of owner:
+//   - of the entries that expired at now, the one that expired first (then
+//     the least recently seen);
+//   - else, if owner holds its fair share of the table or more
+//     ([Table.share]), one of its own flows, the least recently seen of
+//     those at the tail of a class, first tier first, or none: the insert
+//     is refused, so that one owner cannot take more than its share while
+//     others need entries;
+//   - else the least recently seen flow of the first tier;
+//   - else of the second tier, preferring flows whose owner holds more
+//     than its share.
+//
+// Ties go to the lower class. Only the class tails are looked at: within a
+// class, the tail is the least recently seen entry and the first to
+// expire.
+func (t *Table) victim(now int64, owner Owner) (i uint32, kind int) {
 	best := uint32(noIdx)
 	var k1, k2 int64
 	for c := uint8(1); c < numClasses; c++ {
@@ -537,17 +657,94 @@ func (t *Table) victim(now int64) (i uint32, expired bool) {
 		if j == noIdx {
 			continue
 		}
-		e := &t.entries[j]
-		switch {
-		case e.expires <= now:
-			if !expired || e.expires < k1 || (e.expires == k1 && e.lastSeen < k2) {
-				best, expired, k1, k2 = j, true, e.expires, e.lastSeen
-			}
-		case !expired && (best == noIdx || e.lastSeen < k1):
-			best, k1 = j, e.lastSeen
+		if e := &t.entries[j]; e.expires <= now && (best == noIdx || e.expires < k1 || (e.expires == k1 && e.lastSeen < k2)) {
+			best, k1, k2 = j, e.expires, e.lastSeen
 		}
 	}
-	return best, expired
+	if best != noIdx {
+		return best, victimExpired
+	}
+	oldest := func(classes []uint8, ok func(j uint32) bool) uint32 {
+		best, seen := uint32(noIdx), int64(0)
+		for _, c := range classes {
+			if j := t.tail(c); j != noIdx && ok(j) && (best == noIdx || t.entries[j].lastSeen < seen) {
+				best, seen = j, t.entries[j].lastSeen
+			}
+		}
+		return best
+	}
+	any := func(uint32) bool { return true }
+	if owner != 0 && t.overShare(owner) {
+		own := func(j uint32) bool { return t.owners[j] == uint16(owner) }
+		if j := oldest(tier1[:], own); j != noIdx {
+			return j, victimEvict
+		}
+		if j := oldest(tier2[:], own); j != noIdx {
+			return j, victimEvict
+		}
+		return noIdx, victimRefuse
+	}
+	if j := oldest(tier1[:], any); j != noIdx {
+		return j, victimEvict
+	}
+	if j := oldest(tier2[:], func(j uint32) bool { o := Owner(t.owners[j]); return o != 0 && t.overShare(o) }); j != noIdx {
+		return j, victimEvict
+	}
+	if j := oldest(tier2[:], any); j != noIdx {
+		return j, victimEvict
+	}
+	return noIdx, victimRefuse
+}
+
+// share is an owner's fair share of the table: the capacity divided among
+// the owners that hold flows (o included).
+func (t *Table) share(o Owner) int {
+	n := t.activeOwners
+	if t.ownerN[o] == 0 {
+		n++
+	}
+	return len(t.entries) / max(1, n)
+}
+
+// overShare reports whether owner o holds its fair share or more.
+func (t *Table) overShare(o Owner) bool { return int(t.ownerN[o]) >= t.share(o) }
+
+// setOwner makes o the owner of entry i, whose owner was old.
+func (t *Table) setOwner(i uint32, o Owner) {
+	old := Owner(t.owners[i])
+	if old == o {
+		return
+	}
+	if old != 0 {
+		if t.ownerN[old]--; t.ownerN[old] == 0 {
+			t.activeOwners--
+		}
+	}
+	if o != 0 {
+		if t.ownerN[o]++; t.ownerN[o] == 1 {
+			t.activeOwners++
+		}
+	}
+	t.owners[i] = uint16(o)
+}
+
+// Owner returns the owner of flow e, 0 if it has none or is not an entry
+// of t in use.
+func (t *Table) Owner(e *Entry) Owner {
+	i, ok := t.owned(e)
+	if !ok {
+		return 0
+	}
+	return Owner(t.owners[i])
+}
+
+// OwnerFlows returns how many flows owner o holds. Only the owner of the
+// table may call it.
+func (t *Table) OwnerFlows(o Owner) int {
+	if int(o) >= len(t.ownerN) {
+		return 0
+	}
+	return int(t.ownerN[o])
 }
 
 // release frees entry i, which is in use.
@@ -557,6 +754,7 @@ func (t *Table) release(i uint32) { t.releaseHashed(i, t.seed.hash(&t.entries[i]
 func (t *Table) releaseHashed(i uint32, h uint64) {
 	e := &t.entries[i]
 	t.released(e)
+	t.setOwner(i, 0)
 	t.index.remove(h, i+1)
 	t.unlink(i)
 	e.class = classFree

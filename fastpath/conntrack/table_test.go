@@ -80,6 +80,7 @@ func TestConfig(t *testing.T) {
 		FragCapacity:   DefaultFragCapacity,
 		FragTimeout:    30 * time.Second,
 		LRUGranularity: time.Second,
+		MaxOwners:      DefaultMaxOwners,
 		Timeouts:       DefaultTimeouts(),
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
@@ -851,4 +852,153 @@ func TestTouchAndScan(t *testing.T) {
 	if p := newTable(t, 4).Scan(3, 10, func(*Entry) { t.Error("empty table scanned an entry") }); p != 0 {
 		t.Errorf("Scan of an empty table = %d", p)
 	}
+}
+
+// establish runs the handshake on a fresh TCP flow.
+func establish(ct *Table, e *Entry, now int64) {
+	ct.Update(e, Original, TCPFlagSYN, 60, now)
+	ct.Update(e, Reply, TCPFlagSYN|TCPFlagACK, 60, now)
+	ct.Update(e, Original, TCPFlagACK, 52, now)
+}
+
+// A full table evicts flows that are not assured (half-open, unreplied)
+// before established ones, however old those are.
+func TestEvictionTiers(t *testing.T) {
+	const sec = int64(time.Second)
+	ct, err := New(Config{Capacity: 4, LRUGranularity: 1, Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evicted []Key
+	ct.SetEvictHook(func(e *Entry, _ Owner) { evicted = append(evicted, e.Key()) })
+	now := sec
+	old := tcpKey("10.0.0.1", 1000, "10.0.0.2", 80)
+	e, _ := ct.InsertFor(old, 1, false, now)
+	establish(ct, e, now)
+	now += sec
+	syn := tcpKey("10.0.0.1", 1001, "10.0.0.2", 80)
+	e, _ = ct.InsertFor(syn, 1, false, now)
+	ct.Update(e, Original, TCPFlagSYN, 60, now)
+	now += sec
+	udp := udpKey("10.0.0.1", 1002, "10.0.0.2", 53)
+	e, _ = ct.InsertFor(udp, 1, false, now)
+	ct.Update(e, Original, 0, 60, now)
+	now += sec
+	stream := udpKey("10.0.0.1", 1003, "10.0.0.2", 53)
+	e, _ = ct.InsertFor(stream, 1, false, now)
+	ct.Update(e, Original, 0, 60, now)
+	ct.Update(e, Reply, 0, 60, now)
+	// Full: the half-open TCP flow goes first (older than the unreplied
+	// UDP one), then the UDP one; the established and the replied flows
+	// stay although the established one is the oldest of all.
+	for i, want := range []Key{syn, udp} {
+		now += sec
+		k := tcpKey("10.0.0.3", uint16(2000+i), "10.0.0.2", 80)
+		e, r := ct.InsertFor(k, 2, false, now)
+		if r != InsertEvicted {
+			t.Fatalf("insert %d: %v", i, r)
+		}
+		establish(ct, e, now)
+		if evicted[i] != want {
+			t.Errorf("insert %d evicted %v, want %v", i, evicted[i], want)
+		}
+	}
+	// Only assured flows left: the least recently seen of them goes.
+	now += sec
+	if _, r := ct.InsertFor(tcpKey("10.0.0.3", 3000, "10.0.0.2", 80), 3, false, now); r != InsertEvicted || evicted[2] != old {
+		t.Errorf("with only assured flows, evicted %v (%v), want the oldest %v", evicted[2:], r, old)
+	}
+	st := ct.Stats()
+	want := map[string]uint64{"syn_sent": 1, "udp": 1, "established": 1}
+	for c, name := range ClassNames {
+		if st.EvictionsByClass[c] != want[name] {
+			t.Errorf("evictions of %s: %d, want %d", name, st.EvictionsByClass[c], want[name])
+		}
+	}
+	checkInvariants(t, ct)
+}
+
+// An owner that holds its fair share of a full table makes room only at the
+// expense of its own flows, or is refused; the others keep theirs.
+func TestFairShare(t *testing.T) {
+	const sec = int64(time.Second)
+	ct, err := New(Config{Capacity: 8, LRUGranularity: 1, Seed: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	owners := map[Key]Owner{}
+	var evictedOwners []Owner
+	ct.SetEvictHook(func(e *Entry, o Owner) {
+		evictedOwners = append(evictedOwners, o)
+		if owners[e.Key()] != o {
+			t.Errorf("hook: %v owned by %d, told %d", e.Key(), owners[e.Key()], o)
+		}
+	})
+	now := sec
+	// A quiet pod (owner 2) holds two idle established flows, the oldest
+	// of the table.
+	var quiet []Key
+	for i := range 2 {
+		k := tcpKey("10.0.0.2", uint16(5000+i), "10.0.0.9", 80)
+		e, _ := ct.InsertFor(k, 2, false, now)
+		establish(ct, e, now)
+		owners[k], quiet = 2, append(quiet, k)
+	}
+	// A pod (owner 1) floods SYNs: it fills the table, then replaces its
+	// own flows.
+	for i := range 100 {
+		now += sec
+		k := tcpKey("10.0.0.1", uint16(1000+i), "10.0.0.9", 80)
+		e, r := ct.InsertFor(k, 1, false, now)
+		if r == InsertRefused {
+			t.Fatalf("flood insert %d refused: the flooder still has flows of its own at the tails", i)
+		}
+		owners[k] = 1
+		ct.Update(e, Original, TCPFlagSYN, 60, now)
+	}
+	for _, k := range quiet {
+		if e, _ := ct.Lookup(k, now); e == nil {
+			t.Errorf("the quiet pod's flow %v was evicted by the flood", k)
+		}
+	}
+	for _, o := range evictedOwners {
+		if o != 1 {
+			t.Errorf("an eviction hit owner %d", o)
+		}
+	}
+	if n := ct.OwnerFlows(1); n != 6 {
+		t.Errorf("the flooder holds %d flows, want 6 (the table less the quiet pod's)", n)
+	}
+	// A third pod gets room: from the flooder, who is over its share.
+	now += sec
+	k := tcpKey("10.0.0.3", 7000, "10.0.0.9", 80)
+	if _, r := ct.InsertFor(k, 3, false, now); r != InsertEvicted || evictedOwners[len(evictedOwners)-1] != 1 {
+		t.Errorf("a new pod's insert: %v, evicted owner %d; want the flooder's flow", r, evictedOwners[len(evictedOwners)-1])
+	}
+	checkInvariants(t, ct)
+
+	// Refusal: an owner over its share whose flows are at no class tail.
+	ct2, err := New(Config{Capacity: 4, LRUGranularity: 1, Seed: 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now = sec
+	// Owner 9 has the oldest flows of both classes in use; owner 1 holds
+	// the other two, newer, which sit behind them in their lists.
+	for i, o := range []Owner{9, 9, 1, 1} {
+		now += sec
+		k := udpKey("10.0.1.1", uint16(100+i), "10.0.0.9", 53)
+		e, _ := ct2.InsertFor(k, o, false, now)
+		ct2.Update(e, Original, 0, 60, now)
+		if i%2 == 1 {
+			ct2.Update(e, Reply, 0, 60, now)
+		}
+	}
+	if _, r := ct2.InsertFor(udpKey("10.0.1.1", 200, "10.0.0.9", 53), 1, false, now); r != InsertRefused {
+		t.Errorf("an owner at its share with no flow at a tail: %v, want refused", r)
+	}
+	if ct2.Stats().Refusals != 1 {
+		t.Errorf("refusals %d", ct2.Stats().Refusals)
+	}
+	checkInvariants(t, ct2)
 }
