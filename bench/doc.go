@@ -48,7 +48,7 @@
 //   - Latency: UDP ping-pong at ~1,000/s with blocking system calls on
 //     locked threads; p50, p90, p99, max and every sample.
 //   - Flow table: the generator sends 100,000 or 1,000,000 distinct
-//     allowed flows once (up to three passes), then the forwarding rate is
+//     allowed flows once (up to six passes, each at half the rate), then the forwarding rate is
 //     searched round-robin over all of them, which keeps them tracked and
 //     makes every packet look up another entry of the full table.
 //   - Control plane: policy.Compile in-process, the agent's

@@ -943,10 +943,14 @@ func (e *env) measureEnforcer(ctx context.Context, enforcer string, p int, flows
 		}
 	}
 	rate = max(rate, 1000)
-	// Up to three passes, each at half the rate of the one before, until
-	// 99% of the flows are tracked or a pass adds less than 1% (a full
-	// kernel table: nf_conntrack_max is host-wide and left alone).
-	for pass := range 3 {
+	// Up to six passes, each at half the rate of the one before, until
+	// 99% of the flows are tracked, a pass adds less than 1% (a full
+	// kernel table: nf_conntrack_max is host-wide and left alone), or a
+	// pass would take longer than half the UDP timeout. An enforcer that
+	// judges first packets in user space admits new flows more slowly
+	// than the kernel does, and when offered them faster than that it
+	// admits fewer still: later, slower passes fill its table.
+	for pass := range 6 {
 		e.logf("%s, %d policies, %d flows: prefill pass %d at %.0f pps", enforcer, p, *flows, pass+1, rate)
 		s, err := e.prefill(ctx, *flows, rate)
 		if err != nil {
