@@ -408,21 +408,33 @@ func dropsDashboard() *dashboard.DashboardBuilder {
 		"Bits per second of the frames the fastpath sent, by path.",
 		"bps", 12, 8,
 		query("A", queryForwardedBits, "{{path}}")))
+	b.add(b.graph("Forwarded by the kernel on offloaded flows",
+		"Packets per second the kernel forwarded on flows the fastpath allowed and offloaded (podgate_offload_forwarded_packets_total), by action: peer (into a local pod), kernel (left to the kernel's routing), redirect (from the kernel leg to a local pod); a GSO super-frame counts once. And the flows in the kernel's table (podgate_offloaded_flows).",
+		"pps", 12, 8,
+		query("A", `sum by (action) (rate(podgate_offload_forwarded_packets_total{`+sel+`}[$__rate_interval]))`, "{{action}}"),
+		query("B", `sum by (node) (podgate_offloaded_flows{`+sel+`})`, "{{node}} offloaded flows")))
+	b.add(b.graph("Punted to the fastpath by reason",
+		"Frames of pods that the TC program sent to the fastpath instead of forwarding them (podgate_offload_punted_packets_total), by reason: miss (no offloaded flow: first packets), tcp_flags (SYN, FIN, RST), icmp, fragment, not_ip (ARP, NDP), lease (the agent's lease expired), spoof (a flow of another pod), and frames the TC program dropped (podgate_offload_dropped_packets_total: VLAN tags).",
+		"pps", 12, 8,
+		query("A", `sum by (reason) (rate(podgate_offload_punted_packets_total{`+sel+`}[$__rate_interval])) > 0`, "{{reason}}"),
+		query("B", `sum by (reason) (rate(podgate_offload_dropped_packets_total{`+sel+`}[$__rate_interval])) > 0`, "dropped: {{reason}}")).
+		NoValue("nothing punted"))
 
 	b.row("Conntrack and AF_XDP")
 	b.add(b.graph("Conntrack usage",
-		"Connection-tracking entries over capacity per node (expired entries not yet reclaimed included). A full table evicts the least recently used flows (podgate_conntrack_evictions_total); raise --conntrack-max.",
+		"Connection-tracking entries over capacity per node (expired entries not yet reclaimed included). A full table evicts flows (podgate_conntrack_evictions_total), the ones that are not assured first, and refuses a pod's new flows once it holds its fair share; raise --conntrack-max.",
 		"percentunit", 8, 8,
 		query("A", queryConntrackUsage, "{{node}}")).
 		Max(1).
 		Thresholds(thresholds(step(nil, "green"), step(cog.ToPtr(0.9), "red"))).
 		ThresholdsStyle(common.NewGraphThresholdsStyleConfigBuilder().Mode(common.GraphThresholdsStyleModeLine)))
 	b.add(b.graph("Conntrack entries and evictions",
-		"Entries and capacity per node; evictions per second (flows pushed out before they expired).",
+		"Entries and capacity per node; evictions per second by the evicted flows' state (podgate_conntrack_evictions_by_state_total: half-open, unreplied and closed flows go before established ones), and new flows refused because their pod held its fair share of a full table (podgate_conntrack_refusals_total).",
 		"short", 8, 8,
 		query("A", `sum by (node) (podgate_conntrack_entries{`+sel+`})`, "{{node}} entries"),
 		query("B", `sum by (node) (podgate_conntrack_capacity{`+sel+`})`, "{{node}} capacity"),
-		query("C", `sum by (node) (rate(podgate_conntrack_evictions_total{`+sel+`}[$__rate_interval]))`, "{{node}} evictions/s")))
+		query("C", `sum by (node, state) (rate(podgate_conntrack_evictions_by_state_total{`+sel+`}[$__rate_interval])) > 0`, "{{node}} evicted {{state}}/s"),
+		query("D", `sum by (node) (rate(podgate_conntrack_refusals_total{`+sel+`}[$__rate_interval])) > 0`, "{{node}} refused/s")))
 	b.add(b.graph("AF_XDP ring drops",
 		"Per port: frames the kernel could not deliver to the AF_XDP socket (podgate_xsk_rx_dropped_total: no fill frame, or too big), times the fill ring was empty when the kernel needed a frame, and transmits refused because the TX ring was full. Sustained values mean the fastpath does not keep up.",
 		"pps", 8, 8,
