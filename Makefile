@@ -70,7 +70,7 @@ generate-check: ## regenerate the BPF objects and fail if the committed ones dif
 	bash hack/bpf-generate.sh --check
 
 .PHONY: dashboards
-dashboards: ## regenerate deploy/grafana/*.json from the Go generator (internal/dashtest checks them)
+dashboards: ## regenerate deploy/grafana/*.json from the Go generator (internal/test/dashtest checks them)
 	$(GO) run ./deploy/grafana/gen -dir deploy/grafana
 
 FUZZTIME ?= 20s
@@ -87,7 +87,7 @@ SOAK_TIMEOUT ?= 3h
 .PHONY: soak
 soak: ## agent soak in a netns lab: mixed traffic and policy churn for SOAK (default 10m), samples to SOAK_CSV (root)
 	@mkdir -p $(dir $(SOAK_CSV))
-	PODGATE_SOAK=$(SOAK) PODGATE_SOAK_CSV=$(abspath $(SOAK_CSV)) $(GO) test -count=1 -v -timeout $(SOAK_TIMEOUT) -run '^TestSoak$$' ./internal/hostile/
+	PODGATE_SOAK=$(SOAK) PODGATE_SOAK_CSV=$(abspath $(SOAK_CSV)) $(GO) test -count=1 -v -timeout $(SOAK_TIMEOUT) -run '^TestSoak$$' ./internal/test/hostile/
 
 SOAK_PNG ?= $(SOAK_CSV:.csv=.png)
 .PHONY: soak-plot

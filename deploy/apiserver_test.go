@@ -28,7 +28,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
-	"github.com/podgate/podgate/internal/kubetest"
+	"github.com/podgate/podgate/internal/test/kubetest"
 )
 
 const fieldManager = "podgate-deploy-test"

@@ -6,7 +6,7 @@
 // The package has no Go API; its tests (make deploy-check) check the
 // manifests' security properties, render the kustomization with krusty,
 // apply every object with a server-side dry run against a real
-// kube-apiserver (internal/kubetest), check the agent's RBAC with its own
+// kube-apiserver (internal/test/kubetest), check the agent's RBAC with its own
 // ServiceAccount token, and build and run the container image with podman
 // (hack/image.sh).
 //

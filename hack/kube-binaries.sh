@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # kube-binaries.sh builds the real kube-apiserver and etcd used by the
-# integration tests (internal/kubetest) from the Go module proxy and caches
+# integration tests (internal/test/kubetest) from the Go module proxy and caches
 # them by version:
 #
 #   ${PODGATE_CACHE:-$HOME/.cache/podgate}/kube/<KUBE_VERSION>/kube-apiserver

@@ -15,7 +15,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 
-	"github.com/podgate/podgate/internal/kubetest"
+	"github.com/podgate/podgate/internal/test/kubetest"
 	"github.com/podgate/podgate/policy"
 )
 

@@ -22,7 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	npaclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 
-	"github.com/podgate/podgate/internal/kubetest"
+	"github.com/podgate/podgate/internal/test/kubetest"
 	"github.com/podgate/podgate/policy"
 )
 

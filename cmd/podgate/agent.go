@@ -25,10 +25,10 @@ import (
 
 	"github.com/podgate/podgate/fastpath"
 	"github.com/podgate/podgate/fastpath/conntrack"
-	"github.com/podgate/podgate/fastpath/node"
 	"github.com/podgate/podgate/fastpath/offload"
 	"github.com/podgate/podgate/fastpath/xsk"
 	"github.com/podgate/podgate/k8swatch"
+	"github.com/podgate/podgate/node"
 	"github.com/podgate/podgate/policy"
 )
 

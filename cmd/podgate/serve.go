@@ -17,8 +17,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/podgate/podgate/fastpath"
-	"github.com/podgate/podgate/fastpath/node"
 	"github.com/podgate/podgate/k8swatch"
+	"github.com/podgate/podgate/node"
 	"github.com/podgate/podgate/policy"
 )
 

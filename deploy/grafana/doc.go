@@ -4,7 +4,7 @@
 // The dashboards are data, not code: the JSON files beside this file are
 // the generated output, committed so that they can be imported into Grafana
 // or provisioned without building anything. `make dashboards` (which runs
-// ./deploy/grafana/gen) regenerates them; the tests in internal/dashtest
+// ./deploy/grafana/gen) regenerates them; the tests in internal/test/dashtest
 // fail when a committed file differs from what [Render] returns, validate
 // every file strictly with the SDK, parse every query with the PromQL
 // parser and run the drop queries against a real Prometheus scraping a real

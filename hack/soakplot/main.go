@@ -1,5 +1,5 @@
 // Command soakplot draws the CSV that `make soak` writes (TestSoak in
-// internal/hostile) as a PNG: the agent's resident memory and Go heap in
+// internal/test/hostile) as a PNG: the agent's resident memory and Go heap in
 // use over the soak, and below them its goroutines, open files and flow
 // table entries.
 //

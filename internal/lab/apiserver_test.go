@@ -12,8 +12,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/podgate/podgate/internal/kubetest"
 	"github.com/podgate/podgate/internal/netns"
+	"github.com/podgate/podgate/internal/test/kubetest"
 	"github.com/podgate/podgate/policy"
 )
 

@@ -27,10 +27,10 @@ import (
 
 	"github.com/podgate/podgate/fastpath"
 	"github.com/podgate/podgate/fastpath/conntrack"
-	"github.com/podgate/podgate/fastpath/node"
 	"github.com/podgate/podgate/fastpath/offload"
 	"github.com/podgate/podgate/fastpath/xsk"
 	"github.com/podgate/podgate/internal/netns"
+	"github.com/podgate/podgate/node"
 	"github.com/podgate/podgate/policy"
 )
 

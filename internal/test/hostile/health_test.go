@@ -24,7 +24,7 @@ import (
 // lab's metrics address, any other to host:port in the node namespace.
 func (n *node) daemonSetProbe(t *testing.T, which string) (addr, path string) {
 	t.Helper()
-	b, err := os.ReadFile("../../deploy/daemonset.yaml")
+	b, err := os.ReadFile("../../../deploy/daemonset.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,7 +29,7 @@ import (
 
 // Paths relative to this package's directory (go test runs there).
 const (
-	repoRoot      = "../.."
+	repoRoot      = "../../.."
 	grafanaDir    = repoRoot + "/deploy/grafana"
 	prometheusDir = repoRoot + "/deploy/prometheus"
 	daemonSetFile = repoRoot + "/deploy/daemonset.yaml"

@@ -13,7 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/podgate/podgate/fastpath"
-	"github.com/podgate/podgate/fastpath/node"
+	"github.com/podgate/podgate/node"
 	"github.com/podgate/podgate/policy"
 )
 
@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-const aksExample = "../../deploy/examples/aks-network-policies"
+const aksExample = "../deploy/examples/aks-network-policies"
 
 var (
 	dbIP  = netip.MustParseAddr("10.0.1.10")

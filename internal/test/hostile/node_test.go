@@ -52,7 +52,7 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	build := exec.Command("go", "build", "-o", filepath.Join(dir, "podgate"), "../../cmd/podgate")
+	build := exec.Command("go", "build", "-o", filepath.Join(dir, "podgate"), "../../../cmd/podgate")
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "go build ./cmd/podgate: %v\n%s", err, out)
 		return 1

@@ -20,7 +20,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/podgate/podgate/internal/kubetest"
+	"github.com/podgate/podgate/internal/test/kubetest"
 )
 
 func TestFindBinariesOverrides(t *testing.T) {

@@ -13,8 +13,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/podgate/podgate/fastpath/node"
 	"github.com/podgate/podgate/fastpath/offload"
+	"github.com/podgate/podgate/node"
 	"github.com/podgate/podgate/policy"
 )
 
