@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Chain names of the kernel baseline. User chains of iptables-legacy are at
@@ -81,7 +82,7 @@ type ipsetDef struct {
 
 // kernelCompiler holds the state of one compilation.
 type kernelCompiler struct {
-	pods     []policy.Endpoint
+	pods     []table.Endpoint
 	podObjs  map[string]*corev1.Pod // namespace/name
 	nsLabels map[string]labels.Set
 	nsNames  []string
@@ -92,7 +93,7 @@ type kernelCompiler struct {
 // CompileKernelRules compiles the policies of c (compiled into t without
 // error) for the local pods of node nodeName into ipsets and iptables
 // rules; see [KernelRules]. The output is deterministic.
-func CompileKernelRules(c *policy.Cluster, t *policy.Table, nodeName string) (*KernelRules, error) {
+func CompileKernelRules(c *policy.Cluster, t *table.Table, nodeName string) (*KernelRules, error) {
 	if c == nil || t == nil {
 		return nil, errors.New("compile kernel rules: no cluster or table")
 	}
@@ -153,7 +154,7 @@ func CompileKernelRules(c *policy.Cluster, t *policy.Table, nodeName string) (*K
 			kc.note(fmt.Sprintf("pod %s has no IPv4 address: not enforced", ep))
 			continue
 		}
-		for _, dir := range []policy.Direction{policy.Egress, policy.Ingress} {
+		for _, dir := range []table.Direction{table.Egress, table.Ingress} {
 			sel, err := kc.selecting(pols, ep, dir)
 			if err != nil {
 				return nil, err
@@ -177,7 +178,7 @@ func CompileKernelRules(c *policy.Cluster, t *policy.Table, nodeName string) (*K
 				}
 			}
 			out.Rules++ // the DROP
-			if dir == policy.Egress {
+			if dir == table.Egress {
 				jump := fmt.Sprintf("-s %s/32 -j %s", addr, chain)
 				dispatch = append(dispatch, "-A "+chainForward+" "+jump)
 				input = append(input, "-A "+chainInput+" "+jump)
@@ -246,9 +247,9 @@ func firstIPv4(ips []netip.Addr) (netip.Addr, bool) {
 }
 
 // podChain names the chain of a pod for a direction.
-func podChain(dir policy.Direction, ep *policy.Endpoint) string {
+func podChain(dir table.Direction, ep *table.Endpoint) string {
 	pfx := ingressPfx
-	if dir == policy.Egress {
+	if dir == table.Egress {
 		pfx = egressPfx
 	}
 	sum := sha256.Sum256([]byte(ep.Namespace + "/" + ep.Name))
@@ -264,9 +265,9 @@ func policyNames(pols []*networkingv1.NetworkPolicy) string {
 }
 
 // hasType reports whether a defaulted policy has the direction's type.
-func hasType(np *networkingv1.NetworkPolicy, dir policy.Direction) bool {
+func hasType(np *networkingv1.NetworkPolicy, dir table.Direction) bool {
 	want := networkingv1.PolicyTypeIngress
-	if dir == policy.Egress {
+	if dir == table.Egress {
 		want = networkingv1.PolicyTypeEgress
 	}
 	return slices.Contains(np.Spec.PolicyTypes, want)
@@ -274,7 +275,7 @@ func hasType(np *networkingv1.NetworkPolicy, dir policy.Direction) bool {
 
 // selecting returns the policies of the pod's namespace whose podSelector
 // selects it and that have the direction's type.
-func (kc *kernelCompiler) selecting(pols []*networkingv1.NetworkPolicy, ep *policy.Endpoint, dir policy.Direction) ([]*networkingv1.NetworkPolicy, error) {
+func (kc *kernelCompiler) selecting(pols []*networkingv1.NetworkPolicy, ep *table.Endpoint, dir table.Direction) ([]*networkingv1.NetworkPolicy, error) {
 	var out []*networkingv1.NetworkPolicy
 	for _, np := range pols {
 		if np.Namespace != ep.Namespace || !hasType(np, dir) {
@@ -330,7 +331,7 @@ func isNamed(np networkingv1.NetworkPolicyPort) bool {
 
 // resolveNamed returns the container port of pod named name with the
 // protocol, or 0.
-func (kc *kernelCompiler) resolveNamed(ep *policy.Endpoint, name string, proto corev1.Protocol) int32 {
+func (kc *kernelCompiler) resolveNamed(ep *table.Endpoint, name string, proto corev1.Protocol) int32 {
 	pod := kc.podObjs[ep.Namespace+"/"+ep.Name]
 	if pod == nil {
 		return 0
@@ -354,14 +355,14 @@ func (kc *kernelCompiler) resolveNamed(ep *policy.Endpoint, name string, proto c
 // ports.
 type peerSet struct {
 	set   string
-	pods  []*policy.Endpoint
+	pods  []*table.Endpoint
 	block *networkingv1.IPBlock
 }
 
 // podRules returns the rules of a pod's chain for the selecting policies.
-func (kc *kernelCompiler) podRules(chain string, dir policy.Direction, ep *policy.Endpoint, pols []*networkingv1.NetworkPolicy) ([]string, error) {
+func (kc *kernelCompiler) podRules(chain string, dir table.Direction, ep *table.Endpoint, pols []*networkingv1.NetworkPolicy) ([]string, error) {
 	verdict, side := "ACCEPT", "src"
-	if dir == policy.Egress {
+	if dir == table.Egress {
 		verdict, side = "RETURN", "dst"
 	}
 	var lines []string
@@ -371,7 +372,7 @@ func (kc *kernelCompiler) podRules(chain string, dir policy.Direction, ep *polic
 			ports []networkingv1.NetworkPolicyPort
 		}
 		var rules []rule
-		if dir == policy.Ingress {
+		if dir == table.Ingress {
 			for _, r := range np.Spec.Ingress {
 				rules = append(rules, rule{r.From, r.Ports})
 			}
@@ -435,7 +436,7 @@ func (kc *kernelCompiler) podRules(chain string, dir policy.Direction, ep *polic
 			if len(named) == 0 {
 				continue
 			}
-			if dir == policy.Ingress {
+			if dir == table.Ingress {
 				// Resolved on this pod.
 				for _, pt := range named {
 					proto := protoName(pt.Protocol)
@@ -453,7 +454,7 @@ func (kc *kernelCompiler) podRules(chain string, dir policy.Direction, ep *polic
 			// Egress: resolved on each destination pod; the pods of each
 			// peer are grouped by the port their name resolves to.
 			if len(r.peers) == 0 {
-				all := make([]*policy.Endpoint, len(kc.pods))
+				all := make([]*table.Endpoint, len(kc.pods))
 				for i := range kc.pods {
 					all[i] = &kc.pods[i]
 				}
@@ -531,7 +532,7 @@ func (kc *kernelCompiler) peer(ns string, p networkingv1.NetworkPolicyPeer) (pee
 			return peerSet{}, false, err
 		}
 	}
-	var pods []*policy.Endpoint
+	var pods []*table.Endpoint
 	var members []string
 	for i := range kc.pods {
 		ep := &kc.pods[i]
@@ -555,7 +556,7 @@ func (kc *kernelCompiler) peer(ns string, p networkingv1.NetworkPolicyPeer) (pee
 
 // podsInBlock returns the pods with an IPv4 address in the block and not
 // in its excepts.
-func (kc *kernelCompiler) podsInBlock(b *networkingv1.IPBlock) []*policy.Endpoint {
+func (kc *kernelCompiler) podsInBlock(b *networkingv1.IPBlock) []*table.Endpoint {
 	cidr, err := netip.ParsePrefix(b.CIDR)
 	if err != nil {
 		return nil
@@ -566,7 +567,7 @@ func (kc *kernelCompiler) podsInBlock(b *networkingv1.IPBlock) []*policy.Endpoin
 			ex = append(ex, p.Masked())
 		}
 	}
-	var out []*policy.Endpoint
+	var out []*table.Endpoint
 	for i := range kc.pods {
 		a, ok := firstIPv4(kc.pods[i].IPs)
 		if !ok || !cidr.Masked().Contains(a) {

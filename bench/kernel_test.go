@@ -8,6 +8,7 @@ import (
 
 	"github.com/podgate/podgate/internal/lab"
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // TestKernelRulesEnforceArticle applies the compiled rules of the
@@ -39,7 +40,7 @@ func TestKernelRulesEnforceArticle(t *testing.T) {
 	if _, err := applyKernelRules(ctx, node, r); err != nil {
 		t.Fatal(err)
 	}
-	ports, err := policy.ParsePortSpecs("80/TCP,80/UDP,80/SCTP,ICMP")
+	ports, err := table.ParsePortSpecs("80/TCP,80/UDP,80/SCTP,ICMP")
 	if err != nil {
 		t.Fatal(err)
 	}

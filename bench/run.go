@@ -20,6 +20,7 @@ import (
 	"github.com/podgate/podgate/internal/lab"
 	"github.com/podgate/podgate/internal/netns"
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Enforcer names in results.
@@ -791,7 +792,7 @@ func (e *env) verify(ctx context.Context, enforcer string, none bool) error {
 		wg.Go(func() {
 			for attempts[i] < allowAttempts {
 				attempts[i]++
-				results[i], perr[i] = e.lab.ProbeResult(ctx, c.From, c.To, policy.PortSpec{Port: uint16(c.Port), Protocol: policy.TCP})
+				results[i], perr[i] = e.lab.ProbeResult(ctx, c.From, c.To, table.PortSpec{Port: uint16(c.Port), Protocol: table.TCP})
 				if perr[i] != nil || results[i].Observed || (c.Expected == "deny" && !none) {
 					return
 				}
@@ -831,14 +832,14 @@ const allowAttempts = 3
 // compiledSet is the manifests of a policy count, compiled.
 type compiledSet struct {
 	m   *policy.Manifests
-	t   *policy.Table
+	t   *table.Table
 	dur time.Duration // median of three compiles
 }
 
 // compiled loads and compiles the manifests of a policy count in-process,
 // three times, the first time it is asked for that count, and returns the
 // result and the median compile time.
-func (e *env) compiled(p int) (*policy.Manifests, *policy.Table, time.Duration, error) {
+func (e *env) compiled(p int) (*policy.Manifests, *table.Table, time.Duration, error) {
 	if c, ok := e.compiledSets[p]; ok {
 		return c.m, c.t, c.dur, nil
 	}
@@ -850,12 +851,12 @@ func (e *env) compiled(p int) (*policy.Manifests, *policy.Table, time.Duration, 
 	return m, t, d, nil
 }
 
-func compilePolicies(dir string) (*policy.Manifests, *policy.Table, time.Duration, error) {
+func compilePolicies(dir string) (*policy.Manifests, *table.Table, time.Duration, error) {
 	m, err := policy.Load(dir)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("bench: %w", err)
 	}
-	var t *policy.Table
+	var t *table.Table
 	var ds []time.Duration
 	for range 3 {
 		start := time.Now()

@@ -6,7 +6,7 @@ import (
 
 	"github.com/podgate/podgate/fastpath/conntrack"
 	"github.com/podgate/podgate/fastpath/packet"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Per-port counter indexes.
@@ -89,7 +89,7 @@ func (c PolicyCounts) zero() bool { return c == PolicyCounts{} }
 
 // policyCounters count per policy of one table, per direction.
 type policyCounters struct {
-	tab     *policy.Table
+	tab     *table.Table
 	allowed [2][]atomic.Uint64
 	denied  [2][]atomic.Uint64
 }
@@ -159,13 +159,13 @@ func (e *Engine) PolicyCounts() map[PolicyName]PolicyCounts {
 }
 
 // allowed accounts a new allowed flow: per-policy counts and an event.
-func (e *Engine) allowed(key conntrack.Key, eg, ing policy.RuleRef) {
+func (e *Engine) allowed(key conntrack.Key, eg, ing table.RuleRef) {
 	if a := e.allow.Load(); a != nil {
-		if eg.Policy >= 0 && int(eg.Policy) < len(a.allowed[policy.Egress]) {
-			a.allowed[policy.Egress][eg.Policy].Add(1)
+		if eg.Policy >= 0 && int(eg.Policy) < len(a.allowed[table.Egress]) {
+			a.allowed[table.Egress][eg.Policy].Add(1)
 		}
-		if ing.Policy >= 0 && int(ing.Policy) < len(a.allowed[policy.Ingress]) {
-			a.allowed[policy.Ingress][ing.Policy].Add(1)
+		if ing.Policy >= 0 && int(ing.Policy) < len(a.allowed[table.Ingress]) {
+			a.allowed[table.Ingress][ing.Policy].Add(1)
 		}
 	}
 	ev := FlowEvent{Mono: e.now, Proto: key.Proto, SrcPort: key.SrcPort, DstPort: key.DstPort, Allowed: true, Egress: eg, Ingress: ing}
@@ -193,9 +193,9 @@ func (e *Engine) denied(p *packet.Packet, v verdict) {
 		}
 	}
 	if a := e.allow.Load(); a != nil && d != DropUnknownEndpoint {
-		dir := policy.Ingress
+		dir := table.Ingress
 		if d == DropDeniedEgress {
-			dir = policy.Egress
+			dir = table.Egress
 		}
 		if ep, ok := a.tab.EndpointByAddr(v.isolated); ok {
 			for _, pi := range a.tab.Selecting(ep, dir) {
@@ -207,9 +207,9 @@ func (e *Engine) denied(p *packet.Packet, v verdict) {
 	if !e.events.firstDenial(&key, e.now) {
 		return
 	}
-	ev := FlowEvent{Mono: e.now, Src: p.Src, Dst: p.Dst, Proto: policy.Protocol(p.Proto), SrcPort: key.SrcPort, DstPort: key.DstPort,
+	ev := FlowEvent{Mono: e.now, Src: p.Src, Dst: p.Dst, Proto: table.Protocol(p.Proto), SrcPort: key.SrcPort, DstPort: key.DstPort,
 		Drop: d, Isolated: v.isolated, Cut: v.cut,
-		Egress: policy.RuleRef{Policy: -1, Index: -1}, Ingress: policy.RuleRef{Policy: -1, Index: -1}}
+		Egress: table.RuleRef{Policy: -1, Index: -1}, Ingress: table.RuleRef{Policy: -1, Index: -1}}
 	if e.tab != nil {
 		ev.Generation = e.tab.Generation()
 	}

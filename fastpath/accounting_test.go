@@ -5,7 +5,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 func TestAccounting(t *testing.T) {
@@ -35,11 +35,11 @@ func TestAccounting(t *testing.T) {
 	}
 
 	want := map[PolicyName]PolicyCounts{
-		{"frontend", "apipod-policy"}: {AllowedFlows: [2]uint64{policy.Ingress: 1}},
+		{"frontend", "apipod-policy"}: {AllowedFlows: [2]uint64{table.Ingress: 1}},
 		// apppod's three denied SYNs to dbpod: apppod-policy isolates its egress.
-		{"frontend", "apppod-policy"}: {AllowedFlows: [2]uint64{policy.Egress: 1}, DeniedPackets: [2]uint64{policy.Egress: 3}},
+		{"frontend", "apppod-policy"}: {AllowedFlows: [2]uint64{table.Egress: 1}, DeniedPackets: [2]uint64{table.Egress: 3}},
 		// The test VM's SYN: dbpod-policy isolates dbpod's ingress.
-		{"backend", "dbpod-policy"}: {DeniedPackets: [2]uint64{policy.Ingress: 1}},
+		{"backend", "dbpod-policy"}: {DeniedPackets: [2]uint64{table.Ingress: 1}},
 	}
 	if diff := cmp.Diff(want, r.e.PolicyCounts()); diff != "" {
 		t.Errorf("policy counts (-want +got):\n%s", diff)

@@ -10,6 +10,7 @@ import (
 	"github.com/podgate/podgate/fastpath/xsk"
 	"github.com/podgate/podgate/policy"
 	"github.com/podgate/podgate/policy/policytest"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // replayPort receives copies of template frames, round-robin, and frees
@@ -77,7 +78,7 @@ func benchEngine(b *testing.B, policies, flows int) (*Engine, *replayPort, netip
 	if err != nil {
 		b.Fatal(err)
 	}
-	store := &policy.Store{}
+	store := &table.Store{}
 	store.Publish(tab)
 	var clock int64 = 1e9
 	e, err := New(Config{Store: store, Conntrack: conntrack.Config{Capacity: flows + flows/4, Seed: 1}, Now: func() int64 { return clock }})

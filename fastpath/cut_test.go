@@ -14,6 +14,7 @@ import (
 	"github.com/podgate/podgate/fastpath/conntrack"
 	"github.com/podgate/podgate/fastpath/packet"
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Tests of issue 15: a connection that a new policy table denies stays
@@ -22,7 +23,7 @@ import (
 
 // articleWith compiles the article's manifests after edit changes its
 // policies (by name).
-func articleWith(t testing.TB, edit func(name string, spec *networkingv1.NetworkPolicySpec)) *policy.Table {
+func articleWith(t testing.TB, edit func(name string, spec *networkingv1.NetworkPolicySpec)) *table.Table {
 	t.Helper()
 	m, err := policy.Load(article)
 	if err != nil {
@@ -40,7 +41,7 @@ func articleWith(t testing.TB, edit func(name string, spec *networkingv1.Network
 
 // apiIngressCut is the article after issue 15's change: apipod-policy
 // becomes policyTypes [Ingress], ingress [] (no ingress; egress open).
-func apiIngressCut(t testing.TB) *policy.Table {
+func apiIngressCut(t testing.TB) *table.Table {
 	return articleWith(t, func(name string, s *networkingv1.NetworkPolicySpec) {
 		if name == "apipod-policy" {
 			s.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
@@ -50,7 +51,7 @@ func apiIngressCut(t testing.TB) *policy.Table {
 }
 
 // appEgressCut is the article with apppod's egress allowing nothing.
-func appEgressCut(t testing.TB) *policy.Table {
+func appEgressCut(t testing.TB) *table.Table {
 	return articleWith(t, func(name string, s *networkingv1.NetworkPolicySpec) {
 		if name == "apppod-policy" {
 			s.Egress = nil
@@ -127,7 +128,7 @@ func (c *conn) push(fromServer, again bool) map[string][][]byte {
 
 // view builds the rig of one node: the pods named in remote have no port
 // there (their frames come and go on the kernel leg).
-func view(t *testing.T, newRig rigMaker, tab *policy.Table, remote []string, tweak func(*Config)) *rig {
+func view(t *testing.T, newRig rigMaker, tab *table.Table, remote []string, tweak func(*Config)) *rig {
 	t.Helper()
 	r := newRig(t, tab, tweak)
 	for _, n := range remote {
@@ -158,7 +159,7 @@ func TestCutHoldsWhicheverEndSpeaks(t *testing.T) {
 		cases := []struct {
 			name    string
 			remote  []string // pods on another node
-			cut     func(testing.TB) *policy.Table
+			cut     func(testing.TB) *table.Table
 			want    Drop
 			pusher  string // "server" or "client"
 			pickups time.Duration
@@ -370,7 +371,7 @@ func TestPickupJudgesTheConnection(t *testing.T) {
 			r := view(t, newRig, articleTable(t), nil, nil)
 			c := &conn{r: r, client: endOf(r, "app"), server: endOf(r, "api"), cport: 48342, sport: 80, cseq: 10, sseq: 20}
 			r.expectOne(c.push(true, false), "app")
-			ent, dir := r.e.ct.Lookup(conntrack.MakeKey(appIP, apiIP, policy.TCP, 48342, 80), r.clock)
+			ent, dir := r.e.ct.Lookup(conntrack.MakeKey(appIP, apiIP, table.TCP, 48342, 80), r.clock)
 			if ent == nil || dir != conntrack.Original || ent.State() != conntrack.TCPEstablished {
 				t.Fatalf("flow %v dir %v, want the client's direction original and established", ent, dir)
 			}

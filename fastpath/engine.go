@@ -15,7 +15,7 @@ import (
 	"github.com/podgate/podgate/fastpath/packet"
 	"github.com/podgate/podgate/fastpath/xsk"
 	"github.com/podgate/podgate/internal/addrmap"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Port is where frames come from and go to: an [xsk.Socket], or an
@@ -76,7 +76,7 @@ type PortSpec struct {
 type Config struct {
 	// Store is where the engine reads the current policy table, once per
 	// batch.
-	Store *policy.Store
+	Store *table.Store
 	// Conntrack configures the flow table.
 	Conntrack conntrack.Config
 	// AllowNodeToPod lets the node's own addresses ([Engine.SetNodeAddrs])
@@ -160,7 +160,7 @@ type Engine struct {
 	ents      []*conntrack.Entry
 	dirs      []conntrack.Dir
 	changed   bool // the flow table changed during this batch
-	tab       *policy.Table
+	tab       *table.Table
 	off       *offloader // nil without Config.Offload
 	now       int64
 	waiter    waiter

@@ -14,6 +14,7 @@ import (
 	"github.com/podgate/podgate/fastpath/offload"
 	"github.com/podgate/podgate/fastpath/packet"
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 const article = "../deploy/examples/aks-network-policies"
@@ -59,7 +60,7 @@ func wire(name string) podWire {
 type rig struct {
 	t     testing.TB
 	e     *Engine
-	store *policy.Store
+	store *table.Store
 	ports map[string]*memPort
 	clock int64
 	// punt: pod ports only transmit; what a pod sends arrives on the
@@ -67,7 +68,7 @@ type rig struct {
 	punt bool
 }
 
-func articleTable(t testing.TB) *policy.Table {
+func articleTable(t testing.TB) *table.Table {
 	t.Helper()
 	m, err := policy.Load(article)
 	if err != nil {
@@ -80,7 +81,7 @@ func articleTable(t testing.TB) *policy.Table {
 	return tab
 }
 
-func newRig(t testing.TB, tab *policy.Table, tweak func(*Config)) *rig {
+func newRig(t testing.TB, tab *table.Table, tweak func(*Config)) *rig {
 	t.Helper()
 	return newRigMode(t, tab, tweak, false)
 }
@@ -88,7 +89,7 @@ func newRig(t testing.TB, tab *policy.Table, tweak func(*Config)) *rig {
 // newPuntRig is newRig with transmit-only pod ports (rig.punt), and an
 // engine that offloads flows to a flow table that keeps nothing (a flow
 // it offloaded still reaches the engine when its packets are punted).
-func newPuntRig(t testing.TB, tab *policy.Table, tweak func(*Config)) *rig {
+func newPuntRig(t testing.TB, tab *table.Table, tweak func(*Config)) *rig {
 	t.Helper()
 	return newRigMode(t, tab, func(c *Config) {
 		c.Offload = nopFlowTable{}
@@ -106,9 +107,9 @@ func (nopFlowTable) Remove([]KernelFlow) error               { return nil }
 func (nopFlowTable) Take(uint32) KernelCounters              { return KernelCounters{} }
 func (nopFlowTable) Lease(int64) error                       { return nil }
 
-func newRigMode(t testing.TB, tab *policy.Table, tweak func(*Config), punt bool) *rig {
+func newRigMode(t testing.TB, tab *table.Table, tweak func(*Config), punt bool) *rig {
 	t.Helper()
-	r := &rig{t: t, store: &policy.Store{}, ports: map[string]*memPort{}, clock: 1e9, punt: punt}
+	r := &rig{t: t, store: &table.Store{}, ports: map[string]*memPort{}, clock: 1e9, punt: punt}
 	if tab != nil {
 		r.store.Publish(tab)
 	}
@@ -176,7 +177,7 @@ func (r *rig) send(from string, frame []byte) map[string][][]byte {
 }
 
 // rigMaker makes a rig: newRig or newPuntRig.
-type rigMaker func(t testing.TB, tab *policy.Table, tweak func(*Config)) *rig
+type rigMaker func(t testing.TB, tab *table.Table, tweak func(*Config)) *rig
 
 // bothModes runs fn with pod ports that receive (AF_XDP on each veth) and
 // with transmit-only pod ports whose frames arrive punted on the kernel

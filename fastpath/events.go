@@ -5,7 +5,7 @@ import (
 	"sync/atomic"
 
 	"github.com/podgate/podgate/fastpath/conntrack"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // FlowEvent is a verdict on a flow: a new flow allowed and tracked, or a
@@ -17,7 +17,7 @@ type FlowEvent struct {
 	Mono             int64
 	Src, Dst         netip.Addr
 	SrcPort, DstPort uint16 // the ICMP identifier for ICMP queries
-	Proto            policy.Protocol
+	Proto            table.Protocol
 	// Allowed is the verdict; Drop is the reason when it is false.
 	Allowed bool
 	Drop    Drop
@@ -36,7 +36,7 @@ type FlowEvent struct {
 	EvictedState conntrack.TCPState
 	// Egress and Ingress are the rules that allowed the flow, per
 	// direction, or {-1, -1}; Generation is the policy table they index.
-	Egress, Ingress policy.RuleRef
+	Egress, Ingress table.RuleRef
 	Generation      uint64
 }
 

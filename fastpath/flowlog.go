@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // FlowEnd is one end of a flow in a [FlowRecord].
@@ -67,7 +67,7 @@ func (f FlowFilter) Match(r *FlowRecord) bool {
 // FlowLogConfig configures a [FlowLog].
 type FlowLogConfig struct {
 	Engine *Engine
-	Store  *policy.Store
+	Store  *table.Store
 	// Logger receives one line per denied flow; nil logs nothing.
 	Logger *slog.Logger
 	// LogRate and LogBurst limit the denied-flow lines per second (default
@@ -98,7 +98,7 @@ type FlowLog struct {
 	next   int
 	full   bool
 	subs   map[chan FlowRecord]FlowFilter
-	tables map[uint64]*policy.Table // recent tables by generation
+	tables map[uint64]*table.Table // recent tables by generation
 }
 
 // NewFlowLog returns a flow log; start it with Run.
@@ -126,7 +126,7 @@ func NewFlowLog(cfg FlowLogConfig) (*FlowLog, error) {
 		limiter: rate.NewLimiter(rate.Limit(cfg.LogRate), cfg.LogBurst),
 		recent:  make([]FlowRecord, cfg.Keep),
 		subs:    make(map[chan FlowRecord]FlowFilter),
-		tables:  make(map[uint64]*policy.Table),
+		tables:  make(map[uint64]*table.Table),
 	}, nil
 }
 
@@ -234,16 +234,16 @@ func (l *FlowLog) record(ev *FlowEvent) FlowRecord {
 	}
 	if ev.Evicted {
 		r.Verdict, r.Reason = "evicted", "table_full"
-		if ev.Proto == policy.TCP {
+		if ev.Proto == table.TCP {
 			r.State = ev.EvictedState.String()
 		}
 		return r
 	}
 	if ev.Allowed {
 		for _, x := range []struct {
-			dir policy.Direction
-			ref policy.RuleRef
-		}{{policy.Egress, ev.Egress}, {policy.Ingress, ev.Ingress}} {
+			dir table.Direction
+			ref table.RuleRef
+		}{{table.Egress, ev.Egress}, {table.Ingress, ev.Ingress}} {
 			if x.ref.Policy >= 0 && int(x.ref.Policy) < len(t.Policies()) && t.Generation() == ev.Generation {
 				r.Policies = append(r.Policies, t.Rule(x.dir, x.ref).String())
 			}
@@ -259,9 +259,9 @@ func (l *FlowLog) record(ev *FlowEvent) FlowRecord {
 		r.Direction = "ingress"
 	}
 	if i, ok := t.EndpointByAddr(side); ok {
-		dir := policy.Ingress
+		dir := table.Ingress
 		if r.Direction == "egress" {
-			dir = policy.Egress
+			dir = table.Egress
 		}
 		for _, p := range t.Selecting(i, dir) {
 			r.Policies = append(r.Policies, t.Policy(p).String())

@@ -8,7 +8,7 @@ import (
 
 	"github.com/podgate/podgate/fastpath/conntrack"
 	"github.com/podgate/podgate/fastpath/packet"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // This file hands established flows to the kernel. The engine decides
@@ -270,7 +270,7 @@ func (e *Engine) flushOffload() {
 		// The flows that did not go stay with the engine.
 		e.cnt.add(cOffloadErrors, 1)
 		for _, kf := range e.off.installs[n:] {
-			k := conntrack.MakeKey(kf.Src, kf.Dst, policy.Protocol(kf.Proto), kf.SrcPort, kf.DstPort)
+			k := conntrack.MakeKey(kf.Src, kf.Dst, table.Protocol(kf.Proto), kf.SrcPort, kf.DstPort)
 			if ent, _ := e.ct.Lookup(k, e.now); ent != nil && ent.Flags&conntrack.FlagOffloaded != 0 {
 				ent.Flags &^= conntrack.FlagOffloaded
 				e.cnt.local[cOffloaded]--

@@ -10,7 +10,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 
 	"github.com/podgate/podgate/fastpath/conntrack"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // memFlowTable is a FlowTable in memory.
@@ -27,7 +27,7 @@ func newMemFlowTable() *memFlowTable {
 }
 
 func kfKey(kf KernelFlow) conntrack.Key {
-	return conntrack.MakeKey(kf.Src, kf.Dst, policy.Protocol(kf.Proto), kf.SrcPort, kf.DstPort)
+	return conntrack.MakeKey(kf.Src, kf.Dst, table.Protocol(kf.Proto), kf.SrcPort, kf.DstPort)
 }
 
 func (m *memFlowTable) Install(flows []KernelFlow) (int, error) {
@@ -97,7 +97,7 @@ func portIfindex(r *rig, name string) int {
 func TestOffloadPodToPodTCP(t *testing.T) {
 	r, ft := offloadRig(t, nil)
 	api, db := wire("api"), wire("db")
-	k := conntrack.MakeKey(apiIP, dbIP, policy.TCP, 40000, 80)
+	k := conntrack.MakeKey(apiIP, dbIP, table.TCP, 40000, 80)
 	as, ad := fromPod(api)
 	ds, dd := fromPod(db)
 	r.expectOne(r.send("api", tcpFrame(t, as, ad, apiIP, dbIP, 40000, 80, tcpOpt{syn: true})), "db")
@@ -147,7 +147,7 @@ func TestOffloadKernelPaths(t *testing.T) {
 	as, ad := fromPod(api)
 	ks, kd := fromKernel()
 	// UDP from the VM is not allowed by the article; TCP 80 is.
-	k := conntrack.MakeKey(vmIP, apiIP, policy.TCP, 50000, 80)
+	k := conntrack.MakeKey(vmIP, apiIP, table.TCP, 50000, 80)
 	r.expectOne(r.send("kernel", tcpFrame(t, ks, kd, vmIP, apiIP, 50000, 80, tcpOpt{syn: true})), "api")
 	r.expectOne(r.send("api", tcpFrame(t, as, ad, apiIP, vmIP, 80, 50000, tcpOpt{syn: true, ack: true})), "kernel")
 	r.expectOne(r.send("kernel", tcpFrame(t, ks, kd, vmIP, apiIP, 50000, 80, tcpOpt{ack: true})), "api")
@@ -167,13 +167,13 @@ func TestOffloadKernelPaths(t *testing.T) {
 	r.store.Publish(articleWith(t, withUDP80))
 	ps, pd := fromPod(wire("app"))
 	r.expectOne(r.send("app", udpFrame(t, ps, pd, appIP, apiIP, 5000, 80, []byte("q"))), "api")
-	if _, _, ok := ft.get(conntrack.MakeKey(appIP, apiIP, policy.UDP, 5000, 80)); !ok {
+	if _, _, ok := ft.get(conntrack.MakeKey(appIP, apiIP, table.UDP, 5000, 80)); !ok {
 		t.Error("an allowed UDP flow was not offloaded at its first packet")
 	}
 	// A UDP flow that policy denies is not.
 	before := r.e.Stats()
 	r.expectDrop(r.send("api", udpFrame(t, as, ad, apiIP, dbIP, 5000, 53, []byte("q"))), DropDeniedIngress, before)
-	if _, _, ok := ft.get(conntrack.MakeKey(apiIP, dbIP, policy.UDP, 5000, 53)); ok {
+	if _, _, ok := ft.get(conntrack.MakeKey(apiIP, dbIP, table.UDP, 5000, 53)); ok {
 		t.Error("a denied UDP flow was offloaded")
 	}
 }
@@ -194,11 +194,11 @@ func TestOffloadStrictRecheck(t *testing.T) {
 		}
 	}))
 	r.e.runOnce() // no frames: the table change alone
-	cutKey := conntrack.MakeKey(apiIP, dbIP, policy.TCP, 40000, 80)
+	cutKey := conntrack.MakeKey(apiIP, dbIP, table.TCP, 40000, 80)
 	if _, _, ok := ft.get(cutKey); ok {
 		t.Error("a flow the new table denies is still in the kernel")
 	}
-	if _, _, ok := ft.get(conntrack.MakeKey(appIP, apiIP, policy.TCP, 40001, 80)); !ok {
+	if _, _, ok := ft.get(conntrack.MakeKey(appIP, apiIP, table.TCP, 40001, 80)); !ok {
 		t.Error("a flow the new table allows was taken out of the kernel")
 	}
 	if ent, _ := r.e.ct.Lookup(cutKey, r.clock); ent == nil || !ent.Tombstoned() {
@@ -218,7 +218,7 @@ func TestOffloadStrictRecheck(t *testing.T) {
 // one expires and leaves the kernel.
 func TestOffloadSweep(t *testing.T) {
 	r, ft := offloadRig(t, nil)
-	k := conntrack.MakeKey(apiIP, dbIP, policy.TCP, 40000, 80)
+	k := conntrack.MakeKey(apiIP, dbIP, table.TCP, 40000, 80)
 	handshake(t, r, "api", "db", dbIP, 40000, 80)
 	ent, _ := r.e.ct.Lookup(k, r.clock)
 	slot, _ := r.e.ct.Index(ent)
@@ -240,7 +240,7 @@ func TestOffloadSweep(t *testing.T) {
 	r.store.Publish(articleWith(t, withUDP80))
 	ps, pd := fromPod(wire("app"))
 	r.expectOne(r.send("app", udpFrame(t, ps, pd, appIP, apiIP, 5000, 80, []byte("q"))), "api")
-	uk := conntrack.MakeKey(appIP, apiIP, policy.UDP, 5000, 80)
+	uk := conntrack.MakeKey(appIP, apiIP, table.UDP, 5000, 80)
 	if _, _, ok := ft.get(uk); !ok {
 		t.Fatal("UDP flow not offloaded")
 	}
@@ -260,7 +260,7 @@ func TestOffloadSweep(t *testing.T) {
 func TestOffloadPortsAndErrors(t *testing.T) {
 	r, ft := offloadRig(t, nil)
 	handshake(t, r, "api", "db", dbIP, 40000, 80)
-	k := conntrack.MakeKey(apiIP, dbIP, policy.TCP, 40000, 80)
+	k := conntrack.MakeKey(apiIP, dbIP, table.TCP, 40000, 80)
 	// db's veth goes: its flows leave the kernel (and stay tracked).
 	if err := r.e.removePort("db"); err != nil {
 		t.Fatal(err)
@@ -274,7 +274,7 @@ func TestOffloadPortsAndErrors(t *testing.T) {
 	// An install that fails leaves the flow with the engine.
 	ft.fail = errors.New("no memory")
 	handshake(t, r, "app", "api", apiIP, 40001, 80)
-	k2 := conntrack.MakeKey(appIP, apiIP, policy.TCP, 40001, 80)
+	k2 := conntrack.MakeKey(appIP, apiIP, table.TCP, 40001, 80)
 	ent, _ := r.e.ct.Lookup(k2, r.clock)
 	if _, _, ok := ft.get(k2); ok || ent == nil || ent.Flags&conntrack.FlagOffloaded != 0 {
 		t.Error("a failed install left the flow marked offloaded")

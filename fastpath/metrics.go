@@ -4,7 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/podgate/podgate/fastpath/conntrack"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Collector exports the engine's counters to Prometheus. It reads the
@@ -15,7 +15,7 @@ import (
 // this node.
 type Collector struct {
 	e     *Engine
-	store *policy.Store
+	store *table.Store
 	flows *FlowLog // may be nil
 
 	rxPackets, rxBytes, fwdPackets, fwdBytes, drops    *prometheus.Desc
@@ -35,7 +35,7 @@ type Collector struct {
 
 // NewCollector returns a collector for e, whose table comes from store;
 // flows may be nil.
-func NewCollector(e *Engine, store *policy.Store, flows *FlowLog) *Collector {
+func NewCollector(e *Engine, store *table.Store, flows *FlowLog) *Collector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("podgate_"+name, help, labels, nil)
 	}
@@ -158,7 +158,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			if !ok {
 				continue
 			}
-			for _, dir := range []policy.Direction{policy.Ingress, policy.Egress} {
+			for _, dir := range []table.Direction{table.Ingress, table.Egress} {
 				for _, pi := range t.Selecting(ep, dir) {
 					info := t.Policy(pi)
 					k := PolicyName{info.Namespace, info.Name}
@@ -173,7 +173,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for name, v := range counts {
-		for _, dir := range []policy.Direction{policy.Ingress, policy.Egress} {
+		for _, dir := range []table.Direction{table.Ingress, table.Egress} {
 			if v.AllowedFlows[dir] > 0 {
 				counter(c.allowedFlows, v.AllowedFlows[dir], dir.String(), name.Namespace, name.Name)
 			}

@@ -5,7 +5,7 @@ import (
 
 	"github.com/podgate/podgate/fastpath/conntrack"
 	"github.com/podgate/podgate/fastpath/packet"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // This file decides packets: a tracked flow passes (after a re-check when
@@ -112,7 +112,7 @@ func (e *Engine) judge(p *packet.Packet, i int, s sides) verdict {
 	now := e.now
 	// Non-first fragments follow their first fragment.
 	if p.Fragmented && p.FragOffset != 0 {
-		v, ok := e.ct.LookupFragment(conntrack.MakeFragKey(p.Src, p.Dst, policy.Protocol(p.Proto), p.FragID), now)
+		v, ok := e.ct.LookupFragment(conntrack.MakeFragKey(p.Src, p.Dst, table.Protocol(p.Proto), p.FragID), now)
 		if !ok || !v.Allowed {
 			return deny(DropFragmentNoState)
 		}
@@ -268,15 +268,15 @@ func (e *Engine) pickup(p *packet.Packet, key conntrack.Key, s sides) verdict {
 		return deny(DropTCPNoFlow)
 	}
 	srcEph, dstEph := p.SrcPort >= ephemeralPortMin, p.DstPort >= ephemeralPortMin
-	fwd := func() (verdict, policy.RuleRef, policy.RuleRef) {
+	fwd := func() (verdict, table.RuleRef, table.RuleRef) {
 		return e.decide(p.Src, p.Dst, p.Proto, p.DstPort, s)
 	}
-	rev := func() (verdict, policy.RuleRef, policy.RuleRef) {
+	rev := func() (verdict, table.RuleRef, table.RuleRef) {
 		return e.decide(p.Dst, p.Src, p.Proto, p.SrcPort, s.reverse())
 	}
 	dir := conntrack.Original
 	var v verdict
-	var eg, ing policy.RuleRef
+	var eg, ing table.RuleRef
 	switch {
 	case srcEph && !dstEph: // the segment goes to the server
 		v, eg, ing = fwd()
@@ -304,7 +304,7 @@ func (e *Engine) pickup(p *packet.Packet, key conntrack.Key, s sides) verdict {
 // track records the verdict of a flow just inserted as ent, with key in
 // the flow's original direction, and accounts packet p (which travels in
 // direction dir; s are the flow's sides in its original direction).
-func (e *Engine) track(p *packet.Packet, key conntrack.Key, ent *conntrack.Entry, dir conntrack.Dir, s sides, eg, ing policy.RuleRef) {
+func (e *Engine) track(p *packet.Packet, key conntrack.Key, ent *conntrack.Entry, dir conntrack.Dir, s sides, eg, ing table.RuleRef) {
 	e.changed = true
 	ent.Flags |= conntrack.FlagAllowed | judgedFlags(s)
 	if s.viaKernel && dir == conntrack.Original {
@@ -322,7 +322,7 @@ func (e *Engine) track(p *packet.Packet, key conntrack.Key, ent *conntrack.Entry
 
 func (e *Engine) firstFragment(p *packet.Packet, ent *conntrack.Entry, dir conntrack.Dir) {
 	if p.Fragmented && p.FragOffset == 0 {
-		e.ct.InsertFragment(conntrack.MakeFragKey(p.Src, p.Dst, policy.Protocol(p.Proto), p.FragID), ent, dir, true, e.now)
+		e.ct.InsertFragment(conntrack.MakeFragKey(p.Src, p.Dst, table.Protocol(p.Proto), p.FragID), ent, dir, true, e.now)
 	}
 }
 
@@ -339,18 +339,18 @@ func (e *Engine) isNode(a netip.Addr) bool {
 // local ends s gives: the egress of src when it is a local pod, the
 // ingress of dst when it is. A local pod the table does not know is
 // denied. It returns the rules that allowed each side, or {-1, -1}.
-func (e *Engine) decide(src, dst netip.Addr, proto uint8, dport uint16, s sides) (v verdict, eg, ing policy.RuleRef) {
-	none := policy.RuleRef{Policy: -1, Index: -1}
+func (e *Engine) decide(src, dst netip.Addr, proto uint8, dport uint16, s sides) (v verdict, eg, ing table.RuleRef) {
+	none := table.RuleRef{Policy: -1, Index: -1}
 	eg, ing = none, none
 	t := e.tab
 	if t == nil {
 		return deny(DropUnknownEndpoint), none, none
 	}
-	pr := policy.Protocol(proto)
+	pr := table.Protocol(proto)
 	if s.src {
 		dec := t.Egress(src, dst, pr, dport)
 		switch {
-		case dec.Reason == policy.NotPod:
+		case dec.Reason == table.NotPod:
 			return deny(DropUnknownEndpoint), none, none
 		case !dec.Allowed():
 			return verdict{drop: DropDeniedEgress, isolated: src}, none, none
@@ -366,7 +366,7 @@ func (e *Engine) decide(src, dst netip.Addr, proto uint8, dport uint16, s sides)
 		}
 		dec := t.Ingress(src, dst, pr, dport)
 		switch {
-		case dec.Reason == policy.NotPod:
+		case dec.Reason == table.NotPod:
 			return deny(DropUnknownEndpoint), none, none
 		case !dec.Allowed():
 			return verdict{drop: DropDeniedIngress, isolated: dst}, none, none
@@ -385,7 +385,7 @@ func flowKey(p *packet.Packet) conntrack.Key {
 // TCP, UDP and SCTP, the identifier (as both ports) for ICMP queries,
 // zeros otherwise.
 func makeKey(src, dst netip.Addr, proto uint8, hasPorts bool, sport, dport uint16, hasID bool, id uint16) conntrack.Key {
-	pr := policy.Protocol(proto)
+	pr := table.Protocol(proto)
 	switch {
 	case hasPorts:
 		return conntrack.MakeKey(src, dst, pr, sport, dport)

@@ -30,6 +30,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Defaults of [APIConfig].
@@ -79,7 +80,7 @@ type APIConfig struct {
 	ClusterPolicies *ClusterPolicyConfig
 
 	// Store receives the tables. Required.
-	Store *policy.Store
+	Store *table.Store
 	// Logger receives the source's log; nil discards it.
 	Logger *slog.Logger
 	// MinInterval is the shortest time between the starts of two

@@ -24,13 +24,14 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // fakeSetup is an APISource on a fake clientset.
 type fakeSetup struct {
 	client  *fake.Clientset
 	factory informers.SharedInformerFactory
-	store   *policy.Store
+	store   *table.Store
 	src     *APISource
 	logs    *logBuffer
 }
@@ -46,7 +47,7 @@ func newFake(t *testing.T, cfg APIConfig, objects ...runtime.Object) *fakeSetup 
 // when services is set.
 func newFakeWith(t *testing.T, cfg APIConfig, services bool, objects ...runtime.Object) *fakeSetup {
 	t.Helper()
-	f := &fakeSetup{client: fake.NewClientset(objects...), store: &policy.Store{}}
+	f := &fakeSetup{client: fake.NewClientset(objects...), store: &table.Store{}}
 	f.factory = informers.NewSharedInformerFactoryWithOptions(f.client, 0, informers.WithTransform(StripManagedFields))
 	cfg.Pods = f.factory.Core().V1().Pods()
 	cfg.Namespaces = f.factory.Core().V1().Namespaces()
@@ -551,7 +552,7 @@ func TestNewAPISourceErrors(t *testing.T) {
 		Pods:            factory.Core().V1().Pods(),
 		Namespaces:      factory.Core().V1().Namespaces(),
 		NetworkPolicies: factory.Networking().V1().NetworkPolicies(),
-		Store:           &policy.Store{},
+		Store:           &table.Store{},
 	}
 	cfg.Pods.Informer()
 	cfg.Namespaces.Informer()

@@ -16,7 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/podgate/podgate/internal/test/kubetest"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // BenchmarkPolicyLatency measures policy-to-enforcement latency against a
@@ -51,7 +51,7 @@ func BenchmarkPolicyLatency(b *testing.B) {
 	waitAllowed := func(b *testing.B, port uint16) time.Time {
 		deadline := time.Now().Add(30 * time.Second)
 		for {
-			if t := s.store.Load(); t != nil && t.Ingress(src, dst, policy.TCP, port).Allowed() {
+			if t := s.store.Load(); t != nil && t.Ingress(src, dst, table.TCP, port).Allowed() {
 				return time.Now()
 			}
 			if time.Now().After(deadline) {
@@ -128,7 +128,7 @@ func BenchmarkRebuild(b *testing.B) {
 	for _, size := range []struct{ ns, perNS, pols int }{{100, 10, 100}, {1000, 10, 2000}} {
 		b.Run(fmt.Sprintf("pods=%d/policies=%d", size.ns*size.perNS, size.pols), func(b *testing.B) {
 			factory := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
-			store := &policy.Store{}
+			store := &table.Store{}
 			s, err := NewAPISource(APIConfig{
 				Pods:            factory.Core().V1().Pods(),
 				Namespaces:      factory.Core().V1().Namespaces(),

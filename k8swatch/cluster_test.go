@@ -20,7 +20,7 @@ import (
 	npav1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 	npafake "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned/fake"
 
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // clusterFake is an APISource with cluster policies on fake clientsets
@@ -53,7 +53,7 @@ func (d *lockedDiscovery) ServerResourcesForGroupVersion(gv string) (*metav1.API
 // tracker needs the applyconfiguration schema of every type.
 func newClusterFake(t *testing.T, served []string, npaObjects []runtime.Object, objects ...runtime.Object) *clusterFake {
 	t.Helper()
-	f := &clusterFake{fakeSetup: &fakeSetup{client: fake.NewClientset(objects...), store: &policy.Store{}}, npa: npafake.NewSimpleClientset(npaObjects...)}
+	f := &clusterFake{fakeSetup: &fakeSetup{client: fake.NewClientset(objects...), store: &table.Store{}}, npa: npafake.NewSimpleClientset(npaObjects...)}
 	f.disc = &lockedDiscovery{FakeDiscovery: f.client.Discovery().(*fakediscovery.FakeDiscovery)}
 	f.serve(served...)
 	f.factory = informers.NewSharedInformerFactoryWithOptions(f.client, 0, informers.WithTransform(StripManagedFields))
@@ -224,7 +224,7 @@ func TestAPISourceClusterPoliciesV1alpha2(t *testing.T) {
 	f.start(t)
 	f.waitReady(t)
 	tab := expectVerdicts(t, f.store, 5*time.Second, verdict{"10.0.0.3", "10.0.0.1", 80, false})
-	if got := tab.ClusterPolicies(); len(got) != 1 || got[0].Tier != policy.BaselineTier || got[0].Priority != 3 {
+	if got := tab.ClusterPolicies(); len(got) != 1 || got[0].Tier != table.BaselineTier || got[0].Priority != 3 {
 		t.Errorf("cluster policies = %+v, want the Baseline policy of priority 3", got)
 	}
 	f.src.cluster.mu.Lock()

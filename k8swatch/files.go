@@ -17,6 +17,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // DefaultDebounce is the default of [FileConfig.Debounce].
@@ -36,7 +37,7 @@ type FileConfig struct {
 	// Loader reads them (its limits; the zero value has the defaults).
 	Loader policy.Loader
 	// Store receives the tables. Required.
-	Store *policy.Store
+	Store *table.Store
 	// Logger receives the source's log; nil discards it.
 	Logger *slog.Logger
 	// Debounce is how long the files must be quiet after a change before

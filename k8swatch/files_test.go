@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 const podsYAML = `apiVersion: v1
@@ -69,9 +70,9 @@ func replaceFile(t *testing.T, path, content string) {
 
 // runFiles runs a FileSource over paths until the test ends and returns
 // it with its store and log.
-func runFiles(t *testing.T, paths ...string) (*FileSource, *policy.Store, *logBuffer) {
+func runFiles(t *testing.T, paths ...string) (*FileSource, *table.Store, *logBuffer) {
 	t.Helper()
-	store := &policy.Store{}
+	store := &table.Store{}
 	log, logs := testLogger(t)
 	src, err := NewFileSource(FileConfig{Paths: paths, Store: store, Logger: log, Debounce: 20 * time.Millisecond,
 		NodeAddrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}})
@@ -261,7 +262,7 @@ func TestFileSourceErrors(t *testing.T) {
 		!strings.Contains(err.Error(), "no manifest paths") || !strings.Contains(err.Error(), "store") || !strings.Contains(err.Error(), "negative") {
 		t.Errorf("NewFileSource(bad config) error = %v, want all problems", err)
 	}
-	src, err := NewFileSource(FileConfig{Paths: []string{filepath.Join(t.TempDir(), "missing", "x.yaml")}, Store: &policy.Store{}})
+	src, err := NewFileSource(FileConfig{Paths: []string{filepath.Join(t.TempDir(), "missing", "x.yaml")}, Store: &table.Store{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // logBuffer collects a source's log for assertions and prints it when the
@@ -64,18 +64,18 @@ func waitUntil(t testing.TB, timeout time.Duration, what string, cond func() boo
 
 // allowed reports whether tab allows TCP from src to dst:port. A nil
 // table allows nothing.
-func allowed(tab *policy.Table, src, dst string, port uint16) bool {
+func allowed(tab *table.Table, src, dst string, port uint16) bool {
 	if tab == nil {
 		return false
 	}
-	return tab.Lookup(netip.MustParseAddr(src), netip.MustParseAddr(dst), policy.TCP, port).Allowed()
+	return tab.Lookup(netip.MustParseAddr(src), netip.MustParseAddr(dst), table.TCP, port).Allowed()
 }
 
 // expectVerdicts waits until the store's table gives every verdict in want
 // and returns that table.
-func expectVerdicts(t testing.TB, store *policy.Store, timeout time.Duration, want ...verdict) *policy.Table {
+func expectVerdicts(t testing.TB, store *table.Store, timeout time.Duration, want ...verdict) *table.Table {
 	t.Helper()
-	var tab *policy.Table
+	var tab *table.Table
 	var bad verdict
 	ok := func() bool {
 		tab = store.Load()
@@ -96,7 +96,7 @@ func expectVerdicts(t testing.TB, store *policy.Store, timeout time.Duration, wa
 			if tab == nil {
 				t.Fatalf("no table published after %v", timeout)
 			}
-			e := tab.Explain(netip.MustParseAddr(bad.src), netip.MustParseAddr(bad.dst), policy.TCP, bad.port)
+			e := tab.Explain(netip.MustParseAddr(bad.src), netip.MustParseAddr(bad.dst), table.TCP, bad.port)
 			t.Fatalf("after %v, generation %d: %s -> %s:%d allowed = %v, want %v (%s; %s)",
 				timeout, tab.Generation(), bad.src, bad.dst, bad.port, !bad.allowed, bad.allowed, e.Egress.Detail, e.Ingress.Detail)
 		}

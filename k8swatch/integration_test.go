@@ -18,13 +18,14 @@ import (
 
 	"github.com/podgate/podgate/internal/test/kubetest"
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // apiSetup is an APISource wired as cmd wires it: one informer factory
 // with StripManagedFields, the source created before the factory starts.
 type apiSetup struct {
 	src   *APISource
-	store *policy.Store
+	store *table.Store
 	logs  *logBuffer
 }
 
@@ -37,7 +38,7 @@ func startAPISource(t testing.TB, client kubernetes.Interface, nodeName string) 
 func startAPISourceWith(t testing.TB, client kubernetes.Interface, nodeName string, change func(*APIConfig)) *apiSetup {
 	t.Helper()
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(StripManagedFields))
-	s := &apiSetup{store: &policy.Store{}}
+	s := &apiSetup{store: &table.Store{}}
 	log, logs := testLogger(t)
 	s.logs = logs
 	cfg := APIConfig{
@@ -239,10 +240,10 @@ func TestAPISourceWithAPIServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		tab := expectVerdicts(t, s.store, timeout, verdict{caller, svcIP, 80, true}, verdict{intruder, svcIP, 80, true})
-		if b, ok := tab.ServiceBackends(netip.MustParseAddr(svcIP), policy.TCP, 80); !ok || len(b) != 1 || b[0].Port != 8080 {
+		if b, ok := tab.ServiceBackends(netip.MustParseAddr(svcIP), table.TCP, 80); !ok || len(b) != 1 || b[0].Port != 8080 {
 			t.Errorf("backends of s/backend: %+v, %v", b, ok)
 		}
-		e := tab.Explain(netip.MustParseAddr(caller), netip.MustParseAddr(svcIP), policy.TCP, 80)
+		e := tab.Explain(netip.MustParseAddr(caller), netip.MustParseAddr(svcIP), table.TCP, 80)
 		if !strings.Contains(e.Egress.Detail, "destination is Service s/backend") {
 			t.Errorf("explanation: %s", e.Egress.Detail)
 		}
@@ -317,7 +318,7 @@ func TestAPISourceWithAPIServer(t *testing.T) {
 
 // compareWithAPI checks that tab holds exactly the pods (with their
 // addresses) and the policies that the API server lists.
-func compareWithAPI(t *testing.T, client kubernetes.Interface, tab *policy.Table) {
+func compareWithAPI(t *testing.T, client kubernetes.Interface, tab *table.Table) {
 	t.Helper()
 	ctx := t.Context()
 	pods, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})

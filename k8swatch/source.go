@@ -13,6 +13,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Source is a source of policy tables: an [APISource] or a [FileSource].
@@ -108,7 +109,7 @@ type publisher struct {
 	opts policy.Options
 	// onPublish is called after each publication, outside the lock.
 	onPublish func(generation uint64, rebuild time.Duration)
-	store     *policy.Store
+	store     *table.Store
 	log       *slog.Logger
 	clock     clock.PassiveClock
 
@@ -117,7 +118,7 @@ type publisher struct {
 	warnings []string // of the last published table
 }
 
-func newPublisher(store *policy.Store, log *slog.Logger, clk clock.PassiveClock) *publisher {
+func newPublisher(store *table.Store, log *slog.Logger, clk clock.PassiveClock) *publisher {
 	return &publisher{store: store, log: log, clock: clk}
 }
 

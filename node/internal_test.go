@@ -15,7 +15,7 @@ import (
 	"github.com/podgate/podgate/fastpath"
 	"github.com/podgate/podgate/fastpath/offload"
 	"github.com/podgate/podgate/fastpath/xsk"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 func ipnet(s string) *net.IPNet {
@@ -151,7 +151,7 @@ func TestState(t *testing.T) {
 }
 
 func TestConfig(t *testing.T) {
-	e, err := fastpath.New(fastpath.Config{Store: &policy.Store{}})
+	e, err := fastpath.New(fastpath.Config{Store: &table.Store{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,6 +32,7 @@ import (
 	"github.com/podgate/podgate/internal/netns"
 	"github.com/podgate/podgate/node"
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // The lab: a node namespace with an uplink "eth0" carrying the node's
@@ -332,7 +333,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() er
 
 // table compiles a cluster of the given pods (namespace default, no
 // policies: everything allowed among known endpoints).
-func allowAll(t testing.TB, ips map[string][]netip.Addr) *policy.Table {
+func allowAll(t testing.TB, ips map[string][]netip.Addr) *table.Table {
 	t.Helper()
 	c := &policy.Cluster{Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "default"}}}}
 	for name, as := range ips {
@@ -354,7 +355,7 @@ func allowAll(t testing.TB, ips map[string][]netip.Addr) *policy.Table {
 
 // newEngine starts an engine on the store, stopped in cleanup (after the
 // Node, whose cleanup is registered later).
-func newEngine(t *testing.T, store *policy.Store) *fastpath.Engine {
+func newEngine(t *testing.T, store *table.Store) *fastpath.Engine {
 	t.Helper()
 	e, err := fastpath.New(fastpath.Config{
 		Store:          store,
@@ -623,7 +624,7 @@ func runAgent() int {
 		}
 	}
 	tab := allowAll(fatalTB{}, ips)
-	store := &policy.Store{}
+	store := &table.Store{}
 	store.Publish(tab)
 	e, err := fastpath.New(fastpath.Config{Store: store, Conntrack: conntrack.Config{Capacity: 4096}, AllowNodeToPod: true})
 	if err != nil {

@@ -15,7 +15,7 @@ import (
 
 	"github.com/podgate/podgate/fastpath/offload"
 	"github.com/podgate/podgate/node"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 func TestAcquireLock(t *testing.T) {
@@ -57,7 +57,7 @@ func TestConfigLockForOtherDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lock.Release()
-	_, err = node.New(node.Config{Engine: newEngine(t, &policy.Store{}), Offload: new(offload.Offload), StateDir: t.TempDir(), Lock: lock})
+	_, err = node.New(node.Config{Engine: newEngine(t, &table.Store{}), Offload: new(offload.Offload), StateDir: t.TempDir(), Lock: lock})
 	if err == nil || !strings.Contains(err.Error(), "not for state dir") {
 		t.Errorf("New with a lock of another dir: %v", err)
 	}
@@ -75,7 +75,7 @@ func TestRunLockedTouchesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Release()
-	n, err := node.New(node.Config{Engine: newEngine(t, &policy.Store{}), Offload: l.openOffload(), StateDir: l.stateDir, Logger: testLogger(t)})
+	n, err := node.New(node.Config{Engine: newEngine(t, &table.Store{}), Offload: l.openOffload(), StateDir: l.stateDir, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func TestCrashStateLost(t *testing.T) {
 	if err := os.Remove(filepath.Join(l.stateDir, node.StateFile)); err != nil {
 		t.Fatal(err)
 	}
-	store := &policy.Store{}
+	store := &table.Store{}
 	store.Publish(allowAll(t, map[string][]netip.Addr{"a": {ipA, ipA6}, "b": {ipB}}))
 	rn := l.startNode(newEngine(t, store), nil)
 	rn.waitReady(t)

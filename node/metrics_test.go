@@ -9,11 +9,11 @@ import (
 
 	"github.com/podgate/podgate/fastpath"
 	"github.com/podgate/podgate/fastpath/offload"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 func TestCollectorLint(t *testing.T) {
-	e, err := fastpath.New(fastpath.Config{Store: &policy.Store{}})
+	e, err := fastpath.New(fastpath.Config{Store: &table.Store{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/podgate/podgate/fastpath"
 	"github.com/podgate/podgate/node"
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 func TestMain(m *testing.M) {
@@ -50,7 +51,7 @@ func TestAKS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := &policy.Store{}
+	store := &table.Store{}
 	store.Publish(tab)
 	e := newEngine(t, store)
 	rn := l.startNode(e, func(c *node.Config) { c.PublishNodeAddrs = true })
@@ -101,7 +102,7 @@ func TestLifecycle(t *testing.T) {
 	a := l.addPod("a", "vetha", 0, ipA)
 	b := l.addPod("b", "vethb", 0, ipB)
 	known := map[string][]netip.Addr{"a": {ipA}, "b": {ipB}, "c": {ipC}}
-	store := &policy.Store{}
+	store := &table.Store{}
 	store.Publish(allowAll(t, known))
 	e := newEngine(t, store)
 	rn := l.startNode(e, nil)
@@ -215,7 +216,7 @@ func TestIPv6(t *testing.T) {
 	b4, b6 := netip.MustParseAddr("10.0.2.2"), netip.MustParseAddr("fd00:2::2")
 	a := l.addPod("a", "veth6a", 0, a4, a6)
 	b := l.addPod("b", "veth6b", 0, b4, b6)
-	store := &policy.Store{}
+	store := &table.Store{}
 	store.Publish(allowAll(t, map[string][]netip.Addr{"a": {a4, a6}, "b": {b4, b6}}))
 	e := newEngine(t, store)
 	rn := l.startNode(e, nil)
@@ -246,7 +247,7 @@ func TestPortFailure(t *testing.T) {
 	a := l.addPod("a", "vetha", 0, ipA)
 	big := l.addPod("big", "vethbig", 9000, ipBig)
 	small := l.addPod("small", "vethsmall", 1400, ipSmall)
-	store := &policy.Store{}
+	store := &table.Store{}
 	store.Publish(allowAll(t, map[string][]netip.Addr{"a": {ipA}, "big": {ipBig}, "small": {ipSmall}, "mid": {ipMid}}))
 	e := newEngine(t, store)
 	rn := l.startNode(e, nil)
@@ -366,7 +367,7 @@ func TestCrash(t *testing.T) {
 	l.expectBlocked(a.ns, "a", ipB)
 	l.expectBlocked(l.node, "node", ipA)
 
-	store := &policy.Store{}
+	store := &table.Store{}
 	store.Publish(allowAll(t, map[string][]netip.Addr{"a": {ipA, ipA6}, "b": {ipB}}))
 	e := newEngine(t, store)
 	// Pod a floods while the new Node takes over: the stale program must
@@ -420,7 +421,7 @@ func TestCrashPodGone(t *testing.T) {
 	if dev := l.routeDev(ipB); dev != node.DefaultKernelLink {
 		t.Fatalf("route to the deleted pod via %q, want it left on %s", dev, node.DefaultKernelLink)
 	}
-	store := &policy.Store{}
+	store := &table.Store{}
 	store.Publish(allowAll(t, map[string][]netip.Addr{"a": {ipA}, "b": {ipB}}))
 	rn := l.startNode(newEngine(t, store), nil)
 	rn.waitReady(t)

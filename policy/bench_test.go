@@ -14,6 +14,7 @@ import (
 
 	"github.com/podgate/podgate/policy"
 	"github.com/podgate/podgate/policy/policytest"
+	"github.com/podgate/podgate/policy/table"
 )
 
 func scaleCluster(ns, perNS, pols int) *policy.Cluster {
@@ -22,11 +23,11 @@ func scaleCluster(ns, perNS, pols int) *policy.Cluster {
 
 type query struct {
 	src, dst netip.Addr
-	proto    policy.Protocol
+	proto    table.Protocol
 	port     uint16
 }
 
-func queries(tab *policy.Table, n int) []query {
+func queries(tab *table.Table, n int) []query {
 	r := rand.New(rand.NewPCG(1, 2))
 	eps := tab.Endpoints()
 	out := make([]query, n)
@@ -36,7 +37,7 @@ func queries(tab *policy.Table, n int) []query {
 		if r.IntN(10) == 0 {
 			src = netip.AddrFrom4([4]byte{192, 168, byte(r.IntN(4)), byte(r.IntN(256))})
 		}
-		out[i] = query{src, eps[r.IntN(len(eps))].IPs[0], policy.TCP, ports[r.IntN(len(ports))]}
+		out[i] = query{src, eps[r.IntN(len(eps))].IPs[0], table.TCP, ports[r.IntN(len(ports))]}
 	}
 	return out
 }
@@ -76,7 +77,7 @@ func BenchmarkLookupManyPoliciesOnOnePod(b *testing.B) {
 			s, d := tab.Endpoint(src).IPs[0], tab.Endpoint(dst).IPs[0]
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {
-				tab.Ingress(s, d, policy.TCP, 5432)
+				tab.Ingress(s, d, table.TCP, 5432)
 			}
 		})
 	}
@@ -116,15 +117,15 @@ func BenchmarkLookupService(b *testing.B) {
 			svc := addScaleService(c, n)
 			tab := mustCompile(b, c)
 			src := netip.MustParseAddr(policytest.PodIP(0))
-			if v := tab.Lookup(src, svc, policy.TCP, 80); v.Egress.Reason != policy.AllowedByRule {
+			if v := tab.Lookup(src, svc, table.TCP, 80); v.Egress.Reason != table.AllowedByRule {
 				b.Fatalf("lookup: %+v", v)
 			}
-			if got, _ := tab.ServiceBackends(svc, policy.TCP, 80); len(got) != n {
+			if got, _ := tab.ServiceBackends(svc, table.TCP, 80); len(got) != n {
 				b.Fatalf("%d backends, want %d", len(got), n)
 			}
 			b.ReportAllocs()
 			for b.Loop() {
-				tab.Lookup(src, svc, policy.TCP, 80)
+				tab.Lookup(src, svc, table.TCP, 80)
 			}
 		})
 	}
@@ -135,7 +136,7 @@ func BenchmarkCompile(b *testing.B) {
 		b.Run(fmt.Sprintf("pods=%d/namespaces=%d/policies=%d", size.ns*size.perNS, size.ns, size.pols), func(b *testing.B) {
 			c := scaleCluster(size.ns, size.perNS, size.pols)
 			b.ReportAllocs()
-			var tab *policy.Table
+			var tab *table.Table
 			for i := 0; i < b.N; i++ {
 				tab = mustCompile(b, c)
 			}
@@ -184,7 +185,7 @@ func TestLookupDoesNotAllocate(t *testing.T) {
 	for i := 0; i < len(qs); i += 4 {
 		qs[i].dst, qs[i].port = svc, 80
 	}
-	if v := tab.Lookup(netip.MustParseAddr(policytest.PodIP(0)), svc, policy.TCP, 80); v.Egress.Reason != policy.AllowedByRule {
+	if v := tab.Lookup(netip.MustParseAddr(policytest.PodIP(0)), svc, table.TCP, 80); v.Egress.Reason != table.AllowedByRule {
 		t.Fatalf("the Service is not judged on its backend: %+v", v)
 	}
 	i := 0

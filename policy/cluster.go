@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/podgate/podgate/policy/table"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	npav1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
 	npav1alpha2 "sigs.k8s.io/network-policy-api/apis/v1alpha2"
@@ -14,54 +15,6 @@ import (
 // v1beta1 and v1alpha2, sigs.k8s.io/network-policy-api) and its v1alpha1
 // predecessors AdminNetworkPolicy and BaselineAdminNetworkPolicy. All three
 // are read into one internal form, cpolicy, that the compiler uses.
-
-// Tier is the precedence level of a cluster policy. The Admin tier is
-// evaluated before NetworkPolicy, the Baseline tier after it and only for
-// pods that no NetworkPolicy selects for the direction.
-type Tier uint8
-
-// The two tiers of cluster policies.
-const (
-	AdminTier Tier = iota
-	BaselineTier
-)
-
-// String returns "Admin" or "Baseline".
-func (t Tier) String() string {
-	if t == BaselineTier {
-		return "Baseline"
-	}
-	return "Admin"
-}
-
-// Action is what a cluster policy rule does with the connections it
-// matches.
-type Action uint8
-
-// Rule actions. AdminNetworkPolicy's Allow is Accept.
-const (
-	// Accept allows the connection for this direction; no later rule of
-	// any tier and no NetworkPolicy is consulted.
-	Accept Action = iota
-	// Deny denies the connection for this direction; nothing later is
-	// consulted.
-	Deny
-	// Pass skips the rest of the tier: an Admin Pass hands the decision
-	// to NetworkPolicy (and then the Baseline tier), a Baseline Pass to
-	// the default, which allows.
-	Pass
-)
-
-// String returns "Accept", "Deny" or "Pass".
-func (a Action) String() string {
-	switch a {
-	case Deny:
-		return "Deny"
-	case Pass:
-		return "Pass"
-	}
-	return "Accept"
-}
 
 // Kinds of cluster policies, as in manifests.
 const (
@@ -93,7 +46,7 @@ func kindOrder(kind string) int {
 type cpolicy struct {
 	kind     string
 	name     string
-	tier     Tier
+	tier     table.Tier
 	priority int32
 	subject  cselector
 	rules    [2][]crule // per Direction
@@ -108,7 +61,7 @@ type cselector struct {
 // crule is one ingress or egress rule of a cluster policy.
 type crule struct {
 	name   string
-	action Action
+	action table.Action
 	peers  []cpeer
 	// ports is nil when the rule has no ports/protocols: it matches every
 	// protocol and port, ICMP included.
@@ -128,7 +81,7 @@ type cpeer struct {
 // named container port of the destination pod (proto 0: the named port's
 // own protocol).
 type cport struct {
-	proto  Protocol
+	proto  table.Protocol
 	lo, hi uint16
 	name   string
 }
@@ -215,16 +168,16 @@ func peers[T any](ps []T, fields func(*T) peerFields) []cpeer {
 func fromClusterNetworkPolicy(cnp *npav1beta1.ClusterNetworkPolicy) cpolicy {
 	p := cpolicy{kind: KindClusterNetworkPolicy, name: cnp.Name, priority: cnp.Spec.Priority}
 	if cnp.Spec.Tier == npav1beta1.BaselineTier {
-		p.tier = BaselineTier
+		p.tier = table.BaselineTier
 	}
 	p.subject = subjectOf(cnp.Spec.Subject.Namespaces, cnpPods(cnp.Spec.Subject.Pods))
 	for i := range cnp.Spec.Ingress {
 		r := &cnp.Spec.Ingress[i]
-		p.rules[Ingress] = append(p.rules[Ingress], crule{name: r.Name, action: actionOf(string(r.Action)), ports: fromProtocols(r.Protocols), peers: peers(r.From, cnpIngressPeer)})
+		p.rules[table.Ingress] = append(p.rules[table.Ingress], crule{name: r.Name, action: actionOf(string(r.Action)), ports: fromProtocols(r.Protocols), peers: peers(r.From, cnpIngressPeer)})
 	}
 	for i := range cnp.Spec.Egress {
 		r := &cnp.Spec.Egress[i]
-		p.rules[Egress] = append(p.rules[Egress], crule{name: r.Name, action: actionOf(string(r.Action)), ports: fromProtocols(r.Protocols), peers: peers(r.To, cnpEgressPeer)})
+		p.rules[table.Egress] = append(p.rules[table.Egress], crule{name: r.Name, action: actionOf(string(r.Action)), ports: fromProtocols(r.Protocols), peers: peers(r.To, cnpEgressPeer)})
 	}
 	return p
 }
@@ -264,19 +217,19 @@ func cidrStrings[T ~string](cs []T) []string {
 // actionOf maps both APIs' action names (Allow is v1alpha1's Accept).
 // Unknown actions do not pass validation; a trusted one is read as Deny
 // (fail closed).
-func actionOf(a string) Action {
+func actionOf(a string) table.Action {
 	switch a {
 	case "Accept", "Allow":
-		return Accept
+		return table.Accept
 	case "Pass":
-		return Pass
+		return table.Pass
 	}
-	return Deny
+	return table.Deny
 }
 
 // unknownProtocol marks a protocol entry without a field this version
 // knows.
-const unknownProtocol Protocol = 255
+const unknownProtocol table.Protocol = 255
 
 func fromProtocols(ps []npav1beta1.ClusterNetworkPolicyProtocol) []cport {
 	if len(ps) == 0 {
@@ -284,15 +237,15 @@ func fromProtocols(ps []npav1beta1.ClusterNetworkPolicyProtocol) []cport {
 	}
 	out := make([]cport, 0, len(ps))
 	for _, p := range ps {
-		var proto Protocol
+		var proto table.Protocol
 		var dp *npav1beta1.Port
 		switch {
 		case p.TCP != nil:
-			proto, dp = TCP, p.TCP.DestinationPort
+			proto, dp = table.TCP, p.TCP.DestinationPort
 		case p.UDP != nil:
-			proto, dp = UDP, p.UDP.DestinationPort
+			proto, dp = table.UDP, p.UDP.DestinationPort
 		case p.SCTP != nil:
-			proto, dp = SCTP, p.SCTP.DestinationPort
+			proto, dp = table.SCTP, p.SCTP.DestinationPort
 		case p.DestinationNamedPort != "":
 			out = append(out, cport{name: p.DestinationNamedPort})
 			continue
@@ -346,16 +299,16 @@ func fromAlphaPorts(ports *[]npav1alpha1.AdminNetworkPolicyPort) []cport {
 // alphaProtocol reads a v1alpha1 port protocol, which defaults to TCP.
 // Protocols other than TCP, UDP and SCTP fail validation; a trusted one
 // becomes ICMP, which no port entry matches.
-func alphaProtocol(p string) Protocol {
+func alphaProtocol(p string) table.Protocol {
 	switch p {
 	case "", "TCP":
-		return TCP
+		return table.TCP
 	case "UDP":
-		return UDP
+		return table.UDP
 	case "SCTP":
-		return SCTP
+		return table.SCTP
 	}
-	return ICMP
+	return table.ICMP
 }
 
 // alphaRule is a v1alpha1 rule of either kind.
@@ -366,13 +319,13 @@ func alphaRule(name, action string, ps []cpeer, ports *[]npav1alpha1.AdminNetwor
 // fromAdminNetworkPolicy reads a (validated) v1alpha1 AdminNetworkPolicy
 // into the Admin tier.
 func fromAdminNetworkPolicy(anp *npav1alpha1.AdminNetworkPolicy) cpolicy {
-	p := cpolicy{kind: KindAdminNetworkPolicy, name: anp.Name, tier: AdminTier, priority: anp.Spec.Priority,
+	p := cpolicy{kind: KindAdminNetworkPolicy, name: anp.Name, tier: table.AdminTier, priority: anp.Spec.Priority,
 		subject: subjectOf(anp.Spec.Subject.Namespaces, alphaPods(anp.Spec.Subject.Pods))}
 	for _, r := range anp.Spec.Ingress {
-		p.rules[Ingress] = append(p.rules[Ingress], alphaRule(r.Name, string(r.Action), peers(r.From, alphaIngressPeer), r.Ports))
+		p.rules[table.Ingress] = append(p.rules[table.Ingress], alphaRule(r.Name, string(r.Action), peers(r.From, alphaIngressPeer), r.Ports))
 	}
 	for _, r := range anp.Spec.Egress {
-		p.rules[Egress] = append(p.rules[Egress], alphaRule(r.Name, string(r.Action), peers(r.To, anpEgressPeer), r.Ports))
+		p.rules[table.Egress] = append(p.rules[table.Egress], alphaRule(r.Name, string(r.Action), peers(r.To, anpEgressPeer), r.Ports))
 	}
 	return p
 }
@@ -380,13 +333,13 @@ func fromAdminNetworkPolicy(anp *npav1alpha1.AdminNetworkPolicy) cpolicy {
 // fromBaselineAdminNetworkPolicy reads a (validated) v1alpha1
 // BaselineAdminNetworkPolicy into the Baseline tier.
 func fromBaselineAdminNetworkPolicy(banp *npav1alpha1.BaselineAdminNetworkPolicy) cpolicy {
-	p := cpolicy{kind: KindBaselineAdminNetworkPolicy, name: banp.Name, tier: BaselineTier, priority: baselineAdminPriority,
+	p := cpolicy{kind: KindBaselineAdminNetworkPolicy, name: banp.Name, tier: table.BaselineTier, priority: baselineAdminPriority,
 		subject: subjectOf(banp.Spec.Subject.Namespaces, alphaPods(banp.Spec.Subject.Pods))}
 	for _, r := range banp.Spec.Ingress {
-		p.rules[Ingress] = append(p.rules[Ingress], alphaRule(r.Name, string(r.Action), peers(r.From, alphaIngressPeer), r.Ports))
+		p.rules[table.Ingress] = append(p.rules[table.Ingress], alphaRule(r.Name, string(r.Action), peers(r.From, alphaIngressPeer), r.Ports))
 	}
 	for _, r := range banp.Spec.Egress {
-		p.rules[Egress] = append(p.rules[Egress], alphaRule(r.Name, string(r.Action), peers(r.To, banpEgressPeer), r.Ports))
+		p.rules[table.Egress] = append(p.rules[table.Egress], alphaRule(r.Name, string(r.Action), peers(r.To, banpEgressPeer), r.Ports))
 	}
 	return p
 }

@@ -13,6 +13,7 @@ import (
 	npav1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // The reference evaluator's cluster policy tiers, written from the API's
@@ -253,7 +254,7 @@ func (w *refWorld) refSelects(ns, pod *metav1.LabelSelector, p *corev1.Pod) bool
 	return refSelectorMatches(ns, w.namespaceLabels(nsName)) && (pod == nil || refSelectorMatches(pod, p.Labels))
 }
 
-func refCPPortMatches(ports []refCPPort, proto policy.Protocol, port uint16, dst *corev1.Pod) bool {
+func refCPPortMatches(ports []refCPPort, proto table.Protocol, port uint16, dst *corev1.Pod) bool {
 	if ports == nil {
 		return true
 	}
@@ -309,7 +310,7 @@ func (w *refWorld) refCPPeerMatches(pe refCPPeer, addr netip.Addr, peer *corev1.
 
 // refTier runs the rules of one tier for pod self; it returns "Accept",
 // "Deny", "Pass" or "" (no rule matched).
-func (w *refWorld) refTier(tier string, egress bool, self *corev1.Pod, peerAddr netip.Addr, peer, dst *corev1.Pod, proto policy.Protocol, port uint16) string {
+func (w *refWorld) refTier(tier string, egress bool, self *corev1.Pod, peerAddr netip.Addr, peer, dst *corev1.Pod, proto table.Protocol, port uint16) string {
 	if !proto.HasPorts() {
 		port = 0
 	}
@@ -355,7 +356,7 @@ func (w *refWorld) refSelectedByNetworkPolicy(egress bool, self *corev1.Pod) boo
 }
 
 // refTiered decides one direction with the tiers around NetworkPolicy.
-func (w *refWorld) refTiered(egress bool, self *corev1.Pod, peerAddr netip.Addr, peer, dst *corev1.Pod, proto policy.Protocol, port uint16) bool {
+func (w *refWorld) refTiered(egress bool, self *corev1.Pod, peerAddr netip.Addr, peer, dst *corev1.Pod, proto table.Protocol, port uint16) bool {
 	if self == nil || peer == self {
 		return true
 	}
@@ -568,14 +569,14 @@ func (g gen) clusterPolicies(c *policy.Cluster) {
 
 // checkClusterRule checks that ClusterRuleOf names a rule of the tier and
 // action that a decision's reason says decided.
-func checkClusterRule(t *testing.T, tab *policy.Table, dir policy.Direction, d policy.Decision, src, dst netip.Addr, proto policy.Protocol, port uint16) {
+func checkClusterRule(t *testing.T, tab *table.Table, dir table.Direction, d table.Decision, src, dst netip.Addr, proto table.Protocol, port uint16) {
 	t.Helper()
-	want := map[policy.Reason]struct {
-		tier   policy.Tier
-		action policy.Action
+	want := map[table.Reason]struct {
+		tier   table.Tier
+		action table.Action
 	}{
-		policy.AdminAccepted: {policy.AdminTier, policy.Accept}, policy.AdminDenied: {policy.AdminTier, policy.Deny},
-		policy.BaselineAccepted: {policy.BaselineTier, policy.Accept}, policy.BaselineDenied: {policy.BaselineTier, policy.Deny},
+		table.AdminAccepted: {table.AdminTier, table.Accept}, table.AdminDenied: {table.AdminTier, table.Deny},
+		table.BaselineAccepted: {table.BaselineTier, table.Accept}, table.BaselineDenied: {table.BaselineTier, table.Deny},
 	}
 	ref, ok := tab.ClusterRuleOf(dir, src, dst, proto, port)
 	w, decided := want[d.Reason]
@@ -587,7 +588,7 @@ func checkClusterRule(t *testing.T, tab *policy.Table, dir policy.Direction, d p
 			t.Fatalf("%s -> %s %s/%d %s: %s but ClusterRuleOf names %s (%s)", src, dst, proto, port, dir, d.Reason, r, r.Action)
 		}
 	case ok:
-		if r := tab.ClusterRule(ref); r.Action != policy.Pass {
+		if r := tab.ClusterRule(ref); r.Action != table.Pass {
 			t.Fatalf("%s -> %s %s/%d %s: %s but ClusterRuleOf names %s (%s), not a Pass rule", src, dst, proto, port, dir, d.Reason, r, r.Action)
 		}
 	}

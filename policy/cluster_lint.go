@@ -2,8 +2,9 @@ package policy
 
 import (
 	"fmt"
-	"net/netip"
 	"strings"
+
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Lint checks of cluster policies, on the compiled table (so "the current
@@ -25,12 +26,13 @@ const maxNamedPods = 5
 
 func (l *linter) clusterPolicies() {
 	t := l.t
-	if t.tiers == nil {
+	spec := t.Spec()
+	if len(spec.ClusterPolicies) == 0 {
 		return
 	}
-	byID := make([][]int32, len(t.identities))
-	for i := range t.endpoints {
-		id := t.endpoints[i].identity
+	byID := make([][]int32, len(spec.Identities))
+	for i := range spec.Endpoints {
+		id := spec.Endpoints[i].Identity
 		byID[id] = append(byID[id], int32(i))
 	}
 	podsOf := func(ids []int32, keep func(ep int32) bool) []string {
@@ -38,30 +40,30 @@ func (l *linter) clusterPolicies() {
 		for _, id := range ids {
 			for _, ep := range byID[id] {
 				if keep == nil || keep(ep) {
-					out = append(out, t.endpoints[ep].String())
+					out = append(out, spec.Endpoints[ep].String())
 				}
 			}
 		}
 		return out
 	}
-	for pi, info := range t.clusterPolicies {
+	for pi, info := range spec.ClusterPolicies {
 		obj := info.String()
-		if len(t.cpSelected[pi]) == 0 {
+		if len(spec.ClusterSelected[pi]) == 0 {
 			l.add(obj, "spec.subject", "selects no pod")
 		}
-		for dir := Ingress; dir <= Egress; dir++ {
-			rules := t.cpRules[pi][dir]
+		for dir := table.Ingress; dir <= table.Egress; dir++ {
+			rules := spec.CompiledClusterRules[pi][dir]
 			for k := range rules {
 				path := fmt.Sprintf("spec.%s[%d]", dir, k)
 				r := &rules[k]
-				if r.matchesNothing() {
+				if r.MatchesNothing() {
 					l.add(obj, path+"."+peersField(dir), "matches no pod, node or network in the manifests")
 					continue
 				}
 				for m := 0; m < k; m++ {
-					if rules[m].covers(r) {
+					if rules[m].Covers(r) {
 						l.add(obj, path, fmt.Sprintf("is never reached for the current pods: spec.%s[%d] (%s) comes first and matches every connection it matches",
-							dir, m, rules[m].action))
+							dir, m, rules[m].Action))
 						break
 					}
 				}
@@ -69,17 +71,17 @@ func (l *linter) clusterPolicies() {
 		}
 	}
 	// Same tier and priority, overlapping subjects.
-	for i := range t.clusterPolicies {
-		for j := i + 1; j < len(t.clusterPolicies); j++ {
-			a, b := t.clusterPolicies[i], t.clusterPolicies[j]
+	for i := range spec.ClusterPolicies {
+		for j := i + 1; j < len(spec.ClusterPolicies); j++ {
+			a, b := spec.ClusterPolicies[i], spec.ClusterPolicies[j]
 			if a.Tier != b.Tier || a.Priority != b.Priority {
 				continue
 			}
-			for dir := Ingress; dir <= Egress; dir++ {
-				if len(t.cpRules[i][dir]) == 0 || len(t.cpRules[j][dir]) == 0 {
+			for dir := table.Ingress; dir <= table.Egress; dir++ {
+				if len(spec.CompiledClusterRules[i][dir]) == 0 || len(spec.CompiledClusterRules[j][dir]) == 0 {
 					continue
 				}
-				common := intersect(t.cpSelected[i], t.cpSelected[j])
+				common := intersect(spec.ClusterSelected[i], spec.ClusterSelected[j])
 				if len(common) == 0 {
 					continue
 				}
@@ -90,24 +92,24 @@ func (l *linter) clusterPolicies() {
 		}
 	}
 	// Baseline Deny rules in force.
-	for pi, info := range t.clusterPolicies {
-		if info.Tier != BaselineTier {
+	for pi, info := range spec.ClusterPolicies {
+		if info.Tier != table.BaselineTier {
 			continue
 		}
-		for dir := Ingress; dir <= Egress; dir++ {
-			pods := podsOf(t.cpSelected[pi], func(ep int32) bool { return t.hot[ep].groups[dir] < 0 })
+		for dir := table.Ingress; dir <= table.Egress; dir++ {
+			pods := podsOf(spec.ClusterSelected[pi], func(ep int32) bool { return !t.Isolated(ep, dir) })
 			if len(pods) == 0 {
 				continue
 			}
-			for k := range t.cpRules[pi][dir] {
-				r := &t.cpRules[pi][dir][k]
-				if r.action != Deny || r.matchesNothing() {
+			for k := range spec.CompiledClusterRules[pi][dir] {
+				r := &spec.CompiledClusterRules[pi][dir][k]
+				if r.Action != table.Deny || r.MatchesNothing() {
 					continue
 				}
 				l.add(info.String(), fmt.Sprintf("spec.%s[%d]", dir, k), fmt.Sprintf(
 					"Baseline Deny in force: no NetworkPolicy with policyType %s selects %s, so no NetworkPolicy relaxes it; "+
 						"a NetworkPolicy that selects a pod for %s replaces the Baseline tier for that pod and must then allow all the %s it needs",
-					typeName(dir), namePods(pods), typeName(dir), dir))
+					dir.PolicyType(), namePods(pods), dir.PolicyType(), dir))
 			}
 		}
 	}
@@ -134,99 +136,4 @@ func intersect(a, b []int32) []int32 {
 		}
 	}
 	return out
-}
-
-// matchesNothing reports whether the rule's peers match no connection.
-func (r *clusterRule) matchesNothing() bool {
-	if r.all || len(r.blocks) > 0 || len(r.nodes) > 0 {
-		return false
-	}
-	for _, w := range r.peers {
-		if w != 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// covers reports whether r matches every connection that o matches (for
-// the pods, nodes and named ports of the table it was compiled for).
-func (r *clusterRule) covers(o *clusterRule) bool {
-	if !r.ports.covers(&o.ports) {
-		return false
-	}
-	if r.all {
-		return true
-	}
-	if o.all || !o.peers.subsetOf(r.peers) {
-		return false
-	}
-	for _, b := range o.blocks {
-		if !r.containsPrefix(b) {
-			return false
-		}
-	}
-	for _, n := range o.nodes {
-		if !r.containsPrefix(netip.PrefixFrom(n, n.BitLen())) {
-			return false
-		}
-	}
-	return true
-}
-
-func (r *clusterRule) containsPrefix(p netip.Prefix) bool {
-	for _, b := range r.blocks {
-		if b.Bits() <= p.Bits() && b.Contains(p.Addr()) {
-			return true
-		}
-	}
-	if p.IsSingleIP() {
-		for _, n := range r.nodes {
-			if n == p.Addr() {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// covers reports whether m admits every protocol and port that o admits.
-func (m *portMatch) covers(o *portMatch) bool {
-	if m.all {
-		return true
-	}
-	if o.all {
-		return false
-	}
-	for _, oe := range o.entries {
-		covered := false
-		for _, e := range m.entries {
-			if e.proto != oe.proto {
-				continue
-			}
-			if oe.name >= 0 {
-				covered = covered || e.name == oe.name || (e.name < 0 && e.lo == 1 && e.hi == 65535)
-			} else {
-				covered = covered || (e.name < 0 && e.lo <= oe.lo && oe.hi <= e.hi)
-			}
-		}
-		if !covered {
-			return false
-		}
-	}
-	return true
-}
-
-// subsetOf reports whether every member of b is in o.
-func (b bitset) subsetOf(o bitset) bool {
-	for i, w := range b {
-		var ow uint64
-		if i < len(o) {
-			ow = o[i]
-		}
-		if w&^ow != 0 {
-			return false
-		}
-	}
-	return true
 }

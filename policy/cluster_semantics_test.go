@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // clusterWorld is world() with two nodes: node-1 (role=worker) owns the
@@ -437,12 +438,12 @@ spec:
 
 // checkConn decides cn in tab and checks the verdict, and that the
 // one-sided lookups and Explain agree with Lookup.
-func checkConn(t *testing.T, tab *policy.Table, cn conn, fam map[string]string, famName string) {
+func checkConn(t *testing.T, tab *table.Table, cn conn, fam map[string]string, famName string) {
 	t.Helper()
 	src, dst := connAddr(t, tab, cn.from, fam, famName), connAddr(t, tab, cn.to, fam, famName)
 	proto := cn.proto
-	if proto == policy.ICMP && famName == "IPv6" {
-		proto = policy.ICMPv6
+	if proto == table.ICMP && famName == "IPv6" {
+		proto = table.ICMPv6
 	}
 	v := tab.Lookup(src, dst, proto, cn.port)
 	e := tab.Explain(src, dst, proto, cn.port)
@@ -462,7 +463,7 @@ func checkConn(t *testing.T, tab *policy.Table, cn conn, fam map[string]string, 
 }
 
 // connAddr is endAddr that also takes literal addresses.
-func connAddr(t *testing.T, tab *policy.Table, s string, fam map[string]string, famName string) netip.Addr {
+func connAddr(t *testing.T, tab *table.Table, s string, fam map[string]string, famName string) netip.Addr {
 	t.Helper()
 	if a, err := netip.ParseAddr(s); err == nil {
 		return a
@@ -498,40 +499,40 @@ spec:
 	ip := func(pod string) netip.Addr { return endAddr(t, tab, pod, families["IPv4"], "IPv4") }
 	tests := []struct {
 		from, to    string
-		reason      policy.Reason
+		reason      table.Reason
 		clusterRule string // the ClusterRule's String, or "" for none
 		tier        string
 		detail      []string
 	}{
-		{"v/a", "x/a", policy.AdminAccepted, `ClusterNetworkPolicy admin ingress[0] "accept-v-a" (Admin tier, priority 7)`, "Admin",
+		{"v/a", "x/a", table.AdminAccepted, `ClusterNetworkPolicy admin ingress[0] "accept-v-a" (Admin tier, priority 7)`, "Admin",
 			[]string{"the Admin tier decides", "accepts it (Accept)", "NetworkPolicy and the Baseline tier are not consulted"}},
-		{"v/b", "x/b", policy.AdminDenied, `ClusterNetworkPolicy admin ingress[2] "deny-v" (Admin tier, priority 7)`, "Admin",
+		{"v/b", "x/b", table.AdminDenied, `ClusterNetworkPolicy admin ingress[2] "deny-v" (Admin tier, priority 7)`, "Admin",
 			[]string{"denies it (Deny)"}},
-		{"z/a", "x/b", policy.AllowedByRule, `ClusterNetworkPolicy admin ingress[1] "pass-z" (Admin tier, priority 7)`, "NetworkPolicy",
+		{"z/a", "x/b", table.AllowedByRule, `ClusterNetworkPolicy admin ingress[1] "pass-z" (Admin tier, priority 7)`, "NetworkPolicy",
 			[]string{`"pass-z" (Admin tier, priority 7) passes it on (Pass) to NetworkPolicy and the Baseline tier`, "allowed by x/np-x ingress[0]"}},
-		{"z/a", "x/a", policy.BaselineDenied, `ClusterNetworkPolicy base ingress[0] "deny-z" (Baseline tier, priority 3)`, "Baseline",
+		{"z/a", "x/a", table.BaselineDenied, `ClusterNetworkPolicy base ingress[0] "deny-z" (Baseline tier, priority 3)`, "Baseline",
 			[]string{"passes it on (Pass)", "no NetworkPolicy with policyType Ingress selects x/a", "the Baseline tier decides", "denies it (Deny)"}},
-		{"w/a", "x/c", policy.BaselineAccepted, `ClusterNetworkPolicy base ingress[1] "accept-w" (Baseline tier, priority 3)`, "Baseline",
+		{"w/a", "x/c", table.BaselineAccepted, `ClusterNetworkPolicy base ingress[1] "accept-w" (Baseline tier, priority 3)`, "Baseline",
 			[]string{"no rule of the Admin tier (ClusterNetworkPolicy admin, priority 7) matches", "accepts it (Accept)"}},
-		{"x/c", "x/a", policy.NotIsolated, "", "default", []string{"no rule of the Baseline tier", "allowed by default"}},
-		{"x/c", "v/a", policy.NotIsolated, "", "default", []string{"no rule of the Baseline tier (ClusterNetworkPolicy base, priority 3) matches"}},
+		{"x/c", "x/a", table.NotIsolated, "", "default", []string{"no rule of the Baseline tier", "allowed by default"}},
+		{"x/c", "v/a", table.NotIsolated, "", "default", []string{"no rule of the Baseline tier (ClusterNetworkPolicy base, priority 3) matches"}},
 	}
 	for _, tt := range tests {
-		d := tab.Ingress(ip(tt.from), ip(tt.to), policy.TCP, 80)
+		d := tab.Ingress(ip(tt.from), ip(tt.to), table.TCP, 80)
 		if d.Reason != tt.reason {
 			t.Errorf("%s -> %s: reason %s, want %s", tt.from, tt.to, d.Reason, tt.reason)
 		}
 		got := ""
-		if ref, ok := tab.ClusterRuleOf(policy.Ingress, ip(tt.from), ip(tt.to), policy.TCP, 80); ok {
+		if ref, ok := tab.ClusterRuleOf(table.Ingress, ip(tt.from), ip(tt.to), table.TCP, 80); ok {
 			got = tab.ClusterRule(ref).String()
 		}
 		if got != tt.clusterRule {
 			t.Errorf("%s -> %s: cluster rule %q, want %q", tt.from, tt.to, got, tt.clusterRule)
 		}
-		if d.Reason != policy.AllowedByRule && d.Rule != (policy.RuleRef{Policy: -1, Index: -1}) {
+		if d.Reason != table.AllowedByRule && d.Rule != (table.RuleRef{Policy: -1, Index: -1}) {
 			t.Errorf("%s -> %s: Rule = %+v for reason %s, want none", tt.from, tt.to, d.Rule, d.Reason)
 		}
-		e := tab.Explain(ip(tt.from), ip(tt.to), policy.TCP, 80)
+		e := tab.Explain(ip(tt.from), ip(tt.to), table.TCP, 80)
 		if e.Ingress.Tier != tt.tier {
 			t.Errorf("%s -> %s: explained tier %q, want %q", tt.from, tt.to, e.Ingress.Tier, tt.tier)
 		}
@@ -603,7 +604,7 @@ spec:
 				if src.Is4() != dst.Is4() {
 					continue
 				}
-				a, b := plain.Lookup(src, dst, policy.TCP, 80), tiered.Lookup(src, dst, policy.TCP, 80)
+				a, b := plain.Lookup(src, dst, table.TCP, 80), tiered.Lookup(src, dst, table.TCP, 80)
 				if a != b {
 					t.Fatalf("seed %d: %s -> %s: %+v without cluster policies, %+v with one that selects nothing", seed, src, dst, a, b)
 				}
@@ -754,29 +755,29 @@ spec:
 	src, svc := addr(t, "10.0.0.1"), addr(t, "10.96.0.10")
 	// v/b (10.0.1.2) is a db pod: the Service is denied although v/a is
 	// accepted, and the denial is the second backend's rule.
-	d := tab.Egress(src, svc, policy.TCP, 8080)
-	if d.Reason != policy.AdminDenied {
+	d := tab.Egress(src, svc, table.TCP, 8080)
+	if d.Reason != table.AdminDenied {
 		t.Fatalf("x/a -> Service v/web: %s, want admin-denied", d.Reason)
 	}
-	ref, ok := tab.ClusterRuleOf(policy.Egress, src, svc, policy.TCP, 8080)
+	ref, ok := tab.ClusterRuleOf(table.Egress, src, svc, table.TCP, 8080)
 	if !ok || tab.ClusterRule(ref).Name != "deny-db" {
 		t.Errorf("ClusterRuleOf = %+v, %v; want the rule deny-db", ref, ok)
 	}
-	e := tab.Explain(src, svc, policy.TCP, 8080)
+	e := tab.Explain(src, svc, table.TCP, 8080)
 	if e.Egress.ClusterRule == nil || e.Egress.ClusterRule.Name != "deny-db" || len(e.Egress.Backends) != 2 || e.Egress.Backends[0].ClusterRule.Name != "accept-v" {
 		t.Errorf("explanation %+v: want the backends' rules accept-v and deny-db, deny-db deciding", e.Egress)
 	}
 	// To a port the Service does not have, the ClusterIP is an address.
-	if d := tab.Egress(src, svc, policy.TCP, 80); d.Reason != policy.NotIsolated {
+	if d := tab.Egress(src, svc, table.TCP, 80); d.Reason != table.NotIsolated {
 		t.Errorf("x/a -> 10.96.0.10:80: %s, want not-isolated", d.Reason)
 	}
 	// Without the db backend: accepted by accept-v.
 	c.EndpointSlices[0].Endpoints = c.EndpointSlices[0].Endpoints[:1]
 	tab = mustCompile(t, c)
-	if d := tab.Egress(src, svc, policy.TCP, 8080); d.Reason != policy.AdminAccepted {
+	if d := tab.Egress(src, svc, table.TCP, 8080); d.Reason != table.AdminAccepted {
 		t.Errorf("x/a -> Service v/web with one backend: %s, want admin-accepted", d.Reason)
 	}
-	if ref, ok := tab.ClusterRuleOf(policy.Egress, src, svc, policy.TCP, 8080); !ok || tab.ClusterRule(ref).Name != "accept-v" {
+	if ref, ok := tab.ClusterRuleOf(table.Egress, src, svc, table.TCP, 8080); !ok || tab.ClusterRule(ref).Name != "accept-v" {
 		t.Errorf("ClusterRuleOf = %+v, %v; want accept-v", ref, ok)
 	}
 }
@@ -807,10 +808,10 @@ spec:
 	allocs := testing.AllocsPerRun(1000, func() {
 		src, dst := addrs[i%len(addrs)], addrs[(i/len(addrs))%len(addrs)]
 		i++
-		_ = tab.Lookup(src, dst, policy.TCP, 80)
-		_ = tab.Egress(src, dst, policy.UDP, 53)
-		_ = tab.Ingress(src, dst, policy.SCTP, 9000)
-		_, _ = tab.ClusterRuleOf(policy.Egress, src, dst, policy.TCP, 80)
+		_ = tab.Lookup(src, dst, table.TCP, 80)
+		_ = tab.Egress(src, dst, table.UDP, 53)
+		_ = tab.Ingress(src, dst, table.SCTP, 9000)
+		_, _ = tab.ClusterRuleOf(table.Egress, src, dst, table.TCP, 80)
 	})
 	if allocs != 0 {
 		t.Errorf("lookups in a table with cluster policies allocate %v times per run, want 0", allocs)

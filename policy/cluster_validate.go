@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"regexp"
 
+	"github.com/podgate/podgate/policy/table"
 	apimachineryvalidation "k8s.io/apimachinery/pkg/api/validation"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/sets"
@@ -456,7 +457,7 @@ func validateAlphaPorts(ports *[]npav1alpha1.AdminNetworkPolicyPort, fp *field.P
 // podgate does not do, or does differently than it may look.
 func clusterPolicyWarnings(p *cpolicy) []string {
 	var out []string
-	for dir := Ingress; dir <= Egress; dir++ {
+	for dir := table.Ingress; dir <= table.Egress; dir++ {
 		for i, r := range p.rules[dir] {
 			for j, peer := range r.peers {
 				where := fmt.Sprintf("spec.%s[%d].%s[%d]", dir, i, peersField(dir), j)
@@ -474,8 +475,8 @@ func clusterPolicyWarnings(p *cpolicy) []string {
 	return out
 }
 
-func peersField(dir Direction) string {
-	if dir == Egress {
+func peersField(dir table.Direction) string {
+	if dir == table.Egress {
 		return "to"
 	}
 	return "from"

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/podgate/podgate/internal/addrmap"
+	"github.com/podgate/podgate/policy/table"
 	"net/netip"
 	"slices"
 	"strings"
@@ -122,19 +123,19 @@ type Options struct {
 // make it fail with an error wrapping [ErrInvalid] that names every invalid
 // object and field; problems that do not stop it (two pods with one IP,
 // rules that policyTypes disables) are in [Table.Warnings].
-func Compile(c *Cluster) (*Table, error) { return CompileWith(c, Options{}) }
+func Compile(c *Cluster) (*table.Table, error) { return CompileWith(c, Options{}) }
 
 // CompileWith is [Compile] with options.
-func CompileWith(c *Cluster, opts Options) (*Table, error) {
+func CompileWith(c *Cluster, opts Options) (*table.Table, error) {
 	start := time.Now()
 	b := &builder{
 		opts:      opts,
-		t:         &Table{},
+		spec:      &table.Spec{},
 		nsIndex:   make(map[string]int32),
 		idIndex:   make(map[string]int32),
 		portNames: make(map[string]int32),
 		nsSel:     make(map[string][]int32),
-		peerSets:  make(map[string]bitset),
+		peerSets:  make(map[string]table.Bitset),
 	}
 	var errs []error
 	errs = append(errs, b.addNamespaces(c.Namespaces)...)
@@ -154,26 +155,26 @@ func CompileWith(c *Cluster, opts Options) (*Table, error) {
 	b.addClusterPolicies(cps)
 	b.buildGroups()
 	b.buildTierGroups(cps)
-	t := b.t
-	t.namespaces = b.nsNames
-	t.stats.Namespaces = len(b.nsNames)
-	t.stats.Pods = len(c.Pods)
-	t.stats.Endpoints = len(t.endpoints)
-	t.stats.Identities = len(t.identities)
-	t.stats.Policies = len(t.policies)
-	t.stats.Groups = len(t.groups)
-	t.stats.Duration = time.Since(start)
-	for _, g := range t.groups {
-		t.stats.Rules += len(g.rules)
+	spec := b.spec
+	spec.Namespaces = b.nsNames
+	spec.Stats.Namespaces = len(b.nsNames)
+	spec.Stats.Pods = len(c.Pods)
+	spec.Stats.Endpoints = len(spec.Endpoints)
+	spec.Stats.Identities = len(spec.Identities)
+	spec.Stats.Policies = len(spec.Policies)
+	spec.Stats.Groups = len(spec.Groups)
+	spec.Stats.Duration = time.Since(start)
+	for _, g := range spec.Groups {
+		spec.Stats.Rules += len(g.Rules)
 	}
-	t.stats.ClusterPolicies = len(t.clusterPolicies)
-	t.stats.ClusterRules = len(t.clusterRules)
-	t.stats.Nodes = len(b.nodes)
-	return t, nil
+	spec.Stats.ClusterPolicies = len(spec.ClusterPolicies)
+	spec.Stats.ClusterRules = len(spec.ClusterRules)
+	spec.Stats.Nodes = len(b.nodes)
+	return table.New(spec), nil
 }
 
 type builder struct {
-	t    *Table
+	spec *table.Spec
 	opts Options
 
 	nsNames  []string
@@ -189,17 +190,17 @@ type builder struct {
 	// selected[p] are the identities policy p selects.
 	selected [][]int32
 
-	nsSel    map[string][]int32 // namespace selector string -> namespaces
-	peerSets map[string]bitset  // peer key -> identities
+	nsSel    map[string][]int32      // namespace selector string -> namespaces
+	peerSets map[string]table.Bitset // peer key -> identities
 
 	// compiled[p][dir] are the rules of policy p.
-	compiled [][2][]rule
+	compiled [][2][]table.Rule
 
 	nodes []nodeInfo
 	// cpSelected[p] are the identities cluster policy p selects,
 	// cpCompiled[p][dir] its rules.
 	cpSelected [][]int32
-	cpCompiled [][2][]clusterRule
+	cpCompiled [][2][]table.ClusterRule
 }
 
 func invalid(kind, ns, name string, err error) error {
@@ -307,34 +308,34 @@ func (b *builder) addPods(pods []*corev1.Pod) []error {
 		}
 		ok = append(ok, parsed{p, ns, ips})
 	}
-	t := b.t
-	t.byAddr = addrmap.New[int32](n4, n6)
-	t.endpoints = make([]Endpoint, 0, len(ok))
+	spec := b.spec
+	spec.ByAddr = addrmap.New[int32](n4, n6)
+	spec.Endpoints = make([]table.Endpoint, 0, len(ok))
 	for _, pp := range ok {
 		p, ns := pp.pod, pp.ns
 		nsi := b.namespace(ns)
 		key := ns + "\x00" + canonicalLabels(p.Labels)
 		id, found := b.idIndex[key]
 		if !found {
-			id = int32(len(t.identities))
+			id = int32(len(spec.Identities))
 			b.idIndex[key] = id
-			t.identities = append(t.identities, identity{groups: [2]int32{-1, -1}})
+			spec.Identities = append(spec.Identities, table.Identity{Groups: [2]int32{-1, -1}})
 			b.idLabels = append(b.idLabels, labels.Set(p.Labels))
 			b.nsIDs[nsi] = append(b.nsIDs[nsi], id)
 		}
-		ep := Endpoint{
+		ep := table.Endpoint{
 			Namespace: ns,
 			Name:      p.Name,
 			NodeName:  p.Spec.NodeName,
 			Labels:    p.Labels,
-			identity:  id,
+			Identity:  id,
 		}
-		idx := int32(len(t.endpoints))
+		idx := int32(len(spec.Endpoints))
 		for _, a := range pp.ips {
-			if !t.byAddr.Insert(a, idx) {
-				prev, _ := t.byAddr.Get(a)
-				t.warnings = append(t.warnings, fmt.Sprintf("pods %s and %s/%s both have IP %s; the address belongs to %s",
-					t.endpoints[prev].String(), ns, p.Name, a, t.endpoints[prev].String()))
+			if !spec.ByAddr.Insert(a, idx) {
+				prev, _ := spec.ByAddr.Get(a)
+				spec.Warnings = append(spec.Warnings, fmt.Sprintf("pods %s and %s/%s both have IP %s; the address belongs to %s",
+					spec.Endpoints[prev].String(), ns, p.Name, a, spec.Endpoints[prev].String()))
 				continue
 			}
 			ep.IPs = append(ep.IPs, a)
@@ -345,25 +346,33 @@ func (b *builder) addPods(pods []*corev1.Pod) []error {
 					continue
 				}
 				proto := cp.Protocol
-				ep.namedPorts = append(ep.namedPorts, namedPort{
-					name:  b.portName(cp.Name),
-					proto: protocolOf(&proto),
-					port:  uint16(cp.ContainerPort),
+				ep.NamedPorts = append(ep.NamedPorts, table.NamedPort{
+					Name:  b.portName(cp.Name),
+					Proto: protocolOf(&proto),
+					Port:  uint16(cp.ContainerPort),
 				})
 			}
 		}
-		t.endpoints = append(t.endpoints, ep)
+		spec.Endpoints = append(spec.Endpoints, ep)
 	}
 	return errs
+}
+
+// resolve returns the index of the pod that owns a, or -1.
+func (b *builder) resolve(a netip.Addr) int32 {
+	if i, ok := b.spec.ByAddr.Get(a); ok {
+		return i
+	}
+	return -1
 }
 
 func (b *builder) portName(n string) int32 {
 	if i, ok := b.portNames[n]; ok {
 		return i
 	}
-	i := int32(len(b.t.portNames))
+	i := int32(len(b.spec.PortNames))
 	b.portNames[n] = i
-	b.t.portNames = append(b.t.portNames, n)
+	b.spec.PortNames = append(b.spec.PortNames, n)
 	return i
 }
 
@@ -430,11 +439,11 @@ func hasType(np *networkingv1.NetworkPolicy, t networkingv1.PolicyType) bool {
 }
 
 func (b *builder) addPolicies(nps []*networkingv1.NetworkPolicy) error {
-	t := b.t
-	t.policies = make([]PolicyInfo, len(nps))
+	spec := b.spec
+	spec.Policies = make([]table.PolicyInfo, len(nps))
 	b.selected = make([][]int32, len(nps))
 	for pi, np := range nps {
-		info := PolicyInfo{
+		info := table.PolicyInfo{
 			Namespace:  np.Namespace,
 			Name:       np.Name,
 			Ingress:    hasType(np, networkingv1.PolicyTypeIngress),
@@ -443,12 +452,12 @@ func (b *builder) addPolicies(nps []*networkingv1.NetworkPolicy) error {
 			NumEgress:  len(np.Spec.Egress),
 		}
 		if !info.Ingress && len(np.Spec.Ingress) > 0 {
-			t.warnings = append(t.warnings, fmt.Sprintf("NetworkPolicy %s: spec.ingress is ignored because spec.policyTypes does not include Ingress", info))
+			spec.Warnings = append(spec.Warnings, fmt.Sprintf("NetworkPolicy %s: spec.ingress is ignored because spec.policyTypes does not include Ingress", info))
 		}
 		if !info.Egress && len(np.Spec.Egress) > 0 {
-			t.warnings = append(t.warnings, fmt.Sprintf("NetworkPolicy %s: spec.egress is ignored because spec.policyTypes does not include Egress", info))
+			spec.Warnings = append(spec.Warnings, fmt.Sprintf("NetworkPolicy %s: spec.egress is ignored because spec.policyTypes does not include Egress", info))
 		}
-		t.policies[pi] = info
+		spec.Policies[pi] = info
 		nsi := b.namespace(np.Namespace)
 		sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
 		if err != nil {
@@ -462,25 +471,25 @@ func (b *builder) addPolicies(nps []*networkingv1.NetworkPolicy) error {
 	}
 	// Rules are compiled per policy, then copied into the groups of the
 	// identities the policy selects.
-	compiled := make([][2][]rule, len(nps))
+	compiled := make([][2][]table.Rule, len(nps))
 	for pi, np := range nps {
-		info := t.policies[pi]
+		info := spec.Policies[pi]
 		if info.Ingress {
 			for ri, r := range np.Spec.Ingress {
-				cr, err := b.compileRule(np, RuleRef{Policy: int32(pi), Index: int32(ri)}, r.From, r.Ports)
+				cr, err := b.compileRule(np, table.RuleRef{Policy: int32(pi), Index: int32(ri)}, r.From, r.Ports)
 				if err != nil {
 					return invalid("NetworkPolicy", np.Namespace, np.Name, fmt.Errorf("spec.ingress[%d]: %w", ri, err))
 				}
-				compiled[pi][Ingress] = append(compiled[pi][Ingress], cr)
+				compiled[pi][table.Ingress] = append(compiled[pi][table.Ingress], cr)
 			}
 		}
 		if info.Egress {
 			for ri, r := range np.Spec.Egress {
-				cr, err := b.compileRule(np, RuleRef{Policy: int32(pi), Index: int32(ri)}, r.To, r.Ports)
+				cr, err := b.compileRule(np, table.RuleRef{Policy: int32(pi), Index: int32(ri)}, r.To, r.Ports)
 				if err != nil {
 					return invalid("NetworkPolicy", np.Namespace, np.Name, fmt.Errorf("spec.egress[%d]: %w", ri, err))
 				}
-				compiled[pi][Egress] = append(compiled[pi][Egress], cr)
+				compiled[pi][table.Egress] = append(compiled[pi][table.Egress], cr)
 			}
 		}
 	}
@@ -488,61 +497,61 @@ func (b *builder) addPolicies(nps []*networkingv1.NetworkPolicy) error {
 	return nil
 }
 
-func (b *builder) compileRule(np *networkingv1.NetworkPolicy, ref RuleRef, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) (rule, error) {
-	r := rule{ref: ref}
+func (b *builder) compileRule(np *networkingv1.NetworkPolicy, ref table.RuleRef, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) (table.Rule, error) {
+	r := table.Rule{Ref: ref}
 	if len(ports) == 0 {
-		r.ports.all = true
+		r.Ports.All = true
 	}
 	for _, p := range ports {
-		e := portEntry{proto: protocolOf(p.Protocol), lo: 0, hi: 65535, name: -1}
+		e := table.PortEntry{Proto: protocolOf(p.Protocol), Lo: 0, Hi: 65535, Name: -1}
 		switch {
 		case p.Port == nil:
 		case p.Port.Type == intstr.String:
-			e.name = b.portName(p.Port.StrVal)
+			e.Name = b.portName(p.Port.StrVal)
 		default:
-			e.lo, e.hi = uint16(p.Port.IntVal), uint16(p.Port.IntVal)
+			e.Lo, e.Hi = uint16(p.Port.IntVal), uint16(p.Port.IntVal)
 			if p.EndPort != nil {
-				e.hi = uint16(*p.EndPort)
+				e.Hi = uint16(*p.EndPort)
 			}
 		}
-		r.ports.entries = append(r.ports.entries, e)
+		r.Ports.Entries = append(r.Ports.Entries, e)
 	}
 	if len(peers) == 0 {
-		r.allPeers = true
+		r.AllPeers = true
 		return r, nil
 	}
-	var sets []bitset
+	var sets []table.Bitset
 	for i, peer := range peers {
 		if peer.IPBlock != nil {
 			cidr, err := parseCIDR(peer.IPBlock.CIDR)
 			if err != nil {
-				return rule{}, fmt.Errorf("peer %d: ipBlock.cidr: %w", i, err)
+				return table.Rule{}, fmt.Errorf("peer %d: ipBlock.cidr: %w", i, err)
 			}
-			blk := ipBlock{cidr: cidr}
+			blk := table.IPBlock{CIDR: cidr}
 			for _, e := range peer.IPBlock.Except {
 				ex, err := parseCIDR(e)
 				if err != nil {
-					return rule{}, fmt.Errorf("peer %d: ipBlock.except: %w", i, err)
+					return table.Rule{}, fmt.Errorf("peer %d: ipBlock.except: %w", i, err)
 				}
-				blk.except = append(blk.except, ex)
+				blk.Except = append(blk.Except, ex)
 			}
-			r.blocks = append(r.blocks, blk)
+			r.Blocks = append(r.Blocks, blk)
 			continue
 		}
 		set, err := b.peerSet(np.Namespace, peer.NamespaceSelector, peer.PodSelector)
 		if err != nil {
-			return rule{}, fmt.Errorf("peer %d: %w", i, err)
+			return table.Rule{}, fmt.Errorf("peer %d: %w", i, err)
 		}
 		sets = append(sets, set)
 	}
 	switch len(sets) {
 	case 0:
 	case 1:
-		r.peers = sets[0]
+		r.Peers = sets[0]
 	default:
-		r.peers = newBitset(len(b.t.identities))
+		r.Peers = table.NewBitset(len(b.spec.Identities))
 		for _, s := range sets {
-			r.peers.or(s)
+			r.Peers.Or(s)
 		}
 	}
 	return r, nil
@@ -550,7 +559,7 @@ func (b *builder) compileRule(np *networkingv1.NetworkPolicy, ref RuleRef, peers
 
 // peerSet returns the identities a pod/namespace selector peer of a policy
 // in namespace ns matches. Results are shared between equal peers.
-func (b *builder) peerSet(ns string, nsSel, podSel *metav1.LabelSelector) (bitset, error) {
+func (b *builder) peerSet(ns string, nsSel, podSel *metav1.LabelSelector) (table.Bitset, error) {
 	var nsKey string
 	var namespaces []int32
 	if nsSel == nil {
@@ -585,11 +594,11 @@ func (b *builder) peerSet(ns string, nsSel, podSel *metav1.LabelSelector) (bitse
 	if s, ok := b.peerSets[key]; ok {
 		return s, nil
 	}
-	s := newBitset(len(b.t.identities))
+	s := table.NewBitset(len(b.spec.Identities))
 	for _, nsi := range namespaces {
 		for _, id := range b.nsIDs[nsi] {
 			if podMatch == nil || podMatch.Matches(b.idLabels[id]) {
-				s.set(id)
+				s.Set(id)
 			}
 		}
 	}
@@ -601,36 +610,31 @@ func (b *builder) peerSet(ns string, nsSel, podSel *metav1.LabelSelector) (bitse
 // the policies that select it; identities selected by the same policies
 // share one group.
 func (b *builder) buildGroups() {
-	t := b.t
-	perID := make([][2][]int32, len(t.identities))
+	spec := b.spec
+	perID := make([][2][]int32, len(spec.Identities))
 	for pi, ids := range b.selected {
 		for _, id := range ids {
-			if t.policies[pi].Ingress {
-				perID[id][Ingress] = append(perID[id][Ingress], int32(pi))
+			if spec.Policies[pi].Ingress {
+				perID[id][table.Ingress] = append(perID[id][table.Ingress], int32(pi))
 			}
-			if t.policies[pi].Egress {
-				perID[id][Egress] = append(perID[id][Egress], int32(pi))
+			if spec.Policies[pi].Egress {
+				perID[id][table.Egress] = append(perID[id][table.Egress], int32(pi))
 			}
 		}
 	}
 	groups := groupIndex{index: make(map[string]int32)}
 	for id := range perID {
-		for dir := Ingress; dir <= Egress; dir++ {
+		for dir := table.Ingress; dir <= table.Egress; dir++ {
 			pols := perID[id][dir]
 			if len(pols) == 0 {
 				continue
 			}
-			t.identities[id].groups[dir] = groups.get(dir, pols, func() int32 {
-				rules := concat(pols, func(p int32) []rule { return b.compiled[p][dir] })
-				t.groups = append(t.groups, group{policies: pols, rules: rules})
-				return int32(len(t.groups) - 1)
+			spec.Identities[id].Groups[dir] = groups.get(dir, pols, func() int32 {
+				rules := concat(pols, func(p int32) []table.Rule { return b.compiled[p][dir] })
+				spec.Groups = append(spec.Groups, table.Group{Policies: pols, Rules: rules})
+				return int32(len(spec.Groups) - 1)
 			})
 		}
-	}
-	t.hot = make([]endpointHot, len(t.endpoints))
-	for i := range t.endpoints {
-		id := t.endpoints[i].identity
-		t.hot[i] = endpointHot{identity: id, groups: t.identities[id].groups}
 	}
 }
 
@@ -644,7 +648,7 @@ type groupIndex struct {
 
 // get returns the group of pols for dir, calling newGroup to make it (and
 // return its number) the first time.
-func (g *groupIndex) get(dir Direction, pols []int32, newGroup func() int32) int32 {
+func (g *groupIndex) get(dir table.Direction, pols []int32, newGroup func() int32) int32 {
 	g.key = append(g.key[:0], byte(dir))
 	for _, p := range pols {
 		g.key = binary.LittleEndian.AppendUint32(g.key, uint32(p))
@@ -664,4 +668,19 @@ func concat[T any](pols []int32, rulesOf func(p int32) []T) []T {
 		out = append(out, rulesOf(p)...)
 	}
 	return out
+}
+
+// protocolOf converts a Kubernetes protocol, which the caller has validated,
+// defaulting an empty one to TCP as the API server does.
+func protocolOf(p *corev1.Protocol) table.Protocol {
+	if p == nil {
+		return table.TCP
+	}
+	switch *p {
+	case corev1.ProtocolUDP:
+		return table.UDP
+	case corev1.ProtocolSCTP:
+		return table.SCTP
+	}
+	return table.TCP
 }

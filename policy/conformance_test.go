@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // The conformance tests of sigs.k8s.io/network-policy-api v0.3.0
@@ -464,7 +465,7 @@ func (r *confRun) probe(args []ast.Expr) {
 	r.res.probes++
 	str := func(i int) string { return stringLit(r.t, args[i], r.ct.consts) }
 	client := str(3) + "/" + str(4)
-	proto, err := policy.ParseProtocol(str(5))
+	proto, err := table.ParseProtocol(str(5))
 	if err != nil {
 		r.t.Fatal(err)
 	}

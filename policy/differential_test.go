@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // This file checks the compiled table against a reference evaluator written
@@ -143,7 +144,7 @@ func (w *refWorld) peerMatches(np *networkingv1.NetworkPolicy, peer networkingv1
 	return peer.PodSelector == nil || refSelectorMatches(peer.PodSelector, p.Labels)
 }
 
-func refPortMatches(ports []networkingv1.NetworkPolicyPort, proto policy.Protocol, port uint16, dst *corev1.Pod) bool {
+func refPortMatches(ports []networkingv1.NetworkPolicyPort, proto table.Protocol, port uint16, dst *corev1.Pod) bool {
 	if len(ports) == 0 {
 		return true
 	}
@@ -187,7 +188,7 @@ func refPortMatches(ports []networkingv1.NetworkPolicyPort, proto policy.Protoco
 }
 
 // refSide decides one direction for pod self against the peer.
-func (w *refWorld) refSide(egress bool, self *corev1.Pod, peerAddr netip.Addr, peer, dst *corev1.Pod, proto policy.Protocol, port uint16) bool {
+func (w *refWorld) refSide(egress bool, self *corev1.Pod, peerAddr netip.Addr, peer, dst *corev1.Pod, proto table.Protocol, port uint16) bool {
 	if self == nil {
 		return true
 	}
@@ -237,7 +238,7 @@ func (w *refWorld) refSide(egress bool, self *corev1.Pod, peerAddr netip.Addr, p
 	return !isolated
 }
 
-func (w *refWorld) decide(src, dst netip.Addr, proto policy.Protocol, port uint16) (egress, ingress bool) {
+func (w *refWorld) decide(src, dst netip.Addr, proto table.Protocol, port uint16) (egress, ingress bool) {
 	s, d := w.refPod(src), w.refPod(dst)
 	if d == nil && s != nil {
 		// A Service's ClusterIP stands for its ready backends: each must
@@ -261,7 +262,7 @@ func (w *refWorld) decide(src, dst netip.Addr, proto policy.Protocol, port uint1
 // ClusterIP of a Service with that port; the backends are the first
 // addresses of the ready endpoints of the Service's EndpointSlices of
 // dst's family, with the slice port of the same name and protocol.
-func (w *refWorld) refBackends(dst netip.Addr, proto policy.Protocol, port uint16) []netip.AddrPort {
+func (w *refWorld) refBackends(dst netip.Addr, proto table.Protocol, port uint16) []netip.AddrPort {
 	for _, svc := range w.c.Services {
 		ns := svc.Namespace
 		if ns == "" {
@@ -620,12 +621,12 @@ func TestDifferentialAgainstReference(t *testing.T) {
 	}
 	outside := []netip.Addr{netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("10.9.9.9"), netip.MustParseAddr("2001:db8::7"), netip.MustParseAddr("fd00:2::1")}
 	type q struct {
-		proto policy.Protocol
+		proto table.Protocol
 		port  uint16
 	}
-	queries := []q{{policy.TCP, 80}, {policy.TCP, 81}, {policy.TCP, 83}, {policy.UDP, 80}, {policy.UDP, 82}, {policy.SCTP, 81}, {policy.ICMP, 0}}
+	queries := []q{{table.TCP, 80}, {table.TCP, 81}, {table.TCP, 83}, {table.UDP, 80}, {table.UDP, 82}, {table.SCTP, 81}, {table.ICMP, 0}}
 	checked, toServices, onBackends, backendsAllowed, backendsDenied := 0, 0, 0, 0, 0
-	reasons := map[policy.Reason]int{}
+	reasons := map[table.Reason]int{}
 	for seed := range seeds {
 		g := gen{rand.New(rand.NewPCG(uint64(seed), 7))}
 		c := g.clusterWithTiers()
@@ -649,23 +650,23 @@ func TestDifferentialAgainstReference(t *testing.T) {
 				}
 				for _, qq := range queries {
 					proto := qq.proto
-					if proto == policy.ICMP && src.Is6() {
-						proto = policy.ICMPv6
+					if proto == table.ICMP && src.Is6() {
+						proto = table.ICMPv6
 					}
 					v := tab.Lookup(src, dst, proto, qq.port)
 					wantE, wantI := ref.decide(src, dst, proto, qq.port)
 					checked++
 					reasons[v.Egress.Reason]++
 					reasons[v.Ingress.Reason]++
-					checkClusterRule(t, tab, policy.Egress, v.Egress, src, dst, proto, qq.port)
-					checkClusterRule(t, tab, policy.Ingress, v.Ingress, src, dst, proto, qq.port)
+					checkClusterRule(t, tab, table.Egress, v.Egress, src, dst, proto, qq.port)
+					checkClusterRule(t, tab, table.Ingress, v.Ingress, src, dst, proto, qq.port)
 					if _, ok := tab.ServiceByAddr(dst); ok {
 						toServices++
 						if ref.refPod(src) != nil && len(ref.refBackends(dst, proto, qq.port)) > 0 {
 							onBackends++
-							if v.Egress.Reason == policy.AllowedByRule {
+							if v.Egress.Reason == table.AllowedByRule {
 								backendsAllowed++
-							} else if v.Egress.Reason == policy.Denied {
+							} else if v.Egress.Reason == table.Denied {
 								backendsDenied++
 							}
 						}
@@ -682,7 +683,7 @@ func TestDifferentialAgainstReference(t *testing.T) {
 	t.Logf("%d queries over %d random clusters agree (%d to Service ClusterIPs, %d of them judged on ready backends: %d allowed by rules, %d denied)",
 		checked, seeds, toServices, onBackends, backendsAllowed, backendsDenied)
 	var tally []string
-	for r := policy.NotPod; r <= policy.BaselineDenied; r++ {
+	for r := table.NotPod; r <= table.BaselineDenied; r++ {
 		tally = append(tally, fmt.Sprintf("%s %d", r, reasons[r]))
 	}
 	t.Logf("sides decided: %s", strings.Join(tally, ", "))

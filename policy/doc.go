@@ -1,7 +1,10 @@
 // Package policy turns Kubernetes Namespaces, Pods and NetworkPolicies (and
-// Services with their EndpointSlices, cluster policies and Nodes) into an immutable, compiled [Table] that answers "may this source talk to this
-// destination on this protocol and port, and why" without locks or
-// allocation.
+// Services with their EndpointSlices, cluster policies and Nodes) into an
+// immutable, compiled [table.Table] that answers "may this source talk to
+// this destination on this protocol and port, and why" without locks or
+// allocation. The table lives in package table, which imports nothing
+// from Kubernetes, so that the fastpath does not either; this package is
+// the part that reads Kubernetes objects.
 //
 // The semantics are those of networking.k8s.io/v1 as the API server and the
 // upstream conformance suite define them:
@@ -41,16 +44,16 @@
 //     into a [Cluster], validating every object the way the API server does
 //     (cluster policies as their CRDs' schemas and CEL rules do) and naming
 //     file, object and field in errors.
-//   - [Compile] turns a [Cluster] into a [Table]: pods are grouped into
-//     identities (namespace and labels), selectors are evaluated once into
-//     bitsets over identities, and each identity points at the compiled rules
-//     of the policies that select it.
-//   - [Table] lookups ([Table.Ingress], [Table.Egress], [Table.Lookup]) cost
-//     two map lookups and a scan of the rules of the policies that select the
-//     pod in question, independent of the total number of policies; egress
-//     to a Service costs one more map lookup and one rule scan per ready
-//     backend.
+//   - [Compile] turns a [Cluster] into a [table.Table]: pods are grouped
+//     into identities (namespace and labels), selectors are evaluated once
+//     into bitsets over identities, and each identity points at the
+//     compiled rules of the policies that select it ([table.Spec]).
+//   - [Lint] reports what users commonly get wrong in a cluster that
+//     compiled.
 //
-// A [Store] publishes the current table through an atomic pointer so that
-// readers (the fastpath workers) never lock.
+// Files go by concern: load.go, validate.go and cluster_validate.go
+// (manifests and validation), compile.go, cluster.go, cluster_compile.go,
+// service_compile.go (compilation), service_validate.go, lint.go and
+// cluster_lint.go. Lookups, explanations and the matrix are package
+// table's.
 package policy

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // FuzzLoad feeds arbitrary bytes to the manifest loader as a file: it must
@@ -54,8 +55,8 @@ func FuzzLoad(f *testing.F) {
 		_ = policy.Lint(&m.Cluster, tab)
 		for _, e := range tab.Endpoints() {
 			for _, a := range e.IPs {
-				tab.Explain(a, netip.MustParseAddr("192.0.2.1"), policy.TCP, 80)
-				tab.Lookup(netip.MustParseAddr("192.0.2.1"), a, policy.UDP, 53)
+				tab.Explain(a, netip.MustParseAddr("192.0.2.1"), table.TCP, 80)
+				tab.Lookup(netip.MustParseAddr("192.0.2.1"), a, table.UDP, 53)
 			}
 		}
 	})
@@ -89,8 +90,8 @@ func FuzzCompile(f *testing.F) {
 					continue
 				}
 				for _, port := range []uint16{80, 81, 83} {
-					v := tab.Lookup(src, dst, policy.TCP, port)
-					we, wi := ref.decide(src, dst, policy.TCP, port)
+					v := tab.Lookup(src, dst, table.TCP, port)
+					we, wi := ref.decide(src, dst, table.TCP, port)
 					if v.Egress.Allowed() != we || v.Ingress.Allowed() != wi {
 						t.Fatalf("%s -> %s TCP/%d: table %v/%v, reference %v/%v", src, dst, port, v.Egress.Allowed(), v.Ingress.Allowed(), we, wi)
 					}

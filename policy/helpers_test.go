@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // labelsOf turns "k=v" strings into a label map.
@@ -61,7 +62,7 @@ func mustPolicy(t testing.TB, doc string) *networkingv1.NetworkPolicy {
 	return np
 }
 
-func mustCompile(t testing.TB, c *policy.Cluster) *policy.Table {
+func mustCompile(t testing.TB, c *policy.Cluster) *table.Table {
 	t.Helper()
 	tab, err := policy.Compile(c)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/podgate/podgate/policy/table"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -42,7 +43,7 @@ const dnsNamespace = "kube-system"
 // policies: subjects and peers that match nothing, rules shadowed by an
 // earlier rule, policies of one tier and priority that select the same
 // pods, and Baseline Deny rules that no NetworkPolicy relaxes.
-func Lint(c *Cluster, t *Table) []Finding {
+func Lint(c *Cluster, t *table.Table) []Finding {
 	l := linter{t: t, nsLabels: map[string]labels.Set{}}
 	for _, ns := range c.Namespaces {
 		set := labels.Set{}
@@ -76,7 +77,7 @@ func Lint(c *Cluster, t *Table) []Finding {
 }
 
 type linter struct {
-	t        *Table
+	t        *table.Table
 	nsLabels map[string]labels.Set
 	out      []Finding
 }
@@ -97,8 +98,8 @@ func (l *linter) policy(np *networkingv1.NetworkPolicy, pods []*corev1.Pod) {
 	obj := fmt.Sprintf("NetworkPolicy %s/%s", np.Namespace, np.Name)
 	sel := selector(&np.Spec.PodSelector)
 	n := 0
-	for i := range l.t.endpoints {
-		e := &l.t.endpoints[i]
+	for i := range l.t.Endpoints() {
+		e := &l.t.Endpoints()[i]
 		if e.Namespace == np.Namespace && sel.Matches(labels.Set(e.Labels)) {
 			n++
 		}
@@ -150,8 +151,8 @@ func (l *linter) rule(obj string, np *networkingv1.NetworkPolicy, path, peersNam
 		if peer.PodSelector != nil {
 			podSel := selector(peer.PodSelector)
 			found := false
-			for i := range l.t.endpoints {
-				e := &l.t.endpoints[i]
+			for i := range l.t.Endpoints() {
+				e := &l.t.Endpoints()[i]
 				if slices.Contains(namespaces, e.Namespace) && podSel.Matches(labels.Set(e.Labels)) {
 					found = true
 					break
@@ -177,9 +178,9 @@ func (l *linter) rule(obj string, np *networkingv1.NetworkPolicy, path, peersNam
 		}
 		proto := protocolOf(p.Protocol)
 		declared := false
-		for i := range l.t.endpoints {
-			for _, np := range l.t.endpoints[i].namedPorts {
-				if l.t.portNames[np.name] == p.Port.StrVal && np.proto == proto {
+		for i := range l.t.Endpoints() {
+			for _, np := range l.t.Endpoints()[i].NamedPorts {
+				if l.t.Spec().PortNames[np.Name] == p.Port.StrVal && np.Proto == proto {
 					declared = true
 				}
 			}
@@ -197,16 +198,16 @@ func (l *linter) dns(pols []*networkingv1.NetworkPolicy) {
 	if !ok {
 		dnsNS = labels.Set{namespaceNameLabel: dnsNamespace}
 	}
-	for i := range l.t.endpoints {
+	for i := range l.t.Endpoints() {
 		ep := int32(i)
-		sel := l.t.Selecting(ep, Egress)
+		sel := l.t.Selecting(ep, table.Egress)
 		if len(sel) == 0 {
 			continue
 		}
-		e := &l.t.endpoints[i]
+		e := &l.t.Endpoints()[i]
 		allowed := false
 		for _, pi := range sel {
-			info := l.t.policies[pi]
+			info := l.t.Policy(pi)
 			np := findPolicy(pols, info.Namespace, info.Name)
 			for _, r := range np.Spec.Egress {
 				if allowsDNS(np.Namespace, r, dnsNS) {
@@ -222,13 +223,13 @@ func (l *linter) dns(pols []*networkingv1.NetworkPolicy) {
 	}
 }
 
-func joinPolicies(t *Table, idx []int32) string {
+func joinPolicies(t *table.Table, idx []int32) string {
 	s := ""
 	for i, p := range idx {
 		if i > 0 {
 			s += ", "
 		}
-		s += t.policies[p].String()
+		s += t.Policy(p).String()
 	}
 	return s
 }
@@ -245,7 +246,7 @@ func findPolicy(pols []*networkingv1.NetworkPolicy, ns, name string) *networking
 func allowsDNS(policyNS string, r networkingv1.NetworkPolicyEgressRule, dnsNS labels.Set) bool {
 	portOK := len(r.Ports) == 0
 	for _, p := range r.Ports {
-		if protocolOf(p.Protocol) != UDP {
+		if protocolOf(p.Protocol) != table.UDP {
 			continue
 		}
 		switch {

@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 func writeFile(t *testing.T, dir, name, content string) string {
@@ -271,7 +272,7 @@ items:
 		t.Fatalf("Compile: %v", err)
 	}
 	// a/p2 is the backend of a/svc: 10.96.0.1:80 is 10.0.0.2:8080.
-	if b, ok := tab.ServiceBackends(addr(t, "10.96.0.1"), policy.TCP, 80); !ok || len(b) != 1 || b[0].Port != 8080 {
+	if b, ok := tab.ServiceBackends(addr(t, "10.96.0.1"), table.TCP, 80); !ok || len(b) != 1 || b[0].Port != 8080 {
 		t.Errorf("backends of a/svc port 80: %+v %v", b, ok)
 	}
 }

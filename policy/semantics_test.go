@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // world is a dual-stack cluster the semantics tests share. Every pod has an
@@ -73,17 +74,17 @@ func substitute(s string, fam map[string]string) string {
 
 type conn struct {
 	from, to string // "ns/pod" or "$PLACEHOLDER"
-	proto    policy.Protocol
+	proto    table.Protocol
 	port     uint16
 	want     bool
 }
 
-func tcp(from, to string, port uint16, want bool) conn { return conn{from, to, policy.TCP, port, want} }
-func udp(from, to string, port uint16, want bool) conn { return conn{from, to, policy.UDP, port, want} }
+func tcp(from, to string, port uint16, want bool) conn { return conn{from, to, table.TCP, port, want} }
+func udp(from, to string, port uint16, want bool) conn { return conn{from, to, table.UDP, port, want} }
 func sctp(from, to string, port uint16, want bool) conn {
-	return conn{from, to, policy.SCTP, port, want}
+	return conn{from, to, table.SCTP, port, want}
 }
-func icmp(from, to string, want bool) conn { return conn{from, to, policy.ICMP, 0, want} }
+func icmp(from, to string, want bool) conn { return conn{from, to, table.ICMP, 0, want} }
 
 func TestSemantics(t *testing.T) {
 	tests := []struct {
@@ -379,8 +380,8 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}`},
 					src := endAddr(t, tab, cn.from, fam, famName)
 					dst := endAddr(t, tab, cn.to, fam, famName)
 					proto := cn.proto
-					if proto == policy.ICMP && famName == "IPv6" {
-						proto = policy.ICMPv6
+					if proto == table.ICMP && famName == "IPv6" {
+						proto = table.ICMPv6
 					}
 					v := tab.Lookup(src, dst, proto, cn.port)
 					if v.Allowed() != cn.want {
@@ -403,7 +404,7 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}`},
 
 // endAddr resolves a connection end: a placeholder or a pod's address of
 // the family under test.
-func endAddr(t *testing.T, tab *policy.Table, s string, fam map[string]string, famName string) netip.Addr {
+func endAddr(t *testing.T, tab *table.Table, s string, fam map[string]string, famName string) netip.Addr {
 	t.Helper()
 	if strings.HasPrefix(s, "$") {
 		return addr(t, substitute(s, fam))

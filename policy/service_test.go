@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // serviceFixtures are dual-stack Services with one EndpointSlice per
@@ -405,8 +406,8 @@ spec:
 					src := endAddr(t, tab, cn.from, fam, famName)
 					dst := endAddr(t, tab, cn.to, fam, famName)
 					proto := cn.proto
-					if proto == policy.ICMP && famName == "IPv6" {
-						proto = policy.ICMPv6
+					if proto == table.ICMP && famName == "IPv6" {
+						proto = table.ICMPv6
 					}
 					v := tab.Lookup(src, dst, proto, cn.port)
 					if v.Allowed() != cn.want {
@@ -414,7 +415,7 @@ spec:
 						t.Errorf("%s -> %s %s/%d: allowed=%v, want %v\n  egress: %s\n  ingress: %s",
 							cn.from, cn.to, proto, cn.port, v.Allowed(), cn.want, e.Egress.Detail, e.Ingress.Detail)
 					}
-					if _, isSvc := tab.ServiceByAddr(dst); isSvc && v.Ingress.Reason != policy.NotPod {
+					if _, isSvc := tab.ServiceByAddr(dst); isSvc && v.Ingress.Reason != table.NotPod {
 						t.Errorf("%s -> %s: ingress reason %s, want not-pod for a Service destination", cn.from, cn.to, v.Ingress.Reason)
 					}
 					if got := tab.Egress(src, dst, proto, cn.port); got != v.Egress {
@@ -447,10 +448,10 @@ spec:
 	tab := mustCompile(t, c)
 	za, _ := tab.EndpointByName("z", "a")
 	src := tab.Endpoint(za).IPs[0]
-	if d := tab.Egress(src, addr(t, "10.96.0.10"), policy.UDP, 53); d.Allowed() {
+	if d := tab.Egress(src, addr(t, "10.96.0.10"), table.UDP, 53); d.Allowed() {
 		t.Errorf("without Services: %+v, want denied", d)
 	}
-	if d := tab.Egress(src, addr(t, "10.0.9.1"), policy.UDP, 53); !d.Allowed() {
+	if d := tab.Egress(src, addr(t, "10.0.9.1"), table.UDP, 53); !d.Allowed() {
 		t.Errorf("to the DNS pod itself: %+v, want allowed", d)
 	}
 }
@@ -467,11 +468,11 @@ spec:
 	tab := mustCompile(t, c)
 	src := addr(t, "10.0.2.1") // z/a
 
-	d := tab.Egress(src, addr(t, "10.96.0.2"), policy.TCP, 80)
-	if d.Reason != policy.AllowedByRule || tab.Rule(policy.Egress, d.Rule).String() != "z/to-a egress[0]" {
+	d := tab.Egress(src, addr(t, "10.96.0.2"), table.TCP, 80)
+	if d.Reason != table.AllowedByRule || tab.Rule(table.Egress, d.Rule).String() != "z/to-a egress[0]" {
 		t.Errorf("ready-a: %+v", d)
 	}
-	e := tab.Explain(src, addr(t, "10.96.0.1"), policy.TCP, 80)
+	e := tab.Explain(src, addr(t, "10.96.0.1"), table.TCP, 80)
 	if e.Verdict != "deny" || e.To != "Service x/mixed" || e.Egress.Service != "x/mixed" || len(e.Egress.Backends) != 2 {
 		t.Fatalf("explanation: %+v", e)
 	}
@@ -496,7 +497,7 @@ spec:
 		t.Error(err)
 	}
 	// Named target port: allowed by the rule on 8080.
-	e = tab.Explain(src, addr(t, "10.96.0.4"), policy.TCP, 80)
+	e = tab.Explain(src, addr(t, "10.96.0.4"), table.TCP, 80)
 	if e.Verdict != "allow" || !strings.Contains(e.Egress.Detail, "x/b (10.0.0.2) port 8080: allow by z/to-a egress[1]") {
 		t.Errorf("named: %s %s", e.Verdict, e.Egress.Detail)
 	}
@@ -509,7 +510,7 @@ spec:
 		{"10.96.0.3", 80, "destination is Service x/empty, which has no ready endpoints for 80/TCP: judged on its ClusterIP"},
 		{"10.96.0.1", 81, "destination is Service x/mixed, which has no port 81/TCP: judged on its ClusterIP"},
 	} {
-		e := tab.Explain(src, addr(t, tc.dst), policy.TCP, tc.port)
+		e := tab.Explain(src, addr(t, tc.dst), table.TCP, tc.port)
 		if e.Verdict != "deny" || !strings.Contains(e.Egress.Detail, tc.want) {
 			t.Errorf("%s:%d: %s %s", tc.dst, tc.port, e.Verdict, e.Egress.Detail)
 		}
@@ -520,7 +521,7 @@ spec:
 	if _, ok := tab.ServiceByAddr(addr(t, "10.0.0.1")); ok {
 		t.Error("a pod address is a Service")
 	}
-	b, ok := tab.ServiceBackends(addr(t, "fd00:96::4"), policy.TCP, 80)
+	b, ok := tab.ServiceBackends(addr(t, "fd00:96::4"), table.TCP, 80)
 	if !ok || len(b) != 1 || b[0].Addr != addr(t, "fd00::2") || b[0].Port != 8080 || tab.Endpoint(b[0].Endpoint).String() != "x/b" {
 		t.Errorf("backends of named/IPv6: %+v %v", b, ok)
 	}
@@ -544,10 +545,10 @@ endpoints: [{addresses: [10.0.0.3]}]`)
 	c.Policies = append(c.Policies, mustPolicy(t, npHeader+"spec: {podSelector: {}, policyTypes: [Egress]}"))
 	c.Policies[0].Namespace = "x"
 	tab := mustCompile(t, c)
-	if d := tab.Egress(addr(t, "10.0.0.3"), addr(t, "10.96.1.1"), policy.TCP, 80); d.Reason != policy.Loopback {
+	if d := tab.Egress(addr(t, "10.0.0.3"), addr(t, "10.96.1.1"), table.TCP, 80); d.Reason != table.Loopback {
 		t.Errorf("x/c to its own Service: %+v", d)
 	}
-	if d := tab.Egress(addr(t, "10.0.0.1"), addr(t, "10.96.1.1"), policy.TCP, 80); d.Reason != policy.Denied {
+	if d := tab.Egress(addr(t, "10.0.0.1"), addr(t, "10.96.1.1"), table.TCP, 80); d.Reason != table.Denied {
 		t.Errorf("x/a to x/c's Service: %+v", d)
 	}
 }

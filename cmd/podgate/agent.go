@@ -29,7 +29,7 @@ import (
 	"github.com/podgate/podgate/fastpath/xsk"
 	"github.com/podgate/podgate/k8swatch"
 	"github.com/podgate/podgate/node"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // agentConfig is the agent's configuration, filled from flags.
@@ -203,7 +203,7 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 		logger.Info("forgot the previous run's offloaded flows", "flows", n)
 	}
 
-	store := &policy.Store{}
+	store := &table.Store{}
 	ecfg := fastpath.Config{
 		Store:           store,
 		Conntrack:       conntrack.Config{Capacity: cfg.ConntrackMax},

@@ -14,7 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/podgate/podgate/internal/lab"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // errLabMismatch makes `podgate lab` exit with status 2 when an
@@ -113,7 +113,7 @@ func runLab(cmd *cobra.Command, f labFlags) error {
 	if err := checkOutput(f.output, "table", "json"); err != nil {
 		return err
 	}
-	ports, err := policy.ParsePortSpecs(f.ports)
+	ports, err := table.ParsePortSpecs(f.ports)
 	if err != nil {
 		return fmt.Errorf("--ports: %w", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 func newPolicyCommand() *cobra.Command {
@@ -75,7 +76,7 @@ func (b *byteSize) Type() string { return "bytes" }
 // loadManifests reads and compiles manifests, printing notes and warnings
 // on stderr. readKinds are kinds the caller reads itself (no "skipped"
 // note for them).
-func loadManifests(stderr io.Writer, lim *manifestLimits, paths []string, readKinds ...string) (*policy.Manifests, *policy.Table, error) {
+func loadManifests(stderr io.Writer, lim *manifestLimits, paths []string, readKinds ...string) (*policy.Manifests, *table.Table, error) {
 	m, err := lim.loader().Load(paths...)
 	if err != nil {
 		return nil, nil, err
@@ -120,7 +121,7 @@ columns destinations, "." allowed, "X" denied).`,
 			if err := checkOutput(output, "table", "json"); err != nil {
 				return err
 			}
-			specs, err := policy.ParsePortSpecs(ports)
+			specs, err := table.ParsePortSpecs(ports)
 			if err != nil {
 				return fmt.Errorf("--ports: %w", err)
 			}
@@ -130,9 +131,9 @@ columns destinations, "." allowed, "X" denied).`,
 			}
 			entries := t.Matrix(specs)
 			if output == "json" {
-				return policy.WriteMatrixJSON(cmd.OutOrStdout(), entries)
+				return table.WriteMatrixJSON(cmd.OutOrStdout(), entries)
 			}
-			return policy.WriteMatrixTable(cmd.OutOrStdout(), entries)
+			return table.WriteMatrixTable(cmd.OutOrStdout(), entries)
 		},
 	}
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifest file or directory (repeatable)")
@@ -168,7 +169,7 @@ errors.`,
 			if err := checkOutput(output, "text", "json"); err != nil {
 				return err
 			}
-			p, err := policy.ParseProtocol(proto)
+			p, err := table.ParseProtocol(proto)
 			if err != nil {
 				return fmt.Errorf("--protocol: %w", err)
 			}
@@ -217,7 +218,7 @@ errors.`,
 
 // resolvePair turns --from and --to into addresses. A pod name gives the
 // pod's address of the family the other side uses.
-func resolvePair(t *policy.Table, from, to string) (netip.Addr, netip.Addr, error) {
+func resolvePair(t *table.Table, from, to string) (netip.Addr, netip.Addr, error) {
 	fromEP, fromAddr, err := resolveSide(t, "--from", from)
 	if err != nil {
 		return netip.Addr{}, netip.Addr{}, err
@@ -226,7 +227,7 @@ func resolvePair(t *policy.Table, from, to string) (netip.Addr, netip.Addr, erro
 	if err != nil {
 		return netip.Addr{}, netip.Addr{}, err
 	}
-	pick := func(e *policy.Endpoint, want bool) (netip.Addr, bool) {
+	pick := func(e *table.Endpoint, want bool) (netip.Addr, bool) {
 		for _, a := range e.IPs {
 			if a.Is4() == want {
 				return a, true
@@ -264,7 +265,7 @@ func resolvePair(t *policy.Table, from, to string) (netip.Addr, netip.Addr, erro
 	return fromAddr, toAddr, nil
 }
 
-func resolveSide(t *policy.Table, flag, s string) (*policy.Endpoint, netip.Addr, error) {
+func resolveSide(t *table.Table, flag, s string) (*table.Endpoint, netip.Addr, error) {
 	if a, err := netip.ParseAddr(s); err == nil {
 		return nil, a.Unmap(), nil
 	}

@@ -19,7 +19,7 @@ import (
 	"github.com/podgate/podgate/fastpath"
 	"github.com/podgate/podgate/k8swatch"
 	"github.com/podgate/podgate/node"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Limits of the agent's HTTP servers. The metrics server (--metrics-addr:
@@ -68,7 +68,7 @@ type serveConfig struct {
 	Registry                    *prometheus.Registry
 	Source                      k8swatch.Source
 	Node                        *node.Node
-	Store                       *policy.Store
+	Store                       *table.Store
 	Flows                       *fastpath.FlowLog
 }
 
@@ -155,7 +155,7 @@ func (s *servers) Serve(ctx context.Context) error {
 }
 
 // healthHandlers returns the /healthz and /readyz handlers.
-func healthHandlers(nd *node.Node, store *policy.Store, src k8swatch.Source) (healthz, readyz http.HandlerFunc) {
+func healthHandlers(nd *node.Node, store *table.Store, src k8swatch.Source) (healthz, readyz http.HandlerFunc) {
 	healthz = func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	}

@@ -3,7 +3,7 @@ package conntrack
 import (
 	"testing"
 
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // TestNoAllocs checks that nothing allocates at steady state: a full table
@@ -55,10 +55,10 @@ func TestNoAllocs(t *testing.T) {
 	check("InsertFragment", func() {
 		id++
 		e, _ := ct.Lookup(next(), now)
-		ct.InsertFragment(MakeFragKey(src, dst, policy.UDP, id), e, Original, true, now)
+		ct.InsertFragment(MakeFragKey(src, dst, table.UDP, id), e, Original, true, now)
 	})
-	check("LookupFragment", func() { ct.LookupFragment(MakeFragKey(src, dst, policy.UDP, id), now) })
-	check("MakeKey", func() { _ = MakeKey(src, dst, policy.TCP, 1, 2) })
+	check("LookupFragment", func() { ct.LookupFragment(MakeFragKey(src, dst, table.UDP, id), now) })
+	check("MakeKey", func() { _ = MakeKey(src, dst, table.TCP, 1, 2) })
 	check("ClassifyNewTCP", func() { _ = ClassifyNewTCP(syn) })
 	check("Stats", func() { _ = ct.Stats() })
 	count := 0

@@ -6,7 +6,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // benchKey returns the i-th of 2^24 distinct IPv4 TCP keys: client
@@ -21,7 +21,7 @@ func benchKey(i uint32) Key {
 	if i&1 != 0 {
 		k.DstPort = 443
 	}
-	k.Proto = policy.TCP
+	k.Proto = table.TCP
 	return k
 }
 

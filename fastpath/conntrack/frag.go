@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // FragKey identifies the fragments of one IP packet: source, destination,
@@ -16,7 +16,7 @@ type FragKey struct {
 	// ID is the IPv4 identification (16 bits) or the IPv6 Fragment
 	// header's identification.
 	ID    uint32
-	Proto policy.Protocol
+	Proto table.Protocol
 	IPv6  bool
 }
 
@@ -24,7 +24,7 @@ type FragKey struct {
 // identification id and (IPv4 only) protocol proto; for IPv6 proto is
 // ignored, because a non-first fragment's Fragment header may name an
 // extension header rather than the upper-layer protocol of the first.
-func MakeFragKey(src, dst netip.Addr, proto policy.Protocol, id uint32) FragKey {
+func MakeFragKey(src, dst netip.Addr, proto table.Protocol, id uint32) FragKey {
 	k := FragKey{Src: src.As16(), Dst: dst.As16(), ID: id, Proto: proto, IPv6: src.Is6()}
 	if k.IPv6 {
 		k.Proto = 0

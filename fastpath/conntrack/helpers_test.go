@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 const sec = int64(time.Second)
@@ -21,12 +21,12 @@ func newTable(tb testing.TB, capacity int) *Table {
 }
 
 // key4 returns the key of an IPv4 packet "a:ap -> b:bp".
-func key4(a string, ap uint16, b string, bp uint16, proto policy.Protocol) Key {
+func key4(a string, ap uint16, b string, bp uint16, proto table.Protocol) Key {
 	return MakeKey(netip.MustParseAddr(a), netip.MustParseAddr(b), proto, ap, bp)
 }
 
-func tcpKey(a string, ap uint16, b string, bp uint16) Key { return key4(a, ap, b, bp, policy.TCP) }
-func udpKey(a string, ap uint16, b string, bp uint16) Key { return key4(a, ap, b, bp, policy.UDP) }
+func tcpKey(a string, ap uint16, b string, bp uint16) Key { return key4(a, ap, b, bp, table.TCP) }
+func udpKey(a string, ap uint16, b string, bp uint16) Key { return key4(a, ap, b, bp, table.UDP) }
 
 // mustInsert inserts k and fails if that evicted something.
 func mustInsert(tb testing.TB, t *Table, k Key, now int64) *Entry {
@@ -79,7 +79,7 @@ func checkInvariants(tb testing.TB, t *Table) {
 			if want := t.deadline(e.lastSeen, c); e.expires != want {
 				tb.Fatalf("entry %d expires %d, want %d", i, e.expires, want)
 			}
-			if e.k.proto() == policy.TCP && c != classTombstone {
+			if e.k.proto() == table.TCP && c != classTombstone {
 				wc := uint8(e.state)
 				if e.state == TCPSynSent2 {
 					wc = classTCPSynSent

@@ -6,7 +6,7 @@ import (
 	"math/bits"
 	"net/netip"
 
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Key is the 5-tuple of a packet as it travels: source and destination
@@ -25,7 +25,7 @@ import (
 type Key struct {
 	Src, Dst         [16]byte
 	SrcPort, DstPort uint16
-	Proto            policy.Protocol
+	Proto            table.Protocol
 	IPv6             bool
 	_                [2]byte // 40 bytes: arrays of keys keep 8-byte words aligned
 }
@@ -34,7 +34,7 @@ type Key struct {
 // of the same family (4-byte IPv4 or 16-byte IPv6 addresses as the packet
 // parser reports them); the family is taken from src. For ICMP and ICMPv6
 // queries pass the identifier as both sport and dport. It does not allocate.
-func MakeKey(src, dst netip.Addr, proto policy.Protocol, sport, dport uint16) Key {
+func MakeKey(src, dst netip.Addr, proto table.Protocol, sport, dport uint16) Key {
 	return Key{
 		Src:     src.As16(),
 		Dst:     dst.As16(),
@@ -124,7 +124,7 @@ func (c *ckey) key(swapped bool) Key {
 	return k
 }
 
-func (c *ckey) proto() policy.Protocol { return policy.Protocol(c.meta >> 8) }
+func (c *ckey) proto() table.Protocol { return table.Protocol(c.meta >> 8) }
 
 func (c *ckey) equal(d *ckey) bool {
 	return (c.a0^d.a0)|(c.a1^d.a1)|(c.b0^d.b0)|(c.b1^d.b1)|(c.meta^d.meta) == 0

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // lruFlow is what a flow table built on golang-lru would keep per flow: the
@@ -18,7 +18,7 @@ type lruFlow struct {
 	swapped           bool
 	lastSeen, expires int64
 	generation        uint64
-	egress, ingress   policy.RuleRef
+	egress, ingress   table.RuleRef
 	packets, bytes    [2]uint64
 }
 
@@ -55,7 +55,7 @@ func (t *lruTable) insert(k *Key, now int64) (*lruFlow, bool) {
 	f := &lruFlow{
 		state: TCPSynSent, swapped: swapped, lastSeen: now, expires: now + 120*sec,
 		flags: FlagAllowed, generation: 1,
-		egress: policy.RuleRef{Policy: -1, Index: -1}, ingress: policy.RuleRef{Policy: -1, Index: -1},
+		egress: table.RuleRef{Policy: -1, Index: -1}, ingress: table.RuleRef{Policy: -1, Index: -1},
 	}
 	return f, t.c.Add(c, f)
 }

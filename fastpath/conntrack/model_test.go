@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // The model is the table's specification written the simple way: a map of
@@ -24,7 +24,7 @@ type endpoint struct {
 
 type modelKey struct {
 	lo, hi endpoint
-	proto  policy.Protocol
+	proto  table.Protocol
 	v6     bool
 }
 
@@ -51,18 +51,18 @@ type flowView struct {
 // assured (half-open or closed TCP, unreplied UDP, ICMP), 2 for the others.
 func tierOf(v flowView) int {
 	switch v.Key.Proto {
-	case policy.TCP:
+	case table.TCP:
 		switch v.State {
 		case TCPSynSent, TCPSynSent2, TCPSynRecv, TCPTimeWait, TCPClose:
 			return 1
 		}
 		return 2
-	case policy.UDP:
+	case table.UDP:
 		if v.Replied {
 			return 2
 		}
 		return 1
-	case policy.ICMP, policy.ICMPv6:
+	case table.ICMP, table.ICMPv6:
 		return 1
 	}
 	return 2
@@ -81,7 +81,7 @@ type model struct {
 
 func (m *model) timeout(f *modelFlow) int64 {
 	switch f.Key.Proto {
-	case policy.TCP:
+	case table.TCP:
 		switch f.State {
 		case TCPSynSent, TCPSynSent2:
 			return int64(m.to.TCPSynSent)
@@ -100,12 +100,12 @@ func (m *model) timeout(f *modelFlow) int64 {
 		case TCPClose:
 			return int64(m.to.TCPClose)
 		}
-	case policy.UDP:
+	case table.UDP:
 		if f.Replied {
 			return int64(m.to.UDPStream)
 		}
 		return int64(m.to.UDP)
-	case policy.ICMP, policy.ICMPv6:
+	case table.ICMP, table.ICMPv6:
 		return int64(m.to.ICMP)
 	}
 	return int64(m.to.Generic)
@@ -149,7 +149,7 @@ func (m *model) insert(k Key, st TCPState, now int64) (evicted bool, expired boo
 		delete(m.flows, vk)
 	}
 	f := &modelFlow{flowView: flowView{Key: k, LastSeen: now}}
-	if k.Proto == policy.TCP {
+	if k.Proto == table.TCP {
 		f.State = st
 	}
 	f.Expires = now + m.timeout(f)
@@ -159,7 +159,7 @@ func (m *model) insert(k Key, st TCPState, now int64) (evicted bool, expired boo
 
 func (m *model) update(f *modelFlow, dir Dir, flags uint8, length int, now int64) Result {
 	res := Accepted
-	if f.Key.Proto == policy.TCP {
+	if f.Key.Proto == table.TCP {
 		st, r := tcpStep(f.State, dir, flags, f.fin)
 		if r >= Invalid {
 			return r
@@ -260,7 +260,7 @@ func universe(r *rand.Rand, n int) []Key {
 		mustAddr("10.0.0.1"), mustAddr("10.0.0.2"), mustAddr("10.0.1.1"), mustAddr("192.0.2.7"),
 	}
 	addrs6 := []netip.Addr{mustAddr("fd00::1"), mustAddr("fd00::2"), mustAddr("2001:db8::9")}
-	protos := []policy.Protocol{policy.TCP, policy.TCP, policy.UDP, policy.UDP, policy.ICMP, policy.SCTP, 47}
+	protos := []table.Protocol{table.TCP, table.TCP, table.UDP, table.UDP, table.ICMP, table.SCTP, 47}
 	seen := map[modelKey]bool{}
 	var out []Key
 	for len(out) < n {
@@ -270,9 +270,9 @@ func universe(r *rand.Rand, n int) []Key {
 		}
 		p := protos[r.IntN(len(protos))]
 		sp, dp := uint16(r.IntN(4)), uint16(r.IntN(4))
-		if p == policy.ICMP {
+		if p == table.ICMP {
 			if set[0].Is6() {
-				p = policy.ICMPv6
+				p = table.ICMPv6
 			}
 			dp = sp
 		}
@@ -518,7 +518,7 @@ func TestIndexChurn(t *testing.T) {
 		binary.BigEndian.PutUint32(k.Dst[12:], r.Uint32()%64)
 		k.Src[10], k.Src[11], k.Dst[10], k.Dst[11] = 0xff, 0xff, 0xff, 0xff
 		k.SrcPort, k.DstPort = uint16(r.IntN(8)), 80
-		k.Proto = policy.UDP
+		k.Proto = table.UDP
 		return k
 	}
 	for op := range 200_000 {

@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Dir is the direction of a packet relative to its flow.
@@ -119,7 +119,7 @@ type Entry struct {
 	Generation uint64
 	// Egress and Ingress attribute the verdict: the rules that allowed the
 	// source's egress and the destination's ingress, or {-1, -1}.
-	Egress, Ingress policy.RuleRef
+	Egress, Ingress table.RuleRef
 	// Packets and Bytes count the packets that Update accepted or ignored
 	// and those passed to Count, per direction (index with Original and
 	// Reply). Bytes sums the lengths passed.
@@ -572,11 +572,11 @@ func (t *Table) insert(k *Key, owner Owner, st TCPState, now int64) (*Entry, Ins
 	e := &t.entries[i]
 	var cls uint8
 	switch c.proto() {
-	case policy.TCP:
+	case table.TCP:
 		cls = uint8(st)
-	case policy.UDP:
+	case table.UDP:
 		cls, st = classUDP, TCPNone
-	case policy.ICMP, policy.ICMPv6:
+	case table.ICMP, table.ICMPv6:
 		cls, st = classICMP, TCPNone
 	default:
 		cls, st = classGeneric, TCPNone
@@ -587,8 +587,8 @@ func (t *Table) insert(k *Key, owner Owner, st TCPState, now int64) (*Entry, Ins
 		expires:  t.deadline(now, cls),
 		filed:    now,
 		epoch:    e.epoch + 1,
-		Egress:   policy.RuleRef{Policy: -1, Index: -1},
-		Ingress:  policy.RuleRef{Policy: -1, Index: -1},
+		Egress:   table.RuleRef{Policy: -1, Index: -1},
+		Ingress:  table.RuleRef{Policy: -1, Index: -1},
 		state:    st,
 		class:    cls,
 		bits:     uint8(b2u64(swapped)),
@@ -781,7 +781,7 @@ func (t *Table) Update(e *Entry, dir Dir, tcpFlags uint8, length int, now int64)
 	switch {
 	case cls == classTombstone:
 		// A cut flow: no state machine; every packet keeps it alive.
-	case e.k.proto() == policy.TCP:
+	case e.k.proto() == table.TCP:
 		st, r := tcpStep(e.state, dir, tcpFlags, e.bits>>finShift)
 		if r >= Invalid {
 			return r
@@ -804,7 +804,7 @@ func (t *Table) Update(e *Entry, dir Dir, tcpFlags uint8, length int, now int64)
 				cls = classTCPSynSent
 			}
 		}
-	case e.k.proto() == policy.UDP:
+	case e.k.proto() == table.UDP:
 		if dir == Reply {
 			cls = classUDPStream
 		}

@@ -9,7 +9,7 @@ import (
 	"unsafe"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 func TestEntryLayout(t *testing.T) {
@@ -139,9 +139,9 @@ func TestKeys(t *testing.T) {
 		{"tcp4 reversed order", tcpKey("10.0.0.2", 80, "10.0.0.1", 40000)},
 		{"same address", tcpKey("10.0.0.1", 80, "10.0.0.1", 40000)},
 		{"same endpoint", tcpKey("10.0.0.1", 80, "10.0.0.1", 80)},
-		{"udp6", MakeKey(mustAddr("fd00::2"), mustAddr("fd00::1"), policy.UDP, 53, 5353)},
-		{"icmp echo", key4("10.0.0.1", 7, "10.0.0.9", 7, policy.ICMP)},
-		{"sctp", key4("10.0.0.3", 1, "10.0.0.1", 2, policy.SCTP)},
+		{"udp6", MakeKey(mustAddr("fd00::2"), mustAddr("fd00::1"), table.UDP, 53, 5353)},
+		{"icmp echo", key4("10.0.0.1", 7, "10.0.0.9", 7, table.ICMP)},
+		{"sctp", key4("10.0.0.3", 1, "10.0.0.1", 2, table.SCTP)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -168,7 +168,7 @@ func TestKeys(t *testing.T) {
 
 	// An IPv6 packet between IPv4-mapped addresses is not the IPv4 flow.
 	k4 := tcpKey("10.0.0.1", 1, "10.0.0.2", 2)
-	k6 := MakeKey(mustAddr("::ffff:10.0.0.1"), mustAddr("::ffff:10.0.0.2"), policy.TCP, 1, 2)
+	k6 := MakeKey(mustAddr("::ffff:10.0.0.1"), mustAddr("::ffff:10.0.0.2"), table.TCP, 1, 2)
 	if k4.Src != k6.Src || k4.IPv6 == k6.IPv6 {
 		t.Fatalf("keys: %+v %+v", k4, k6)
 	}
@@ -179,7 +179,7 @@ func TestKeys(t *testing.T) {
 	}
 	// Neither do other protocols or ports.
 	for _, k := range []Key{
-		key4("10.0.0.1", 1, "10.0.0.2", 2, policy.UDP),
+		key4("10.0.0.1", 1, "10.0.0.2", 2, table.UDP),
 		tcpKey("10.0.0.1", 2, "10.0.0.2", 1),
 		tcpKey("10.0.0.1", 1, "10.0.0.3", 2),
 	} {
@@ -194,8 +194,8 @@ func TestBothDirectionsOneEntry(t *testing.T) {
 		tcpKey("10.0.0.1", 40000, "10.0.0.2", 80), // src < dst
 		tcpKey("10.0.0.2", 80, "10.0.0.1", 40000), // src > dst
 		tcpKey("10.0.0.1", 80, "10.0.0.1", 81),    // same address
-		MakeKey(mustAddr("fd00::9"), mustAddr("fd00::1"), policy.UDP, 1, 1),
-		key4("10.0.0.1", 7, "10.0.0.9", 7, policy.ICMP),
+		MakeKey(mustAddr("fd00::9"), mustAddr("fd00::1"), table.UDP, 1, 1),
+		key4("10.0.0.1", 7, "10.0.0.9", 7, table.ICMP),
 	} {
 		t.Run(k.String(), func(t *testing.T) {
 			ct := newTable(t, 8)
@@ -253,9 +253,9 @@ func TestTimeouts(t *testing.T) {
 		{name: "udp unreplied", k: udpKey("10.0.0.1", 1, "10.0.0.2", 2), want: def.UDP},
 		{name: "udp stream", k: udpKey("10.0.0.1", 1, "10.0.0.2", 2), want: def.UDPStream,
 			setup: func(ct *Table, e *Entry, now int64) { ct.Update(e, Reply, 0, 1, now) }},
-		{name: "icmp echo", k: key4("10.0.0.1", 9, "10.0.0.2", 9, policy.ICMP), want: def.ICMP},
-		{name: "icmpv6 echo", k: MakeKey(mustAddr("fd00::1"), mustAddr("fd00::2"), policy.ICMPv6, 9, 9), want: def.ICMP},
-		{name: "sctp is generic", k: key4("10.0.0.1", 1, "10.0.0.2", 2, policy.SCTP), want: def.Generic},
+		{name: "icmp echo", k: key4("10.0.0.1", 9, "10.0.0.2", 9, table.ICMP), want: def.ICMP},
+		{name: "icmpv6 echo", k: MakeKey(mustAddr("fd00::1"), mustAddr("fd00::2"), table.ICMPv6, 9, 9), want: def.ICMP},
+		{name: "sctp is generic", k: key4("10.0.0.1", 1, "10.0.0.2", 2, table.SCTP), want: def.Generic},
 		{name: "gre is generic", k: key4("10.0.0.1", 0, "10.0.0.2", 0, 47), want: def.Generic},
 		{name: "tcp syn", k: tcpKey("10.0.0.1", 1, "10.0.0.2", 2), want: def.TCPSynSent},
 		{name: "tcp pickup", k: tcpKey("10.0.0.1", 1, "10.0.0.2", 2), pick: true, want: def.TCPEstablished},
@@ -329,7 +329,7 @@ func TestLRUEviction(t *testing.T) {
 	ct := newTable(t, 3)
 	a := tcpKey("10.0.0.1", 1, "10.0.0.2", 80)
 	b := udpKey("10.0.0.1", 2, "10.0.0.2", 53)
-	c := key4("10.0.0.1", 3, "10.0.0.2", 3, policy.ICMP)
+	c := key4("10.0.0.1", 3, "10.0.0.2", 3, table.ICMP)
 	d := tcpKey("10.0.0.1", 4, "10.0.0.2", 80)
 	x := tcpKey("10.0.0.1", 5, "10.0.0.2", 80)
 	ea := mustInsert(t, ct, a, 1*sec)
@@ -404,7 +404,7 @@ func TestInsertExisting(t *testing.T) {
 		t.Fatalf("re-insert: %p vs %p, Len %d", e2, e, ct.Len())
 	}
 	if e.Key() != k.Reverse() || e.Flags != 0 || e.Generation != 0 || e.Packets != [2]uint64{} ||
-		e.Egress != (policy.RuleRef{Policy: -1, Index: -1}) {
+		e.Egress != (table.RuleRef{Policy: -1, Index: -1}) {
 		t.Errorf("re-inserted entry not reset: %+v", e)
 	}
 	if _, d := ct.Lookup(k, sec); d != Reply {
@@ -486,7 +486,7 @@ func TestLookupRelated(t *testing.T) {
 	client, server, router := "10.0.0.1", "10.0.0.2", "192.0.2.1"
 	flow := udpKey(client, 5000, server, 53)
 	e := mustInsert(t, ct, flow, 0)
-	echo := key4(client, 77, server, 77, policy.ICMP)
+	echo := key4(client, 77, server, 77, table.ICMP)
 	ee := mustInsert(t, ct, echo, 0)
 	_ = router // the error's outer source does not matter
 
@@ -530,7 +530,7 @@ func TestFragments(t *testing.T) {
 	src, dst := mustAddr("10.0.0.1"), mustAddr("10.0.0.2")
 	flow := udpKey("10.0.0.1", 5000, "10.0.0.2", 53)
 	e := mustInsert(t, ct, flow, 0)
-	fk := MakeFragKey(src, dst, policy.UDP, 0x1234)
+	fk := MakeFragKey(src, dst, table.UDP, 0x1234)
 	ct.InsertFragment(fk, e, Original, true, 0)
 
 	type result struct {
@@ -549,18 +549,18 @@ func TestFragments(t *testing.T) {
 	if e.Packets != [2]uint64{1, 0} || e.Bytes != [2]uint64{1480, 0} || e.LastSeen() != 0 {
 		t.Errorf("after Count: packets %v bytes %v last seen %d", e.Packets, e.Bytes, e.LastSeen())
 	}
-	v6 := MakeFragKey(mustAddr("fd00::1"), mustAddr("fd00::2"), policy.UDP, 0x1234)
+	v6 := MakeFragKey(mustAddr("fd00::1"), mustAddr("fd00::2"), table.UDP, 0x1234)
 	if v6.Proto != 0 {
 		t.Errorf("IPv6 fragment key keeps protocol %v", v6.Proto)
 	}
 	// A denied first fragment of a reply packet without a flow.
-	denied := MakeFragKey(dst, src, policy.UDP, 0x1234)
+	denied := MakeFragKey(dst, src, table.UDP, 0x1234)
 	ct.InsertFragment(denied, nil, Reply, false, 0)
 
 	got := []result{
 		look(fk, 29*sec),
-		look(MakeFragKey(src, dst, policy.TCP, 0x1234), 0), // other protocol
-		look(MakeFragKey(src, dst, policy.UDP, 0x1235), 0), // other ID
+		look(MakeFragKey(src, dst, table.TCP, 0x1234), 0), // other protocol
+		look(MakeFragKey(src, dst, table.UDP, 0x1235), 0), // other ID
 		look(v6, 0),
 		look(denied, 0),
 		look(fk, 30*sec), // expired
@@ -589,15 +589,15 @@ func TestFragments(t *testing.T) {
 
 	// Full fragment table: the oldest record is replaced, counted as an
 	// eviction if it had not expired.
-	ct.InsertFragment(MakeFragKey(src, dst, policy.UDP, 1), e, Original, true, 31*sec) // replaces fk (expired)
-	ct.InsertFragment(MakeFragKey(src, dst, policy.UDP, 2), e, Original, true, 32*sec) // replaces denied (expired)
-	ct.InsertFragment(MakeFragKey(src, dst, policy.UDP, 3), e, Original, true, 33*sec) // replaces 1 (live)
-	if look(MakeFragKey(src, dst, policy.UDP, 1), 33*sec).Found || !look(MakeFragKey(src, dst, policy.UDP, 3), 33*sec).Found {
+	ct.InsertFragment(MakeFragKey(src, dst, table.UDP, 1), e, Original, true, 31*sec) // replaces fk (expired)
+	ct.InsertFragment(MakeFragKey(src, dst, table.UDP, 2), e, Original, true, 32*sec) // replaces denied (expired)
+	ct.InsertFragment(MakeFragKey(src, dst, table.UDP, 3), e, Original, true, 33*sec) // replaces 1 (live)
+	if look(MakeFragKey(src, dst, table.UDP, 1), 33*sec).Found || !look(MakeFragKey(src, dst, table.UDP, 3), 33*sec).Found {
 		t.Error("the oldest fragment record was not the one replaced")
 	}
 	// A duplicate first fragment updates the verdict in place.
-	ct.InsertFragment(MakeFragKey(src, dst, policy.UDP, 3), nil, Original, false, 34*sec)
-	if r := look(MakeFragKey(src, dst, policy.UDP, 3), 34*sec); !r.Found || r.Allowed || r.HasEntry {
+	ct.InsertFragment(MakeFragKey(src, dst, table.UDP, 3), nil, Original, false, 34*sec)
+	if r := look(MakeFragKey(src, dst, table.UDP, 3), 34*sec); !r.Found || r.Allowed || r.HasEntry {
 		t.Errorf("duplicate first fragment: %+v", r)
 	}
 	if st := ct.Stats(); st.FragInserts != 5 || st.FragEvictions != 1 {

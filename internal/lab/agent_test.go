@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/podgate/podgate/fastpath"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // podgateBinary is cmd/podgate, built once for all the tests of a run
@@ -162,11 +162,11 @@ func TestAgentDualStack(t *testing.T) {
 		}
 	})
 	t.Run("100MB", func(t *testing.T) {
-		transfer(t, l, "app/a", "app/b", policy.PortSpec{Port: 80, Protocol: policy.TCP}, 100<<20)
+		transfer(t, l, "app/a", "app/b", table.PortSpec{Port: 80, Protocol: table.TCP}, 100<<20)
 	})
 	t.Run("UDP4000", func(t *testing.T) {
 		for _, dst := range []string{"10.10.0.2", "fd00:10::2"} {
-			c, err := l.Dial(ctx, "ext", dst, policy.PortSpec{Port: 5353, Protocol: policy.UDP})
+			c, err := l.Dial(ctx, "ext", dst, table.PortSpec{Port: 5353, Protocol: table.UDP})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -190,7 +190,7 @@ func TestAgentDualStack(t *testing.T) {
 		// kernel's lease on the offloaded flows expires for flows it
 		// forwards), denied traffic does not get through, and the
 		// connection resumes after a restart (mid-stream pickup).
-		tcp80 := policy.PortSpec{Port: 80, Protocol: policy.TCP}
+		tcp80 := table.PortSpec{Port: 80, Protocol: table.TCP}
 		c, err := l.Dial(ctx, "app/a", "app/b", tcp80)
 		if err != nil {
 			t.Fatal(err)
@@ -231,7 +231,7 @@ func TestAgentDualStack(t *testing.T) {
 		t.Logf("agent ready %v after the restart; the open connection resumed after %v", ready.Round(time.Millisecond), time.Since(restart).Round(time.Millisecond))
 	})
 	t.Run("DenyWhileOpen", func(t *testing.T) {
-		tcp80 := policy.PortSpec{Port: 80, Protocol: policy.TCP}
+		tcp80 := table.PortSpec{Port: 80, Protocol: table.TCP}
 		c, err := l.Dial(ctx, "app/a", "app/b", tcp80)
 		if err != nil {
 			t.Fatal(err)
@@ -321,7 +321,7 @@ func TestAgentOffload(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			transfer(t, l, "app/a", "app/b", policy.PortSpec{Port: 80, Protocol: policy.TCP}, 100<<20)
+			transfer(t, l, "app/a", "app/b", table.PortSpec{Port: 80, Protocol: table.TCP}, 100<<20)
 			after, err := l.Nodes()[0].Metrics(ctx)
 			if err != nil {
 				t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"github.com/podgate/podgate/internal/netns"
 	"github.com/podgate/podgate/internal/test/kubetest"
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // relayIntoNetns listens on 127.0.0.1 inside ns and relays every
@@ -149,7 +150,7 @@ func TestArticleThroughAPIServer(t *testing.T) {
 	// dbpod-policy isolates dbpod; without it the App pod reaches the DB
 	// pod (its own egress allows only the API pod: check the API pod
 	// instead on a port the policy did not allow).
-	tcp5432 := policy.PortSpec{Port: 5432, Protocol: policy.TCP}
+	tcp5432 := table.PortSpec{Port: 5432, Protocol: table.TCP}
 	if r, err := l.ProbeResult(ctx, "frontend/apipod", "backend/dbpod", tcp5432); err != nil || r.Observed {
 		t.Fatalf("before the delete, apipod -> dbpod:5432 should be denied: %v %v", r, err)
 	}
@@ -187,7 +188,7 @@ func TestArticleServiceThroughAPIServer(t *testing.T) {
 		from string
 		want bool
 	}{{"frontend/apipod", true}, {"frontend/apppod", false}} {
-		r, err := l.ProbeResult(ctx, tc.from, dbClusterIP, policy.PortSpec{Port: 80, Protocol: policy.TCP})
+		r, err := l.ProbeResult(ctx, tc.from, dbClusterIP, table.PortSpec{Port: 80, Protocol: table.TCP})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -221,12 +222,12 @@ func TestArticleServiceThroughAPIServer(t *testing.T) {
 		if time.Since(start) > 10*time.Second {
 			t.Fatalf("deleting the EndpointSlice through the API did not take effect within 10s: no denied flow apipod -> the ClusterIP in the agent's flow log (last probe: %s %s)", last.String(), last.Detail)
 		}
-		if last, err = l.ProbeResult(ctx, "frontend/apipod", dbClusterIP, policy.PortSpec{Port: 80, Protocol: policy.TCP}); err != nil {
+		if last, err = l.ProbeResult(ctx, "frontend/apipod", dbClusterIP, table.PortSpec{Port: 80, Protocol: table.TCP}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	t.Logf("EndpointSlice deleted through the API: the agent denies within %v (includes the probes)", time.Since(start).Round(time.Millisecond))
-	if r, err := l.ProbeResult(ctx, "frontend/apipod", dbClusterIP, policy.PortSpec{Port: 80, Protocol: policy.TCP}); err != nil || r.Observed {
+	if r, err := l.ProbeResult(ctx, "frontend/apipod", dbClusterIP, table.PortSpec{Port: 80, Protocol: table.TCP}); err != nil || r.Observed {
 		t.Errorf("after the EndpointSlice delete, apipod -> the ClusterIP should be denied: %s %v", r.String(), err)
 	}
 }

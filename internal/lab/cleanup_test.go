@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // childEnv selects what TestChildLab does when this test binary runs as a
@@ -36,7 +36,7 @@ func TestChildLab(t *testing.T) {
 	if err := l.StartAgent(context.Background(), os.Args[0]); err != nil {
 		t.Fatal(err)
 	}
-	ok, err := l.Probe(context.Background(), "frontend/apipod", "backend/dbpod", policy.PortSpec{Port: 80, Protocol: policy.SCTP})
+	ok, err := l.Probe(context.Background(), "frontend/apipod", "backend/dbpod", table.PortSpec{Port: 80, Protocol: table.SCTP})
 	if err != nil || !ok {
 		t.Fatalf("probe: %v %v", ok, err)
 	}
@@ -176,7 +176,7 @@ func TestCleanupAfterKill(t *testing.T) {
 	if got := len(Leftovers(live.ID())); got != 6 {
 		t.Errorf("live lab has %d namespaces and directories, want 6", got)
 	}
-	ok, err := live.Probe(context.Background(), "testvm", "frontend/apppod", policy.PortSpec{Port: 80, Protocol: policy.TCP})
+	ok, err := live.Probe(context.Background(), "testvm", "frontend/apppod", table.PortSpec{Port: 80, Protocol: table.TCP})
 	if err != nil || !ok {
 		t.Errorf("live lab broken after cleanup: %v %v", ok, err)
 	}

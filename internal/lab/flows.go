@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/podgate/podgate/fastpath"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Metrics scrapes the node's agent's /metrics. Without a running agent
@@ -152,8 +152,8 @@ func (l *Lab) Attribute(ctx context.Context, results []Result) error {
 // matchRecord returns the last record of recs that is r's flow, or nil.
 func (l *Lab) matchRecord(r *Result, recs []fastpath.FlowRecord) *fastpath.FlowRecord {
 	proto := r.Port.Protocol
-	if proto == policy.ICMP && r.Dst.Is6() {
-		proto = policy.ICMPv6
+	if proto == table.ICMP && r.Dst.Is6() {
+		proto = table.ICMPv6
 	}
 	type dest struct {
 		addr netip.Addr

@@ -22,6 +22,7 @@ import (
 
 	"github.com/podgate/podgate/internal/netns"
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Defaults of [Spec].
@@ -218,7 +219,7 @@ type Lab struct {
 	services  []Service
 	svcByAddr map[netip.Addr]*Service
 
-	table atomic.Pointer[policy.Table]
+	table atomic.Pointer[table.Table]
 	// manifestMu serializes changes to the manifest directory.
 	manifestMu sync.Mutex
 
@@ -775,7 +776,7 @@ func (l *Lab) Namespaces() []string {
 
 // Table returns the policy table compiled from the agents' current
 // manifests.
-func (l *Lab) Table() *policy.Table { return l.table.Load() }
+func (l *Lab) Table() *table.Table { return l.table.Load() }
 
 // Close stops every agent (SIGTERM, then SIGKILL after the stop timeout),
 // closes every server and stream, deletes every namespace and removes the

@@ -22,7 +22,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // The test binary doubles as a fake agent: run as `lab.test agent ARGS`,
@@ -73,11 +73,11 @@ func newArticleLab(t *testing.T, e Enforcer) *Lab {
 	return NewForTest(t, Spec{Manifests: []string{articleDir}, Enforcer: e, Prefix: testPrefix})
 }
 
-var allPorts = []policy.PortSpec{
-	{Port: 80, Protocol: policy.TCP},
-	{Port: 80, Protocol: policy.UDP},
-	{Port: 80, Protocol: policy.SCTP},
-	{Protocol: policy.ICMP},
+var allPorts = []table.PortSpec{
+	{Port: 80, Protocol: table.TCP},
+	{Port: 80, Protocol: table.UDP},
+	{Port: 80, Protocol: table.SCTP},
+	{Protocol: table.ICMP},
 }
 
 // TestArticleKernelOnly runs the article's matrix with the kernel alone:
@@ -286,7 +286,7 @@ func TestDualStack(t *testing.T) {
 	}
 
 	for _, dst := range []string{"10.10.0.3", "fd00:10::3"} {
-		c, err := l.Dial(ctx, "app/a", dst, policy.PortSpec{Port: 5353, Protocol: policy.UDP})
+		c, err := l.Dial(ctx, "app/a", dst, table.PortSpec{Port: 5353, Protocol: table.UDP})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -303,13 +303,13 @@ func TestDualStack(t *testing.T) {
 		}
 		c.Close()
 	}
-	transfer(t, l, "ext", "app/b", policy.PortSpec{Port: 8080, Protocol: policy.TCP}, 8<<20)
-	transfer(t, l, "app/a", "fd00:10::3", policy.PortSpec{Port: 8080, Protocol: policy.SCTP}, 1<<20)
+	transfer(t, l, "ext", "app/b", table.PortSpec{Port: 8080, Protocol: table.TCP}, 8<<20)
+	transfer(t, l, "app/a", "fd00:10::3", table.PortSpec{Port: 8080, Protocol: table.SCTP}, 1<<20)
 }
 
 // transfer sends n random bytes through an echo connection and checks that
 // the same bytes come back.
-func transfer(t *testing.T, l *Lab, from, to string, p policy.PortSpec, n int) {
+func transfer(t *testing.T, l *Lab, from, to string, p table.PortSpec, n int) {
 	t.Helper()
 	c, err := l.Dial(context.Background(), from, to, p)
 	if err != nil {
@@ -342,7 +342,7 @@ func transfer(t *testing.T, l *Lab, from, to string, p policy.PortSpec, n int) {
 // the directory holds exactly the applied files.
 func TestApply(t *testing.T) {
 	l := newArticleLab(t, EnforcerPodgate)
-	tcp80 := policy.PortSpec{Port: 80, Protocol: policy.TCP}
+	tcp80 := table.PortSpec{Port: 80, Protocol: table.TCP}
 	expect := func(from, to string) bool {
 		t.Helper()
 		src, dst, sip, dip, err := l.pair(from, to)

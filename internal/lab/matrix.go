@@ -12,7 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Result is one probe: what was expected and what was observed.
@@ -24,7 +24,7 @@ type Result struct {
 	// on; empty for outside hosts and Services.
 	FromNode, ToNode string
 	Src, Dst         netip.Addr
-	Port             policy.PortSpec
+	Port             table.PortSpec
 	// Expected and Observed say whether the connection should have worked
 	// and whether it did.
 	Expected, Observed bool
@@ -157,13 +157,13 @@ func AllowAll(*Result) bool { return true }
 // from the result (FromNode, ToNode; unknown means the same node) and
 // puts a Service's backends on the source's node: in a lab of several
 // nodes use [Lab.Expectation], which knows where each backend runs.
-func PolicyExpectation(t *policy.Table) Expectation {
+func PolicyExpectation(t *table.Table) Expectation {
 	return policyExpectation(t, nil)
 }
 
 // policyExpectation is [PolicyExpectation] with nodeOf giving the node of
 // a pod's address ("" when unknown: the source's node).
-func policyExpectation(t *policy.Table, nodeOf func(netip.Addr) string) Expectation {
+func policyExpectation(t *table.Table, nodeOf func(netip.Addr) string) Expectation {
 	return func(r *Result) bool {
 		host := r.From == NodeEndpoint || r.FromKind.host()
 		// local reports whether the pod with address a (on node, if
@@ -175,8 +175,8 @@ func policyExpectation(t *policy.Table, nodeOf func(netip.Addr) string) Expectat
 			return r.FromNode == "" || node == "" || node == r.FromNode
 		}
 		proto := r.Port.Protocol
-		if proto == policy.ICMP && r.Dst.Is6() {
-			proto = policy.ICMPv6
+		if proto == table.ICMP && r.Dst.Is6() {
+			proto = table.ICMPv6
 		}
 		if _, ok := t.ServiceByAddr(r.Dst); ok && proto.HasPorts() {
 			return serviceExpectation(t, r, host, local)
@@ -249,7 +249,7 @@ const MatrixRetries = 2
 // probes are then matched with the agents' records of denied flows
 // ([Lab.Attribute]). It fails only if a probe cannot be made at all or
 // ctx is done.
-func (l *Lab) Matrix(ctx context.Context, ports []policy.PortSpec) ([]Result, error) {
+func (l *Lab) Matrix(ctx context.Context, ports []table.PortSpec) ([]Result, error) {
 	for _, d := range l.endpoints {
 		for _, a := range d.IPs {
 			for _, p := range ports {
@@ -262,7 +262,7 @@ func (l *Lab) Matrix(ctx context.Context, ports []policy.PortSpec) ([]Result, er
 	type job struct {
 		i        int
 		from, to string
-		p        policy.PortSpec
+		p        table.PortSpec
 	}
 	var jobs []job
 	pairs := l.Pairs()
@@ -442,8 +442,8 @@ func WriteJSON(w io.Writer, results []Result) error {
 // agent denied it on which side: "X egress@n1" (the source's egress, at
 // its node n1), "X ingress@n2" (the destination's ingress, at n2).
 func WriteTable(w io.Writer, results []Result) error {
-	var order []policy.PortSpec
-	byPort := map[policy.PortSpec][]Result{}
+	var order []table.PortSpec
+	byPort := map[table.PortSpec][]Result{}
 	for _, r := range results {
 		if _, ok := byPort[r.Port]; !ok {
 			order = append(order, r.Port)

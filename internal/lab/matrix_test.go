@@ -8,12 +8,12 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // crossNodeResults are results of a lab of two nodes, with denials.
 func crossNodeResults() []Result {
-	tcp := policy.PortSpec{Port: 80, Protocol: policy.TCP}
+	tcp := table.PortSpec{Port: 80, Protocol: table.TCP}
 	return []Result{
 		{From: "x/a", To: "x/a", FromNode: "n1", ToNode: "n1", Port: tcp, Expected: true, Observed: true},
 		{From: "x/a", To: "x/b", FromNode: "n1", ToNode: "n2", Port: tcp, Expected: false, Observed: false,
@@ -102,8 +102,8 @@ func TestPolicyExpectationNodes(t *testing.T) {
 	server := netip.MustParseAddr("10.244.2.2")
 	client := netip.MustParseAddr("10.244.1.2")
 	node1, node2 := netip.MustParseAddr("172.18.0.1"), netip.MustParseAddr("172.18.0.2")
-	icmp := policy.PortSpec{Protocol: policy.ICMP}
-	tcp := policy.PortSpec{Port: 80, Protocol: policy.TCP}
+	icmp := table.PortSpec{Protocol: table.ICMP}
+	tcp := table.PortSpec{Port: 80, Protocol: table.TCP}
 	for _, tc := range []struct {
 		name string
 		r    Result

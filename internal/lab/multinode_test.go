@@ -18,7 +18,7 @@ import (
 
 	"github.com/podgate/podgate/fastpath"
 	"github.com/podgate/podgate/internal/netns"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // threeNodeDir is a cluster of three nodes with pod CIDRs, hostNetwork
@@ -27,9 +27,9 @@ import (
 const threeNodeDir = "testdata/threenode"
 
 var (
-	udp80    = policy.PortSpec{Port: 80, Protocol: policy.UDP}
-	icmpEcho = policy.PortSpec{Protocol: policy.ICMP}
-	tcp808   = policy.PortSpec{Port: 8080, Protocol: policy.TCP}
+	udp80    = table.PortSpec{Port: 80, Protocol: table.UDP}
+	icmpEcho = table.PortSpec{Protocol: table.ICMP}
+	tcp808   = table.PortSpec{Port: 8080, Protocol: table.TCP}
 )
 
 // node returns the lab's node of the given name.
@@ -104,11 +104,11 @@ func TestThreeNodeArticle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var table strings.Builder
-	if err := WriteTable(&table, results); err != nil {
+	var text strings.Builder
+	if err := WriteTable(&text, results); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%s\n%s", Summarize(results), table.String())
+	t.Logf("%s\n%s", Summarize(results), text.String())
 	if got, want := len(results), 60; got != want {
 		t.Errorf("%d probes, want %d", got, want)
 	}
@@ -160,7 +160,7 @@ func wantDenied(t *testing.T, r Result, dir, node string) {
 
 // probe probes from -> to, again (as Matrix does) when a connection
 // expected to work timed out, and attributes a failure.
-func probe(t *testing.T, l *Lab, from, to string, p policy.PortSpec) Result {
+func probe(t *testing.T, l *Lab, from, to string, p table.PortSpec) Result {
 	t.Helper()
 	ctx := context.Background()
 	r, err := l.ProbeResult(ctx, from, to, p)
@@ -207,14 +207,14 @@ func TestCrossNodeSemantics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var table strings.Builder
-	_ = WriteTable(&table, results)
-	t.Logf("%s in %v\n%s", Summarize(results), time.Since(start).Round(time.Millisecond), table.String())
+	var text strings.Builder
+	_ = WriteTable(&text, results)
+	t.Logf("%s in %v\n%s", Summarize(results), time.Since(start).Round(time.Millisecond), text.String())
 	for _, r := range Mismatches(results) {
 		t.Errorf("%s %s", r.Mark(), r.String())
 	}
 	checkDenials(t, results)
-	get := func(from, to string, p policy.PortSpec) Result {
+	get := func(from, to string, p table.PortSpec) Result {
 		for _, r := range results {
 			if r.From == from && r.To == to && r.Port == p {
 				return r
@@ -350,7 +350,7 @@ func TestStreamHelpers(t *testing.T) {
 	ctx := context.Background()
 	spec := func(p Pusher) StreamSpec { return StreamSpec{Pusher: p, Interval: 100 * time.Millisecond} }
 	type tc struct {
-		p      policy.PortSpec
+		p      table.PortSpec
 		pusher Pusher
 		// receiver is the endpoint whose route is blackholed on its node.
 		receiver string
@@ -514,7 +514,7 @@ func crossNodeCut(t *testing.T, l *Lab) {
 	ctx := context.Background()
 	type stream struct {
 		from, to string
-		p        policy.PortSpec
+		p        table.PortSpec
 		pusher   Pusher
 		cut      bool
 	}
@@ -523,7 +523,7 @@ func crossNodeCut(t *testing.T, l *Lab) {
 	// client of the server too (the server's egress stays open, so its
 	// half of the connection alone would look allowed).
 	for _, pair := range [][2]string{{"x/client", "x/server"}, {"x/batch", "x/client"}, {"vm", "x/server"}} {
-		for _, p := range []policy.PortSpec{tcp80, udp80} {
+		for _, p := range []table.PortSpec{tcp80, udp80} {
 			for _, pusher := range []Pusher{ServerPushes, ClientPushes} {
 				specs = append(specs, stream{pair[0], pair[1], p, pusher, true})
 			}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/podgate/podgate/internal/netns"
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // OutsideHost kind, as written in manifests:
@@ -204,7 +205,7 @@ type outsideHost struct {
 //     on, the first /24 or /64 that holds no address of the manifests), in
 //     node order;
 //   - with several nodes, each node's pod CIDRs.
-func Plan(m *policy.Manifests, t *policy.Table, o PlanOptions) (*Layout, error) {
+func Plan(m *policy.Manifests, t *table.Table, o PlanOptions) (*Layout, error) {
 	if o.Nodes < 0 {
 		return nil, fmt.Errorf("%w: %d nodes: must not be negative", ErrPlan, o.Nodes)
 	}
@@ -362,7 +363,7 @@ func hostNetworkPods(m *policy.Manifests) []*corev1.Pod {
 // nodeNames returns the lab's nodes: o.NodeName alone, or the nodes the
 // pods name, by name, and then lab-node-K up to o.Nodes; DefaultNodeName
 // for a lab of one node that no pod names.
-func nodeNames(eps []policy.Endpoint, hostPods []*corev1.Pod, o PlanOptions) ([]string, error) {
+func nodeNames(eps []table.Endpoint, hostPods []*corev1.Pod, o PlanOptions) ([]string, error) {
 	if o.NodeName != "" {
 		return []string{o.NodeName}, nil
 	}

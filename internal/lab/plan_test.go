@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 const (
@@ -19,7 +20,7 @@ const (
 	articleThreeNodes = articleDir + "/three-nodes"
 )
 
-func load(t *testing.T, paths ...string) (*policy.Manifests, *policy.Table) {
+func load(t *testing.T, paths ...string) (*policy.Manifests, *table.Table) {
 	t.Helper()
 	m, err := policy.Load(paths...)
 	if err != nil {

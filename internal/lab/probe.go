@@ -20,7 +20,7 @@ import (
 	"golang.org/x/net/ipv6"
 
 	"github.com/podgate/podgate/internal/netns"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // ErrUnknownEndpoint is returned for a probe source or destination that is
@@ -90,7 +90,7 @@ func (l *Lab) pair(from, to string) (src, dst *Endpoint, sip, dip netip.Addr, er
 // addresses, see [Lab.ProbeResult]) and reports whether it worked. An
 // error means the probe could not be made at all, not that the connection
 // failed.
-func (l *Lab) Probe(ctx context.Context, from, to string, p policy.PortSpec) (bool, error) {
+func (l *Lab) Probe(ctx context.Context, from, to string, p table.PortSpec) (bool, error) {
 	r, err := l.ProbeResult(ctx, from, to, p)
 	return r.Observed, err
 }
@@ -118,7 +118,7 @@ func (l *Lab) Probe(ctx context.Context, from, to string, p policy.PortSpec) (bo
 //
 // The destination's echo server for the port is started if it is not
 // running yet.
-func (l *Lab) ProbeResult(ctx context.Context, from, to string, p policy.PortSpec) (Result, error) {
+func (l *Lab) ProbeResult(ctx context.Context, from, to string, p table.PortSpec) (Result, error) {
 	src, dst, sip, dip, err := l.pair(from, to)
 	if err != nil {
 		return Result{}, err
@@ -137,9 +137,9 @@ func (l *Lab) ProbeResult(ctx context.Context, from, to string, p policy.PortSpe
 	defer cancel()
 	token := probeToken(src.Name, dst.Name, p)
 	switch p.Protocol {
-	case policy.TCP, policy.UDP, policy.SCTP:
+	case table.TCP, table.UDP, table.SCTP:
 		err = l.probeEcho(pctx, src.NS, sip, dip, p, token)
-	case policy.ICMP, policy.ICMPv6:
+	case table.ICMP, table.ICMPv6:
 		err = probeICMP(pctx, src.NS, sip, dip, token)
 	default:
 		return r, fmt.Errorf("probe %s: unsupported protocol", p)
@@ -158,7 +158,7 @@ func (l *Lab) ProbeResult(ctx context.Context, from, to string, p policy.PortSpe
 // ensureServer starts the echo server of a probe to dst at dip: the
 // destination's own, or for a Service every backend's (of dip's family)
 // at its target port.
-func (l *Lab) ensureServer(dst *Endpoint, dip netip.Addr, p policy.PortSpec) error {
+func (l *Lab) ensureServer(dst *Endpoint, dip netip.Addr, p table.PortSpec) error {
 	if dst.Kind != KindService {
 		return l.servers.ensure(dst.NS, dip, p)
 	}
@@ -171,22 +171,22 @@ func (l *Lab) ensureServer(dst *Endpoint, dip netip.Addr, p policy.PortSpec) err
 		return fmt.Errorf("%s port %s has no ready backend of the family of %s in the lab", dst.Service, p, dip)
 	}
 	for _, b := range bs {
-		if err := l.servers.ensure(b.Endpoint.NS, b.Addr, policy.PortSpec{Port: b.Port, Protocol: p.Protocol}); err != nil {
+		if err := l.servers.ensure(b.Endpoint.NS, b.Addr, table.PortSpec{Port: b.Port, Protocol: p.Protocol}); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func probeToken(from, to string, p policy.PortSpec) []byte {
+func probeToken(from, to string, p table.PortSpec) []byte {
 	var nonce [8]byte
 	_, _ = rand.Read(nonce[:])
 	return fmt.Appendf(nil, "podgate-lab %s -> %s %s %x", from, to, p, nonce)
 }
 
 // probeEcho dials the echo server and checks one round trip of token.
-func (l *Lab) probeEcho(ctx context.Context, ns *netns.Namespace, src, dst netip.Addr, p policy.PortSpec, token []byte) error {
-	if p.Protocol == policy.UDP {
+func (l *Lab) probeEcho(ctx context.Context, ns *netns.Namespace, src, dst netip.Addr, p table.PortSpec, token []byte) error {
+	if p.Protocol == table.UDP {
 		return probeUDP(ctx, ns, src, dst, p.Port, token)
 	}
 	c, err := l.dial(ctx, ns, src, dst, p)
@@ -277,7 +277,7 @@ func dialUDP(ns *netns.Namespace, src, dst netip.Addr, port uint16) (*net.UDPCon
 // messages of at most 16 KiB; Close shuts the association down. The
 // connection lives in the source's namespace and may be used from any
 // goroutine.
-func (l *Lab) Dial(ctx context.Context, from, to string, p policy.PortSpec) (net.Conn, error) {
+func (l *Lab) Dial(ctx context.Context, from, to string, p table.PortSpec) (net.Conn, error) {
 	src, dst, sip, dip, err := l.pair(from, to)
 	if err != nil {
 		return nil, err
@@ -288,7 +288,7 @@ func (l *Lab) Dial(ctx context.Context, from, to string, p policy.PortSpec) (net
 	dctx, cancel := context.WithTimeout(ctx, l.spec.ProbeTimeout)
 	defer cancel()
 	var c net.Conn
-	if p.Protocol == policy.UDP {
+	if p.Protocol == table.UDP {
 		c, err = dialUDP(src.NS, sip, dip, p.Port)
 	} else {
 		c, err = l.dial(dctx, src.NS, sip, dip, p)
@@ -300,9 +300,9 @@ func (l *Lab) Dial(ctx context.Context, from, to string, p policy.PortSpec) (net
 }
 
 // dial connects a stream (TCP or SCTP) from src in ns to dst.
-func (l *Lab) dial(ctx context.Context, ns *netns.Namespace, src, dst netip.Addr, p policy.PortSpec) (net.Conn, error) {
+func (l *Lab) dial(ctx context.Context, ns *netns.Namespace, src, dst netip.Addr, p table.PortSpec) (net.Conn, error) {
 	switch p.Protocol {
-	case policy.TCP:
+	case table.TCP:
 		var c net.Conn
 		err := ns.Do(func() error {
 			d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
@@ -315,7 +315,7 @@ func (l *Lab) dial(ctx context.Context, ns *netns.Namespace, src, dst netip.Addr
 			return nil, fmt.Errorf("dial tcp: %w", err)
 		}
 		return c, nil
-	case policy.SCTP:
+	case table.SCTP:
 		return l.dialSCTP(ctx, ns, src, dst, p.Port)
 	}
 	return nil, fmt.Errorf("dial %s: not a stream protocol", p)

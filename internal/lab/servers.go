@@ -18,7 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podgate/podgate/internal/netns"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Server timeouts.
@@ -52,7 +52,7 @@ type servers struct {
 
 type serverKey struct {
 	addr  netip.Addr
-	proto policy.Protocol
+	proto table.Protocol
 	port  uint16
 }
 
@@ -94,7 +94,7 @@ func (s *servers) done(c io.Closer) {
 // ensure starts the server for p on addr in ns unless it runs already.
 // Protocols without ports need no server (the kernel answers echo
 // requests).
-func (s *servers) ensure(ns *netns.Namespace, addr netip.Addr, p policy.PortSpec) error {
+func (s *servers) ensure(ns *netns.Namespace, addr netip.Addr, p table.PortSpec) error {
 	if !p.Protocol.HasPorts() {
 		return nil
 	}
@@ -112,11 +112,11 @@ func (s *servers) ensure(ns *netns.Namespace, addr netip.Addr, p policy.PortSpec
 		err error
 	)
 	switch p.Protocol {
-	case policy.TCP:
+	case table.TCP:
 		c, err = s.startTCP(ns, addr, p.Port)
-	case policy.UDP:
+	case table.UDP:
 		c, err = s.startUDP(ns, addr, p.Port)
-	case policy.SCTP:
+	case table.SCTP:
 		c, err = s.startSCTP(ns, addr, p.Port)
 	default:
 		err = fmt.Errorf("no server for %s", p.Protocol)

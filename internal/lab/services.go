@@ -16,6 +16,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Service is a Service of the manifests as the lab's nodes serve it: the
@@ -34,7 +35,7 @@ type Service struct {
 // to.
 type ServicePort struct {
 	Name     string
-	Protocol policy.Protocol
+	Protocol table.Protocol
 	Port     uint16
 	// Backends are the ready endpoints of the port that are lab endpoints
 	// (pods of any of the lab's nodes, outside hosts), of both families:
@@ -57,7 +58,7 @@ type Backend struct {
 func (s *Service) String() string { return "Service " + s.Name }
 
 // port returns the Service's port proto/port, or nil.
-func (s *Service) port(proto policy.Protocol, port uint16) *ServicePort {
+func (s *Service) port(proto table.Protocol, port uint16) *ServicePort {
 	for i := range s.Ports {
 		if s.Ports[i].Protocol == proto && s.Ports[i].Port == port {
 			return &s.Ports[i]
@@ -160,14 +161,14 @@ func planServices(m *policy.Manifests, owner func(netip.Addr) *Endpoint) ([]Serv
 	return out, notes
 }
 
-func labProtocol(p corev1.Protocol) policy.Protocol {
+func labProtocol(p corev1.Protocol) table.Protocol {
 	switch p {
 	case corev1.ProtocolUDP:
-		return policy.UDP
+		return table.UDP
 	case corev1.ProtocolSCTP:
-		return policy.SCTP
+		return table.SCTP
 	}
-	return policy.TCP
+	return table.TCP
 }
 
 // Services returns the Services the lab's nodes serve (ClusterIPs DNATed
@@ -214,7 +215,7 @@ var ErrNoIPTables = errors.New("iptables not installed")
 func natRules(svcs []Service, is4 bool) string {
 	var body strings.Builder
 	var chains []string
-	proto := func(p policy.Protocol) string { return strings.ToLower(p.String()) }
+	proto := func(p table.Protocol) string { return strings.ToLower(p.String()) }
 	host := func(a netip.Addr) string {
 		if a.Is4() {
 			return a.String() + "/32"
@@ -306,7 +307,7 @@ func (l *Lab) programServices(ctx context.Context, n *Node) error {
 // every backend's ingress (kube-proxy may pick any of them). A node as
 // the source (host) has no egress policy and reaches the backends on its
 // own node (local) whatever their ingress.
-func serviceExpectation(t *policy.Table, r *Result, host bool, local func(netip.Addr, string) bool) bool {
+func serviceExpectation(t *table.Table, r *Result, host bool, local func(netip.Addr, string) bool) bool {
 	v := t.Lookup(r.Src, r.Dst, r.Port.Protocol, r.Port.Port)
 	if !v.Egress.Allowed() {
 		return false

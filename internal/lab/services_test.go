@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 const servicesDir = "testdata/services"
@@ -22,7 +23,7 @@ const (
 	dbPod       = "10.0.1.10"
 )
 
-var tcp80 = policy.PortSpec{Port: 80, Protocol: policy.TCP}
+var tcp80 = table.PortSpec{Port: 80, Protocol: table.TCP}
 
 // TestPlanServices reads the Services as the lab's kube-proxy does and
 // writes the iptables-restore input, without touching the kernel.
@@ -132,7 +133,7 @@ func lookupDeniedFlow(l *Lab, src, dst string) (string, bool, error) {
 }
 
 // probeService probes from -> to and checks expectation and observation.
-func probeService(t *testing.T, l *Lab, from, to string, p policy.PortSpec, want bool) Result {
+func probeService(t *testing.T, l *Lab, from, to string, p table.PortSpec, want bool) Result {
 	t.Helper()
 	r, err := l.ProbeResult(context.Background(), from, to, p)
 	if err != nil {
@@ -166,7 +167,7 @@ func TestArticleServiceKernelOnly(t *testing.T) {
 	if _, err := l.ProbeResult(context.Background(), dbClusterIP, "frontend/apipod", tcp80); err == nil {
 		t.Error("a Service as a probe source: no error")
 	}
-	if _, err := l.ProbeResult(context.Background(), "frontend/apipod", dbClusterIP, policy.PortSpec{Port: 81, Protocol: policy.TCP}); err == nil || !strings.Contains(err.Error(), "has no port") {
+	if _, err := l.ProbeResult(context.Background(), "frontend/apipod", dbClusterIP, table.PortSpec{Port: 81, Protocol: table.TCP}); err == nil || !strings.Contains(err.Error(), "has no port") {
 		t.Errorf("a port the Service does not have: %v", err)
 	}
 }
@@ -188,11 +189,11 @@ func TestArticleServiceWithAgent(t *testing.T) {
 	api, app, vm, svcIP := netip.MustParseAddr("10.0.1.30"), netip.MustParseAddr("10.0.1.20"), netip.MustParseAddr("10.0.0.4"), netip.MustParseAddr(dbClusterIP)
 
 	t.Run("apipod connects through the Service", func(t *testing.T) {
-		v := tab.Lookup(api, svcIP, policy.TCP, 80)
-		if v.Egress.Reason != policy.AllowedByRule || tab.Rule(policy.Egress, v.Egress.Rule).String() != "frontend/apipod-policy egress[0]" {
+		v := tab.Lookup(api, svcIP, table.TCP, 80)
+		if v.Egress.Reason != table.AllowedByRule || tab.Rule(table.Egress, v.Egress.Rule).String() != "frontend/apipod-policy egress[0]" {
 			t.Errorf("egress of apipod to the Service: %+v", v.Egress)
 		}
-		if in := tab.Lookup(api, netip.MustParseAddr(dbPod), policy.TCP, 80).Ingress; in.Reason != policy.AllowedByRule {
+		if in := tab.Lookup(api, netip.MustParseAddr(dbPod), table.TCP, 80).Ingress; in.Reason != table.AllowedByRule {
 			t.Errorf("dbpod's ingress from apipod: %+v", in)
 		}
 		probeService(t, l, "frontend/apipod", dbClusterIP, tcp80, true)
@@ -209,7 +210,7 @@ func TestArticleServiceWithAgent(t *testing.T) {
 		}
 	})
 	t.Run("apppod is denied at its egress", func(t *testing.T) {
-		if v := tab.Lookup(app, svcIP, policy.TCP, 80); v.Egress.Reason != policy.Denied {
+		if v := tab.Lookup(app, svcIP, table.TCP, 80); v.Egress.Reason != table.Denied {
 			t.Errorf("egress of apppod to the Service: %+v", v.Egress)
 		}
 		probeService(t, l, "frontend/apppod", dbClusterIP, tcp80, false)
@@ -221,7 +222,7 @@ func TestArticleServiceWithAgent(t *testing.T) {
 		// Its egress is isolated without rules, but the only backend is
 		// itself (loopback); the node masquerades the hairpin connection,
 		// and the node may reach its pods.
-		if v := tab.Lookup(netip.MustParseAddr(dbPod), svcIP, policy.TCP, 80); v.Egress.Reason != policy.Loopback {
+		if v := tab.Lookup(netip.MustParseAddr(dbPod), svcIP, table.TCP, 80); v.Egress.Reason != table.Loopback {
 			t.Errorf("dbpod -> its Service: %+v", v.Egress)
 		}
 		probeService(t, l, "backend/dbpod", dbClusterIP, tcp80, true)
@@ -229,7 +230,7 @@ func TestArticleServiceWithAgent(t *testing.T) {
 		probeService(t, l, "backend/dbpod", "frontend/apipod", tcp80, false)
 	})
 	t.Run("testvm is outside: only dbpod's ingress judges it", func(t *testing.T) {
-		if v := tab.Lookup(vm, svcIP, policy.TCP, 80); v.Egress.Reason != policy.NotPod || v.Ingress.Reason != policy.NotPod {
+		if v := tab.Lookup(vm, svcIP, table.TCP, 80); v.Egress.Reason != table.NotPod || v.Ingress.Reason != table.NotPod {
 			t.Errorf("testvm -> the ClusterIP: %+v, want not-pod on both sides", v)
 		}
 		probeService(t, l, "testvm", dbClusterIP, tcp80, false)
@@ -309,7 +310,7 @@ func TestServicesWithAgent(t *testing.T) {
 		probeService(t, l, "node", "10.30.100.1", tcp80, true)
 	})
 	t.Run("matrix unchanged", func(t *testing.T) {
-		results, err := l.Matrix(context.Background(), []policy.PortSpec{{Port: 8080, Protocol: policy.TCP}})
+		results, err := l.Matrix(context.Background(), []table.PortSpec{{Port: 8080, Protocol: table.TCP}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // Pusher says which end of a [Stream] sends.
@@ -74,7 +74,7 @@ type Arrival struct {
 type Stream struct {
 	From, To string
 	Src, Dst netip.Addr
-	Port     policy.PortSpec
+	Port     table.PortSpec
 	Spec     StreamSpec
 
 	key      streamKey
@@ -93,7 +93,7 @@ type Stream struct {
 // streamKey identifies a stream's connection at the server: the protocol
 // and the client's address and port as the server sees them.
 type streamKey struct {
-	proto  policy.Protocol
+	proto  table.Protocol
 	client netip.AddrPort
 }
 
@@ -104,11 +104,11 @@ const streamLine = "podgate-lab stream "
 // addresses as for [Lab.ProbeResult], a Service included) on a TCP or UDP
 // port and waits, at most Spec.ProbeTimeout, until its first line arrives.
 // The caller closes it (Close), or the lab does when it closes.
-func (l *Lab) OpenStream(ctx context.Context, from, to string, p policy.PortSpec, spec StreamSpec) (*Stream, error) {
+func (l *Lab) OpenStream(ctx context.Context, from, to string, p table.PortSpec, spec StreamSpec) (*Stream, error) {
 	if spec.Interval <= 0 {
 		spec.Interval = DefaultStreamInterval
 	}
-	if p.Protocol != policy.TCP && p.Protocol != policy.UDP {
+	if p.Protocol != table.TCP && p.Protocol != table.UDP {
 		return nil, fmt.Errorf("open stream %s -> %s %s: TCP or UDP only", from, to, p)
 	}
 	src, dst, sip, dip, err := l.pair(from, to)
@@ -124,7 +124,7 @@ func (l *Lab) OpenStream(ctx context.Context, from, to string, p policy.PortSpec
 	}
 	dctx, cancel := context.WithTimeout(ctx, l.spec.ProbeTimeout)
 	defer cancel()
-	if p.Protocol == policy.UDP {
+	if p.Protocol == table.UDP {
 		s.conn, err = dialUDP(src.NS, sip, dip, p.Port)
 	} else {
 		s.conn, err = l.dial(dctx, src.NS, sip, dip, p)
@@ -143,7 +143,7 @@ func (l *Lab) OpenStream(ctx context.Context, from, to string, p policy.PortSpec
 	switch {
 	case spec.Pusher == ClientPushes:
 		s.wg.Go(s.clientPush)
-	case p.Protocol == policy.UDP:
+	case p.Protocol == table.UDP:
 		s.wg.Go(s.clientReceiveUDP)
 	default:
 		s.wg.Go(s.clientReceiveTCP)
@@ -502,7 +502,7 @@ func (sv *servers) registered(key streamKey) *serverStream {
 // echo; if the client pushes, it records the lines and sends nothing.
 func (sv *servers) serveTCP(c net.Conn) {
 	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-	key := streamKey{policy.TCP, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}
+	key := streamKey{table.TCP, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}
 	st := sv.attach(key, c)
 	defer sv.detach(key, st)
 	done := make(chan struct{})
@@ -577,7 +577,7 @@ func (sv *servers) serveTCP(c net.Conn) {
 // serveUDP handles one datagram to a UDP server: a stream's datagram
 // starts the server's pushing (once) or is recorded; any other is echoed.
 func (sv *servers) serveUDP(pc *net.UDPConn, b []byte, from netip.AddrPort) {
-	st := sv.registered(streamKey{policy.UDP, netip.AddrPortFrom(from.Addr().Unmap(), from.Port())})
+	st := sv.registered(streamKey{table.UDP, netip.AddrPortFrom(from.Addr().Unmap(), from.Port())})
 	if st == nil {
 		_, _ = pc.WriteToUDPAddrPort(b, from)
 		return

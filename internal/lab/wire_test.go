@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // capture records the IPv4 packets seen on an interface of the node
@@ -94,7 +94,7 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 func TestSCTPOnTheWire(t *testing.T) {
 	l := newArticleLab(t, EnforcerNone)
 	c := startCapture(t, l, "veth0-dbpod")
-	p := policy.PortSpec{Port: 8080, Protocol: policy.SCTP}
+	p := table.PortSpec{Port: 8080, Protocol: table.SCTP}
 	ok, err := l.Probe(context.Background(), "frontend/apipod", "backend/dbpod", p)
 	if err != nil || !ok {
 		t.Fatalf("probe: %v, %v", ok, err)

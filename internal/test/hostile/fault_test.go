@@ -23,7 +23,7 @@ import (
 	"github.com/podgate/podgate/fastpath"
 	"github.com/podgate/podgate/internal/lab"
 	"github.com/podgate/podgate/internal/netns"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // portSeries returns the keys of the agent's series that name an
@@ -172,7 +172,7 @@ func TestPodDeletedMidFlow(t *testing.T) {
 	})
 	for _, c := range []struct {
 		from, to string
-		p        policy.PortSpec
+		p        table.PortSpec
 	}{
 		{"app/c", "app/a", tcpPort(81)}, {"ext", "app/a", tcpPort(80)}, {"fd00:31::4", "fd00:31::2", udpPort(5353)},
 		{"app/a", "app/c", tcpPort(80)}, {"app/d", "app/a", tcpPort(80)}, {"ext", "app/c", tcpPort(80)},

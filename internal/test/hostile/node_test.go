@@ -18,7 +18,7 @@ import (
 
 	"github.com/podgate/podgate/internal/lab"
 	"github.com/podgate/podgate/internal/netns"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // labPrefix starts the names of this package's labs (namespaces and
@@ -29,9 +29,9 @@ const labPrefix = "pghostile"
 const nodeManifests = "testdata/node"
 
 // tcpPort, udpPort and icmpEcho are probe ports.
-func tcpPort(p uint16) policy.PortSpec { return policy.PortSpec{Port: p, Protocol: policy.TCP} }
-func udpPort(p uint16) policy.PortSpec { return policy.PortSpec{Port: p, Protocol: policy.UDP} }
-func icmpEcho() policy.PortSpec        { return policy.PortSpec{Protocol: policy.ICMP} }
+func tcpPort(p uint16) table.PortSpec { return table.PortSpec{Port: p, Protocol: table.TCP} }
+func udpPort(p uint16) table.PortSpec { return table.PortSpec{Port: p, Protocol: table.UDP} }
+func icmpEcho() table.PortSpec        { return table.PortSpec{Protocol: table.ICMP} }
 
 func TestMain(m *testing.M) {
 	os.Exit(runTests(m))
@@ -207,7 +207,7 @@ func (n *node) logLines(skip ...string) string {
 
 // expect probes from -> to on p and fails the test when the result is not
 // what the lab's policy table expects; it returns the result.
-func (n *node) expect(when, from, to string, p policy.PortSpec) lab.Result {
+func (n *node) expect(when, from, to string, p table.PortSpec) lab.Result {
 	n.t.Helper()
 	r, err := n.l.ProbeResult(context.Background(), from, to, p)
 	if err != nil {
@@ -224,7 +224,7 @@ func (n *node) checkPolicy(when string) {
 	n.t.Helper()
 	for _, c := range []struct {
 		from, to string
-		p        policy.PortSpec
+		p        table.PortSpec
 	}{
 		{"app/a", "app/b", tcpPort(80)}, {"app/a", "app/b", udpPort(5353)}, {"app/c", "app/b", icmpEcho()},
 		{"fd00:31::2", "fd00:31::3", tcpPort(80)}, {"app/b", "app/c", tcpPort(81)},
@@ -374,7 +374,7 @@ func echo(c net.Conn, d time.Duration) error {
 
 // dial opens a connection with the lab (to an echo server), closed at
 // cleanup.
-func (n *node) dial(from, to string, p policy.PortSpec) net.Conn {
+func (n *node) dial(from, to string, p table.PortSpec) net.Conn {
 	n.t.Helper()
 	c, err := n.l.Dial(context.Background(), from, to, p)
 	if err != nil {

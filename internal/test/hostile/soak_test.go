@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/podgate/podgate/internal/lab"
-	"github.com/podgate/podgate/policy"
+	"github.com/podgate/podgate/policy/table"
 )
 
 // soakSample is one scrape of the agent during the soak.
@@ -119,7 +119,7 @@ func TestSoak(t *testing.T) {
 			}
 		}()
 	}
-	probe := func(from, to string, p policy.PortSpec) {
+	probe := func(from, to string, p table.PortSpec) {
 		r, err := n.l.ProbeResult(ctx, from, to, p)
 		if err != nil {
 			if ctx.Err() == nil {

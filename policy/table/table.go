@@ -1,8 +1,7 @@
-package policy
+package table
 
 import (
 	"fmt"
-	"github.com/podgate/podgate/internal/addrmap"
 	"net/netip"
 	"time"
 )
@@ -22,6 +21,15 @@ func (d Direction) String() string {
 		return "egress"
 	}
 	return "ingress"
+}
+
+// PolicyType returns the direction as spec.policyTypes spells it:
+// "Ingress" or "Egress".
+func (d Direction) PolicyType() string {
+	if d == Egress {
+		return "Egress"
+	}
+	return "Ingress"
 }
 
 // Reason says how one side of a connection was decided.
@@ -138,27 +146,30 @@ type Endpoint struct {
 	Labels    map[string]string
 	// IPs are the pod's addresses, primary first (one per family).
 	IPs []netip.Addr
-
-	identity   int32
-	namedPorts []namedPort
+	// Identity indexes [Spec.Identities]: the pods that policy cannot tell
+	// apart from this one.
+	Identity int32
+	// NamedPorts are the pod's named container ports, which resolve named
+	// ports in rules.
+	NamedPorts []NamedPort
 }
 
 // String returns "namespace/name".
 func (e *Endpoint) String() string { return e.Namespace + "/" + e.Name }
 
-// namedPort is a container port with a name, for resolving named ports in
-// rules. name indexes Table.portNames.
-type namedPort struct {
-	name  int32
-	proto Protocol
-	port  uint16
+// NamedPort is a container port with a name. Name indexes
+// [Spec.PortNames].
+type NamedPort struct {
+	Name  int32
+	Proto Protocol
+	Port  uint16
 }
 
 // endpointHot is the part of an endpoint that lookups read, kept apart so
 // that it is dense in memory.
 type endpointHot struct {
 	identity int32
-	groups   [2]int32 // per Direction: index into Table.groups, or -1 if not isolated
+	groups   [2]int32 // per Direction: index into Spec.Groups, or -1 if not isolated
 }
 
 // PolicyInfo identifies a compiled NetworkPolicy.
@@ -174,73 +185,19 @@ type PolicyInfo struct {
 // String returns "namespace/name".
 func (p PolicyInfo) String() string { return p.Namespace + "/" + p.Name }
 
-// identity groups pods that policy cannot tell apart: same namespace, same
-// labels. Each points at the groups of rules that apply to it.
-type identity struct {
-	groups [2]int32 // per Direction: index into Table.groups, or -1 if not isolated
-}
-
-// group is the union of the rules of one set of policies, for one
-// direction. Identities selected by the same set of policies share a group.
-type group struct {
-	policies []int32
-	rules    []rule
-}
-
-// rule is one compiled ingress or egress rule.
-type rule struct {
-	ref      RuleRef
-	allPeers bool   // no from/to: every peer
-	peers    bitset // identities matched by the pod/namespace selector peers
-	blocks   []ipBlock
-	ports    portMatch
-}
-
-type ipBlock struct {
-	cidr   netip.Prefix
-	except []netip.Prefix
-}
-
-func (b *ipBlock) contains(a netip.Addr) bool {
-	if !b.cidr.Contains(a) {
-		return false
-	}
-	for _, e := range b.except {
-		if e.Contains(a) {
-			return false
-		}
-	}
-	return true
-}
-
-// portMatch is a rule's ports list. all is set when the rule has no ports
-// (every protocol, every port, ICMP included).
-type portMatch struct {
-	all     bool
-	entries []portEntry
-}
-
-// portEntry matches one protocol and either a port range or, when name >= 0,
-// a named port resolved on the destination pod.
-type portEntry struct {
-	proto  Protocol
-	lo, hi uint16
-	name   int32
-}
-
 // matches reports whether the ports admit proto and port to the pod dstEp
 // (or -1), whose container ports resolve named ports.
-func (m *portMatch) matches(t *Table, proto Protocol, port uint16, dstEp int32) bool {
-	if m.all {
+func (m *PortMatch) matches(t *Table, proto Protocol, port uint16, dstEp int32) bool {
+	if m.All {
 		return true
 	}
-	for i := range m.entries {
-		e := &m.entries[i]
-		if e.proto != proto {
+	for i := range m.Entries {
+		e := &m.Entries[i]
+		if e.Proto != proto {
 			continue
 		}
-		if e.name < 0 {
-			if port >= e.lo && port <= e.hi {
+		if e.Name < 0 {
+			if port >= e.Lo && port <= e.Hi {
 				return true
 			}
 			continue
@@ -248,8 +205,8 @@ func (m *portMatch) matches(t *Table, proto Protocol, port uint16, dstEp int32) 
 		if dstEp < 0 {
 			continue
 		}
-		for _, np := range t.endpoints[dstEp].namedPorts {
-			if np.name == e.name && np.proto == proto && np.port == port {
+		for _, np := range t.spec.Endpoints[dstEp].NamedPorts {
+			if np.Name == e.Name && np.Proto == proto && np.Port == port {
 				return true
 			}
 		}
@@ -257,19 +214,31 @@ func (m *portMatch) matches(t *Table, proto Protocol, port uint16, dstEp int32) 
 	return false
 }
 
-func (r *rule) matches(t *Table, peer int32, peerAddr netip.Addr, proto Protocol, port uint16, dstEp int32) bool {
-	if !r.ports.matches(t, proto, port, dstEp) {
+func (r *Rule) matches(t *Table, peer int32, peerAddr netip.Addr, proto Protocol, port uint16, dstEp int32) bool {
+	if !r.Ports.matches(t, proto, port, dstEp) {
 		return false
 	}
-	if r.allPeers || r.peers.has(peer) {
+	if r.AllPeers || r.Peers.Has(peer) {
 		return true
 	}
-	for i := range r.blocks {
-		if r.blocks[i].contains(peerAddr) {
+	for i := range r.Blocks {
+		if r.Blocks[i].contains(peerAddr) {
 			return true
 		}
 	}
 	return false
+}
+
+func (b *IPBlock) contains(a netip.Addr) bool {
+	if !b.CIDR.Contains(a) {
+		return false
+	}
+	for _, e := range b.Except {
+		if e.Contains(a) {
+			return false
+		}
+	}
+	return true
 }
 
 // CompileStats describes a compilation.
@@ -285,37 +254,18 @@ type CompileStats struct {
 	Duration                             time.Duration
 }
 
-// Table is a compiled, immutable policy snapshot. All methods are safe for
-// concurrent use; lookups do not allocate or lock.
+// Table is a compiled, immutable policy snapshot, made by [New] from a
+// [Spec]. All methods are safe for concurrent use; lookups do not allocate
+// or lock.
 type Table struct {
+	// What lookups read comes first, in one cache line with the spec's
+	// address index and rule groups.
+	hot []endpointHot // per endpoint
+	// tiers is per endpoint and nil when the table has no cluster
+	// policy, which lookups test to skip the tiers.
+	tiers      []tierHot
+	spec       Spec
 	generation uint64
-	endpoints  []Endpoint
-	hot        []endpointHot // per endpoint, what lookups read
-	byAddr     *addrmap.Map[int32]
-	identities []identity
-	namespaces []string
-	groups     []group
-	policies   []PolicyInfo
-	portNames  []string
-	warnings   []string
-	stats      CompileStats
-
-	// Services: ClusterIP -> index into svcAddrs (nil when the cluster
-	// had none).
-	services  []ServiceInfo
-	svcAddrs  []svcAddr
-	svcByAddr *addrmap.Map[int32]
-
-	// Cluster policies. tiers is per endpoint and nil when the table has
-	// no cluster policy, which lookups test to skip the tiers.
-	clusterPolicies []ClusterPolicyInfo
-	clusterRules    []ClusterRuleInfo
-	tiers           []tierHot
-	tierGroups      []tierGroup
-	// Per cluster policy: the identities it selects and its rules (for
-	// lint).
-	cpSelected [][]int32
-	cpRules    [][2][]clusterRule
 }
 
 // Generation is the number the [Store] gave the table when it was
@@ -324,26 +274,26 @@ func (t *Table) Generation() uint64 { return t.generation }
 
 // Warnings are the problems found while compiling that did not stop it, such
 // as two pods claiming the same IP.
-func (t *Table) Warnings() []string { return t.warnings }
+func (t *Table) Warnings() []string { return t.spec.Warnings }
 
 // Stats describes the compilation that produced the table.
-func (t *Table) Stats() CompileStats { return t.stats }
+func (t *Table) Stats() CompileStats { return t.spec.Stats }
 
 // Endpoints returns the pods of the table, sorted by namespace and name. The
 // caller must not modify them.
-func (t *Table) Endpoints() []Endpoint { return t.endpoints }
+func (t *Table) Endpoints() []Endpoint { return t.spec.Endpoints }
 
 // Endpoint returns the pod with index i, or nil when i is out of range.
 func (t *Table) Endpoint(i int32) *Endpoint {
-	if i < 0 || int(i) >= len(t.endpoints) {
+	if i < 0 || int(i) >= len(t.spec.Endpoints) {
 		return nil
 	}
-	return &t.endpoints[i]
+	return &t.spec.Endpoints[i]
 }
 
 // EndpointByAddr returns the index of the pod that owns addr.
 func (t *Table) EndpointByAddr(addr netip.Addr) (int32, bool) {
-	i, ok := t.byAddr.Get(addr)
+	i, ok := t.spec.ByAddr.Get(addr)
 	if !ok {
 		return -1, false
 	}
@@ -353,28 +303,28 @@ func (t *Table) EndpointByAddr(addr netip.Addr) (int32, bool) {
 // EndpointByName returns the index of the pod namespace/name.
 func (t *Table) EndpointByName(namespace, name string) (int32, bool) {
 	// Endpoints are sorted by namespace and name: binary search.
-	lo, hi := 0, len(t.endpoints)
+	lo, hi := 0, len(t.spec.Endpoints)
 	for lo < hi {
 		m := int(uint(lo+hi) >> 1)
-		e := &t.endpoints[m]
+		e := &t.spec.Endpoints[m]
 		if e.Namespace < namespace || (e.Namespace == namespace && e.Name < name) {
 			lo = m + 1
 		} else {
 			hi = m
 		}
 	}
-	if lo < len(t.endpoints) && t.endpoints[lo].Namespace == namespace && t.endpoints[lo].Name == name {
+	if lo < len(t.spec.Endpoints) && t.spec.Endpoints[lo].Namespace == namespace && t.spec.Endpoints[lo].Name == name {
 		return int32(lo), true
 	}
 	return -1, false
 }
 
 // Policies returns the compiled policies, sorted by namespace and name.
-func (t *Table) Policies() []PolicyInfo { return t.policies }
+func (t *Table) Policies() []PolicyInfo { return t.spec.Policies }
 
 // Policy returns the policy with index i; i must come from a [RuleRef] or
 // an index below len(Policies()).
-func (t *Table) Policy(i int32) PolicyInfo { return t.policies[i] }
+func (t *Table) Policy(i int32) PolicyInfo { return t.spec.Policies[i] }
 
 // Isolated reports whether the pod with index ep is isolated for dir.
 func (t *Table) Isolated(ep int32, dir Direction) bool {
@@ -391,11 +341,11 @@ func (t *Table) Selecting(ep int32, dir Direction) []int32 {
 	if g < 0 {
 		return nil
 	}
-	return t.groups[g].policies
+	return t.spec.Groups[g].Policies
 }
 
 func (t *Table) resolve(a netip.Addr) int32 {
-	if i, ok := t.byAddr.Get(a); ok {
+	if i, ok := t.spec.ByAddr.Get(a); ok {
 		return i
 	}
 	return -1
@@ -478,10 +428,10 @@ func (t *Table) decide(dir Direction, self, peer int32, peerAddr netip.Addr, pro
 	if !proto.HasPorts() {
 		port = 0
 	}
-	rules := t.groups[g].rules
+	rules := t.spec.Groups[g].Rules
 	for i := range rules {
 		if rules[i].matches(t, peerID, peerAddr, proto, port, dstEp) {
-			return Decision{Reason: AllowedByRule, Endpoint: self, Rule: rules[i].ref}
+			return Decision{Reason: AllowedByRule, Endpoint: self, Rule: rules[i].Ref}
 		}
 	}
 	return Decision{Reason: Denied, Endpoint: self, Rule: noRule}

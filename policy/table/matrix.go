@@ -1,4 +1,4 @@
-package policy
+package table
 
 import (
 	"encoding/json"
@@ -73,17 +73,17 @@ type MatrixEntry struct {
 // Matrix decides every ordered pair of pods (a pod with itself included)
 // for every port, in endpoint order, pairs within each port.
 func (t *Table) Matrix(ports []PortSpec) []MatrixEntry {
-	out := make([]MatrixEntry, 0, len(ports)*len(t.endpoints)*len(t.endpoints))
+	out := make([]MatrixEntry, 0, len(ports)*len(t.spec.Endpoints)*len(t.spec.Endpoints))
 	for _, p := range ports {
-		for i := range t.endpoints {
-			for j := range t.endpoints {
-				src, dst := pairAddrs(&t.endpoints[i], &t.endpoints[j])
+		for i := range t.spec.Endpoints {
+			for j := range t.spec.Endpoints {
+				src, dst := pairAddrs(&t.spec.Endpoints[i], &t.spec.Endpoints[j])
 				v := "deny"
 				if t.Lookup(src, dst, p.Protocol, p.Port).Allowed() {
 					v = "allow"
 				}
 				out = append(out, MatrixEntry{
-					From: t.endpoints[i].String(), To: t.endpoints[j].String(),
+					From: t.spec.Endpoints[i].String(), To: t.spec.Endpoints[j].String(),
 					Port: p.Port, Protocol: p.Protocol.String(), Verdict: v,
 				})
 			}

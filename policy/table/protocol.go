@@ -1,10 +1,8 @@
-package policy
+package table
 
 import (
 	"fmt"
 	"strings"
-
-	corev1 "k8s.io/api/core/v1"
 )
 
 // Protocol is an IP protocol number, as carried in the IPv4 protocol field or
@@ -61,19 +59,4 @@ func ParseProtocol(s string) (Protocol, error) {
 		return ICMPv6, nil
 	}
 	return 0, fmt.Errorf("unknown protocol %q: want TCP, UDP, SCTP, ICMP or ICMPv6", s)
-}
-
-// protocolOf converts a Kubernetes protocol, which the caller has validated,
-// defaulting an empty one to TCP as the API server does.
-func protocolOf(p *corev1.Protocol) Protocol {
-	if p == nil {
-		return TCP
-	}
-	switch *p {
-	case corev1.ProtocolUDP:
-		return UDP
-	case corev1.ProtocolSCTP:
-		return SCTP
-	}
-	return TCP
 }

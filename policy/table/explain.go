@@ -1,4 +1,4 @@
-package policy
+package table
 
 import (
 	"fmt"
@@ -24,7 +24,7 @@ func (r RuleInfo) MarshalText() ([]byte, error) { return []byte(r.String()), nil
 
 // Rule describes ref for direction dir.
 func (t *Table) Rule(dir Direction, ref RuleRef) RuleInfo {
-	return RuleInfo{Policy: t.policies[ref.Policy].String(), Direction: dir, Index: int(ref.Index)}
+	return RuleInfo{Policy: t.spec.Policies[ref.Policy].String(), Direction: dir, Index: int(ref.Index)}
 }
 
 // SideExplanation explains one direction of a connection.
@@ -137,9 +137,9 @@ func (t *Table) Explain(src, dst netip.Addr, proto Protocol, port uint16) Explan
 	}
 	if isSvc && s >= 0 && t.judgedOnBackends(s) && t.servicePort(dst, proto, port) != nil {
 		// Judged against the backends: explain each.
-		e.Egress = SideExplanation{Direction: Egress.String(), Pod: t.endpoints[s].String(), Allowed: v.Egress.Allowed(), Reason: v.Egress.Reason.String()}
+		e.Egress = SideExplanation{Direction: Egress.String(), Pod: t.spec.Endpoints[s].String(), Allowed: v.Egress.Allowed(), Reason: v.Egress.Reason.String()}
 		for _, p := range t.Selecting(s, Egress) {
-			e.Egress.Selecting = append(e.Egress.Selecting, t.policies[p].String())
+			e.Egress.Selecting = append(e.Egress.Selecting, t.spec.Policies[p].String())
 		}
 		e.Egress.ClusterSelecting = t.clusterSelectingNames(s, Egress)
 	} else {
@@ -166,13 +166,13 @@ func (t *Table) explainServiceIngress(se *SideExplanation, svc ServiceInfo, s in
 		return
 	}
 	var parts []string
-	for i := range sp.backends {
-		b := &sp.backends[i]
-		bd := t.decide(Ingress, b.ep, s, src, proto, b.port, b.ep)
-		if b.ep < 0 {
+	for i := range sp.Backends {
+		b := &sp.Backends[i]
+		bd := t.decide(Ingress, b.Endpoint, s, src, proto, b.Port, b.Endpoint)
+		if b.Endpoint < 0 {
 			bd = Decision{Reason: NotPod, Endpoint: -1, Rule: noRule}
 		}
-		be := t.backendExplanation(Ingress, b, bd, t.tierRule(Ingress, b.ep, s, src, proto, b.port, b.ep))
+		be := t.backendExplanation(Ingress, b, bd, t.tierRule(Ingress, b.Endpoint, s, src, proto, b.Port, b.Endpoint))
 		se.Backends = append(se.Backends, be)
 		parts = append(parts, be.String())
 	}
@@ -182,7 +182,7 @@ func (t *Table) explainServiceIngress(se *SideExplanation, svc ServiceInfo, s in
 
 func (t *Table) describe(ep int32, a netip.Addr) string {
 	if ep >= 0 {
-		return t.endpoints[ep].String()
+		return t.spec.Endpoints[ep].String()
 	}
 	return a.String()
 }
@@ -206,15 +206,15 @@ func (t *Table) explainService(se *SideExplanation, dec Decision, s int32, svc S
 		return
 	}
 	if dec.Reason == NotIsolated {
-		se.Detail = fmt.Sprintf("destination is Service %s (%s for %s); %s", svc, readyEndpoints(len(sp.backends)), portName, se.Detail)
+		se.Detail = fmt.Sprintf("destination is Service %s (%s for %s); %s", svc, readyEndpoints(len(sp.Backends)), portName, se.Detail)
 		return
 	}
 	se.Detail = fmt.Sprintf("%s is subject to egress policy (%s); ", se.Pod, strings.Join(append(slices.Clone(se.Selecting), se.ClusterSelecting...), ", "))
 	var parts []string
-	for i := range sp.backends {
-		b := &sp.backends[i]
-		bd := t.decide(Egress, s, b.ep, b.addr, proto, b.port, b.ep)
-		be := t.backendExplanation(Egress, b, bd, t.tierRule(Egress, s, b.ep, b.addr, proto, b.port, b.ep))
+	for i := range sp.Backends {
+		b := &sp.Backends[i]
+		bd := t.decide(Egress, s, b.Endpoint, b.Addr, proto, b.Port, b.Endpoint)
+		be := t.backendExplanation(Egress, b, bd, t.tierRule(Egress, s, b.Endpoint, b.Addr, proto, b.Port, b.Endpoint))
 		se.Backends = append(se.Backends, be)
 		parts = append(parts, be.String())
 	}
@@ -237,14 +237,14 @@ func (t *Table) explainService(se *SideExplanation, dec Decision, s int32, svc S
 		verdict = "denied unless every one allows it (kube-proxy picks one after the gateway)"
 	}
 	se.Detail += fmt.Sprintf("destination is Service %s; egress judged against its %s for %s: %s; %s",
-		svc, readyEndpoints(len(sp.backends)), portName, strings.Join(parts, "; "), verdict)
+		svc, readyEndpoints(len(sp.Backends)), portName, strings.Join(parts, "; "), verdict)
 }
 
 // backendExplanation describes the decision bd for the Service backend b.
-func (t *Table) backendExplanation(dir Direction, b *svcBackend, bd Decision, cref ClusterRuleRef) BackendExplanation {
-	be := BackendExplanation{Addr: b.addr, Port: b.port, Allowed: bd.Allowed(), Reason: bd.Reason.String()}
-	if b.ep >= 0 {
-		be.Pod = t.endpoints[b.ep].String()
+func (t *Table) backendExplanation(dir Direction, b *Backend, bd Decision, cref ClusterRuleRef) BackendExplanation {
+	be := BackendExplanation{Addr: b.Addr, Port: b.Port, Allowed: bd.Allowed(), Reason: bd.Reason.String()}
+	if b.Endpoint >= 0 {
+		be.Pod = t.spec.Endpoints[b.Endpoint].String()
 	}
 	if bd.Reason == AllowedByRule {
 		r := t.Rule(dir, bd.Rule)
@@ -269,7 +269,7 @@ func (t *Table) clusterSelectingNames(ep int32, dir Direction) []string {
 	var out []string
 	for tier := AdminTier; tier <= BaselineTier; tier++ {
 		for _, p := range t.ClusterSelecting(ep, tier, dir) {
-			info := t.clusterPolicies[p]
+			info := t.spec.ClusterPolicies[p]
 			out = append(out, fmt.Sprintf("%s (%s, priority %d)", info, info.Tier, info.Priority))
 		}
 	}
@@ -290,22 +290,22 @@ func (t *Table) explainSide(dir Direction, dec Decision, self, peer int32, peerA
 func (t *Table) explainTiers(se *SideExplanation, dir Direction, dec Decision, self, peer int32, peerAddr netip.Addr, proto Protocol, port uint16, dstEp int32) {
 	se.ClusterSelecting = t.clusterSelectingNames(self, dir)
 	peerID, port := t.tierArgs(peer, proto, port)
-	describe := func(r *clusterRule) ClusterRuleInfo { return t.ClusterRule(r.ref) }
+	describe := func(r *ClusterRule) ClusterRuleInfo { return t.ClusterRule(r.Ref) }
 	var parts []string
 	th := &t.tiers[self]
 	if g := th.groups[AdminTier][dir]; g >= 0 {
-		names := t.policyNames(t.tierGroups[g].policies)
-		switch r := t.tierGroups[g].match(t, peerID, peerAddr, proto, port, dstEp); {
+		names := t.policyNames(t.spec.TierGroups[g].Policies)
+		switch r := t.spec.TierGroups[g].match(t, peerID, peerAddr, proto, port, dstEp); {
 		case r == nil:
 			parts = append(parts, fmt.Sprintf("no rule of the Admin tier (%s) matches", names))
-		case r.action == Pass:
+		case r.Action == Pass:
 			info := describe(r)
 			se.Passed = append(se.Passed, info)
 			parts = append(parts, fmt.Sprintf("%s passes it on (Pass) to NetworkPolicy and the Baseline tier", info))
 		default:
 			info := describe(r)
 			se.Tier, se.ClusterRule, se.Allowing, se.Selecting = "Admin", &info, nil, nil
-			se.Detail = fmt.Sprintf("the Admin tier decides: %s %s it (%s); NetworkPolicy and the Baseline tier are not consulted", info, actionWord(r.action), r.action)
+			se.Detail = fmt.Sprintf("the Admin tier decides: %s %s it (%s); NetworkPolicy and the Baseline tier are not consulted", info, actionWord(r.Action), r.Action)
 			return
 		}
 	}
@@ -315,23 +315,23 @@ func (t *Table) explainTiers(se *SideExplanation, dir Direction, dec Decision, s
 		return
 	}
 	if g := th.groups[BaselineTier][dir]; g >= 0 {
-		parts = append(parts, fmt.Sprintf("no NetworkPolicy with policyType %s selects %s", typeName(dir), se.Pod))
-		names := t.policyNames(t.tierGroups[g].policies)
-		switch r := t.tierGroups[g].match(t, peerID, peerAddr, proto, port, dstEp); {
+		parts = append(parts, fmt.Sprintf("no NetworkPolicy with policyType %s selects %s", dir.PolicyType(), se.Pod))
+		names := t.policyNames(t.spec.TierGroups[g].Policies)
+		switch r := t.spec.TierGroups[g].match(t, peerID, peerAddr, proto, port, dstEp); {
 		case r == nil:
 			parts = append(parts, fmt.Sprintf("no rule of the Baseline tier (%s) matches", names))
-		case r.action == Pass:
+		case r.Action == Pass:
 			info := describe(r)
 			se.Passed = append(se.Passed, info)
 			parts = append(parts, fmt.Sprintf("%s passes it on (Pass) to the default", info))
 		default:
 			info := describe(r)
 			se.Tier, se.ClusterRule = "Baseline", &info
-			se.Detail = strings.Join(append(parts, fmt.Sprintf("the Baseline tier decides: %s %s it (%s)", info, actionWord(r.action), r.action)), "; ")
+			se.Detail = strings.Join(append(parts, fmt.Sprintf("the Baseline tier decides: %s %s it (%s)", info, actionWord(r.Action), r.Action)), "; ")
 			return
 		}
 	} else {
-		parts = append(parts, fmt.Sprintf("no NetworkPolicy with policyType %s selects %s and no Baseline-tier policy applies", typeName(dir), se.Pod))
+		parts = append(parts, fmt.Sprintf("no NetworkPolicy with policyType %s selects %s and no Baseline-tier policy applies", dir.PolicyType(), se.Pod))
 	}
 	se.Tier = "default"
 	se.Detail = strings.Join(append(parts, fmt.Sprintf("all %s is allowed by default", dir)), "; ")
@@ -350,7 +350,7 @@ func actionWord(a Action) string {
 func (t *Table) policyNames(idx []int32) string {
 	names := make([]string, len(idx))
 	for i, p := range idx {
-		info := t.clusterPolicies[p]
+		info := t.spec.ClusterPolicies[p]
 		names[i] = fmt.Sprintf("%s, priority %d", info, info.Priority)
 	}
 	return strings.Join(names, "; ")
@@ -359,10 +359,10 @@ func (t *Table) policyNames(idx []int32) string {
 func (t *Table) explainNetworkPolicySide(dir Direction, dec Decision, self, peer int32, peerAddr netip.Addr, proto Protocol, port uint16, dstEp int32) SideExplanation {
 	se := SideExplanation{Direction: dir.String(), Allowed: dec.Allowed(), Reason: dec.Reason.String()}
 	if self >= 0 {
-		se.Pod = t.endpoints[self].String()
+		se.Pod = t.spec.Endpoints[self].String()
 	}
 	for _, p := range t.Selecting(self, dir) {
-		se.Selecting = append(se.Selecting, t.policies[p].String())
+		se.Selecting = append(se.Selecting, t.spec.Policies[p].String())
 	}
 	side := map[Direction]string{Egress: "the source", Ingress: "the destination"}[dir]
 	switch dec.Reason {
@@ -371,12 +371,12 @@ func (t *Table) explainNetworkPolicySide(dir Direction, dec Decision, self, peer
 	case Loopback:
 		se.Detail = "a pod's traffic to itself never leaves its network namespace: always allowed"
 	case NotIsolated:
-		se.Detail = fmt.Sprintf("no policy with policyType %s selects %s: all %s is allowed", typeName(dir), se.Pod, dir)
+		se.Detail = fmt.Sprintf("no policy with policyType %s selects %s: all %s is allowed", dir.PolicyType(), se.Pod, dir)
 	case AllowedByRule, Denied:
 		if t.hot[self].groups[dir] < 0 {
 			break // decided by a cluster policy: explainTiers says why
 		}
-		g := &t.groups[t.hot[self].groups[dir]]
+		g := &t.spec.Groups[t.hot[self].groups[dir]]
 		peerID := int32(-1)
 		if peer >= 0 {
 			peerID = t.hot[peer].identity
@@ -384,14 +384,14 @@ func (t *Table) explainNetworkPolicySide(dir Direction, dec Decision, self, peer
 		if !proto.HasPorts() {
 			port = 0
 		}
-		for i := range g.rules {
-			if g.rules[i].matches(t, peerID, peerAddr, proto, port, dstEp) {
-				se.Allowing = append(se.Allowing, t.Rule(dir, g.rules[i].ref))
+		for i := range g.Rules {
+			if g.Rules[i].matches(t, peerID, peerAddr, proto, port, dstEp) {
+				se.Allowing = append(se.Allowing, t.Rule(dir, g.Rules[i].Ref))
 			}
 		}
 		if dec.Reason == Denied {
 			se.Detail = fmt.Sprintf("%s is isolated for %s by %s and no rule of it allows this (%d %s rules)",
-				se.Pod, dir, strings.Join(se.Selecting, ", "), len(g.rules), dir)
+				se.Pod, dir, strings.Join(se.Selecting, ", "), len(g.Rules), dir)
 		} else {
 			se.Detail = fmt.Sprintf("%s is isolated for %s by %s; allowed by %s",
 				se.Pod, dir, strings.Join(se.Selecting, ", "), se.Allowing[0])
@@ -405,13 +405,6 @@ func readyEndpoints(n int) string {
 		return "1 ready endpoint"
 	}
 	return fmt.Sprintf("%d ready endpoints", n)
-}
-
-func typeName(d Direction) string {
-	if d == Egress {
-		return "Egress"
-	}
-	return "Ingress"
 }
 
 // WriteText prints an explanation for people.

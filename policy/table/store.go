@@ -1,9 +1,10 @@
-package policy
+package table
 
 import (
-	"github.com/podgate/podgate/internal/addrmap"
 	"sync"
 	"sync/atomic"
+
+	"github.com/podgate/podgate/internal/addrmap"
 )
 
 // Store publishes the current [Table]. Readers call [Store.Load] without
@@ -33,5 +34,5 @@ func (s *Store) Publish(t *Table) uint64 {
 // Empty returns a table with no pods and no policies: every address is
 // outside the cluster and nothing is isolated.
 func Empty() *Table {
-	return &Table{byAddr: addrmap.New[int32](0, 0)}
+	return New(&Spec{ByAddr: addrmap.New[int32](0, 0)})
 }
