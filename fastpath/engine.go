@@ -177,7 +177,7 @@ type port struct {
 	PortSpec
 	// owner is the conntrack owner of the flows of this port's pod (pod
 	// ports; 0 for the kernel port).
-	owner conntrack.Owner
+	owner   conntrack.Owner
 	learned bool // PeerMAC was learned from the pod's frames
 	dirty   bool // needs a Flush
 	stats   portCounters
