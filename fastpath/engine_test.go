@@ -9,6 +9,7 @@ import (
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+	networkingv1 "k8s.io/api/networking/v1"
 
 	"github.com/podgate/podgate/fastpath/conntrack"
 	"github.com/podgate/podgate/fastpath/offload"
@@ -876,4 +877,27 @@ func TestPuntFromUnknownVeth(t *testing.T) {
 	f[5]++ // another ifindex
 	before := r.e.Stats()
 	r.expectDrop(r.send("kernel", f), DropNoPort, before)
+}
+
+// A pod may reach 169.254.169.254 (a cloud's instance metadata, routed by
+// the node) when policy allows it; IPv6 link-local destinations are never
+// routed.
+func TestLinkLocalDestinations(t *testing.T) {
+	bothModes(t, func(t *testing.T, newRig rigMaker) {
+		r := newRig(t, articleWith(t, func(name string, s *networkingv1.NetworkPolicySpec) {
+			if name == "apipod-policy" {
+				s.Egress = append(s.Egress, networkingv1.NetworkPolicyEgressRule{
+					To: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "169.254.169.254/32"}}},
+				})
+			}
+		}), nil)
+		imds := netip.MustParseAddr("169.254.169.254")
+		r.expectOne(r.send("api", syn(t, wire("api"), imds, 80)), "kernel")
+		// apppod's egress allows only apipod.
+		before := r.e.Stats()
+		r.expectDrop(r.send("app", syn(t, wire("app"), imds, 80)), DropDeniedEgress, before)
+		if !routable(imds) || routable(netip.MustParseAddr("fe80::1")) {
+			t.Error("routable: want IPv4 link-local routed, IPv6 link-local not")
+		}
+	})
 }

@@ -137,9 +137,13 @@ func (in *port) checkPodMAC(mac [6]byte) bool {
 	return in.PeerMAC == mac
 }
 
-// routable reports whether the gateway forwards packets to a.
+// routable reports whether the gateway forwards packets to a: unicast
+// addresses, IPv4 link-local ones included. Clouds serve their instance
+// metadata at 169.254.169.254, which the node routes; policy decides
+// whether a pod may reach it, as with the kernel, Calico or Cilium. IPv6
+// link-local addresses are the link's alone and never routed.
 func routable(a netip.Addr) bool {
-	return a.IsGlobalUnicast() || a.IsPrivate() || (a.Is4() && !a.IsMulticast() && !a.IsLinkLocalUnicast() &&
+	return a.IsGlobalUnicast() || a.IsPrivate() || (a.Is4() && !a.IsMulticast() &&
 		!a.IsLoopback() && !a.IsUnspecified() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255}))
 }
 
