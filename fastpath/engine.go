@@ -57,9 +57,10 @@ type PortSpec struct {
 	// gateway MAC for a pod port, the gateway MAC of the kernel leg.
 	MAC [6]byte
 	// PeerMAC is the MAC at the other end: the pod's eth0 for a pod port
-	// (zero if unknown: it is then learned from the pod's frames, and frames
-	// to the pod go to the broadcast MAC until it is), the kernel end of the
-	// kernel leg for the kernel port (required).
+	// (zero if unknown: it is then learned from the pod's frames, and
+	// frames to the pod are dropped until it is, counted as
+	// [DropNoNeighbor]), the kernel end of the kernel leg for the kernel
+	// port (required).
 	PeerMAC [6]byte
 	// PodIPs are the pod's addresses (pod ports only).
 	PodIPs []netip.Addr

@@ -1,13 +1,17 @@
 // Package node is the node side of the podgate agent: everything that
-// touches the node's network configuration. It creates the kernel leg,
-// finds the local pods' veths, gives each one a fastpath port (an AF_XDP
-// socket behind an XDP program), moves the routes to the pods onto the
-// kernel leg, follows changes through netlink, and undoes all of it on a
-// graceful stop or recovers it after a crash.
+// touches the node's network configuration, and no packets. It creates the
+// kernel leg, finds the local pods' veths, gives each one a fastpath port
+// (a transmit-only AF_XDP socket, and the offload's pod_ingress TC program
+// on the veth), moves the routes to the pods onto the kernel leg, follows
+// changes through netlink, and undoes all of it on a graceful stop or
+// recovers it after a crash. It drives a [fastpath.Engine] (ports in and
+// out) and the [offload.Offload] (programs on and off); neither knows it.
 //
 // # Topology
 //
-//	pod eth0 ── veth ── hostveth ==[XDP→XSK]== fastpath ==[XSK]== pgw0 ── veth ── pgk0 ── kernel
+//	pod eth0 ── veth ── hostveth ─[TC pod_ingress]─ punted ─▶ pgk0 ── veth ── pgw0 ==[XDP→XSK]==▶ fastpath
+//	                       ▲                                                                    │
+//	                       └────────────── transmit-only AF_XDP socket on hostveth ◀────────────┘
 //
 // The kernel leg is a veth pair made by the Node: pgw0 (the gateway end,
 // with the XDP program and the kernel port's socket, no addresses, IPv6
@@ -31,26 +35,30 @@
 //
 // # Plumbing order
 //
-// For a new pod veth: open the socket (queue 0), load the program,
-// register the socket, attach natively (which also clears GSO on the
-// pod's side, see package xsk), add the port to the engine with the pod's
-// MAC (read from the veth's peer), write the state file, and only then
-// replace each route `podIP dev veth` by `podIP dev pgk0` with the same
-// key and attributes (route replace: the address is never without a
-// route). The state file is written before the move because afterwards
-// the kernel no longer says which veth an address belongs to. If the port
-// cannot be set up (for example [xsk.ErrFrameSize] for an MTU too large
-// for the UMEM frames, or a foreign XDP program on the veth), the error is
-// logged, the veth stays routed by the kernel without enforcement, and the
-// next reconcile tries again; a port none of whose routes could be moved
-// is detached again; a route on pgk0 always has its port in the engine.
+// The kernel leg comes first: its socket, the XDP program (attached
+// natively through a BPF link pinned in the offload's pin directory), the
+// kernel port in the engine, then kernel_egress on pgk0, from which on
+// pod_ingress punts there. For a new pod veth: remove an XDP program an
+// older podgate version left there, open the transmit-only socket (queue
+// 0), attach pod_ingress to the veth's TCX ingress, add the port to the
+// engine with the pod's MAC (read from the veth's peer), write the state
+// file, and only then replace each route `podIP dev veth` by `podIP dev
+// pgk0` with the same key and attributes (route replace: the address is
+// never without a route). No XDP program sits on a pod veth, so the pod
+// keeps TSO and checksum offload. The state file is written before the
+// move because afterwards the kernel no longer says which veth an address
+// belongs to. If the port cannot be set up, the error is logged, the veth
+// stays routed by the kernel without enforcement, and the next reconcile
+// tries again; a port none of whose routes could be moved is detached
+// again; a route on pgk0 always has its port in the engine.
 //
-// Until the engine knows a pod's MAC it would send frames to the
-// pod to the broadcast address, which the pod's TCP discards; the Node
-// therefore reads the MAC of the veth's peer (the pod's eth0) through
-// netlink (IFLA_TARGET_NETNSID) and passes it as PeerMAC. This matters
-// after a restart, when pods are silent (their gateway neighbour entry is
-// still valid) and nothing would teach the engine their MAC.
+// Until the engine knows a pod's MAC it drops the frames it would send to
+// the pod (counted as no_neighbor): the pod's TCP would discard a frame to
+// the broadcast address. The Node therefore reads the MAC of the veth's
+// peer (the pod's eth0) through netlink (IFLA_TARGET_NETNSID) and passes
+// it as PeerMAC. This matters after a restart, when pods are silent (their
+// gateway neighbour entry is still valid) and nothing would teach the
+// engine their MAC.
 //
 // Changes are followed through netlink link, route and address
 // subscriptions, debounced ([Config.Debounce]), plus a full reconcile
@@ -69,20 +77,24 @@
 // and the outside through the kernel as before podgate, without
 // enforcement.
 //
-// If the agent dies instead, the kernel keeps the XDP programs attached,
-// but closing the process's sockets empties their XSKMAPs, and a program
-// without a socket drops every frame: the pods are cut off (fail-closed)
-// while the agent is down, which is the point of an enforcer. Routes stay
-// on pgk0 and the state file stays. The next start reads the state file,
-// reuses the kernel leg, re-adds the ports of the veths that still exist
-// (same name and ifindex) and deletes the routes of the others. A stale
-// program is replaced by the new one in a single netlink request
-// (XDP_FLAGS_REPLACE with the stale program expected), not detached and
-// attached again: on veth each of those waits for an RCU grace period, and
-// in between a flooding pod got 50 to 160 frames past any check in the
-// tests. A veth whose port cannot be set up again gets its routes back and
-// its stale program removed (unenforced, logged). Stale programs on other
-// veths are removed on the first reconcile.
+// If the agent dies instead, its programs stay: pod_ingress on every pod
+// veth and the XDP program on pgw0 are attached through BPF links pinned
+// under the offload's pin directory (--bpf-dir). Closing the process's
+// sockets empties the XDP program's XSKMAP, and the program then drops
+// every frame: the pods' punted frames are dropped (fail-closed) while the
+// agent is down, which is the point of an enforcer. Routes stay on pgk0
+// and the state file stays. The next start reads the state file, reuses
+// the kernel leg, re-adds the ports of the veths that still exist (same
+// name and ifindex) and deletes the routes of the others. The pinned links
+// are updated in place to the new programs (BPF_LINK_UPDATE), not detached
+// and attached again: on veth each of those waits for an RCU grace period,
+// and in between a flooding pod got 50 to 160 frames past any check in the
+// tests. (A program that a podgate version before BPF links attached to
+// pgw0 with netlink cannot be updated so: it is removed, then the link
+// attached.) A veth whose port cannot be set up again gets its routes back
+// and its program removed (unenforced, logged). Programs left on other
+// veths (pod_ingress links of pods now gone, XDP programs of older
+// versions) are removed on the first reconcile.
 //
 // Only routes the record explains are ever deleted: a route on pgk0 to an
 // address that neither the state file nor the running Node recorded (the

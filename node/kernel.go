@@ -73,7 +73,7 @@ func (n *Node) ensureKernelLeg(ctx context.Context, snap *snapshot) (bool, error
 	}
 	gwIdx, kIdx := gw.Attrs().Index, k.Attrs().Index
 	if kp := n.kernel; kp != nil {
-		if kp.gwIndex == gwIdx && kp.kIndex == kIdx && kp.added && n.xdpIntact(gwIdx, kp.prog) && kp.tcAttached {
+		if kp.gwIndex == gwIdx && kp.kIndex == kIdx && kp.added && n.xdpIntact(kp.prog) && kp.tcAttached {
 			n.mu.Lock()
 			kp.mtu = max(mtu, k.Attrs().MTU)
 			n.mu.Unlock()
@@ -98,7 +98,7 @@ func (n *Node) ensureKernelLeg(ctx context.Context, snap *snapshot) (bool, error
 		MAC: mac6(kp.gwMAC), PeerMAC: mac6(kp.kMAC), Ifindex: kIdx,
 	}
 	if err := n.cfg.Engine.AddPort(ctx, spec); err != nil {
-		_ = n.detach(gwIdx, x, n.cfg.GatewayLink)
+		_ = n.detach(x, n.cfg.GatewayLink)
 		_ = x.sock.Close()
 		return false, fmt.Errorf("add kernel port %s: %w", n.cfg.GatewayLink, err)
 	}
@@ -283,7 +283,7 @@ func (n *Node) releaseKernel(ctx context.Context) error {
 // releaseKernelPort detaches the kernel port's XDP program, takes the port
 // out of the engine and closes its socket.
 func (n *Node) releaseKernelPort(ctx context.Context, kp *kernelPort) error {
-	err := n.detach(kp.gwIndex, kp.xskPort, n.cfg.GatewayLink)
+	err := n.detach(kp.xskPort, n.cfg.GatewayLink)
 	if kp.added {
 		if rerr := engineErr(n.cfg.Engine.RemovePort(ctx, n.cfg.GatewayLink)); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("remove kernel port: %w", rerr))

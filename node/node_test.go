@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -10,7 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	ebpflink "github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/podgate/podgate/fastpath"
 	"github.com/podgate/podgate/node"
@@ -406,6 +410,68 @@ func TestCrash(t *testing.T) {
 	}
 	l.expectRestored(a, b)
 	l.expectReach(a.ns, "a", ipB, "b")
+}
+
+// TestCrashOlderVersion: a podgate version before BPF links left its XDP
+// program attached to pgw0 with netlink; the next start removes it and
+// attaches its own, pinned.
+func TestCrashOlderVersion(t *testing.T) {
+	l := newLab(t)
+	ipA := netip.MustParseAddr("10.0.7.1")
+	a := l.addPod("a", "vetha", 0, ipA)
+	ag := l.startAgent(a)
+	ag.kill(t)
+	// Turn the crashed agent's pinned link into what an older version
+	// left: the same program attached with netlink.
+	pin := filepath.Join(l.bpfDir, "gateway_xdp")
+	gw, err := l.nh.LinkByName(node.DefaultGatewayLink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.node.Do(func() error {
+		pinned, err := ebpflink.LoadPinnedLink(pin, nil)
+		if err != nil {
+			return err
+		}
+		info, err := pinned.Info()
+		if err != nil {
+			return err
+		}
+		prog, err := ebpf.NewProgramFromID(info.Program)
+		if err != nil {
+			return err
+		}
+		defer prog.Close()
+		if err := errors.Join(pinned.Unpin(), pinned.Detach(), pinned.Close()); err != nil {
+			return err
+		}
+		return netlink.LinkSetXdpFdWithFlags(gw, prog.FD(), unix.XDP_FLAGS_DRV_MODE)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	old := l.xdp(node.DefaultGatewayLink).Native
+	if old == 0 {
+		t.Fatal("no netlink-attached program on pgw0")
+	}
+	store := &table.Store{}
+	store.Publish(allowAll(t, map[string][]netip.Addr{"a": {ipA}}))
+	rn := l.startNode(newEngine(t, store), nil)
+	rn.waitReady(t)
+	l.expectPlumbed(rn, a)
+	if now := l.xdp(node.DefaultGatewayLink).Native; now == 0 || now == old {
+		t.Errorf("pgw0's program %d after the start, want a new one instead of %d", now, old)
+	}
+	if _, err := os.Stat(pin); err != nil {
+		t.Errorf("the new program's link is not pinned: %v", err)
+	}
+	l.expectReach(l.node, "node", ipA, "a")
+	if err := rn.stop(); err != nil {
+		t.Fatal(err)
+	}
+	l.expectRestored(a)
+	if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin after a graceful stop: %v", err)
+	}
 }
 
 // TestCrashPodGone: a pod whose veth disappears while the agent is down

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"slices"
 
 	"github.com/vishvananda/netlink"
@@ -51,16 +52,20 @@ func (n *Node) openPort(l netlink.Link) (*podPort, error) {
 type xskPort struct {
 	sock *xsk.Socket
 	prog *xsk.Program
-	// replaced: prog took the place of a stale program atomically and
-	// does not know it is attached; detach it with xsk.RemoveStale.
-	replaced bool
 }
 
+// gatewayXDPPin is the name of the kernel port's XDP link in the offload's
+// pin directory.
+const gatewayXDPPin = "gateway_xdp"
+
 // openXSK opens a socket on the interface, loads a program, registers the
-// socket for queue 0 and attaches the program. A podgate program left by
-// a crashed run is replaced atomically (replaceStale), so a pod that was
-// cut off by it is never unchecked; a stale program in the other mode is
-// removed first. On failure nothing of it is left.
+// socket for queue 0 and attaches the program through a BPF link, pinned
+// in the offload's pin directory so that it outlives a crash (fail
+// closed). A link a crashed run pinned is updated in place to the new
+// program: the interface is never without one, so a punted frame never
+// reaches the kernel unchecked. A program an older podgate version
+// attached with netlink cannot be updated: it is removed, then the link
+// attached. On failure nothing of it is left.
 func (n *Node) openXSK(ifindex int, cfg xsk.Config) (xskPort, error) {
 	cfg.Ifindex, cfg.QueueID = ifindex, 0
 	sock, err := xsk.Open(cfg)
@@ -80,19 +85,28 @@ func (n *Node) openXSK(ifindex int, cfg xsk.Config) (xskPort, error) {
 	if err := prog.Register(0, sock.FD()); err != nil {
 		return fail(err)
 	}
-	replaced, err := replaceStale(ifindex, n.cfg.AttachMode, prog)
+	attach := func() (bool, error) {
+		if dir := n.cfg.Offload.PinDir(); dir != "" {
+			return prog.AttachPinned(ifindex, n.cfg.AttachMode, filepath.Join(dir, gatewayXDPPin))
+		}
+		return false, prog.Attach(ifindex, n.cfg.AttachMode)
+	}
+	updated, err := attach()
+	if errors.Is(err, xsk.ErrAttached) {
+		removed, serr := xsk.RemoveStale(ifindex)
+		if serr != nil {
+			return fail(errors.Join(err, serr))
+		}
+		if removed > 0 {
+			n.log.Info("removed an older podgate version's xdp program", "ifindex", ifindex)
+		}
+		updated, err = attach()
+	}
 	if err != nil {
 		return fail(err)
 	}
-	if replaced {
-		n.log.Info("replaced stale podgate xdp program", "ifindex", ifindex)
-		return xskPort{sock: sock, prog: prog, replaced: true}, nil
-	}
-	if _, err := xsk.RemoveStale(ifindex); err != nil {
-		return fail(err)
-	}
-	if err := prog.Attach(ifindex, n.cfg.AttachMode); err != nil {
-		return fail(err)
+	if updated {
+		n.log.Info("took over the xdp link of a previous run", "ifindex", ifindex)
 	}
 	return xskPort{sock: sock, prog: prog}, nil
 }
@@ -165,31 +179,11 @@ func (n *Node) detachPod(p *podPort) error {
 	return nil
 }
 
-// detach detaches and closes the kernel port's program. If detaching fails
-// (someone replaced it, or netlink failed), or the program replaced a
-// stale one, any podgate program is removed from the interface, so a
-// closed socket never leaves the pod cut off.
-func (n *Node) detach(ifindex int, x xskPort, name string) error {
-	if x.replaced {
-		_, err := xsk.RemoveStale(ifindex)
-		_ = x.prog.Close() // not attached as far as it knows
-		if err != nil && !errors.Is(err, unix.ENODEV) {
-			return fmt.Errorf("detach xdp from %s: %w", name, err)
-		}
-		return nil
-	}
-	if err := x.prog.Detach(); err != nil {
-		_, serr := xsk.RemoveStale(ifindex)
-		// Close tries to detach again and fails the same way; the
-		// interface is clean if RemoveStale succeeded.
-		_ = x.prog.Close()
-		if serr != nil {
-			return fmt.Errorf("detach xdp from %s: %w", name, errors.Join(err, serr))
-		}
-		return nil
-	}
+// detach detaches and closes the kernel port's program, and removes its
+// link's pin.
+func (n *Node) detach(x xskPort, name string) error {
 	if err := x.prog.Close(); err != nil {
-		return fmt.Errorf("close xdp program of %s: %w", name, err)
+		return fmt.Errorf("detach xdp from %s: %w", name, err)
 	}
 	return nil
 }
@@ -199,10 +193,10 @@ func (n *Node) detach(ifindex int, x xskPort, name string) error {
 // read from here with RTM_GETLINK and IFLA_TARGET_NETNSID (Linux 4.20+)
 // instead of entering that namespace.
 //
-// The engine needs it: until it knows a pod's MAC it sends frames to the
-// pod to the broadcast address, which the pod's TCP drops (not
-// PACKET_HOST); a pod that is silent after an agent restart (its gateway
-// neighbour entry still valid) would stay unreachable.
+// The engine needs it: until it knows a pod's MAC it drops the frames to
+// the pod (a frame to the broadcast address would not reach the pod's
+// TCP, not being PACKET_HOST); a pod that is silent after an agent restart
+// (its gateway neighbour entry still valid) would stay unreachable.
 func (n *Node) peerMAC(l netlink.Link) net.HardwareAddr {
 	a := l.Attrs()
 	if a.ParentIndex <= 0 {

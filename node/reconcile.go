@@ -585,18 +585,10 @@ func (n *Node) podIntact(p *podPort) bool {
 	return ok || err != nil // cannot tell: the next reconcile looks again
 }
 
-// xdpIntact reports whether prog is still the program attached to the
-// interface in the configured mode.
-func (n *Node) xdpIntact(ifindex int, prog *xsk.Program) bool {
-	st, err := xsk.QueryXDP(ifindex)
-	if err != nil {
-		return true // cannot tell; the next reconcile looks again
-	}
-	id := st.Native
-	if n.cfg.AttachMode == xsk.Generic {
-		id = st.Generic
-	}
-	return id != 0 && id == prog.ID()
+// xdpIntact reports whether prog is still attached where it was.
+func (n *Node) xdpIntact(prog *xsk.Program) bool {
+	ok, err := prog.Attached()
+	return ok || err != nil // cannot tell: the next reconcile looks again
 }
 
 // updateNodeAddrs recomputes the node's addresses (global unicast, not on

@@ -156,6 +156,11 @@ func Open(cfg Config) (*Offload, error) {
 	return o, nil
 }
 
+// PinDir returns Config.PinDir: where links of other programs that must
+// outlive a crash with this Offload's (the kernel port's XDP link) are
+// pinned too, or "".
+func (o *Offload) PinDir() string { return o.cfg.PinDir }
+
 // adopt takes over the links pinned in PinDir by a previous run.
 func (o *Offload) adopt() error {
 	entries, err := os.ReadDir(o.cfg.PinDir)

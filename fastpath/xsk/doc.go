@@ -45,10 +45,14 @@
 // # XDP program and attach mode
 //
 // [Program] is per interface: an XSKMAP and `bpf_redirect_map(&xsks,
-// rx_queue_index, fallback)`. It is attached with netlink by this package
-// with explicit flags (XDP_FLAGS_UPDATE_IF_NOEXIST plus the mode), never
-// replacing a program it does not own; [RemoveStale] removes leftovers of a
-// crashed podgate, recognised by [ProgramName].
+// rx_queue_index, fallback)`. It is attached through a BPF link
+// (cilium/ebpf's link.AttachXDP), which the kernel never lets replace a
+// program it does not own. [Program.AttachPinned] pins the link on a
+// bpffs, so that the program outlives a crashed process (its frames are
+// then dropped: fail closed), and a restarted podgate updates the pinned
+// link in place. [RemoveStale] removes the programs that older podgate
+// versions attached with netlink (to pod veths, and to the kernel leg),
+// recognised by [ProgramName].
 //
 // On veth use [Native] mode. Both modes redirect into AF_XDP sockets (copy
 // mode), but only native mode keeps every frame within a UMEM frame:
@@ -74,7 +78,7 @@
 //
 // # Namespaces
 //
-// Open, Program.Attach/Detach/Close, QueryXDP and RemoveStale act in the
-// network namespace of the calling OS thread; tests wrap them in
+// Open, the Program's attach methods, Detach and Close, QueryXDP and
+// RemoveStale act in the network namespace of the calling OS thread; tests wrap them in
 // netns.Namespace.Do. After Open, a socket may be used from any thread.
 package xsk

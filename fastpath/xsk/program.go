@@ -1,18 +1,21 @@
 package xsk
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
 // ProgramName is the kernel name of the XDP program loaded by [NewProgram];
-// [RemoveStale] recognises leftovers of a crashed podgate by it.
+// [RemoveStale] recognises by it the programs older podgate versions left
+// attached with netlink.
 const ProgramName = "podgate_xsk"
 
 // XDP program return codes (enum xdp_action).
@@ -56,14 +59,16 @@ type ProgramConfig struct {
 // fallback XDP_DROP or XDP_PASS. Each interface needs its own Program
 // because the map is keyed by queue number only.
 //
-// Netlink operations (Attach, Detach, Close) act in the network namespace
-// of the calling thread. A Program is not safe for concurrent use.
+// Attach, AttachPinned, Detach and Close act in the network namespace of
+// the calling thread. A Program is not safe for concurrent use.
 type Program struct {
 	prog    *ebpf.Program
 	xsks    *ebpf.Map
 	queues  int
-	ifindex int // 0 when not attached
+	link    link.Link // nil when not attached
+	ifindex int
 	mode    AttachMode
+	pinned  bool
 }
 
 // NewProgram loads the XDP program and its XSKMAP into the kernel.
@@ -156,50 +161,144 @@ func (p *Program) Unregister(queue int) error {
 	return nil
 }
 
-// Attach attaches the program to the interface in the given mode, with
-// XDP_FLAGS_UPDATE_IF_NOEXIST: it fails with [ErrAttached] instead of
-// replacing a program that is already there. Register sockets before
-// attaching, or frames take the fallback action meanwhile.
+// Attach attaches the program to the interface in the given mode through
+// a BPF link (link.AttachXDP), which the Program holds: the program goes
+// away with the process unless the link is pinned ([Program.AttachPinned]).
+// It fails with [ErrAttached] instead of replacing a program that is
+// already there (maybe an older podgate's: see [RemoveStale]) or when this
+// Program is attached already. Register sockets before attaching, or
+// frames take the fallback action meanwhile.
 func (p *Program) Attach(ifindex int, mode AttachMode) error {
+	if err := p.attachable(ifindex); err != nil {
+		return err
+	}
+	return p.attach(ifindex, mode)
+}
+
+// AttachPinned is [Program.Attach] with the link pinned at path on a bpffs,
+// so that it survives the process: after a crash the interface keeps the
+// program, whose frames take the fallback action (drop) once the sockets
+// died. If a link is pinned at path already (a previous run's) and still
+// attached to ifindex, it is updated in place to this program
+// (BPF_LINK_UPDATE: the interface is never without a program), keeps the
+// previous run's attach mode, and AttachPinned reports true. A pinned link
+// whose interface is gone is removed first.
+func (p *Program) AttachPinned(ifindex int, mode AttachMode, path string) (updated bool, err error) {
+	if err := p.attachable(ifindex); err != nil {
+		return false, err
+	}
+	if _, err := mode.flags(); err != nil {
+		return false, fmt.Errorf("attach xdp: %w", err)
+	}
+	old, err := link.LoadPinnedLink(path, nil)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return false, fmt.Errorf("attach xdp to ifindex %d: load pinned link %s: %w", ifindex, path, err)
+	default:
+		if idx, ierr := xdpIfindex(old); ierr != nil || idx != ifindex {
+			// Its interface is gone (or it is no XDP link): drop it.
+			if err := errors.Join(ierr, old.Unpin(), old.Close()); err != nil {
+				return false, fmt.Errorf("attach xdp to ifindex %d: remove stale link %s: %w", ifindex, path, err)
+			}
+			break
+		}
+		if err := old.Update(p.prog); err != nil {
+			_ = old.Close()
+			return false, fmt.Errorf("attach xdp to ifindex %d: update pinned link %s: %w", ifindex, path, err)
+		}
+		p.link, p.ifindex, p.mode, p.pinned = old, ifindex, mode, true
+		return true, nil
+	}
+	if err := p.attach(ifindex, mode); err != nil {
+		return false, err
+	}
+	if err := p.link.Pin(path); err != nil {
+		return false, errors.Join(fmt.Errorf("attach xdp to ifindex %d: pin link %s: %w", ifindex, path, err), p.Detach())
+	}
+	p.pinned = true
+	return false, nil
+}
+
+func (p *Program) attachable(ifindex int) error {
 	if p.prog == nil {
 		return fmt.Errorf("attach xdp: %w", ErrClosed)
 	}
-	if p.ifindex != 0 {
+	if p.link != nil {
 		return fmt.Errorf("attach xdp to ifindex %d: %w to ifindex %d", ifindex, ErrAttached, p.ifindex)
 	}
+	return nil
+}
+
+func (p *Program) attach(ifindex int, mode AttachMode) error {
 	flags, err := mode.flags()
 	if err != nil {
 		return fmt.Errorf("attach xdp: %w", err)
 	}
-	err = setXDP(ifindex, p.prog.FD(), flags|unix.XDP_FLAGS_UPDATE_IF_NOEXIST, -1)
+	l, err := link.AttachXDP(link.XDPOptions{Program: p.prog, Interface: ifindex, Flags: link.XDPAttachFlags(flags)})
 	if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST) {
 		err = fmt.Errorf("%w (%w)", ErrAttached, err)
 	}
 	if err != nil {
 		return fmt.Errorf("attach xdp to ifindex %d in %v mode: %w", ifindex, mode, err)
 	}
-	p.ifindex, p.mode = ifindex, mode
+	p.link, p.ifindex, p.mode = l, ifindex, mode
 	return nil
 }
 
-// Detach removes the program from the interface it is attached to, only if
-// it is still this program there (XDP_FLAGS_REPLACE with the expected
-// program). It is a no-op when not attached; if the interface is gone the
-// program went with it.
+// Attached reports whether the program still runs on the interface it was
+// attached to: the interface may be gone, or the link detached by someone
+// else. One system call.
+func (p *Program) Attached() (bool, error) {
+	if p.link == nil {
+		return false, nil
+	}
+	info, err := p.link.Info()
+	if err != nil {
+		return false, fmt.Errorf("query xdp link: %w", err)
+	}
+	x := info.XDP()
+	return x != nil && int(x.Ifindex) == p.ifindex && uint32(info.Program) == p.ID(), nil
+}
+
+// Detach removes the program from the interface it is attached to (and the
+// link's pin). It is a no-op when not attached; if the interface is gone
+// the program went with it.
 func (p *Program) Detach() error {
-	if p.ifindex == 0 || p.prog == nil {
+	if p.link == nil {
 		return nil
 	}
-	flags, err := p.mode.flags()
+	var errs []error
+	if p.pinned {
+		if err := p.link.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin xdp link: %w", err))
+		}
+		p.pinned = false
+	}
+	if idx, err := xdpIfindex(p.link); err == nil && idx != 0 {
+		if err := p.link.Detach(); err != nil {
+			errs = append(errs, fmt.Errorf("detach xdp from ifindex %d: %w", p.ifindex, err))
+		}
+	}
+	if err := p.link.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close xdp link: %w", err))
+	}
+	p.link, p.ifindex = nil, 0
+	return errors.Join(errs...)
+}
+
+// xdpIfindex returns the interface an XDP link is attached to, 0 if it is
+// gone.
+func xdpIfindex(l link.Link) (int, error) {
+	info, err := l.Info()
 	if err != nil {
-		return fmt.Errorf("detach xdp: %w", err)
+		return 0, err
 	}
-	err = setXDP(p.ifindex, -1, flags|unix.XDP_FLAGS_REPLACE, p.prog.FD())
-	if err != nil && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("detach xdp from ifindex %d: %w", p.ifindex, err)
+	x := info.XDP()
+	if x == nil {
+		return 0, fmt.Errorf("link %d is a %v link, not XDP", info.ID, info.Type)
 	}
-	p.ifindex = 0
-	return nil
+	return int(x.Ifindex), nil
 }
 
 // Close detaches the program if attached and releases the program and map.
@@ -234,52 +333,32 @@ type XDPState struct {
 // QueryXDP returns the XDP programs attached to an interface, in the
 // network namespace of the calling thread.
 func QueryXDP(ifindex int) (XDPState, error) {
-	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
-	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	msg.Index = int32(ifindex)
-	req.AddData(msg)
-	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
+	l, err := netlink.LinkByIndex(ifindex)
 	if err != nil {
 		return XDPState{}, fmt.Errorf("query xdp on ifindex %d: %w", ifindex, err)
 	}
-	var st XDPState
-	for _, m := range msgs {
-		if len(m) < unix.SizeofIfInfomsg {
-			continue
-		}
-		attrs, err := nl.ParseRouteAttr(m[unix.SizeofIfInfomsg:])
-		if err != nil {
-			return XDPState{}, fmt.Errorf("query xdp on ifindex %d: parse link: %w", ifindex, err)
-		}
-		for _, a := range attrs {
-			if a.Attr.Type&^unix.NLA_F_NESTED != unix.IFLA_XDP {
-				continue
-			}
-			nested, err := nl.ParseRouteAttr(a.Value)
-			if err != nil {
-				return XDPState{}, fmt.Errorf("query xdp on ifindex %d: parse xdp: %w", ifindex, err)
-			}
-			for _, x := range nested {
-				if len(x.Value) < 4 {
-					continue
-				}
-				switch x.Attr.Type {
-				case unix.IFLA_XDP_DRV_PROG_ID:
-					st.Native = binary.NativeEndian.Uint32(x.Value)
-				case unix.IFLA_XDP_SKB_PROG_ID:
-					st.Generic = binary.NativeEndian.Uint32(x.Value)
-				}
-			}
-		}
+	x := l.Attrs().Xdp
+	if x == nil || !x.Attached {
+		return XDPState{}, nil
 	}
-	return st, nil
+	switch x.AttachMode {
+	case nl.XDP_ATTACHED_DRV:
+		return XDPState{Native: x.ProgId}, nil
+	case nl.XDP_ATTACHED_SKB:
+		return XDPState{Generic: x.ProgId}, nil
+	}
+	// The kernel refuses native and generic programs at once; offloaded
+	// (hardware) programs do not exist on the interfaces podgate uses.
+	return XDPState{}, fmt.Errorf("query xdp on ifindex %d: unsupported attach mode %d", ifindex, x.AttachMode)
 }
 
 // RemoveStale detaches, from an interface in the calling thread's network
 // namespace, every XDP program named [ProgramName] (left behind by a
 // podgate that did not stop cleanly) and returns how many it removed.
 // Programs with other names are left alone and reported as an error, so
-// podgate never takes an interface away from another XDP user.
+// podgate never takes an interface away from another XDP user, and so are
+// programs attached through a BPF link (the kernel refuses to detach them
+// with netlink: [Program.Detach] does).
 func RemoveStale(ifindex int) (int, error) {
 	st, err := QueryXDP(ifindex)
 	if err != nil {
@@ -311,7 +390,7 @@ func RemoveStale(ifindex int) (int, error) {
 			continue
 		}
 		flags, _ := c.mode.flags()
-		err = setXDP(ifindex, -1, flags|unix.XDP_FLAGS_REPLACE, prog.FD())
+		err = netlink.LinkSetXdpFdWithFlags(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}, -1, int(flags))
 		_ = prog.Close()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("detach stale %v xdp program %d from ifindex %d: %w", c.mode, c.id, ifindex, err))
@@ -320,23 +399,4 @@ func RemoveStale(ifindex int) (int, error) {
 		removed++
 	}
 	return removed, errors.Join(errs...)
-}
-
-// setXDP sends RTM_SETLINK with an IFLA_XDP attribute: program fd (-1 to
-// remove), flags, and, when expected >= 0, the fd of the program that must
-// currently be attached (with XDP_FLAGS_REPLACE).
-func setXDP(ifindex, fd int, flags uint32, expected int) error {
-	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
-	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	msg.Index = int32(ifindex)
-	req.AddData(msg)
-	xdp := nl.NewRtAttr(unix.IFLA_XDP|unix.NLA_F_NESTED, nil)
-	xdp.AddRtAttr(unix.IFLA_XDP_FD, nl.Uint32Attr(uint32(int32(fd))))
-	xdp.AddRtAttr(unix.IFLA_XDP_FLAGS, nl.Uint32Attr(flags))
-	if expected >= 0 {
-		xdp.AddRtAttr(unix.IFLA_XDP_EXPECTED_FD, nl.Uint32Attr(uint32(int32(expected))))
-	}
-	req.AddData(xdp)
-	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
-	return err
 }

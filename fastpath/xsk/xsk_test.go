@@ -24,23 +24,62 @@ import (
 
 const helperEnv = "PODGATE_XSK_TEST_HELPER"
 
-// TestMain doubles as a helper process: with helperEnv=attach it attaches
-// a Program to the interface index in argv and exits without detaching, the
-// way a crashed podgate leaves an interface.
+// TestMain doubles as a helper process that attaches a Program to the
+// interface index in its environment and exits without detaching, the way
+// a crashed podgate leaves an interface: with helperEnv=netlink through
+// netlink, as podgate versions before BPF links did, with helperEnv=pin
+// through a link pinned at the path in its environment, as podgate does.
 func TestMain(m *testing.M) {
-	if os.Getenv(helperEnv) == "attach" {
-		idx, _ := strconv.Atoi(os.Getenv(helperEnv + "_IFINDEX"))
-		p, err := xsk.NewProgram(xsk.ProgramConfig{})
-		if err == nil {
-			err = p.Attach(idx, xsk.Native)
-		}
-		if err != nil {
+	if mode := os.Getenv(helperEnv); mode != "" {
+		if err := crash(mode); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
 		os.Exit(0) // no Detach, no Close
 	}
 	os.Exit(m.Run())
+}
+
+func crash(mode string) error {
+	idx, _ := strconv.Atoi(os.Getenv(helperEnv + "_IFINDEX"))
+	p, err := xsk.NewProgram(xsk.ProgramConfig{})
+	if err != nil {
+		return err
+	}
+	if mode == "pin" {
+		_, err := p.AttachPinned(idx, xsk.Native, os.Getenv(helperEnv+"_PIN"))
+		return err
+	}
+	prog, err := ebpf.NewProgramFromID(ebpf.ProgramID(p.ID()))
+	if err != nil {
+		return err
+	}
+	l, err := netlink.LinkByIndex(idx)
+	if err != nil {
+		return err
+	}
+	return netlink.LinkSetXdpFdWithFlags(l, prog.FD(), unix.XDP_FLAGS_DRV_MODE)
+}
+
+// runCrash runs the helper process in ns with the given mode and
+// environment.
+func runCrash(t *testing.T, ns *netns.Namespace, mode string, ifindex int, env ...string) {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), helperEnv+"="+mode, fmt.Sprintf("%s_IFINDEX=%d", helperEnv, ifindex))
+	cmd.Env = append(cmd.Env, env...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := ns.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("helper: %v: %s", err, out.String())
+	}
 }
 
 func TestProgramAttach(t *testing.T) {
@@ -113,21 +152,9 @@ func TestRemoveStale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A child process in the node namespace attaches and exits.
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), helperEnv+"=attach", fmt.Sprintf("%s_IFINDEX=%d", helperEnv, v.Index))
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := node.Start(cmd); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("helper: %v: %s", err, out.String())
-	}
+	// A child process in the node namespace attaches the way older
+	// versions did, and exits.
+	runCrash(t, node, "netlink", v.Index)
 	inNS(t, node, func() error {
 		st, err := xsk.QueryXDP(v.Index)
 		if err != nil {
@@ -177,6 +204,108 @@ func TestRemoveStale(t *testing.T) {
 			return fmt.Errorf("RemoveStale with a foreign program = %d, %v", n, err)
 		}
 		return netlink.LinkSetXdpFdWithFlags(link, -1, unix.XDP_FLAGS_SKB_MODE)
+	})
+}
+
+// TestAttachPinned: a pinned link outlives its process, and the next
+// Program takes it over in place, so the interface is never without a
+// podgate program.
+func TestAttachPinned(t *testing.T) {
+	node := netns.NewForTest(t, "pgx")
+	v, err := netns.AddVeth(netns.VethConfig{NS: node, Name: "va", PeerNS: node, PeerName: "vb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bpffs := t.TempDir()
+	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+		t.Skipf("mount a bpffs: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(bpffs, unix.MNT_DETACH) })
+	pin := bpffs + "/xdp"
+	runCrash(t, node, "pin", v.Index, helperEnv+"_PIN="+pin)
+	inNS(t, node, func() error {
+		st, err := xsk.QueryXDP(v.Index)
+		if err != nil {
+			return err
+		}
+		if st.Native == 0 {
+			return errors.New("the crashed process left no program")
+		}
+		// Not replaceable by netlink, nor by another link.
+		if n, err := xsk.RemoveStale(v.Index); n != 0 || err == nil {
+			return fmt.Errorf("RemoveStale on a pinned link = %d, %v; want 0 and an error", n, err)
+		}
+		q, err := xsk.NewProgram(xsk.ProgramConfig{})
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		if err := q.Attach(v.Index, xsk.Native); !errors.Is(err, xsk.ErrAttached) {
+			return fmt.Errorf("Attach over a pinned link: %v, want ErrAttached", err)
+		}
+
+		p, err := xsk.NewProgram(xsk.ProgramConfig{})
+		if err != nil {
+			return err
+		}
+		defer p.Close()
+		updated, err := p.AttachPinned(v.Index, xsk.Native, pin)
+		if err != nil || !updated {
+			return fmt.Errorf("AttachPinned over the crashed process's link = %v, %v; want true", updated, err)
+		}
+		if st, err := xsk.QueryXDP(v.Index); err != nil || st != (xsk.XDPState{Native: p.ID()}) {
+			return fmt.Errorf("after the update: QueryXDP = %+v, %v; want native %d", st, err, p.ID())
+		}
+		if ok, err := p.Attached(); !ok || err != nil {
+			return fmt.Errorf("Attached = %v, %v", ok, err)
+		}
+		if err := p.Close(); err != nil {
+			return err
+		}
+		if st, err := xsk.QueryXDP(v.Index); err != nil || st != (xsk.XDPState{}) {
+			return fmt.Errorf("after Close: QueryXDP = %+v, %v", st, err)
+		}
+		if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("pin after Close: %v", err)
+		}
+		// Pinned afresh on a clean interface; a link whose interface is
+		// gone is dropped.
+		r, err := xsk.NewProgram(xsk.ProgramConfig{})
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		if updated, err := r.AttachPinned(v.Index, xsk.Native, pin); updated || err != nil {
+			return fmt.Errorf("AttachPinned on a clean interface = %v, %v", updated, err)
+		}
+		return nil
+	})
+	other, err := netns.AddVeth(netns.VethConfig{NS: node, Name: "vc", PeerNS: node, PeerName: "vd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCrash(t, node, "pin", other.Index, helperEnv+"_PIN="+bpffs+"/gone")
+	h := netns.HandleForTest(t, node)
+	l, err := h.LinkByIndex(other.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkDel(l); err != nil {
+		t.Fatal(err)
+	}
+	inNS(t, node, func() error {
+		p, err := xsk.NewProgram(xsk.ProgramConfig{})
+		if err != nil {
+			return err
+		}
+		defer p.Close()
+		if updated, err := p.AttachPinned(v.PeerIndex, xsk.Native, bpffs+"/gone"); updated || err != nil {
+			return fmt.Errorf("AttachPinned over a link whose interface is gone = %v, %v", updated, err)
+		}
+		if ok, err := p.Attached(); !ok || err != nil {
+			return fmt.Errorf("Attached = %v, %v", ok, err)
+		}
+		return nil
 	})
 }
 
