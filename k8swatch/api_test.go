@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/podgate/podgate/internal/test/testutil"
 	"github.com/podgate/podgate/policy"
 	"github.com/podgate/podgate/policy/table"
 )
@@ -88,7 +89,7 @@ func (f *fakeSetup) start(t *testing.T) {
 
 func (f *fakeSetup) waitReady(t *testing.T) {
 	t.Helper()
-	waitUntil(t, 10*time.Second, "the source to be ready", f.src.Ready)
+	testutil.EventuallyTrue(t, 10*time.Second, "the source to be ready", f.src.Ready)
 }
 
 func TestAPISourceFollowsChanges(t *testing.T) {
@@ -159,7 +160,7 @@ func TestAPISourceTombstones(t *testing.T) {
 	expectVerdicts(t, f.store, 5*time.Second,
 		verdict{"10.0.0.2", "10.0.0.1", 80, true},
 		verdict{"10.0.0.3", "10.0.0.1", 80, true})
-	waitUntil(t, 5*time.Second, "node addresses", func() bool { return len(f.src.NodeAddrs()) == 1 })
+	testutil.EventuallyTrue(t, 5*time.Second, "node addresses", func() bool { return len(f.src.NodeAddrs()) == 1 })
 
 	tombstone := func(informer string, obj runtime.Object) {
 		t.Helper()
@@ -203,7 +204,7 @@ func TestAPISourceTombstones(t *testing.T) {
 	expectVerdicts(t, f.store, 5*time.Second, verdict{"10.0.0.3", "10.0.0.1", 80, true})
 
 	tombstone("nodes", node)
-	waitUntil(t, 5*time.Second, "node addresses to be cleared", func() bool { return f.src.NodeAddrs() == nil })
+	testutil.EventuallyTrue(t, 5*time.Second, "node addresses to be cleared", func() bool { return f.src.NodeAddrs() == nil })
 	mu.Lock()
 	defer mu.Unlock()
 	want := [][]netip.Addr{{netip.MustParseAddr("192.0.2.1")}, nil}
@@ -237,7 +238,7 @@ func TestAPISourceCoalescesBursts(t *testing.T) {
 	if _, err := f.client.NetworkingV1().NetworkPolicies("a").Create(ctx, ingressPolicy("a", "np-0", "web", "client", "", 80), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 5*time.Second, "the first change to be published", func() bool { return f.store.Load().Generation() == gen+1 })
+	testutil.EventuallyTrue(t, 5*time.Second, "the first change to be published", func() bool { return f.store.Load().Generation() == gen+1 })
 
 	// A burst: the runner waits for the rest of the interval, then
 	// publishes everything at once.
@@ -247,8 +248,8 @@ func TestAPISourceCoalescesBursts(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitUntil(t, 5*time.Second, "the informer to deliver the burst", func() bool { return f.src.Status().Events == events+6 })
-	waitUntil(t, 5*time.Second, "the runner to wait for the interval", func() bool { return clk.Waiters() == 2 })
+	testutil.EventuallyTrue(t, 5*time.Second, "the informer to deliver the burst", func() bool { return f.src.Status().Events == events+6 })
+	testutil.EventuallyTrue(t, 5*time.Second, "the runner to wait for the interval", func() bool { return clk.Waiters() == 2 })
 	if got := f.store.Load().Generation(); got != gen+1 {
 		t.Fatalf("generation during the burst = %d, want %d (nothing published before the interval)", got, gen+1)
 	}
@@ -293,7 +294,7 @@ func TestAPISourceIgnoresIrrelevantUpdates(t *testing.T) {
 	if _, err := pods.Update(ctx, pod, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 5*time.Second, "the relabel to be published", func() bool {
+	testutil.EventuallyTrue(t, 5*time.Second, "the relabel to be published", func() bool {
 		tab := f.store.Load()
 		i, ok := tab.EndpointByName("a", "web")
 		return ok && tab.Endpoint(i).Labels["app"] == "web2"
@@ -373,7 +374,7 @@ func TestAPISourceCompileErrorKeepsLastTable(t *testing.T) {
 	if _, err := f.client.NetworkingV1().NetworkPolicies("a").Create(ctx, bad, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 5*time.Second, "the compile error to be reported", func() bool { return f.src.Status().LastError != nil })
+	testutil.EventuallyTrue(t, 5*time.Second, "the compile error to be reported", func() bool { return f.src.Status().LastError != nil })
 	st := f.src.Status()
 	if !errors.Is(st.LastError, policy.ErrInvalid) || !strings.Contains(st.LastError.Error(), "a/bad") {
 		t.Errorf("LastError = %v, want one wrapping policy.ErrInvalid that names a/bad", st.LastError)
@@ -393,7 +394,7 @@ func TestAPISourceCompileErrorKeepsLastTable(t *testing.T) {
 	if err := f.client.NetworkingV1().NetworkPolicies("a").Delete(ctx, "bad", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 5*time.Second, "recovery", f.src.Ready)
+	testutil.EventuallyTrue(t, 5*time.Second, "recovery", f.src.Ready)
 	if st := f.src.Status(); st.LastError != nil || st.Generation <= good.Generation() {
 		t.Errorf("after removing the invalid policy: status = %+v, want no error and a new table", st)
 	}
@@ -414,7 +415,7 @@ func TestAPISourceNodeAddrs(t *testing.T) {
 	f.start(t)
 	f.waitReady(t)
 	want := []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("203.0.113.1")}
-	waitUntil(t, 5*time.Second, "node addresses", func() bool { return slices.Equal(f.src.NodeAddrs(), want) })
+	testutil.EventuallyTrue(t, 5*time.Second, "node addresses", func() bool { return slices.Equal(f.src.NodeAddrs(), want) })
 
 	nodes := f.client.CoreV1().Nodes()
 	other, err := nodes.Get(ctx, "node-2", metav1.GetOptions{})
@@ -434,14 +435,14 @@ func TestAPISourceNodeAddrs(t *testing.T) {
 		t.Fatal(err)
 	}
 	want = []netip.Addr{netip.MustParseAddr("192.0.2.11")}
-	waitUntil(t, 5*time.Second, "the new node address", func() bool {
+	testutil.EventuallyTrue(t, 5*time.Second, "the new node address", func() bool {
 		p := got.Load()
 		return p != nil && slices.Equal(*p, want) && slices.Equal(f.src.NodeAddrs(), want)
 	})
 	if err := nodes.Delete(ctx, "node-1", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 5*time.Second, "no node addresses", func() bool { return f.src.NodeAddrs() == nil })
+	testutil.EventuallyTrue(t, 5*time.Second, "no node addresses", func() bool { return f.src.NodeAddrs() == nil })
 }
 
 // TestAPISourceStaleness checks the bookkeeping of stale views with a
@@ -473,11 +474,11 @@ func TestAPISourceStaleness(t *testing.T) {
 	}
 	f.start(t)
 	f.waitReady(t)
-	waitUntil(t, 5*time.Second, "LastSync", func() bool { return !f.src.Status().LastSync.IsZero() })
+	testutil.EventuallyTrue(t, 5*time.Second, "LastSync", func() bool { return !f.src.Status().LastSync.IsZero() })
 
 	down := errors.New("connection refused")
 	probeErr.Store(&down)
-	waitUntil(t, 5*time.Second, "the view to be stale", func() bool { return f.src.Status().Stale })
+	testutil.EventuallyTrue(t, 5*time.Second, "the view to be stale", func() bool { return f.src.Status().Stale })
 	st := f.src.Status()
 	if !strings.Contains(st.StaleReason, "connection refused") || st.StaleSince.IsZero() || !st.Ready() || st.Err() == nil {
 		t.Errorf("stale status = %+v: want the probe's error as reason, StaleSince set, still ready, and Err reporting it", st)
@@ -497,7 +498,7 @@ func TestAPISourceStaleness(t *testing.T) {
 		t.Fatalf("view current although the node informer has not received anything since the outage")
 	}
 	setRV("nodes", "2")
-	waitUntil(t, 5*time.Second, "the view to be current", func() bool { return !f.src.Status().Stale })
+	testutil.EventuallyTrue(t, 5*time.Second, "the view to be current", func() bool { return !f.src.Status().Stale })
 	if !f.logs.Contains("policy view is current again") {
 		t.Errorf("no log line for the recovery")
 	}
@@ -518,7 +519,7 @@ func TestAPISourceStaleness(t *testing.T) {
 		t.Fatalf("view current although the failed informer has not listed since")
 	}
 	setRV("networkpolicies", "3")
-	waitUntil(t, 5*time.Second, "the view to be current after the relist", func() bool { return !f.src.Status().Stale })
+	testutil.EventuallyTrue(t, 5*time.Second, "the view to be current after the relist", func() bool { return !f.src.Status().Stale })
 }
 
 func TestStripManagedFields(t *testing.T) {
@@ -563,7 +564,7 @@ func TestNewAPISourceErrors(t *testing.T) {
 		cancel()
 		factory.Shutdown()
 	})
-	waitUntil(t, 5*time.Second, "informers to start", func() bool { return cfg.Pods.Informer().HasSynced() })
+	testutil.EventuallyTrue(t, 5*time.Second, "informers to start", func() bool { return cfg.Pods.Informer().HasSynced() })
 	if _, err := NewAPISource(cfg); err == nil || !strings.Contains(err.Error(), "watch error handler") {
 		t.Errorf("NewAPISource after the informers started: error = %v, want one about the watch error handler", err)
 	}

@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/podgate/podgate/internal/test/kubetest"
+	"github.com/podgate/podgate/internal/test/testutil"
 	"github.com/podgate/podgate/policy/table"
 )
 
@@ -39,7 +40,7 @@ func BenchmarkPolicyLatency(b *testing.B) {
 		}
 	}
 	s := startAPISource(b, client, "")
-	waitUntil(b, 30*time.Second, "the source to be ready", s.src.Ready)
+	testutil.EventuallyTrue(b, 30*time.Second, "the source to be ready", s.src.Ready)
 	nps := client.NetworkingV1().NetworkPolicies("bench")
 	np, err := nps.Create(ctx, ingressPolicy("bench", "web", "web", "client", "", 1000), metav1.CreateOptions{})
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 	npaclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 
 	"github.com/podgate/podgate/internal/test/kubetest"
+	"github.com/podgate/podgate/internal/test/testutil"
 	"github.com/podgate/podgate/policy"
 )
 
@@ -118,7 +119,7 @@ func TestClusterPoliciesWithAPIServer(t *testing.T) {
 		}
 	}
 	s := startClusterAPISource(t, client, npa)
-	waitUntil(t, 30*time.Second, "the source to be ready without the CRD", s.src.Ready)
+	testutil.EventuallyTrue(t, 30*time.Second, "the source to be ready without the CRD", s.src.Ready)
 	const timeout = 10 * time.Second
 	const web, bClient = "10.244.0.10", "10.244.0.12"
 	before := expectVerdicts(t, s.store, timeout, verdict{bClient, web, 80, true})
@@ -127,7 +128,7 @@ func TestClusterPoliciesWithAPIServer(t *testing.T) {
 	}
 
 	installCRD(t, dyn, moduleDir)
-	waitUntil(t, timeout, "the source to watch ClusterNetworkPolicies", func() bool {
+	testutil.EventuallyTrue(t, timeout, "the source to watch ClusterNetworkPolicies", func() bool {
 		return slices.Equal(s.src.ClusterPolicyResources(), []string{"clusternetworkpolicies.v1beta1.policy.networking.k8s.io"})
 	})
 
@@ -163,12 +164,12 @@ func TestClusterPoliciesWithAPIServer(t *testing.T) {
 		if err := dyn.Resource(crdGVR).Delete(ctx, "clusternetworkpolicies.policy.networking.k8s.io", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitUntil(t, 30*time.Second, "the source to stop watching", func() bool { return s.src.ClusterPolicyResources() == nil })
+		testutil.EventuallyTrue(t, 30*time.Second, "the source to stop watching", func() bool { return s.src.ClusterPolicyResources() == nil })
 		tab := expectVerdicts(t, s.store, timeout, verdict{bClient, web, 80, true})
 		if n := len(tab.ClusterPolicies()); n != 0 {
 			t.Errorf("%d cluster policies in the table after the CRD was removed", n)
 		}
-		waitUntil(t, timeout, "the view to be current", func() bool { st := s.src.Status(); return st.Ready() && !st.Stale })
+		testutil.EventuallyTrue(t, timeout, "the view to be current", func() bool { st := s.src.Status(); return st.Ready() && !st.Stale })
 	})
 }
 

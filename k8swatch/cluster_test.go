@@ -20,6 +20,7 @@ import (
 	npav1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 	npafake "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned/fake"
 
+	"github.com/podgate/podgate/internal/test/testutil"
 	"github.com/podgate/podgate/policy/table"
 )
 
@@ -145,7 +146,7 @@ func TestAPISourceClusterPolicies(t *testing.T) {
 
 	// The CRD is installed, a policy created.
 	f.serve("clusternetworkpolicies/v1beta1")
-	waitUntil(t, 5*time.Second, "the informer to start", func() bool { return len(f.src.ClusterPolicyResources()) == 1 })
+	testutil.EventuallyTrue(t, 5*time.Second, "the informer to start", func() bool { return len(f.src.ClusterPolicyResources()) == 1 })
 	cnps := f.npa.PolicyV1beta1().ClusterNetworkPolicies()
 	if _, err := cnps.Create(ctx, denyIngressFrom("deny-b", "Admin", 1, "b"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -171,7 +172,7 @@ func TestAPISourceClusterPolicies(t *testing.T) {
 
 	// The v1alpha1 kinds.
 	f.serve("clusternetworkpolicies/v1beta1", "adminnetworkpolicies/v1alpha1", "baselineadminnetworkpolicies/v1alpha1")
-	waitUntil(t, 5*time.Second, "three informers", func() bool { return len(f.src.ClusterPolicyResources()) == 3 })
+	testutil.EventuallyTrue(t, 5*time.Second, "three informers", func() bool { return len(f.src.ClusterPolicyResources()) == 3 })
 	banp := &npav1alpha1.BaselineAdminNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "default"}, Spec: npav1alpha1.BaselineAdminNetworkPolicySpec{
 		Subject: npav1alpha1.AdminNetworkPolicySubject{Namespaces: &metav1.LabelSelector{}},
 		Egress: []npav1alpha1.BaselineAdminNetworkPolicyEgressRule{{Action: "Deny",
@@ -196,7 +197,7 @@ func TestAPISourceClusterPolicies(t *testing.T) {
 	// The CRDs are removed: their informers stop, their policies leave the
 	// table.
 	f.serve()
-	waitUntil(t, 5*time.Second, "the informers to stop", func() bool { return f.src.ClusterPolicyResources() == nil })
+	testutil.EventuallyTrue(t, 5*time.Second, "the informers to stop", func() bool { return f.src.ClusterPolicyResources() == nil })
 	expectVerdicts(t, f.store, 5*time.Second, verdict{"10.0.0.1", "192.0.2.9", 10250, true})
 	if st := f.src.Status(); !st.Ready() || st.Stale || st.Err() != nil {
 		t.Errorf("status = %+v, want ready and current", st)

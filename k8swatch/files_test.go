@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podgate/podgate/internal/test/testutil"
 	"github.com/podgate/podgate/policy"
 	"github.com/podgate/podgate/policy/table"
 )
@@ -50,19 +51,12 @@ spec:
 `, name, port)
 }
 
-func writeFile(t *testing.T, path, content string) {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // replaceFile writes content to a temporary file next to path and renames
 // it over path, as many editors and tools do.
 func replaceFile(t *testing.T, path, content string) {
 	t.Helper()
 	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
-	writeFile(t, tmp, content)
+	testutil.WriteFile(t, tmp, content)
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
@@ -95,11 +89,11 @@ func runFiles(t *testing.T, paths ...string) (*FileSource, *table.Store, *logBuf
 
 func TestFileSourceDirectory(t *testing.T) {
 	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "pods.yaml"), podsYAML)
+	testutil.WriteFile(t, filepath.Join(dir, "pods.yaml"), podsYAML)
 	pol := filepath.Join(dir, "policy.yaml")
-	writeFile(t, pol, policyYAML("web", 80))
+	testutil.WriteFile(t, pol, policyYAML("web", 80))
 	src, store, logs := runFiles(t, dir)
-	waitUntil(t, 5*time.Second, "ready", src.Ready)
+	testutil.EventuallyTrue(t, 5*time.Second, "ready", src.Ready)
 	expectVerdicts(t, store, time.Second, verdict{"10.0.0.2", "10.0.0.1", 80, true}, verdict{"10.0.0.2", "10.0.0.1", 81, false})
 	if got := src.NodeAddrs(); len(got) != 1 || got[0] != netip.MustParseAddr("192.0.2.1") {
 		t.Errorf("NodeAddrs = %v, want the configured 192.0.2.1", got)
@@ -137,14 +131,14 @@ func TestFileSourceDirectory(t *testing.T) {
 			t.Fatal(err)
 		}
 		expectVerdicts(t, store, 5*time.Second, verdict{"10.0.0.2", "10.0.0.1", 82, true})
-		waitUntil(t, 5*time.Second, "ready", src.Ready)
+		testutil.EventuallyTrue(t, 5*time.Second, "ready", src.Ready)
 	})
 
 	t.Run("invalid file keeps the last table", func(t *testing.T) {
 		good := store.Load()
 		bad := strings.Replace(policyYAML("web", 82), "app: web", "not a valid key!: web", 1)
 		replaceFile(t, pol, bad)
-		waitUntil(t, 5*time.Second, "the error to be reported", func() bool { return src.Status().LastError != nil })
+		testutil.EventuallyTrue(t, 5*time.Second, "the error to be reported", func() bool { return src.Status().LastError != nil })
 		st := src.Status()
 		if !errors.Is(st.LastError, policy.ErrInvalid) && !errors.Is(st.LastError, policy.ErrManifest) {
 			t.Errorf("LastError = %v, want a manifest or validation error", st.LastError)
@@ -161,12 +155,12 @@ func TestFileSourceDirectory(t *testing.T) {
 		expectVerdicts(t, store, time.Second, verdict{"10.0.0.2", "10.0.0.1", 82, true})
 
 		replaceFile(t, pol, policyYAML("web", 83))
-		waitUntil(t, 5*time.Second, "recovery", src.Ready)
+		testutil.EventuallyTrue(t, 5*time.Second, "recovery", src.Ready)
 		expectVerdicts(t, store, time.Second, verdict{"10.0.0.2", "10.0.0.1", 83, true})
 	})
 
 	t.Run("new file", func(t *testing.T) {
-		writeFile(t, filepath.Join(dir, "more.yml"), policyYAML("more", 90))
+		testutil.WriteFile(t, filepath.Join(dir, "more.yml"), policyYAML("more", 90))
 		expectVerdicts(t, store, 5*time.Second, verdict{"10.0.0.2", "10.0.0.1", 90, true})
 	})
 
@@ -185,10 +179,10 @@ func TestFileSourceDirectory(t *testing.T) {
 
 	t.Run("other files are ignored", func(t *testing.T) {
 		before := src.Status()
-		writeFile(t, filepath.Join(dir, ".policy.yaml.swp"), "not yaml: [")
-		writeFile(t, filepath.Join(dir, "4913"), "")
-		writeFile(t, filepath.Join(dir, "zz.yaml"), "") // a relevant change after them
-		waitUntil(t, 5*time.Second, "the reload", func() bool { return src.Status().Rebuilds > before.Rebuilds })
+		testutil.WriteFile(t, filepath.Join(dir, ".policy.yaml.swp"), "not yaml: [")
+		testutil.WriteFile(t, filepath.Join(dir, "4913"), "")
+		testutil.WriteFile(t, filepath.Join(dir, "zz.yaml"), "") // a relevant change after them
+		testutil.EventuallyTrue(t, 5*time.Second, "the reload", func() bool { return src.Status().Rebuilds > before.Rebuilds })
 		if got := src.Status().Events - before.Events; got < 1 || got > 2 {
 			t.Errorf("events = %d, want 1 or 2 (create and write of zz.yaml only)", got)
 		}
@@ -198,10 +192,10 @@ func TestFileSourceDirectory(t *testing.T) {
 func TestFileSourceSingleFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "all.yaml")
-	writeFile(t, path, podsYAML+"---\n"+policyYAML("web", 80))
-	writeFile(t, filepath.Join(dir, "unrelated.yaml"), "not: [valid")
+	testutil.WriteFile(t, path, podsYAML+"---\n"+policyYAML("web", 80))
+	testutil.WriteFile(t, filepath.Join(dir, "unrelated.yaml"), "not: [valid")
 	src, store, _ := runFiles(t, path)
-	waitUntil(t, 5*time.Second, "ready", src.Ready)
+	testutil.EventuallyTrue(t, 5*time.Second, "ready", src.Ready)
 	expectVerdicts(t, store, time.Second, verdict{"10.0.0.2", "10.0.0.1", 80, true})
 
 	replaceFile(t, path, podsYAML+"---\n"+policyYAML("web", 81))
@@ -215,13 +209,13 @@ func TestFileSourceSingleFile(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 5*time.Second, "the error", func() bool { return src.Status().LastError != nil })
+	testutil.EventuallyTrue(t, 5*time.Second, "the error", func() bool { return src.Status().LastError != nil })
 	if store.Load().Generation() != gen {
 		t.Errorf("a table was published without the file")
 	}
-	writeFile(t, path, podsYAML+"---\n"+policyYAML("web", 84))
+	testutil.WriteFile(t, path, podsYAML+"---\n"+policyYAML("web", 84))
 	expectVerdicts(t, store, 5*time.Second, verdict{"10.0.0.2", "10.0.0.1", 84, true})
-	waitUntil(t, 5*time.Second, "ready", src.Ready)
+	testutil.EventuallyTrue(t, 5*time.Second, "ready", src.Ready)
 }
 
 // TestFileSourceConfigMapVolume swaps the "..data" symlink the way the
@@ -234,8 +228,8 @@ func TestFileSourceConfigMapVolume(t *testing.T) {
 		if err := os.Mkdir(v, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		writeFile(t, filepath.Join(v, "pods.yaml"), podsYAML)
-		writeFile(t, filepath.Join(v, "policy.yaml"), policyYAML("web", policyPort))
+		testutil.WriteFile(t, filepath.Join(v, "pods.yaml"), podsYAML)
+		testutil.WriteFile(t, filepath.Join(v, "policy.yaml"), policyYAML("web", policyPort))
 		tmp := filepath.Join(dir, "..data_tmp")
 		if err := os.Symlink(filepath.Base(v), tmp); err != nil {
 			t.Fatal(err)
@@ -251,7 +245,7 @@ func TestFileSourceConfigMapVolume(t *testing.T) {
 		}
 	}
 	src, store, _ := runFiles(t, dir)
-	waitUntil(t, 5*time.Second, "ready", src.Ready)
+	testutil.EventuallyTrue(t, 5*time.Second, "ready", src.Ready)
 	expectVerdicts(t, store, time.Second, verdict{"10.0.0.2", "10.0.0.1", 80, true})
 	version(2, 81)
 	expectVerdicts(t, store, 5*time.Second, verdict{"10.0.0.2", "10.0.0.1", 81, true}, verdict{"10.0.0.2", "10.0.0.1", 80, false})

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/podgate/podgate/internal/test/kubetest"
+	"github.com/podgate/podgate/internal/test/testutil"
 	"github.com/podgate/podgate/policy"
 	"github.com/podgate/podgate/policy/table"
 )
@@ -115,12 +116,12 @@ func TestAPISourceWithAPIServer(t *testing.T) {
 	}
 
 	s := startAPISource(t, client, "node-1")
-	waitUntil(t, 30*time.Second, "the source to be ready", s.src.Ready)
+	testutil.EventuallyTrue(t, 30*time.Second, "the source to be ready", s.src.Ready)
 	const timeout = 10 * time.Second
 	const web, aClient, bClient = "10.244.0.10", "10.244.0.11", "10.244.0.12"
 	// No policy: everything is allowed.
 	expectVerdicts(t, s.store, timeout, verdict{aClient, web, 80, true}, verdict{bClient, web, 81, true})
-	waitUntil(t, timeout, "node addresses", func() bool {
+	testutil.EventuallyTrue(t, timeout, "node addresses", func() bool {
 		return slices.Equal(s.src.NodeAddrs(), []netip.Addr{netip.MustParseAddr("192.0.2.1")})
 	})
 
@@ -211,7 +212,7 @@ func TestAPISourceWithAPIServer(t *testing.T) {
 		if _, err := client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitUntil(t, timeout, "the new node addresses", func() bool {
+		testutil.EventuallyTrue(t, timeout, "the new node addresses", func() bool {
 			return slices.Equal(s.src.NodeAddrs(), []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("203.0.113.7")})
 		})
 	})
@@ -256,7 +257,7 @@ func TestAPISourceWithAPIServer(t *testing.T) {
 		if err := client.CoreV1().Services("s").Delete(ctx, "backend", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitUntil(t, timeout, "the Service to leave the table", func() bool {
+		testutil.EventuallyTrue(t, timeout, "the Service to leave the table", func() bool {
 			_, ok := s.store.Load().ServiceByAddr(netip.MustParseAddr(svcIP))
 			return !ok
 		})
@@ -275,7 +276,7 @@ func TestAPISourceWithAPIServer(t *testing.T) {
 		watchErrors := strings.Count(s.logs.String(), "list or watch failed")
 		stop := time.Now()
 		env.StopAPIServer()
-		waitUntil(t, 10*time.Second, "the view to be stale", func() bool { return s.src.Status().Stale })
+		testutil.EventuallyTrue(t, 10*time.Second, "the view to be stale", func() bool { return s.src.Status().Stale })
 		st := s.src.Status()
 		t.Logf("stale %v after the stop began: %s", time.Since(stop).Round(time.Millisecond), st.StaleReason)
 		if s.store.Load() != last || !s.src.Ready() {
@@ -297,14 +298,14 @@ func TestAPISourceWithAPIServer(t *testing.T) {
 		if err := kubetest.DeletePod(ctx, client, "b", "client"); err != nil {
 			t.Fatal(err)
 		}
-		waitUntil(t, 90*time.Second, "the view to be current", func() bool { return !s.src.Status().Stale })
+		testutil.EventuallyTrue(t, 90*time.Second, "the view to be current", func() bool { return !s.src.Status().Stale })
 		t.Logf("current again %v after the API server was ready; the watch error handler was called %d times during the outage",
 			time.Since(started).Round(time.Millisecond), strings.Count(s.logs.String(), "list or watch failed")-watchErrors)
 		tab := expectVerdicts(t, s.store, 90*time.Second, verdict{"10.244.0.30", web, 80, true}, verdict{"10.244.0.30", web, 81, false})
 		t.Logf("changes made after the restart published %v after it", time.Since(started).Round(time.Millisecond))
 		if _, ok := tab.EndpointByName("b", "client"); ok {
 			// The verdicts above may have come before the deletion.
-			waitUntil(t, timeout, "b/client to be deleted", func() bool {
+			testutil.EventuallyTrue(t, timeout, "b/client to be deleted", func() bool {
 				_, ok := s.store.Load().EndpointByName("b", "client")
 				return !ok
 			})
@@ -377,7 +378,7 @@ func testForbidden(t *testing.T, env *kubetest.Env) {
 		t.Fatal(err)
 	}
 	s := startAPISource(t, client, "node-1")
-	waitUntil(t, 20*time.Second, "the view to be stale", func() bool { return s.src.Status().Stale })
+	testutil.EventuallyTrue(t, 20*time.Second, "the view to be stale", func() bool { return s.src.Status().Stale })
 	st := s.src.Status()
 	t.Logf("stale: %s", st.StaleReason)
 	if s.src.Ready() || st.Synced {
@@ -405,7 +406,7 @@ func testForbidden(t *testing.T, env *kubetest.Env) {
 		t.Fatal(err)
 	}
 	granted := time.Now()
-	waitUntil(t, 60*time.Second, "the source to be ready and current", func() bool {
+	testutil.EventuallyTrue(t, 60*time.Second, "the source to be ready and current", func() bool {
 		st := s.src.Status()
 		return st.Ready() && !st.Stale
 	})

@@ -8,20 +8,9 @@ import (
 	"time"
 
 	clocktesting "k8s.io/utils/clock/testing"
-)
 
-// eventually polls cond every millisecond for up to 10 seconds of real
-// time.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
+	"github.com/podgate/podgate/internal/test/testutil"
+)
 
 // startRunner runs r until the test ends.
 func startRunner(t *testing.T, r *runner) {
@@ -42,13 +31,13 @@ func TestRunnerCoalescesBursts(t *testing.T) {
 
 	// The first trigger runs at once.
 	r.trigger()
-	eventually(t, "the first run", func() bool { return runs.Load() == 1 })
+	testutil.EventuallyTrue(t, 10*time.Second, "the first run", func() bool { return runs.Load() == 1 })
 
 	// A burst within the minimum interval waits for it and then runs once.
 	for range 100 {
 		r.trigger()
 	}
-	eventually(t, "the runner to wait on its timer", clk.HasWaiters)
+	testutil.EventuallyTrue(t, 10*time.Second, "the runner to wait on its timer", clk.HasWaiters)
 	for range 100 {
 		r.trigger()
 	}
@@ -58,7 +47,7 @@ func TestRunnerCoalescesBursts(t *testing.T) {
 		t.Fatalf("runs before the minimum interval passed = %d, want 1", got)
 	}
 	clk.Step(time.Millisecond)
-	eventually(t, "the coalesced run", func() bool { return runs.Load() == 2 })
+	testutil.EventuallyTrue(t, 10*time.Second, "the coalesced run", func() bool { return runs.Load() == 2 })
 	time.Sleep(20 * time.Millisecond)
 	if got, w := runs.Load(), clk.Waiters(); got != 2 || w != 0 {
 		t.Fatalf("after the burst: runs = %d, timer waiters = %d; want 2 and 0 (the burst runs once)", got, w)
@@ -67,7 +56,7 @@ func TestRunnerCoalescesBursts(t *testing.T) {
 	// After a quiet period longer than the interval, a trigger runs at once.
 	clk.Step(5 * time.Second)
 	r.trigger()
-	eventually(t, "the run after a quiet period", func() bool { return runs.Load() == 3 })
+	testutil.EventuallyTrue(t, 10*time.Second, "the run after a quiet period", func() bool { return runs.Load() == 3 })
 }
 
 func TestRunnerDoesNotLoseTriggersDuringARun(t *testing.T) {
@@ -87,9 +76,9 @@ func TestRunnerDoesNotLoseTriggersDuringARun(t *testing.T) {
 	<-entered
 	r.trigger() // while the first run is in progress: its change may be missed
 	close(release)
-	eventually(t, "the runner to wait for the minimum interval", clk.HasWaiters)
+	testutil.EventuallyTrue(t, 10*time.Second, "the runner to wait for the minimum interval", clk.HasWaiters)
 	clk.Step(time.Second)
-	eventually(t, "the second run", func() bool { return runs.Load() == 2 })
+	testutil.EventuallyTrue(t, 10*time.Second, "the second run", func() bool { return runs.Load() == 2 })
 }
 
 func TestRunnerPausesAsLongAsARunTook(t *testing.T) {
@@ -103,14 +92,14 @@ func TestRunnerPausesAsLongAsARunTook(t *testing.T) {
 	startRunner(t, r)
 
 	r.trigger()
-	eventually(t, "the first run", func() bool { return runs.Load() == 1 })
+	testutil.EventuallyTrue(t, 10*time.Second, "the first run", func() bool { return runs.Load() == 1 })
 	r.trigger()
-	eventually(t, "the runner to wait", clk.HasWaiters)
+	testutil.EventuallyTrue(t, 10*time.Second, "the runner to wait", clk.HasWaiters)
 	clk.Step(2999 * time.Millisecond)
 	time.Sleep(20 * time.Millisecond)
 	if got := runs.Load(); got != 1 {
 		t.Fatalf("runs = %d before a pause as long as the last run, want 1", got)
 	}
 	clk.Step(time.Millisecond)
-	eventually(t, "the second run", func() bool { return runs.Load() == 2 })
+	testutil.EventuallyTrue(t, 10*time.Second, "the second run", func() bool { return runs.Load() == 2 })
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/podgate/podgate/fastpath/offload"
 	"github.com/podgate/podgate/fastpath/xsk"
 	"github.com/podgate/podgate/internal/netns"
+	"github.com/podgate/podgate/internal/test/testutil"
 	"github.com/podgate/podgate/node"
 	"github.com/podgate/podgate/policy"
 	"github.com/podgate/podgate/policy/table"
@@ -74,7 +75,7 @@ type labPod struct {
 
 func newLab(t *testing.T) *lab {
 	t.Helper()
-	l := &lab{t: t, node: netns.NewForTest(t, "pgnode"), stateDir: t.TempDir(), pods: map[string]*labPod{}}
+	l := &lab{t: t, node: netns.RouterForTest(t, "pgnode"), stateDir: t.TempDir(), pods: map[string]*labPod{}}
 	l.nh = netns.HandleForTest(t, l.node)
 	l.bpfDir = t.TempDir() + "/bpf/podgate"
 	unmount, err := offload.PrepareBPFFS(l.bpfDir)
@@ -87,21 +88,6 @@ func newLab(t *testing.T) *lab {
 				t.Error(err)
 			}
 		})
-	}
-	for _, kv := range [][2]string{
-		{"net.ipv4.ip_forward", "1"},
-		{"net.ipv6.conf.all.forwarding", "1"},
-	} {
-		if err := l.node.Sysctl(kv[0], kv[1]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	lo, err := l.nh.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.nh.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
 	}
 	// The node's uplink is a veth to an "outside" namespace, as a kind
 	// node's eth0 is.
@@ -139,7 +125,7 @@ func (l *lab) addPod(name, hostIf string, mtu int, ips ...netip.Addr) *labPod {
 	p := &labPod{name: name, ns: netns.NewForTest(l.t, "pgpod"), hostIf: hostIf, ips: ips}
 	// Like a CNI ADD, which kubelet retries: it fails while the route of
 	// a deleted pod with the same address is still on the kernel leg.
-	eventually(l.t, waitTimeout, "add pod "+name, func() error {
+	testutil.Eventually(l.t, waitTimeout, "add pod "+name, func() error {
 		var err error
 		p.pod, err = netns.AddPod(netns.PodConfig{
 			Pod: p.ns, Node: l.node, HostIf: hostIf, IPs: ips, MTU: mtu,
@@ -315,22 +301,6 @@ func (l *lab) linkExists(name string) bool {
 	return err == nil
 }
 
-// eventually polls cond until it returns nil or the timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %v: %v", what, timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // table compiles a cluster of the given pods (namespace default, no
 // policies: everything allowed among known endpoints).
 func allowAll(t testing.TB, ips map[string][]netip.Addr) *table.Table {
@@ -451,7 +421,7 @@ func (rn *runningNode) stop() error {
 func (rn *runningNode) waitReady(t *testing.T) time.Duration {
 	t.Helper()
 	start := time.Now()
-	eventually(t, waitTimeout, "node ready", func() error {
+	testutil.Eventually(t, waitTimeout, "node ready", func() error {
 		select {
 		case err := <-rn.done:
 			rn.done <- err
@@ -480,7 +450,7 @@ func (rn *runningNode) port(name string) (node.PortInfo, bool) {
 // and every address is routed via the kernel leg.
 func (l *lab) expectPlumbed(rn *runningNode, p *labPod) {
 	l.t.Helper()
-	eventually(l.t, waitTimeout, "pod "+p.name+" plumbed", func() error {
+	testutil.Eventually(l.t, waitTimeout, "pod "+p.name+" plumbed", func() error {
 		pi, ok := rn.port(p.hostIf)
 		if !ok {
 			return fmt.Errorf("no port %s", p.hostIf)

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podgate/podgate/fastpath"
+	"github.com/podgate/podgate/internal/test/testutil"
 	"github.com/podgate/podgate/node"
 	"github.com/podgate/podgate/policy"
 	"github.com/podgate/podgate/policy/table"
@@ -138,7 +139,7 @@ func TestLifecycle(t *testing.T) {
 	t.Log("pod removed")
 	{
 		l.removePod(l.pods["c"])
-		eventually(t, waitTimeout, "pod c cleaned up", func() error {
+		testutil.Eventually(t, waitTimeout, "pod c cleaned up", func() error {
 			if _, ok := rn.port("vethc"); ok {
 				return errorf("port vethc still there")
 			}
@@ -296,7 +297,7 @@ func TestPortFailure(t *testing.T) {
 	}
 	mid := l.addPod("mid", "vethmid", 1700, ipMid)
 	l.expectPlumbed(rn, mid)
-	eventually(t, waitTimeout, "kernel leg MTU raised", func() error {
+	testutil.Eventually(t, waitTimeout, "kernel leg MTU raised", func() error {
 		for _, name := range []string{node.DefaultGatewayLink, node.DefaultKernelLink} {
 			link, err := l.nh.LinkByName(name)
 			if err != nil {
@@ -323,7 +324,7 @@ func TestPortFailure(t *testing.T) {
 	if err := l.nh.LinkSetMTU(link, 9000); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, waitTimeout, "port of vethsmall given up", func() error {
+	testutil.Eventually(t, waitTimeout, "port of vethsmall given up", func() error {
 		if _, ok := rn.port("vethsmall"); ok {
 			return errorf("port still there")
 		}
@@ -391,7 +392,7 @@ func TestCrash(t *testing.T) {
 		t.Logf("during recovery pod a sent %d frames, none reached the kernel unchecked", sent)
 	}
 	var flowing time.Duration
-	eventually(t, waitTimeout, "traffic after restart", func() error {
+	testutil.Eventually(t, waitTimeout, "traffic after restart", func() error {
 		_, err := dial(a.ns, ipB, 200*time.Millisecond)
 		flowing = time.Since(start)
 		return err

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podgate/podgate/internal/test/testutil"
 	"github.com/podgate/podgate/policy"
 )
 
@@ -92,7 +93,7 @@ func TestLoadSpecialFiles(t *testing.T) {
 	if err := os.Mkdir(withFIFO, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, withFIFO, "a.yaml", npHeader+"spec: {podSelector: {}}\n")
+	testutil.WriteFile(t, filepath.Join(withFIFO, "a.yaml"), npHeader+"spec: {podSelector: {}}\n")
 	if err := syscall.Mkfifo(filepath.Join(withFIFO, "p.yaml"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +162,7 @@ func TestLoadSizeLimits(t *testing.T) {
 	})
 	t.Run("at the limit", func(t *testing.T) {
 		d := t.TempDir()
-		p := writeFile(t, d, "np.yaml", manifest)
+		p := testutil.WriteFile(t, filepath.Join(d, "np.yaml"), manifest)
 		ld := policy.Loader{MaxFileBytes: int64(len(manifest)), MaxTotalBytes: int64(len(manifest))}
 		if _, err := ld.Load(p); err != nil {
 			t.Fatalf("a file of exactly the limit: %v", err)
@@ -169,7 +170,7 @@ func TestLoadSizeLimits(t *testing.T) {
 	})
 	t.Run("per file, named", func(t *testing.T) {
 		d := t.TempDir()
-		p := writeFile(t, d, "np.yaml", manifest)
+		p := testutil.WriteFile(t, filepath.Join(d, "np.yaml"), manifest)
 		ld := policy.Loader{MaxFileBytes: int64(len(manifest)) - 1, FileLimitName: "--manifest-file-limit"}
 		_, err := ld.Load(p)
 		if !errors.Is(err, policy.ErrTooLarge) {
@@ -183,7 +184,7 @@ func TestLoadSizeLimits(t *testing.T) {
 	t.Run("in total", func(t *testing.T) {
 		d := t.TempDir()
 		for i := range 3 {
-			writeFile(t, d, fmt.Sprintf("np%d.yaml", i), strings.Replace(manifest, "name: np", fmt.Sprintf("name: np%d", i), 1))
+			testutil.WriteFile(t, filepath.Join(d, fmt.Sprintf("np%d.yaml", i)), strings.Replace(manifest, "name: np", fmt.Sprintf("name: np%d", i), 1))
 		}
 		size := int64(len(manifest) + 1)
 		ld := policy.Loader{MaxTotalBytes: 2*size + 1, TotalLimitName: "--manifest-total-limit"}

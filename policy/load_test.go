@@ -2,25 +2,16 @@ package policy_test
 
 import (
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/podgate/podgate/internal/test/testutil"
 	"github.com/podgate/podgate/policy"
 	"github.com/podgate/podgate/policy/table"
 )
-
-func writeFile(t *testing.T, dir, name, content string) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 const npHeader = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: ns1}\n"
 
@@ -135,7 +126,7 @@ func TestLoadRejectsBadInputNamingFileObjectAndField(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			p := writeFile(t, t.TempDir(), "m.yaml", tc.content)
+			p := testutil.WriteFile(t, filepath.Join(t.TempDir(), "m.yaml"), tc.content)
 			_, err := policy.Load(p)
 			if err == nil {
 				t.Fatal("Load succeeded, want an error")
@@ -152,8 +143,8 @@ func TestLoadRejectsBadInputNamingFileObjectAndField(t *testing.T) {
 
 func TestLoadReportsEveryProblemAtOnce(t *testing.T) {
 	dir := t.TempDir()
-	writeFile(t, dir, "a.yaml", npHeader+"spec: {podSelector: {}, ingress: [{ports: [{endPort: 1}]}, {from: [{}]}]}")
-	writeFile(t, dir, "b.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nstatus: {podIP: nope}")
+	testutil.WriteFile(t, filepath.Join(dir, "a.yaml"), npHeader+"spec: {podSelector: {}, ingress: [{ports: [{endPort: 1}]}, {from: [{}]}]}")
+	testutil.WriteFile(t, filepath.Join(dir, "b.yaml"), "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nstatus: {podIP: nope}")
 	_, err := policy.Load(dir)
 	if err == nil {
 		t.Fatal("Load succeeded")
@@ -172,7 +163,7 @@ func TestLoadFormats(t *testing.T) {
 	dir := t.TempDir()
 	// Multi-document YAML with a comment-only document and a document
 	// without a namespace.
-	writeFile(t, dir, "multi.yaml", `# leading comment
+	testutil.WriteFile(t, filepath.Join(dir, "multi.yaml"), `# leading comment
 ---
 apiVersion: v1
 kind: Namespace
@@ -186,7 +177,7 @@ metadata: {name: p1}
 status: {podIP: 10.0.0.1}
 `)
 	// kubectl get -o yaml prints kind: List.
-	writeFile(t, dir, "list.yml", `apiVersion: v1
+	testutil.WriteFile(t, filepath.Join(dir, "list.yml"), `apiVersion: v1
 kind: List
 items:
 - apiVersion: v1
@@ -209,11 +200,11 @@ items:
   ports: [{name: http, port: 8080}, {name: dns, port: 53, protocol: UDP}]
   endpoints: [{addresses: [10.0.0.2], conditions: {ready: true}}]
 `)
-	writeFile(t, dir, "np.json", `{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+	testutil.WriteFile(t, filepath.Join(dir, "np.json"), `{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
  "metadata": {"name": "np", "namespace": "a"},
  "spec": {"podSelector": {}, "egress": [{"ports": [{"port": 53, "protocol": "UDP"}]}],
           "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.1/8"}}]}]}}`)
-	writeFile(t, dir, "notes.txt", "not a manifest")
+	testutil.WriteFile(t, filepath.Join(dir, "notes.txt"), "not a manifest")
 	m, err := policy.Load(dir)
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/podgate/podgate/internal/test/testutil"
 )
 
 // The article's example with the cluster policies of
@@ -97,7 +99,7 @@ func TestArticleClusterPoliciesCheck(t *testing.T) {
 // and, for pods no NetworkPolicy selects, to the Baseline tier.
 func TestCheckExplainsPass(t *testing.T) {
 	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "cnp.yaml"), `apiVersion: policy.networking.k8s.io/v1beta1
+	testutil.WriteFile(t, filepath.Join(dir, "cnp.yaml"), `apiVersion: policy.networking.k8s.io/v1beta1
 kind: ClusterNetworkPolicy
 metadata: {name: backend-decides}
 spec:
@@ -166,7 +168,7 @@ func TestLintClusterPolicies(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "cnp.yaml"), `apiVersion: policy.networking.k8s.io/v1beta1
+	testutil.WriteFile(t, filepath.Join(dir, "cnp.yaml"), `apiVersion: policy.networking.k8s.io/v1beta1
 kind: ClusterNetworkPolicy
 metadata: {name: a-frontend}
 spec:
@@ -214,7 +216,7 @@ spec:
 func TestClusterPolicyManifestErrors(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "bad.yaml")
-	writeFile(t, p, `apiVersion: v1
+	testutil.WriteFile(t, p, `apiVersion: v1
 kind: Namespace
 metadata: {name: x}
 ---
@@ -236,7 +238,7 @@ spec:
 			t.Errorf("error does not say %q:\n%v", w, err)
 		}
 	}
-	writeFile(t, p, `apiVersion: policy.networking.k8s.io/v1beta1
+	testutil.WriteFile(t, p, `apiVersion: policy.networking.k8s.io/v1beta1
 kind: ClusterNetworkPolicy
 metadata: {name: fqdn}
 spec:

@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/podgate/podgate/internal/test/testutil"
 )
 
 const article = "../../deploy/examples/aks-network-policies"
@@ -190,7 +191,7 @@ func TestLint(t *testing.T) {
 	}
 	// The article's "one dash" warning: two peers where one was meant.
 	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "np.yaml"), `apiVersion: networking.k8s.io/v1
+	testutil.WriteFile(t, filepath.Join(dir, "np.yaml"), `apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: dbpod-policy, namespace: backend}
 spec:
@@ -222,13 +223,6 @@ spec:
 	}
 	if strings.Contains(out, "Pod backend/dbpod: is isolated for egress") {
 		t.Errorf("lint warns about DNS although UDP 53 to kube-system is allowed:\n%s", out)
-	}
-}
-
-func writeFile(t *testing.T, p, content string) {
-	t.Helper()
-	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
 	}
 }
 

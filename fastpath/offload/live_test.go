@@ -41,34 +41,20 @@ type lab struct {
 
 func newLab(t testing.TB) *lab {
 	t.Helper()
-	l := &lab{
-		node: netns.NewForTest(t, "ofnode"),
-		a:    netns.NewForTest(t, "ofa"),
-		b:    netns.NewForTest(t, "ofb"),
-		c:    netns.NewForTest(t, "ofc"),
-	}
-	for _, kv := range [][2]string{{"net.ipv4.ip_forward", "1"}, {"net.ipv6.conf.all.forwarding", "1"}} {
-		if err := l.node.Sysctl(kv[0], kv[1]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var err error
+	l := &lab{node: netns.RouterForTest(t, "ofnode")}
 	for _, p := range []struct {
+		ns   **netns.Namespace
 		pod  *netns.Pod
-		ns   *netns.Namespace
 		host string
 		ips  []netip.Addr
 	}{
-		{&l.podA, l.a, "ofa", []netip.Addr{ipA4, ipA6}},
-		{&l.podB, l.b, "ofb", []netip.Addr{ipB4, ipB6}},
-		{&l.podC, l.c, "ofc", []netip.Addr{ipC4}},
+		{&l.a, &l.podA, "ofa", []netip.Addr{ipA4, ipA6}},
+		{&l.b, &l.podB, "ofb", []netip.Addr{ipB4, ipB6}},
+		{&l.c, &l.podC, "ofc", []netip.Addr{ipC4}},
 	} {
-		*p.pod, err = netns.AddPod(netns.PodConfig{
-			Pod: p.ns, Node: l.node, HostIf: p.host, IPs: p.ips, StaticGateway: true, NodeNeighbors: true,
+		*p.ns, *p.pod = netns.PodForTest(t, p.host, netns.PodConfig{
+			Node: l.node, HostIf: p.host, IPs: p.ips, StaticGateway: true, NodeNeighbors: true,
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
 	}
 	v, err := netns.AddVeth(netns.VethConfig{NS: l.node, Name: "pgw0", MAC: hw(macPGW), PeerNS: l.node, PeerName: "pgk0"})
 	if err != nil {

@@ -33,26 +33,15 @@ type lab struct {
 
 func newLab(t testing.TB, mtu int) *lab {
 	t.Helper()
-	l := &lab{
-		node: netns.NewForTest(t, "pgx"),
-		podA: netns.NewForTest(t, "pgx"),
-		podB: netns.NewForTest(t, "pgx"),
-	}
-	var err error
-	l.a, err = netns.AddPod(netns.PodConfig{
-		Pod: l.podA, Node: l.node, HostIf: "vetha", IPs: []netip.Addr{ipA},
+	l := &lab{node: netns.NewForTest(t, "pgx")}
+	l.podA, l.a = netns.PodForTest(t, "pgx", netns.PodConfig{
+		Node: l.node, HostIf: "vetha", IPs: []netip.Addr{ipA},
 		MTU: mtu, StaticGateway: true, NodeNeighbors: true,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.b, err = netns.AddPod(netns.PodConfig{
-		Pod: l.podB, Node: l.node, HostIf: "vethb", IPs: []netip.Addr{ipB},
+	l.podB, l.b = netns.PodForTest(t, "pgx", netns.PodConfig{
+		Node: l.node, HostIf: "vethb", IPs: []netip.Addr{ipB},
 		MTU: mtu, StaticGateway: true, NodeNeighbors: true,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	return l
 }
 

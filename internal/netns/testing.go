@@ -74,3 +74,37 @@ func HandleForTest(tb testing.TB, ns *Namespace) *netlink.Handle {
 	tb.Cleanup(h.Close)
 	return h
 }
+
+// RouterForTest is [NewForTest] for a namespace that plays a node: its
+// loopback is up and it forwards IPv4 and IPv6.
+func RouterForTest(tb testing.TB, prefix string) *Namespace {
+	tb.Helper()
+	ns := NewForTest(tb, prefix)
+	h := HandleForTest(tb, ns)
+	lo, err := h.LinkByName("lo")
+	if err == nil {
+		err = h.LinkSetUp(lo)
+	}
+	if err != nil {
+		tb.Fatalf("loopback up: %v", err)
+	}
+	for _, key := range []string{"net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"} {
+		if err := ns.Sysctl(key, "1"); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return ns
+}
+
+// PodForTest makes a namespace for a pod ([NewForTest] with prefix) and
+// a ptp pod in it ([AddPod] with cfg, whose Pod it sets), failing the test
+// on error.
+func PodForTest(tb testing.TB, prefix string, cfg PodConfig) (*Namespace, Pod) {
+	tb.Helper()
+	cfg.Pod = NewForTest(tb, prefix)
+	p, err := AddPod(cfg)
+	if err != nil {
+		tb.Fatalf("pod %s: %v", cfg.HostIf, err)
+	}
+	return cfg.Pod, p
+}

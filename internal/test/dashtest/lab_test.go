@@ -152,29 +152,15 @@ func newLab(t *testing.T) *lab {
 		t.Fatal(err)
 	}
 
-	l.node = netns.NewForTest(t, "pgdn")
-	h := netns.HandleForTest(t, l.node)
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.node.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
-		t.Fatal(err)
-	}
+	l.node = netns.RouterForTest(t, "pgdn")
 	for _, p := range []*labPod{
 		{Namespace: "x", Name: "a", App: "a", IP: netip.MustParseAddr("10.98.0.10")},
 		{Namespace: "x", Name: "b", App: "b", IP: netip.MustParseAddr("10.98.0.20")},
 		{Namespace: "z", Name: "c", App: "c", IP: netip.MustParseAddr("10.98.0.30")},
 	} {
-		p.NS = netns.NewForTest(t, "pgd"+p.Name)
-		if _, err := netns.AddPod(netns.PodConfig{
-			Pod: p.NS, Node: l.node, HostIf: "pod-" + p.Name, IPs: []netip.Addr{p.IP},
-		}); err != nil {
-			t.Fatalf("pod %s: %v", p.Name, err)
-		}
+		p.NS, _ = netns.PodForTest(t, "pgd"+p.Name, netns.PodConfig{
+			Node: l.node, HostIf: "pod-" + p.Name, IPs: []netip.Addr{p.IP},
+		})
 		switch p.Name {
 		case "a":
 			l.a = *p

@@ -11,6 +11,7 @@ import (
 
 	"github.com/podgate/podgate/internal/lab"
 	"github.com/podgate/podgate/internal/netns"
+	"github.com/podgate/podgate/internal/test/testutil"
 )
 
 // TestBugKernelPathFlowSkipsIngress — BUG (policy bypass), fails until the
@@ -86,7 +87,7 @@ func TestBugKernelPathFlowSkipsIngress(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := n.nodeHandle()
-	eventually(t, 10*time.Second, "b's new veth plumbed", func() error {
+	testutil.Eventually(t, 10*time.Second, "b's new veth plumbed", func() error {
 		m, err := n.scrape()
 		if err != nil {
 			return err

@@ -23,6 +23,7 @@ import (
 	"github.com/podgate/podgate/fastpath"
 	"github.com/podgate/podgate/internal/lab"
 	"github.com/podgate/podgate/internal/netns"
+	"github.com/podgate/podgate/internal/test/testutil"
 	"github.com/podgate/podgate/policy/table"
 )
 
@@ -99,7 +100,7 @@ func (n *node) waitPortGone(ep *lab.Endpoint, podPorts float64) time.Duration {
 	n.t.Helper()
 	start := time.Now()
 	h := n.nodeHandle()
-	eventually(n.t, 10*time.Second, "the port of "+ep.Name+" removed", func() error {
+	testutil.Eventually(n.t, 10*time.Second, "the port of "+ep.Name+" removed", func() error {
 		m, err := n.scrape()
 		if err != nil {
 			return err
@@ -164,7 +165,7 @@ func TestPodDeletedMidFlow(t *testing.T) {
 		t.Error("the connection to the deleted pod kept working")
 	}
 	n.checkHealthy("after the pod was deleted")
-	eventually(t, 5*time.Second, "b gone from the policy table", func() error {
+	testutil.Eventually(t, 5*time.Second, "b gone from the policy table", func() error {
 		if got := n.metrics().Get("podgate_table_endpoints"); got != 3 {
 			return fmt.Errorf("podgate_table_endpoints = %v, want 3", got)
 		}
@@ -228,7 +229,7 @@ func TestVethRemovedUnderAgent(t *testing.T) {
 	}
 	sniff := n.sniffer(n.b, hasMarker)
 	sniffStarted := time.Since(created)
-	eventually(t, 10*time.Second, "the new veth of b plumbed", func() error {
+	testutil.Eventually(t, 10*time.Second, "the new veth of b plumbed", func() error {
 		m, err := n.scrape()
 		if err != nil {
 			return err
@@ -416,7 +417,7 @@ func TestKillDuringBulkTransfer(t *testing.T) {
 	conn := n.dial("app/a", "app/b", tcpPort(80))
 	start := time.Now()
 	b := startBulk(conn, size, 16<<20)
-	eventually(t, 30*time.Second, "20 MB transferred", func() error {
+	testutil.Eventually(t, 30*time.Second, "20 MB transferred", func() error {
 		if got := b.received.Load(); got < 20<<20 {
 			return fmt.Errorf("%d bytes", got)
 		}

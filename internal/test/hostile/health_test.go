@@ -17,6 +17,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/podgate/podgate/internal/test/testutil"
 )
 
 // daemonSetProbe returns the address and path the DaemonSet's probe uses,
@@ -292,7 +294,7 @@ func TestHealthUnderMetricsLoad(t *testing.T) {
 		// timeout for those, the header timeout), the clients still not
 		// reading.
 		start := time.Now()
-		eventually(t, 45*time.Second, phase.name+": the agent's connections closed", func() error {
+		testutil.Eventually(t, 45*time.Second, phase.name+": the agent's connections closed", func() error {
 			if fds := n.agentFDs(t); fds > fds0+8 {
 				return fmt.Errorf("%d open files, %d before the load", fds, fds0)
 			}

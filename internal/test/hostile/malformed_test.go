@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/gopacket/gopacket/layers"
+
+	"github.com/podgate/podgate/internal/test/testutil"
 )
 
 // hostileCase is a set of crafted frames from pod a to pod b and the drop
@@ -329,7 +331,7 @@ func TestMalformedFrames(t *testing.T) {
 	if err := in.Send(v4.udp(t, 31999, 5353, mark("control"))); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 3*time.Second, "an allowed marked frame reaches b", func() error {
+	testutil.Eventually(t, 3*time.Second, "an allowed marked frame reaches b", func() error {
 		if sniffB.Count() != 1 {
 			return fmt.Errorf("sniffer saw %d frames", sniffB.Count())
 		}

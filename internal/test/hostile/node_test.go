@@ -338,23 +338,6 @@ func (n *node) waitDrops(before Metrics, want map[string]float64, timeout time.D
 	}
 }
 
-// eventually polls cond every 50ms until it returns nil or timeout passes,
-// and fails the test with its last error.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // echo writes a short message on c and reads it back within d.
 func echo(c net.Conn, d time.Duration) error {
 	_ = c.SetDeadline(time.Now().Add(d))

@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/podgate/podgate/internal/lab"
+	"github.com/podgate/podgate/internal/test/testutil"
 )
 
 // ipDst returns the destination address of an untagged IPv4 or IPv6 frame.
@@ -190,7 +191,7 @@ func TestSpoofing(t *testing.T) {
 		if err := in.Send(neighborSolicit(t, s.aMAC, snMAC, s.a6, sn, s.c6, 255)); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 3*time.Second, "ARP and NDP answers", func() error {
+		testutil.Eventually(t, 3*time.Second, "ARP and NDP answers", func() error {
 			var arp, na bool
 			for _, f := range replies.Frames() {
 				switch binary.BigEndian.Uint16(f[12:]) {
