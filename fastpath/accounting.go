@@ -79,7 +79,7 @@ type PolicyName struct{ Namespace, Name string }
 // PolicyCounts are what one policy decided on this node: flows its rules
 // allowed, and packets denied while it isolated the pod (a denial counts
 // for every policy that isolates the denying side), per direction (index
-// with policy.Ingress and policy.Egress).
+// with table.Ingress and table.Egress).
 type PolicyCounts struct {
 	AllowedFlows  [2]uint64
 	DeniedPackets [2]uint64
@@ -158,8 +158,9 @@ func (e *Engine) PolicyCounts() map[PolicyName]PolicyCounts {
 	return out
 }
 
-// allowed accounts a new allowed flow: per-policy counts and an event.
-func (e *Engine) allowed(key conntrack.Key, eg, ing table.RuleRef) {
+// recordAllowedFlow counts a new allowed flow for the policies whose rules
+// allowed it, and reports it (a flow event).
+func (e *Engine) recordAllowedFlow(key conntrack.Key, eg, ing table.RuleRef) {
 	if a := e.allow.Load(); a != nil {
 		if eg.Policy >= 0 && int(eg.Policy) < len(a.allowed[table.Egress]) {
 			a.allowed[table.Egress][eg.Policy].Add(1)
@@ -176,11 +177,11 @@ func (e *Engine) allowed(key conntrack.Key, eg, ing table.RuleRef) {
 	e.events.push(&ev)
 }
 
-// denied accounts a packet that verdict v denied, if policy denied it (or
-// a local pod the table does not know): the denial on the isolated pod's
-// port and its policies, and an event the first time in a while for this
-// flow.
-func (e *Engine) denied(p *packet.Packet, v verdict) {
+// recordDenial counts a packet that verdict v denied, if policy denied it
+// (or a local pod the table does not know): on the isolated pod's port and
+// for its policies, and reports it (a flow event) the first time in a
+// while for this flow.
+func (e *Engine) recordDenial(p *packet.Packet, v verdict) {
 	d := v.drop
 	if d != DropDeniedEgress && d != DropDeniedIngress && d != DropUnknownEndpoint {
 		return

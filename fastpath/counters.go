@@ -8,13 +8,13 @@ import (
 )
 
 // Drop is why the fastpath dropped a frame. The first values are the
-// parser's reasons ([packet.Reason]); the rest are the fastpath's own.
+// parser's statuses ([packet.Status]); the rest are the fastpath's own.
 type Drop uint8
 
 // Drop reasons beyond the parser's.
 const (
 	// DropDeniedEgress: the source pod's egress policy denies the flow.
-	DropDeniedEgress Drop = packet.NumReasons + iota
+	DropDeniedEgress Drop = packet.NumStatuses + iota
 	// DropDeniedIngress: the destination pod's ingress policy denies it.
 	DropDeniedIngress
 	// DropUnknownEndpoint: a local pod's address is not (yet) in the policy
@@ -67,8 +67,8 @@ const (
 
 // String returns the reason as a snake_case metric label.
 func (d Drop) String() string {
-	if d < packet.NumReasons {
-		return packet.Reason(d).String()
+	if d < packet.NumStatuses {
+		return packet.Status(d).String()
 	}
 	switch d {
 	case DropDeniedEgress:
@@ -120,12 +120,12 @@ const (
 	PodToKernel
 	// KernelToPod: from the kernel leg to a local pod (ingress).
 	KernelToPod
-	// Reply: ARP replies, neighbor advertisements and TCP resets that the
-	// gateway sent.
-	Reply
+	// GatewayReply: ARP replies, neighbor advertisements and TCP resets
+	// that the gateway made and sent.
+	GatewayReply
 
 	// NumPaths is the number of Path values.
-	NumPaths = int(Reply) + 1
+	NumPaths = int(GatewayReply) + 1
 )
 
 // String returns the path as a snake_case metric label.
@@ -137,7 +137,7 @@ func (p Path) String() string {
 		return "pod_to_kernel"
 	case KernelToPod:
 		return "kernel_to_pod"
-	case Reply:
+	case GatewayReply:
 		return "reply"
 	}
 	return fmt.Sprintf("path_%d", uint8(p))

@@ -130,11 +130,11 @@ type Config struct {
 // [Engine.AddPort], [Engine.RemovePort] and [Engine.SetNodeAddrs] from any
 // goroutine; [Engine.Stats] may be called from any goroutine too.
 type Engine struct {
-	cfg    Config
-	cmds   chan command
-	cnt    counters
-	done   chan struct{}
-	events *eventRing
+	cfg      Config
+	cmds     chan command
+	counters counters
+	done     chan struct{}
+	events   *eventRing
 	// snapshot is the current set of ports, for readers on other
 	// goroutines (their counters are atomics).
 	snapshot atomic.Pointer[[]*port]
@@ -155,8 +155,8 @@ type Engine struct {
 	nodeAddrs []netip.Addr
 	batch     []xsk.Frame
 	pkts      []packet.Packet // parsed frames of the batch
-	reasons   []packet.Reason // their parse results
-	pre       []int32         // per frame: index of its flow in keys, ents, dirs, or -1
+	statuses  []packet.Status // their parse results
+	flowIdx   []int32         // per frame: index of its flow in keys, ents, dirs, or -1
 	keys      []conntrack.Key
 	ents      []*conntrack.Entry
 	dirs      []conntrack.Dir
@@ -226,8 +226,8 @@ func New(cfg Config) (*Engine, error) {
 		byAddr:     addrmap.New[*port](0, 0),
 		batch:      make([]xsk.Frame, cfg.BatchSize),
 		pkts:       make([]packet.Packet, cfg.BatchSize),
-		reasons:    make([]packet.Reason, cfg.BatchSize),
-		pre:        make([]int32, cfg.BatchSize),
+		statuses:   make([]packet.Status, cfg.BatchSize),
+		flowIdx:    make([]int32, cfg.BatchSize),
 		keys:       make([]conntrack.Key, cfg.BatchSize),
 		ents:       make([]*conntrack.Entry, cfg.BatchSize),
 		dirs:       make([]conntrack.Dir, cfg.BatchSize),
@@ -285,7 +285,7 @@ func (e *Engine) SetNodeAddrs(ctx context.Context, addrs []netip.Addr) error {
 func (e *Engine) Wall(mono int64) time.Time { return e.wallBase.Add(time.Duration(mono - e.monoBase)) }
 
 // Stats returns the counters as of the last batch.
-func (e *Engine) Stats() Stats { return e.cnt.snapshot() }
+func (e *Engine) Stats() Stats { return e.counters.snapshot() }
 
 // ConntrackStats returns the flow table's counters. It is safe to call
 // from any goroutine.
@@ -460,7 +460,7 @@ func (e *Engine) runOnce() bool {
 			continue
 		}
 		worked = true
-		e.cnt.add(cBatches, 1)
+		e.counters.add(cBatches, 1)
 		e.prepare(p, n)
 		for i, f := range e.batch[:n] {
 			e.frame(p, f, i)
@@ -472,7 +472,7 @@ func (e *Engine) runOnce() bool {
 	e.sweep()
 	e.flushOffload()
 	e.renewLease()
-	e.cnt.publish()
+	e.counters.publish()
 	for _, p := range e.ports {
 		p.stats.publish()
 	}

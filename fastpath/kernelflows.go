@@ -226,7 +226,7 @@ func (e *Engine) offload(p *packet.Packet, v verdict, in, out *port) {
 	}
 	e.off.installs = append(e.off.installs, kf)
 	ent.Flags |= conntrack.FlagOffloaded
-	e.cnt.add(cOffloaded, 1)
+	e.counters.add(cOffloaded, 1)
 }
 
 // unoffload takes flow ent out of the kernel (it stays tracked).
@@ -247,7 +247,7 @@ func (e *Engine) released(ent *conntrack.Entry) {
 		e.flushRemoves()
 	}
 	e.off.removes = append(e.off.removes, kf)
-	e.cnt.local[cOffloaded]--
+	e.counters.local[cOffloaded]--
 }
 
 // flushOffload makes the kernel's table what the engine decided: the
@@ -265,15 +265,15 @@ func (e *Engine) flushOffload() {
 		e.off.ft.Take(e.off.installs[i].Slot)
 	}
 	n, err := e.off.ft.Install(e.off.installs)
-	e.cnt.add(cOffloadInstalls, uint64(n))
+	e.counters.add(cOffloadInstalls, uint64(n))
 	if err != nil {
 		// The flows that did not go stay with the engine.
-		e.cnt.add(cOffloadErrors, 1)
+		e.counters.add(cOffloadErrors, 1)
 		for _, kf := range e.off.installs[n:] {
 			k := conntrack.MakeKey(kf.Src, kf.Dst, table.Protocol(kf.Proto), kf.SrcPort, kf.DstPort)
 			if ent, _ := e.ct.Lookup(k, e.now); ent != nil && ent.Flags&conntrack.FlagOffloaded != 0 {
 				ent.Flags &^= conntrack.FlagOffloaded
-				e.cnt.local[cOffloaded]--
+				e.counters.local[cOffloaded]--
 			}
 		}
 		e.setOffloadErr(fmt.Errorf("install %d offloaded flows: %w", len(e.off.installs)-n, err))
@@ -286,10 +286,10 @@ func (e *Engine) flushRemoves() {
 		return
 	}
 	if err := e.off.ft.Remove(e.off.removes); err != nil {
-		e.cnt.add(cOffloadErrors, 1)
+		e.counters.add(cOffloadErrors, 1)
 		e.setOffloadErr(fmt.Errorf("remove %d offloaded flows: %w", len(e.off.removes), err))
 	} else {
-		e.cnt.add(cOffloadRemoves, uint64(len(e.off.removes)))
+		e.counters.add(cOffloadRemoves, uint64(len(e.off.removes)))
 	}
 	e.off.removes = e.off.removes[:0]
 }
@@ -301,7 +301,7 @@ func (e *Engine) renewLease() {
 	}
 	e.off.leased = e.now
 	if err := e.off.ft.Lease(e.now + leaseTime); err != nil {
-		e.cnt.add(cOffloadErrors, 1)
+		e.counters.add(cOffloadErrors, 1)
 		e.setOffloadErr(fmt.Errorf("renew the kernel's lease on the flows: %w", err))
 	}
 }
@@ -347,7 +347,7 @@ func (e *Engine) recheckOffloaded() {
 		if ent.Flags&conntrack.FlagOffloaded == 0 || ent.Generation == gen {
 			return
 		}
-		e.cnt.add(cRechecks, 1)
+		e.counters.add(cRechecks, 1)
 		k := ent.Key()
 		src, dst := k.Addrs()
 		v, eg, ing := e.decide(src, dst, uint8(k.Proto), k.DstPort, sides{src: e.hasAddr(src), dst: e.hasAddr(dst)})

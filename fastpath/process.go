@@ -17,13 +17,13 @@ func (e *Engine) prepare(in *port, n int) {
 	k := int32(0)
 	for i, f := range e.batch[:n] {
 		p := &e.pkts[i]
-		e.reasons[i] = packet.Parse(in.Port.Bytes(f), p)
-		e.pre[i] = -1
-		if e.reasons[i] != packet.OK || p.L3 == packet.L3ARP || p.ICMPError || (p.Fragmented && p.FragOffset != 0) {
+		e.statuses[i] = packet.Parse(in.Port.Bytes(f), p)
+		e.flowIdx[i] = -1
+		if e.statuses[i] != packet.OK || p.L3 == packet.L3ARP || p.ICMPError || (p.Fragmented && p.FragOffset != 0) {
 			continue
 		}
 		e.keys[k] = flowKey(p)
-		e.pre[i] = k
+		e.flowIdx[i] = k
 		k++
 	}
 	e.changed = false
@@ -36,7 +36,7 @@ func (e *Engine) prepare(in *port, n int) {
 // batch lookup, unless the table changed since (an insert may have added
 // the flow or reused the entry of another, a delete freed one).
 func (e *Engine) flow(i int, p *packet.Packet) (conntrack.Key, *conntrack.Entry, conntrack.Dir) {
-	j := e.pre[i]
+	j := e.flowIdx[i]
 	if j < 0 {
 		k := flowKey(p)
 		ent, dir := e.ct.Lookup(k, e.now)
@@ -63,11 +63,11 @@ type rxFrame struct {
 // punt marker) is handled as if that pod's port had received it.
 func (e *Engine) frame(rx *port, f xsk.Frame, i int) {
 	fr := rxFrame{rx: rx, f: f, b: rx.Port.Bytes(f)}
-	e.cnt.add(cRxPackets, 1)
-	e.cnt.add(cRxBytes, uint64(len(fr.b)))
+	e.counters.add(cRxPackets, 1)
+	e.counters.add(cRxBytes, uint64(len(fr.b)))
 	p := &e.pkts[i]
 	in := rx
-	if r := e.reasons[i]; r == packet.OK && rx.Kind == KernelPort {
+	if r := e.statuses[i]; r == packet.OK && rx.Kind == KernelPort {
 		if ifindex, ok := offload.PuntedFrom(p.DstMAC); ok {
 			if in = e.byIfindex[ifindex]; in == nil {
 				e.drop(fr, DropNoPort)
@@ -77,7 +77,7 @@ func (e *Engine) frame(rx *port, f xsk.Frame, i int) {
 	}
 	in.stats.local[pRxPackets]++
 	in.stats.local[pRxBytes] += uint64(len(fr.b))
-	if r := e.reasons[i]; r != packet.OK {
+	if r := e.statuses[i]; r != packet.OK {
 		e.drop(fr, Drop(r))
 		return
 	}
@@ -97,7 +97,7 @@ func (e *Engine) frame(rx *port, f xsk.Frame, i int) {
 // policy cut is answered with a reset to its sender when
 // [Config.CutReset] is set: the frame itself becomes the reset.
 func (e *Engine) reject(fr rxFrame, in *port, p *packet.Packet, v verdict) {
-	e.denied(p, v)
+	e.recordDenial(p, v)
 	if !v.cut || !e.cfg.CutReset || p.Proto != packet.ProtoTCP {
 		e.drop(fr, v.drop)
 		return
@@ -107,15 +107,15 @@ func (e *Engine) reject(fr rxFrame, in *port, p *packet.Packet, v verdict) {
 		e.drop(fr, v.drop)
 		return
 	}
-	e.cnt.drop(v.drop)
-	e.cnt.add(cResets, 1)
-	e.emit(fr, n, in, Reply)
+	e.counters.drop(v.drop)
+	e.counters.add(cResets, 1)
+	e.emit(fr, n, in, GatewayReply)
 }
 
 func (e *Engine) drop(fr rxFrame, d Drop) {
 	fr.rx.Port.Release(fr.f)
 	fr.rx.dirty = true
-	e.cnt.drop(d)
+	e.counters.drop(d)
 }
 
 func (in *port) owns(a netip.Addr) bool {
@@ -282,7 +282,7 @@ func (e *Engine) replyARP(fr rxFrame, in *port, p *packet.Packet) {
 		e.drop(fr, DropNeighbor)
 		return
 	}
-	e.emit(fr, len(fr.b), in, Reply)
+	e.emit(fr, len(fr.b), in, GatewayReply)
 }
 
 // replyNA answers the neighbor solicitation fr (parsed into p) that came
@@ -299,10 +299,10 @@ func (e *Engine) replyNA(fr rxFrame, in *port, p *packet.Packet, flags packet.NA
 	if n == 0 {
 		in.Port.Release(nf)
 		in.dirty = true
-		e.cnt.drop(DropNeighbor)
+		e.counters.drop(DropNeighbor)
 		return
 	}
-	e.send(in, nf, n, Reply)
+	e.send(in, nf, n, GatewayReply)
 }
 
 // send transmits f (n bytes, a frame of out's socket) on out and counts it
@@ -312,11 +312,11 @@ func (e *Engine) send(out *port, f xsk.Frame, n int, path Path) {
 	f.Len = uint32(n)
 	if !out.Port.Transmit(f) {
 		out.Port.Release(f)
-		e.cnt.drop(DropTxRingFull)
+		e.counters.drop(DropTxRingFull)
 		return
 	}
-	e.cnt.add(cFwdPackets+int(path), 1)
-	e.cnt.add(cFwdBytes+int(path), uint64(n))
+	e.counters.add(cFwdPackets+int(path), 1)
+	e.counters.add(cFwdBytes+int(path), uint64(n))
 	out.stats.local[pTxPackets]++
 	out.stats.local[pTxBytes] += uint64(n)
 }

@@ -149,7 +149,7 @@ func (e *Engine) judge(p *packet.Packet, i int, s sides) verdict {
 	unjudged := (orig.src && ent.Flags&flagSrcJudged == 0) || (orig.dst && ent.Flags&flagDstJudged == 0)
 	stale := !e.cfg.KeepEstablished && e.tab != nil && ent.Generation != e.tab.Generation()
 	if unjudged || stale {
-		e.cnt.add(cRechecks, 1)
+		e.counters.add(cRechecks, 1)
 		osrc, odst := ent.Key().Addrs()
 		v, eg, ing := e.decide(osrc, odst, p.Proto, ent.Key().DstPort, orig)
 		if !v.ok {
@@ -192,7 +192,7 @@ func (e *Engine) cut(ent *conntrack.Entry, v verdict) {
 	}
 	ent.Flags = ent.Flags&^cutMask | why
 	e.ct.Tombstone(ent, e.now)
-	e.cnt.add(cFlowsCut, 1)
+	e.counters.add(cFlowsCut, 1)
 }
 
 // onTombstone handles a packet of a flow that policy cut: it is dropped,
@@ -205,7 +205,7 @@ func (e *Engine) onTombstone(p *packet.Packet, key conntrack.Key, ent *conntrack
 		return e.newFlow(p, key, s)
 	}
 	e.ct.Update(ent, dir, p.TCPFlags, p.L3Len, e.now)
-	e.cnt.add(cCutDrops, 1)
+	e.counters.add(cCutDrops, 1)
 	osrc, odst := ent.Key().Addrs()
 	v := verdict{drop: DropUnknownEndpoint, cut: true}
 	switch ent.Flags & cutMask {
@@ -315,8 +315,8 @@ func (e *Engine) track(p *packet.Packet, key conntrack.Key, ent *conntrack.Entry
 	}
 	ent.Egress, ent.Ingress = eg, ing
 	e.ct.Update(ent, dir, p.TCPFlags, p.L3Len, e.now)
-	e.cnt.add(cFlowsNew, 1)
-	e.allowed(key, eg, ing)
+	e.counters.add(cFlowsNew, 1)
+	e.recordAllowedFlow(key, eg, ing)
 	e.firstFragment(p, ent, dir)
 }
 

@@ -32,7 +32,7 @@ func TestNoAllocs(t *testing.T) {
 	check("Sum", func() { Sum(frame, 0) })
 	var sink uint16
 	check("UpdateChecksum", func() { sink = UpdateChecksum(sink, 2, 3) })
-	check("Reason.String", func() { _ = BadIPv4Checksum.String() })
+	check("Status.String", func() { _ = BadIPv4Checksum.String() })
 
 	frame6 := frameNamed(t, "ipv6/hbh-dstopts-udp")
 	q6 := mustParse(t, frame6)

@@ -4,10 +4,10 @@
 // Every frame of every local pod reaches user space, so every frame must be
 // treated as hostile: [Parse] checks every bound itself and never panics on
 // packet bytes, whatever they are. It fills a [Packet] that the caller owns
-// and reuses, and returns a [Reason]: [OK], or the reason the frame must be
+// and reuses, and returns a [Status]: [OK], or the reason the frame must be
 // dropped. Nothing in this package allocates, returns an error value or
-// stores an interface per packet; [Reason] values index a fixed array of
-// counters ([NumReasons] of them) and [Reason.String] gives a metric label.
+// stores an interface per packet; [Status] values index a fixed array of
+// counters ([NumStatuses] of them) and [Status.String] gives a metric label.
 //
 // # What is parsed
 //

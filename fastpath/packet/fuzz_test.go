@@ -20,7 +20,7 @@ func FuzzParse(f *testing.F) {
 		orig := append([]byte(nil), frame...)
 		var p Packet
 		r := Parse(frame, &p)
-		if r >= NumReasons || r == TTLExceeded {
+		if r >= NumStatuses || r == TTLExceeded {
 			t.Fatalf("Parse() = %d", r)
 		}
 		if string(frame) != string(orig) {

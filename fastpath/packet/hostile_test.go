@@ -43,12 +43,12 @@ func repeat(n int, l gopacket.SerializableLayer) []gopacket.SerializableLayer {
 	return ls
 }
 
-// hostileCase is a malformed (or borderline) frame and the Reason Parse
+// hostileCase is a malformed (or borderline) frame and the Status Parse
 // must return for it.
 type hostileCase struct {
 	name  string
 	frame func(t testing.TB) []byte
-	want  Reason
+	want  Status
 }
 
 // hostileCases returns the hostile test frames. They also seed the fuzz

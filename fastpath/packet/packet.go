@@ -128,7 +128,7 @@ const (
 // the caller owns and reuses for every frame; Parse overwrites all of it.
 // Addresses and ports are copies, offsets index the parsed frame.
 //
-// After Parse returned a Reason other than [OK] the fields are partly filled
+// After Parse returned a Status other than [OK] the fields are partly filled
 // and must not be relied upon.
 type Packet struct {
 	// Ethernet.

@@ -11,7 +11,7 @@ import (
 // Parse checks every bound itself and never panics, whatever frame holds.
 // It does not allocate, does not keep frame and does not modify it. It is
 // safe for concurrent use with distinct Packets.
-func Parse(frame []byte, p *Packet) Reason {
+func Parse(frame []byte, p *Packet) Status {
 	*p = Packet{}
 	if len(frame) < EthernetHeaderLen {
 		return Truncated
@@ -46,7 +46,7 @@ func Parse(frame []byte, p *Packet) Reason {
 }
 
 // parseARP parses Ethernet/IPv4 ARP at p.L3Off.
-func parseARP(frame []byte, p *Packet) Reason {
+func parseARP(frame []byte, p *Packet) Status {
 	off := p.L3Off
 	if len(frame)-off < ARPLen {
 		return Truncated
@@ -77,7 +77,7 @@ func parseARP(frame []byte, p *Packet) Reason {
 }
 
 // parseIPv4 parses the IPv4 packet at p.L3Off and what it carries.
-func parseIPv4(frame []byte, p *Packet) Reason {
+func parseIPv4(frame []byte, p *Packet) Status {
 	off := p.L3Off
 	if len(frame)-off < IPv4MinHeaderLen {
 		return Truncated
@@ -137,7 +137,7 @@ func parseIPv4(frame []byte, p *Packet) Reason {
 
 // checkIPv4Options checks the TLV structure of IPv4 options and rejects
 // source routing.
-func checkIPv4Options(opts []byte) Reason {
+func checkIPv4Options(opts []byte) Status {
 	for i := 0; i < len(opts); {
 		t := opts[i]
 		switch t {
@@ -178,7 +178,7 @@ func minL4Header(proto uint8) int {
 
 // checkFragment checks a fragment of data length n at byte offset off; max
 // is the largest value off+n may have.
-func checkFragment(off, n, max int, more bool, proto uint8) Reason {
+func checkFragment(off, n, max int, more bool, proto uint8) Status {
 	if n <= 0 || off+n > max || (more && n%8 != 0) {
 		return BadFragment
 	}
@@ -189,7 +189,7 @@ func checkFragment(off, n, max int, more bool, proto uint8) Reason {
 }
 
 // parseIPv6 parses the IPv6 packet at p.L3Off and what it carries.
-func parseIPv6(frame []byte, p *Packet) Reason {
+func parseIPv6(frame []byte, p *Packet) Status {
 	off := p.L3Off
 	if len(frame)-off < IPv6HeaderLen {
 		return Truncated
@@ -262,7 +262,7 @@ type extChain struct {
 // len(pkt), starting at off with next header nh. outer is false for the
 // packet quoted in an ICMPv6 error, whose routing header is not judged.
 // The fragment fields are set even when walk fails.
-func (x *extChain) walk(pkt []byte, off int, nh uint8, outer bool) Reason {
+func (x *extChain) walk(pkt []byte, off int, nh uint8, outer bool) Status {
 	x.fragHdr = -1
 	for n := 0; ; n++ {
 		switch nh {
@@ -327,7 +327,7 @@ func (x *extChain) walk(pkt []byte, off int, nh uint8, outer bool) Reason {
 
 // parseL4 parses the upper-layer header at p.L4Off of pkt, which ends where
 // the IP packet ends. It is not called for non-first fragments.
-func parseL4(pkt []byte, p *Packet) Reason {
+func parseL4(pkt []byte, p *Packet) Status {
 	l4 := pkt[p.L4Off:]
 	switch p.Proto {
 	case ProtoTCP:
@@ -396,7 +396,7 @@ func parseL4(pkt []byte, p *Packet) Reason {
 
 // short returns TinyFragment for a first fragment that is too short, bad
 // for a whole packet.
-func short(p *Packet, bad Reason) Reason {
+func short(p *Packet, bad Status) Status {
 	if p.Fragmented {
 		return TinyFragment
 	}
@@ -414,7 +414,7 @@ func isICMPv4Query(t uint8) bool {
 }
 
 // parseICMPv4 parses the ICMP message l4.
-func parseICMPv4(l4 []byte, p *Packet) Reason {
+func parseICMPv4(l4 []byte, p *Packet) Status {
 	// 0: type, 1: code, 2: checksum, 4: identifier (queries),
 	// 8: quoted packet (errors).
 	if len(l4) < 8 {
@@ -439,7 +439,7 @@ func parseICMPv4(l4 []byte, p *Packet) Reason {
 // parseInnerIPv4 parses the IPv4 packet quoted in an ICMP error. The
 // quote is usually cut short, so only its header and the first L4 bytes
 // must be there.
-func parseInnerIPv4(b []byte, p *Packet) Reason {
+func parseInnerIPv4(b []byte, p *Packet) Status {
 	if len(b) < IPv4MinHeaderLen || b[0]>>4 != 4 {
 		return short(p, BadICMP)
 	}
@@ -461,7 +461,7 @@ func parseInnerIPv4(b []byte, p *Packet) Reason {
 }
 
 // parseInnerIPv6 parses the IPv6 packet quoted in an ICMPv6 error.
-func parseInnerIPv6(b []byte, p *Packet) Reason {
+func parseInnerIPv6(b []byte, p *Packet) Status {
 	if len(b) < IPv6HeaderLen || b[0]>>4 != 6 {
 		return short(p, BadICMPv6)
 	}
@@ -510,7 +510,7 @@ func parseInnerL4(b []byte, in *Embedded, icmp uint8) bool {
 }
 
 // parseICMPv6 parses the ICMPv6 message l4.
-func parseICMPv6(l4 []byte, p *Packet) Reason {
+func parseICMPv6(l4 []byte, p *Packet) Status {
 	// 0: type, 1: code, 2: checksum, 4: message body.
 	if len(l4) < 8 {
 		return short(p, BadICMPv6)
@@ -534,7 +534,7 @@ func parseICMPv6(l4 []byte, p *Packet) Reason {
 
 // parseNDP validates an NDP message (RFC 4861 sections 6.1, 7.1 and 8.1,
 // RFC 6980) and fills p.NDP for solicitations and advertisements.
-func parseNDP(l4 []byte, p *Packet) Reason {
+func parseNDP(l4 []byte, p *Packet) Status {
 	if p.Fragmented || p.TTL != 255 || p.ICMPCode != 0 {
 		return BadNDP
 	}

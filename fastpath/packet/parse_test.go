@@ -255,20 +255,20 @@ func TestParseTruncated(t *testing.T) {
 	}
 }
 
-func TestReasonString(t *testing.T) {
-	seen := map[string]Reason{}
-	for r := Reason(0); r < NumReasons; r++ {
+func TestStatusString(t *testing.T) {
+	seen := map[string]Status{}
+	for r := Status(0); r < NumStatuses; r++ {
 		s := r.String()
 		if s == "" || s == "unknown" {
-			t.Errorf("Reason(%d).String() = %q", r, s)
+			t.Errorf("Status(%d).String() = %q", r, s)
 		}
 		if o, ok := seen[s]; ok {
-			t.Errorf("Reason(%d) and Reason(%d) are both %q", o, r, s)
+			t.Errorf("Status(%d) and Status(%d) are both %q", o, r, s)
 		}
 		seen[s] = r
 	}
-	if got := Reason(NumReasons).String(); got != "unknown" {
-		t.Errorf("Reason(NumReasons).String() = %q, want unknown", got)
+	if got := Status(NumStatuses).String(); got != "unknown" {
+		t.Errorf("Status(NumStatuses).String() = %q, want unknown", got)
 	}
 	if OK.String() != "ok" || BadIPv4Checksum.String() != "bad_ipv4_checksum" {
 		t.Errorf("unexpected labels %q, %q", OK, BadIPv4Checksum)

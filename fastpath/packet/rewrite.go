@@ -26,7 +26,7 @@ func SetMACs(frame []byte, dst, src [6]byte) bool {
 // drops and counts it (no ICMP time exceeded is generated). It returns
 // [UnsupportedEtherType] if p is not IPv4 or IPv6 and [Truncated] if frame is
 // too short for p's IP header. It does not allocate.
-func DecrementTTL(frame []byte, p *Packet) Reason {
+func DecrementTTL(frame []byte, p *Packet) Status {
 	off := p.L3Off
 	switch p.L3 {
 	case L3IPv4:

@@ -1,13 +1,14 @@
 package packet
 
-// Reason says why a frame is dropped, or [OK]. It is a small integer so that
-// metrics can keep one counter per reason in a fixed array of [NumReasons].
-type Reason uint8
+// Status says whether a frame passed the parser's checks ([OK]) or why it
+// is dropped. It is a small integer so that metrics can keep one counter
+// per status in a fixed array of [NumStatuses].
+type Status uint8
 
-// Reasons returned by [Parse] and the rewrite helpers.
+// Statuses returned by [Parse] and the rewrite helpers.
 const (
 	// OK: the frame parsed (or was rewritten) and may be processed further.
-	OK Reason = iota
+	OK Status = iota
 	// Truncated: the frame ends before the Ethernet, VLAN, ARP or IP header,
 	// or before the end of the IP packet as its header claims.
 	Truncated
@@ -68,14 +69,15 @@ const (
 	// [Parse].
 	TTLExceeded
 
-	// NumReasons is the number of Reason values; every Reason is below it.
-	NumReasons = iota
+	// NumStatuses is the number of Status values; every Status is below
+	// it.
+	NumStatuses = iota
 )
 
-// String returns the reason as a snake_case metric label, such as
-// "bad_ipv4_checksum", or "unknown" for a value not below [NumReasons]. The
+// String returns the status as a snake_case metric label, such as
+// "bad_ipv4_checksum", or "unknown" for a value not below [NumStatuses]. The
 // strings are constants; String does not allocate.
-func (r Reason) String() string {
+func (r Status) String() string {
 	switch r {
 	case OK:
 		return "ok"
