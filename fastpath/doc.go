@@ -24,7 +24,7 @@
 // send only from its own addresses), conntrack lookup; a tracked flow
 // whose verdict was computed with an older policy table is judged again
 // (and cut if now denied, unless [Config.KeepEstablished]); a new flow is
-// judged by the [policy.Table] and inserted if allowed; ICMP errors pass
+// judged by the [table.Table] and inserted if allowed; ICMP errors pass
 // when they relate to a tracked flow; fragments follow their first
 // fragment. Forwarded frames are copied into a frame of the output port,
 // their TTL or hop limit decremented, their MACs rewritten and partial

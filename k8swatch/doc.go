@@ -2,7 +2,7 @@
 // Namespaces, Pods and NetworkPolicies (and, optionally, Services and
 // EndpointSlices, so that egress to a ClusterIP is judged against the
 // Service's backends), compiles them with [policy.Compile] and publishes
-// the result into a [policy.Store], which the fastpath reads without
+// the result into a [table.Store], which the fastpath reads without
 // locking.
 //
 // There are two sources, both implementing [Source]:

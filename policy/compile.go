@@ -23,7 +23,7 @@ import (
 	npav1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
-// Cluster holds the objects a [Table] is compiled from. Compile reads them
+// Cluster holds the objects a [table.Table] is compiled from. Compile reads them
 // and never modifies them; the table may keep references to their label
 // maps, so callers must not modify those afterwards either (informer caches
 // and [Load] results satisfy this).
@@ -122,7 +122,7 @@ type Options struct {
 // Compile validates and compiles a cluster into a table. Invalid objects
 // make it fail with an error wrapping [ErrInvalid] that names every invalid
 // object and field; problems that do not stop it (two pods with one IP,
-// rules that policyTypes disables) are in [Table.Warnings].
+// rules that policyTypes disables) are in [table.Table.Warnings].
 func Compile(c *Cluster) (*table.Table, error) { return CompileWith(c, Options{}) }
 
 // CompileWith is [Compile] with options.

@@ -114,7 +114,7 @@ type Entry struct {
 	// lastSeen-filed < the LRU granularity.
 	filed int64
 
-	// Generation is the policy table generation ([policy.Table.Generation])
+	// Generation is the policy table generation ([table.Table.Generation])
 	// that the verdict was computed with; 0 after insert.
 	Generation uint64
 	// Egress and Ingress attribute the verdict: the rules that allowed the

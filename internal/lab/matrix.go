@@ -143,7 +143,7 @@ type Expectation func(r *Result) bool
 func AllowAll(*Result) bool { return true }
 
 // PolicyExpectation expects what the policy table allows
-// ([policy.Table.Lookup]). ICMP between IPv6 addresses is looked up as
+// ([table.Table.Lookup]). ICMP between IPv6 addresses is looked up as
 // ICMPv6. A node as the source (the node, or a hostNetwork pod) reaches
 // the pods of its own node (kubelet probes: podgate does not judge the
 // node's own traffic to its pods); to the pods of another node it is an

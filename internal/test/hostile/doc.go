@@ -26,9 +26,10 @@
 //     file (PODGATE_SOAK_CSV) and checking that they stay flat. `make soak`
 //     runs it.
 //
-// Tests named TestBug... demonstrate bugs found this way (policy
-// bypasses, crashes) and fail until the code is fixed; each one's
-// documentation says where the bug is and how it could be fixed.
+// The bugs these tests found (policy bypasses, a way to crash the agent)
+// are fixed; the test that found each one now guards it, and its
+// documentation says what it proves and what the bug was. SECURITY.md
+// ("Fixed after the hostile tests found them") lists them.
 //
 // Everything needs root (network namespaces, AF_PACKET, XDP); the tests
 // skip without it. TestMain builds the agent once (or uses the binary in

@@ -538,7 +538,7 @@ func TestKillDuringBulkTransfer(t *testing.T) {
 				}
 			}
 			t.Errorf("%d denied frames reached %s from %v to %v after the restart began (the agent was ready %v after it), e.g. %q; IPv4 TTLs on arrival %v "+
-				"(a flow judged as pod-to-kernel while the destination had no port yet, see TestBugKernelPathFlowSkipsIngress: 61 = pod, gateway, kernel, gateway, pod; 63 = switched pod to pod on that flow's entry)",
+				"(a flow judged as pod-to-kernel while the destination had no port yet, see TestIngressJudgedWhenPortReturns: 61 = pod, gateway, kernel, gateway, pod; 63 = switched pod to pod on that flow's entry)",
 				got, name, cs[0].At.Sub(restart).Round(time.Millisecond), cs[len(cs)-1].At.Sub(restart).Round(time.Millisecond),
 				ready.Round(time.Millisecond), payloadAfterMarker(cs[0].Frame), ttls)
 			leaked = true

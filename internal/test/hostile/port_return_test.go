@@ -14,34 +14,23 @@ import (
 	"github.com/podgate/podgate/internal/test/testutil"
 )
 
-// TestBugKernelPathFlowSkipsIngress — BUG (policy bypass), fails until the
-// fastpath is fixed.
-//
-// A flow that a pod starts while its destination has no port in the engine
-// (the destination's veth is being re-created by the CNI, or the agent is
-// still adding ports after a restart) is judged on the pod-to-kernel path:
-// the source's egress only (fastpath/process.go, fromPod: e.local(p.Dst)
-// is nil, so judge(..., srcLocal=true, dstLocal=false)). The allowed
-// verdict is cached in the flow's conntrack entry. Once the destination
-// has its port, the same flow hits that entry (in fromPod, or in
-// fromKernel when the frame comes back through the kernel leg) and is
-// forwarded to the destination without its ingress policy ever being
-// judged — for as long as the entry lives and the table does not change.
+// TestIngressJudgedWhenPortReturns: a flow that a pod starts while its
+// destination has no port in the engine (the destination's veth is being
+// re-created by the CNI, or the agent is still adding ports after a
+// restart) is judged on the pod-to-kernel path, for the source's egress
+// only. Once the destination has its port, the flow's next packet is
+// judged for the destination's ingress too before it passes: every flow
+// records which of its sides were judged as local pods
+// (fastpath/verdict.go). Before (the bug the hostile tests found; see
+// SECURITY.md) the allowed verdict cached in the flow's entry let the flow
+// reach the destination without its ingress policy ever being judged.
 //
 // Here: b's veth is removed and created again (same pod, same policy, no
 // table change). Before b's port is back, a sends a UDP flow and opens a
 // TCP connection to b's port 81, which b's policy denies to a; after b's
-// port is back, the same flows reach b. After an agent restart the same
-// happens to flows started while the ports are being added one by one
-// (TestKillDuringBulkTransfer sees denied frames reach b and c with TTL
-// 61: pod, gateway, kernel, gateway, pod).
-//
-// Fix proposed: record in the conntrack entry which sides were judged
-// (source egress, destination ingress), and judge a hit again when the
-// packet now has a local side the entry was not judged for (or drop such
-// entries when a port is added for their address); during recovery, add
-// every port before the engine forwards pod frames.
-func TestBugKernelPathFlowSkipsIngress(t *testing.T) {
+// port is back, neither reaches b. (TestKillDuringBulkTransfer checks the
+// same after an agent restart, while the ports are added one by one.)
+func TestIngressJudgedWhenPortReturns(t *testing.T) {
 	n := newNode(t)
 	// b listens on TCP 81 (for c, which may reach it).
 	n.expect("setup", "app/c", "app/b", tcpPort(81))

@@ -9,27 +9,21 @@ import (
 	"github.com/podgate/podgate/internal/lab"
 )
 
-// TestBugICMPErrorFromUninvolvedPod — BUG (policy bypass), fails until the
-// fastpath is fixed. See the lead's report.
+// TestICMPErrorOnlyFromQuotedDestination: a pod can send an ICMP error
+// only about a packet that was sent to it. An error arriving on a pod port
+// passes only if it goes to the quoted packet's source and comes from the
+// quoted packet's destination (fastpath/verdict.go); otherwise policy
+// judges it as the packet it is. Without the second condition (the bug
+// the hostile tests found; see SECURITY.md) a pod could carry up to an MTU
+// of its own bytes after the quote of someone else's tracked flow, to
+// peers that policy denies it:
 //
-// fastpath/process.go (Engine.judge) lets an ICMP or ICMPv6 error through
-// when the flow it quotes is tracked and the error goes to the quoted
-// packet's source (p.Dst == p.Inner.Src), without asking who sends it: the
-// sender's egress and the receiver's ingress are never judged. A pod that
-// takes no part in the quoted flow can therefore send packets that policy
-// denies, with up to an MTU of its own bytes after the quote:
+//   - d, whose egress is shut, reaching a (and an outside host) by quoting
+//     a flow of theirs;
+//   - a reaching c, which admits only b, by quoting c's flow to b.
 //
-//   - d, whose egress is shut, reaches a (and an outside host) by quoting a
-//     flow of theirs;
-//   - a reaches c, which admits only b, by quoting c's flow to b.
-//
-// A pod is an end host, not a router: an error it sends can only be about
-// a packet that was sent to it. The fix proposed is to require, for errors
-// that arrive on a pod port, that the sender is the quoted packet's
-// destination (p.Src == p.Inner.Dst, besides p.Dst == p.Inner.Src); errors
-// from the kernel leg (routers, the node, remote hosts) keep today's rule.
-// The control case (b's own error about a's flow to b) must keep passing.
-func TestBugICMPErrorFromUninvolvedPod(t *testing.T) {
+// The control case, b's own error about a's flow to b, arrives.
+func TestICMPErrorOnlyFromQuotedDestination(t *testing.T) {
 	n := newNode(t)
 	// from returns the wire of a frame from pod ep to dst.
 	from := func(ep *lab.Endpoint, dst netip.Addr) wire {
