@@ -13,8 +13,8 @@
 // in the policy table. The same lab serves every enforcer:
 //
 //   - none: plain kernel routing in the node namespace, no enforcement;
-//   - iptables: the same policies compiled by [CompileKernelRules] into
-//     ipsets and per-pod chains (see [KernelRules]) and loaded with ipset
+//   - iptables: the same policies compiled by [iptables.Compile] into
+//     ipsets and per-pod chains (see [iptables.Rules]) and loaded with ipset
 //     restore and iptables-legacy-restore inside the node namespace;
 //   - podgate: the agent ([lab.Lab.StartAgent]) with --conntrack-max fitted
 //     to the flow count and its default flags otherwise (plus

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,25 +18,6 @@ import (
 
 	"github.com/podgate/podgate/internal/netns"
 )
-
-// runIn runs a command inside a network namespace and returns its output;
-// stdin, when not empty, is its standard input. The error carries the
-// command's stderr.
-func runIn(ctx context.Context, ns *netns.Namespace, stdin string, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	if stdin != "" {
-		cmd.Stdin = strings.NewReader(stdin)
-	}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := ns.Start(cmd); err != nil {
-		return nil, err
-	}
-	if err := cmd.Wait(); err != nil {
-		return out.Bytes(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
-	}
-	return out.Bytes(), nil
-}
 
 // tool is a program the harness runs and its Debian package.
 type tool struct{ bin, pkg string }

@@ -1,6 +1,8 @@
 package netns
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -278,6 +280,26 @@ func (ns *Namespace) Start(cmd *exec.Cmd) error {
 		return fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
 	return nil
+}
+
+// Run runs the command name with args in the namespace ([Namespace.Start]),
+// with stdin as its standard input unless it is empty, waits for it and
+// returns its standard output. If it fails, the error names the command
+// and carries its standard error.
+func (ns *Namespace) Run(ctx context.Context, stdin string, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := ns.Start(cmd); err != nil {
+		return nil, err
+	}
+	if err := cmd.Wait(); err != nil {
+		return out.Bytes(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return out.Bytes(), nil
 }
 
 // Sysctl writes value to the sysctl key inside the namespace, for example

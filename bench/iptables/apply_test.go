@@ -1,4 +1,4 @@
-package bench
+package iptables_test
 
 import (
 	"context"
@@ -6,25 +6,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podgate/podgate/bench"
+	"github.com/podgate/podgate/bench/iptables"
 	"github.com/podgate/podgate/internal/lab"
 	"github.com/podgate/podgate/policy"
 	"github.com/podgate/podgate/policy/table"
 )
 
-// TestKernelRulesEnforceArticle applies the compiled rules of the
+// TestApplyEnforcesArticle applies the compiled rules of the
 // article's scenario in a lab's node namespace and probes every pair with
 // TCP, UDP and SCTP port 80 and ICMP: what the kernel lets through must be
 // exactly what the policy engine decides.
-func TestKernelRulesEnforceArticle(t *testing.T) {
+func TestApplyEnforcesArticle(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces, iptables)")
 	}
 	ctx := context.Background()
-	if err := EnsureTools(ctx, t.Output()); err != nil {
+	if err := bench.EnsureTools(ctx, t.Output()); err != nil {
 		t.Fatal(err)
 	}
-	l := lab.NewForTest(t, lab.Spec{Manifests: []string{articleDir}, Prefix: "pgbkern", Enforcer: lab.EnforcerNone, ProbeTimeout: time.Second})
-	m, err := policy.Load(articleDir)
+	l := lab.NewForTest(t, lab.Spec{Manifests: []string{"../../deploy/examples/aks-network-policies"}, Prefix: "pgbkern", Enforcer: lab.EnforcerNone, ProbeTimeout: time.Second})
+	m, err := policy.Load("../../deploy/examples/aks-network-policies")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,12 +34,12 @@ func TestKernelRulesEnforceArticle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := CompileKernelRules(&m.Cluster, tab, l.NodeName())
+	r, err := iptables.Compile(&m.Cluster, tab, l.NodeName())
 	if err != nil {
 		t.Fatal(err)
 	}
 	node := l.Node().NS
-	if _, err := applyKernelRules(ctx, node, r); err != nil {
+	if _, err := iptables.Apply(ctx, node, r); err != nil {
 		t.Fatal(err)
 	}
 	ports, err := table.ParsePortSpecs("80/TCP,80/UDP,80/SCTP,ICMP")
@@ -62,7 +64,7 @@ func TestKernelRulesEnforceArticle(t *testing.T) {
 		t.Error("nothing was denied")
 	}
 	t.Logf("%v, %d denied", lab.Summarize(results), denied)
-	if err := clearKernelRules(ctx, node); err != nil {
+	if err := iptables.Clear(ctx, node); err != nil {
 		t.Fatal(err)
 	}
 }

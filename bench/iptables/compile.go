@@ -1,4 +1,4 @@
-package bench
+package iptables
 
 import (
 	"crypto/sha256"
@@ -30,38 +30,12 @@ const (
 	setPfx       = "PG-"
 )
 
-// KernelRules is the NetworkPolicy enforcement of one node compiled for the
-// kernel, the way iptables-based enforcers (kube-router, Calico's iptables
-// mode, Azure NPM) do it: ipsets of peer addresses and per-pod chains in the
-// filter table.
-//
-// Layout, for the IPv4 traffic of the node's own (local) pods:
-//
-//   - FORWARD and INPUT jump to PG-FORWARD and PG-INPUT, which accept
-//     packets of tracked connections (conntrack ESTABLISHED,RELATED) first
-//     and drop INVALID ones (PG-FORWARD).
-//   - A local pod isolated for egress gets a chain PG-EGR-<hash>, reached
-//     by its source address from both; a rule of a selecting policy that
-//     matches RETURNs (the ingress side is judged next), the chain ends in
-//     DROP.
-//   - A local pod isolated for ingress gets a chain PG-ING-<hash>, reached
-//     by its destination address from PG-FORWARD; a matching rule
-//     ACCEPTs, the chain ends in DROP. Traffic from the node's own
-//     addresses leaves through OUTPUT and is not judged (podgate's
-//     --allow-node-to-pod).
-//   - Peers are ipsets: hash:ip sets of the pod addresses a namespace and
-//     pod selector pair resolves to, hash:net sets for ipBlocks (except
-//     entries as nomatch, 0.0.0.0/0 as two /1 halves since hash:net takes no
-//     /0). Identical sets are shared; a set's name is a hash of its
-//     contents.
-//   - Ports: -p PROTO --dport N or N:M; a rule without ports matches every
-//     protocol. Named ports are resolved on the destination pod: for
-//     ingress on the chain's pod, for egress per destination pod, whose
-//     addresses are then grouped into one set per resolved port.
-//
-// IPv6 is not compiled (the bench lab is IPv4): IPv6 pod addresses and
-// ipBlocks are left out and listed in Notes.
-type KernelRules struct {
+// Rules are the NetworkPolicy enforcement of one node compiled for the
+// kernel: the inputs of `ipset restore` and `iptables-legacy-restore`
+// (the layout is in the package documentation). IPv6 is not compiled (the
+// bench lab is IPv4): IPv6 pod addresses and ipBlocks are left out and
+// listed in Notes.
+type Rules struct {
 	// IPSet is the input of `ipset restore`.
 	IPSet string
 	// IPTables is the input of `iptables-legacy-restore` (the filter
@@ -80,8 +54,8 @@ type ipsetDef struct {
 	members []string
 }
 
-// kernelCompiler holds the state of one compilation.
-type kernelCompiler struct {
+// compiler holds the state of one compilation.
+type compiler struct {
 	pods     []table.Endpoint
 	podObjs  map[string]*corev1.Pod // namespace/name
 	nsLabels map[string]labels.Set
@@ -90,14 +64,14 @@ type kernelCompiler struct {
 	notes    map[string]bool
 }
 
-// CompileKernelRules compiles the policies of c (compiled into t without
-// error) for the local pods of node nodeName into ipsets and iptables
-// rules; see [KernelRules]. The output is deterministic.
-func CompileKernelRules(c *policy.Cluster, t *table.Table, nodeName string) (*KernelRules, error) {
+// Compile compiles the policies of c (compiled into t without error) for
+// the local pods of node nodeName into ipsets and iptables rules. The
+// output is deterministic.
+func Compile(c *policy.Cluster, t *table.Table, nodeName string) (*Rules, error) {
 	if c == nil || t == nil {
 		return nil, errors.New("compile kernel rules: no cluster or table")
 	}
-	kc := &kernelCompiler{
+	kc := &compiler{
 		pods:     t.Endpoints(),
 		podObjs:  map[string]*corev1.Pod{},
 		nsLabels: map[string]labels.Set{},
@@ -142,7 +116,7 @@ func CompileKernelRules(c *policy.Cluster, t *table.Table, nodeName string) (*Ke
 		body     []string // per-pod chains
 		dispatch []string // PG-FORWARD rules after the conntrack ones
 		input    []string // PG-INPUT rules after the conntrack one
-		out      KernelRules
+		out      Rules
 	)
 	for i := range kc.pods {
 		ep := &kc.pods[i]
@@ -235,7 +209,7 @@ func CompileKernelRules(c *policy.Cluster, t *table.Table, nodeName string) (*Ke
 	return &out, nil
 }
 
-func (kc *kernelCompiler) note(s string) { kc.notes[s] = true }
+func (kc *compiler) note(s string) { kc.notes[s] = true }
 
 func firstIPv4(ips []netip.Addr) (netip.Addr, bool) {
 	for _, a := range ips {
@@ -275,7 +249,7 @@ func hasType(np *networkingv1.NetworkPolicy, dir table.Direction) bool {
 
 // selecting returns the policies of the pod's namespace whose podSelector
 // selects it and that have the direction's type.
-func (kc *kernelCompiler) selecting(pols []*networkingv1.NetworkPolicy, ep *table.Endpoint, dir table.Direction) ([]*networkingv1.NetworkPolicy, error) {
+func (kc *compiler) selecting(pols []*networkingv1.NetworkPolicy, ep *table.Endpoint, dir table.Direction) ([]*networkingv1.NetworkPolicy, error) {
 	var out []*networkingv1.NetworkPolicy
 	for _, np := range pols {
 		if np.Namespace != ep.Namespace || !hasType(np, dir) {
@@ -331,7 +305,7 @@ func isNamed(np networkingv1.NetworkPolicyPort) bool {
 
 // resolveNamed returns the container port of pod named name with the
 // protocol, or 0.
-func (kc *kernelCompiler) resolveNamed(ep *table.Endpoint, name string, proto corev1.Protocol) int32 {
+func (kc *compiler) resolveNamed(ep *table.Endpoint, name string, proto corev1.Protocol) int32 {
 	pod := kc.podObjs[ep.Namespace+"/"+ep.Name]
 	if pod == nil {
 		return 0
@@ -360,7 +334,7 @@ type peerSet struct {
 }
 
 // podRules returns the rules of a pod's chain for the selecting policies.
-func (kc *kernelCompiler) podRules(chain string, dir table.Direction, ep *table.Endpoint, pols []*networkingv1.NetworkPolicy) ([]string, error) {
+func (kc *compiler) podRules(chain string, dir table.Direction, ep *table.Endpoint, pols []*networkingv1.NetworkPolicy) ([]string, error) {
 	verdict, side := "ACCEPT", "src"
 	if dir == table.Egress {
 		verdict, side = "RETURN", "dst"
@@ -493,7 +467,7 @@ func (kc *kernelCompiler) podRules(chain string, dir table.Direction, ep *table.
 
 // peer resolves one NetworkPolicy peer of a policy in namespace ns. It
 // returns false for peers that cannot match IPv4 traffic.
-func (kc *kernelCompiler) peer(ns string, p networkingv1.NetworkPolicyPeer) (peerSet, bool, error) {
+func (kc *compiler) peer(ns string, p networkingv1.NetworkPolicyPeer) (peerSet, bool, error) {
 	if p.IPBlock != nil {
 		cidr, err := netip.ParsePrefix(p.IPBlock.CIDR)
 		if err != nil {
@@ -556,7 +530,7 @@ func (kc *kernelCompiler) peer(ns string, p networkingv1.NetworkPolicyPeer) (pee
 
 // podsInBlock returns the pods with an IPv4 address in the block and not
 // in its excepts.
-func (kc *kernelCompiler) podsInBlock(b *networkingv1.IPBlock) []*table.Endpoint {
+func (kc *compiler) podsInBlock(b *networkingv1.IPBlock) []*table.Endpoint {
 	cidr, err := netip.ParsePrefix(b.CIDR)
 	if err != nil {
 		return nil
@@ -583,7 +557,7 @@ func (kc *kernelCompiler) podsInBlock(b *networkingv1.IPBlock) []*table.Endpoint
 
 // addSet records a set with the given type and members and returns its
 // name, the same for the same contents.
-func (kc *kernelCompiler) addSet(typ string, members []string) string {
+func (kc *compiler) addSet(typ string, members []string) string {
 	m := slices.Clone(members)
 	slices.Sort(m)
 	m = slices.Compact(m)

@@ -1,4 +1,4 @@
-package bench
+package iptables
 
 import (
 	"flag"
@@ -14,9 +14,9 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
-const articleDir = "../deploy/examples/aks-network-policies"
+const articleDir = "../../deploy/examples/aks-network-policies"
 
-func compileDir(t *testing.T, node string, paths ...string) *KernelRules {
+func compileDir(t *testing.T, node string, paths ...string) *Rules {
 	t.Helper()
 	m, err := policy.Load(paths...)
 	if err != nil {
@@ -26,7 +26,7 @@ func compileDir(t *testing.T, node string, paths ...string) *KernelRules {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := CompileKernelRules(&m.Cluster, tab, node)
+	r, err := Compile(&m.Cluster, tab, node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,11 +50,11 @@ func golden(t *testing.T, name, got string) {
 	}
 }
 
-// TestKernelRulesArticle compiles the article's scenario: dbpod isolated
+// TestCompileArticle compiles the article's scenario: dbpod isolated
 // for ingress (from apipod in frontend, TCP 80) and egress (nothing),
 // apipod and apppod for both, with ipBlock, namespace and pod selector
 // peers.
-func TestKernelRulesArticle(t *testing.T) {
+func TestCompileArticle(t *testing.T) {
 	r := compileDir(t, "aks-nodepool1-0", articleDir)
 	golden(t, "aks.iptables", r.IPTables)
 	golden(t, "aks.ipset", r.IPSet)
@@ -66,19 +66,19 @@ func TestKernelRulesArticle(t *testing.T) {
 	}
 }
 
-// TestKernelRulesOtherNode: pods of other nodes get no chains, but stay
+// TestCompileOtherNode: pods of other nodes get no chains, but stay
 // in the peer sets.
-func TestKernelRulesOtherNode(t *testing.T) {
+func TestCompileOtherNode(t *testing.T) {
 	r := compileDir(t, "elsewhere", articleDir)
 	if r.Chains != 0 || strings.Contains(r.IPTables, ingressPfx) {
 		t.Errorf("chains for pods of another node:\n%s", r.IPTables)
 	}
 }
 
-// TestKernelRulesFeatures covers named ports (ingress and egress),
+// TestCompileFeatures covers named ports (ingress and egress),
 // endPort ranges, protocols without ports, 0.0.0.0/0 and except, and
 // identical peers sharing one set.
-func TestKernelRulesFeatures(t *testing.T) {
+func TestCompileFeatures(t *testing.T) {
 	dir := t.TempDir()
 	const manifests = `
 apiVersion: v1
