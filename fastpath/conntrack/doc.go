@@ -82,4 +82,12 @@
 // (1 s), which keeps the list's cache misses off most packets at the price
 // of that much imprecision in the LRU order. At one million flows the table
 // takes about 153 bytes per flow.
+//
+// # Files
+//
+// entry.go holds the flow as stored (Entry, directions, flags, classes);
+// table.go the table's lookups, inserts, updates and expiry; eviction.go
+// what a full table gives up for a new flow and the owners' fair shares;
+// hooks.go tombstones and what the fastpath's kernel offload uses; tcp.go
+// the TCP state machine; frag.go fragment verdicts; stats.go the counters.
 package conntrack
