@@ -51,9 +51,11 @@
 //   - [Lint] reports what users commonly get wrong in a cluster that
 //     compiled.
 //
-// Files go by concern: load.go, validate.go and cluster_validate.go
-// (manifests and validation), compile.go, cluster.go, cluster_compile.go,
-// service_compile.go (compilation), service_validate.go, lint.go and
-// cluster_lint.go. Lookups, explanations and the matrix are package
-// table's.
+// Files go by concern: load.go (manifests); validate.go,
+// cluster_validate.go and service_validate.go (validation and defaults, as
+// the API server does them); compile.go (pods, namespaces, identities),
+// compile_rules.go (NetworkPolicy rules and their groups), cluster.go and
+// cluster_compile.go (cluster policies), service_compile.go (ClusterIPs and
+// backends); lint.go and cluster_lint.go. Lookups, explanations and the
+// matrix are package table's.
 package policy

@@ -1,0 +1,270 @@
+package policy
+
+import (
+	"encoding/binary"
+	"fmt"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/podgate/podgate/policy/table"
+)
+
+// NetworkPolicy rules compiled: each rule's ports and peers (selectors
+// evaluated once into sets of identities, ipBlocks), then per identity and
+// direction the group of the rules of the policies that select it.
+
+func hasType(np *networkingv1.NetworkPolicy, t networkingv1.PolicyType) bool {
+	return slices.Contains(np.Spec.PolicyTypes, t)
+}
+
+func (b *builder) addPolicies(nps []*networkingv1.NetworkPolicy) error {
+	spec := b.spec
+	spec.Policies = make([]table.PolicyInfo, len(nps))
+	b.selected = make([][]int32, len(nps))
+	for pi, np := range nps {
+		info := table.PolicyInfo{
+			Namespace:  np.Namespace,
+			Name:       np.Name,
+			Ingress:    hasType(np, networkingv1.PolicyTypeIngress),
+			Egress:     hasType(np, networkingv1.PolicyTypeEgress),
+			NumIngress: len(np.Spec.Ingress),
+			NumEgress:  len(np.Spec.Egress),
+		}
+		if !info.Ingress && len(np.Spec.Ingress) > 0 {
+			spec.Warnings = append(spec.Warnings, fmt.Sprintf("NetworkPolicy %s: spec.ingress is ignored because spec.policyTypes does not include Ingress", info))
+		}
+		if !info.Egress && len(np.Spec.Egress) > 0 {
+			spec.Warnings = append(spec.Warnings, fmt.Sprintf("NetworkPolicy %s: spec.egress is ignored because spec.policyTypes does not include Egress", info))
+		}
+		spec.Policies[pi] = info
+		nsi := b.namespace(np.Namespace)
+		sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+		if err != nil {
+			return invalid("NetworkPolicy", np.Namespace, np.Name, fmt.Errorf("spec.podSelector: %w", err))
+		}
+		for _, id := range b.nsIDs[nsi] {
+			if sel.Matches(b.idLabels[id]) {
+				b.selected[pi] = append(b.selected[pi], id)
+			}
+		}
+	}
+	// Rules are compiled per policy, then copied into the groups of the
+	// identities the policy selects.
+	compiled := make([][2][]table.Rule, len(nps))
+	for pi, np := range nps {
+		info := spec.Policies[pi]
+		if info.Ingress {
+			for ri, r := range np.Spec.Ingress {
+				cr, err := b.compileRule(np, table.RuleRef{Policy: int32(pi), Index: int32(ri)}, r.From, r.Ports)
+				if err != nil {
+					return invalid("NetworkPolicy", np.Namespace, np.Name, fmt.Errorf("spec.ingress[%d]: %w", ri, err))
+				}
+				compiled[pi][table.Ingress] = append(compiled[pi][table.Ingress], cr)
+			}
+		}
+		if info.Egress {
+			for ri, r := range np.Spec.Egress {
+				cr, err := b.compileRule(np, table.RuleRef{Policy: int32(pi), Index: int32(ri)}, r.To, r.Ports)
+				if err != nil {
+					return invalid("NetworkPolicy", np.Namespace, np.Name, fmt.Errorf("spec.egress[%d]: %w", ri, err))
+				}
+				compiled[pi][table.Egress] = append(compiled[pi][table.Egress], cr)
+			}
+		}
+	}
+	b.compiled = compiled
+	return nil
+}
+
+func (b *builder) compileRule(np *networkingv1.NetworkPolicy, ref table.RuleRef, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) (table.Rule, error) {
+	r := table.Rule{Ref: ref}
+	if len(ports) == 0 {
+		r.Ports.All = true
+	}
+	for _, p := range ports {
+		e := table.PortEntry{Proto: protocolOf(p.Protocol), Lo: 0, Hi: 65535, Name: -1}
+		switch {
+		case p.Port == nil:
+		case p.Port.Type == intstr.String:
+			e.Name = b.portName(p.Port.StrVal)
+		default:
+			e.Lo, e.Hi = uint16(p.Port.IntVal), uint16(p.Port.IntVal)
+			if p.EndPort != nil {
+				e.Hi = uint16(*p.EndPort)
+			}
+		}
+		r.Ports.Entries = append(r.Ports.Entries, e)
+	}
+	if len(peers) == 0 {
+		r.AllPeers = true
+		return r, nil
+	}
+	var sets []table.Bitset
+	for i, peer := range peers {
+		if peer.IPBlock != nil {
+			cidr, err := parseCIDR(peer.IPBlock.CIDR)
+			if err != nil {
+				return table.Rule{}, fmt.Errorf("peer %d: ipBlock.cidr: %w", i, err)
+			}
+			blk := table.IPBlock{CIDR: cidr}
+			for _, e := range peer.IPBlock.Except {
+				ex, err := parseCIDR(e)
+				if err != nil {
+					return table.Rule{}, fmt.Errorf("peer %d: ipBlock.except: %w", i, err)
+				}
+				blk.Except = append(blk.Except, ex)
+			}
+			r.Blocks = append(r.Blocks, blk)
+			continue
+		}
+		set, err := b.peerSet(np.Namespace, peer.NamespaceSelector, peer.PodSelector)
+		if err != nil {
+			return table.Rule{}, fmt.Errorf("peer %d: %w", i, err)
+		}
+		sets = append(sets, set)
+	}
+	switch len(sets) {
+	case 0:
+	case 1:
+		r.Peers = sets[0]
+	default:
+		r.Peers = table.NewBitset(len(b.spec.Identities))
+		for _, s := range sets {
+			r.Peers.Or(s)
+		}
+	}
+	return r, nil
+}
+
+// peerSet returns the identities a pod/namespace selector peer of a policy
+// in namespace ns matches. Results are shared between equal peers.
+func (b *builder) peerSet(ns string, nsSel, podSel *metav1.LabelSelector) (table.Bitset, error) {
+	var nsKey string
+	var namespaces []int32
+	if nsSel == nil {
+		nsKey = "ns=" + ns
+		namespaces = []int32{b.namespace(ns)}
+	} else {
+		sel, err := metav1.LabelSelectorAsSelector(nsSel)
+		if err != nil {
+			return nil, fmt.Errorf("namespaceSelector: %w", err)
+		}
+		nsKey = "sel=" + sel.String()
+		var ok bool
+		if namespaces, ok = b.nsSel[nsKey]; !ok {
+			for i, l := range b.nsLabels {
+				if sel.Matches(l) {
+					namespaces = append(namespaces, int32(i))
+				}
+			}
+			b.nsSel[nsKey] = namespaces
+		}
+	}
+	var podMatch labels.Selector
+	podKey := "*"
+	if podSel != nil {
+		sel, err := metav1.LabelSelectorAsSelector(podSel)
+		if err != nil {
+			return nil, fmt.Errorf("podSelector: %w", err)
+		}
+		podMatch, podKey = sel, sel.String()
+	}
+	key := nsKey + "\x00" + podKey
+	if s, ok := b.peerSets[key]; ok {
+		return s, nil
+	}
+	s := table.NewBitset(len(b.spec.Identities))
+	for _, nsi := range namespaces {
+		for _, id := range b.nsIDs[nsi] {
+			if podMatch == nil || podMatch.Matches(b.idLabels[id]) {
+				s.Set(id)
+			}
+		}
+	}
+	b.peerSets[key] = s
+	return s, nil
+}
+
+// buildGroups gives each identity, per direction, the group of rules of
+// the policies that select it; identities selected by the same policies
+// share one group.
+func (b *builder) buildGroups() {
+	spec := b.spec
+	perID := make([][2][]int32, len(spec.Identities))
+	for pi, ids := range b.selected {
+		for _, id := range ids {
+			if spec.Policies[pi].Ingress {
+				perID[id][table.Ingress] = append(perID[id][table.Ingress], int32(pi))
+			}
+			if spec.Policies[pi].Egress {
+				perID[id][table.Egress] = append(perID[id][table.Egress], int32(pi))
+			}
+		}
+	}
+	groups := groupIndex{index: make(map[string]int32)}
+	for id := range perID {
+		for dir := table.Ingress; dir <= table.Egress; dir++ {
+			pols := perID[id][dir]
+			if len(pols) == 0 {
+				continue
+			}
+			spec.Identities[id].Groups[dir] = groups.get(dir, pols, func() int32 {
+				rules := concat(pols, func(p int32) []table.Rule { return b.compiled[p][dir] })
+				spec.Groups = append(spec.Groups, table.Group{Policies: pols, Rules: rules})
+				return int32(len(spec.Groups) - 1)
+			})
+		}
+	}
+}
+
+// groupIndex numbers groups of rules by the list of policies (of one
+// direction) they come from, so that identities selected by the same
+// policies share one group.
+type groupIndex struct {
+	index map[string]int32
+	key   []byte
+}
+
+// get returns the group of pols for dir, calling newGroup to make it (and
+// return its number) the first time.
+func (g *groupIndex) get(dir table.Direction, pols []int32, newGroup func() int32) int32 {
+	g.key = append(g.key[:0], byte(dir))
+	for _, p := range pols {
+		g.key = binary.LittleEndian.AppendUint32(g.key, uint32(p))
+	}
+	if i, ok := g.index[string(g.key)]; ok {
+		return i
+	}
+	i := newGroup()
+	g.index[string(g.key)] = i
+	return i
+}
+
+// concat joins the rules of the policies pols, in order.
+func concat[T any](pols []int32, rulesOf func(p int32) []T) []T {
+	var out []T
+	for _, p := range pols {
+		out = append(out, rulesOf(p)...)
+	}
+	return out
+}
+
+// protocolOf converts a Kubernetes protocol, which the caller has validated,
+// defaulting an empty one to TCP as the API server does.
+func protocolOf(p *corev1.Protocol) table.Protocol {
+	if p == nil {
+		return table.TCP
+	}
+	switch *p {
+	case corev1.ProtocolUDP:
+		return table.UDP
+	case corev1.ProtocolSCTP:
+		return table.SCTP
+	}
+	return table.TCP
+}
