@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -15,120 +14,9 @@ import (
 	"github.com/podgate/podgate/fastpath/xsk"
 )
 
-// snapshot is the part of the namespace's network configuration the Node
-// looks at, read in one pass.
-type snapshot struct {
-	links  map[int]netlink.Link
-	byName map[string]netlink.Link
-	routes []hostRoute // main-table host routes without gateway
-	addrs  []netlink.Addr
-}
-
-// hostRoute is a main-table route to a single address (/32 or /128) out of
-// a device, without gateway: the ptp CNI route to a pod.
-type hostRoute struct {
-	dst netip.Addr
-	r   netlink.Route
-}
-
 // dumpRetries bounds the retries of a netlink dump the kernel interrupted
 // because the table changed meanwhile.
 const dumpRetries = 5
-
-func dump[T any](what string, fn func() ([]T, error)) ([]T, error) {
-	var err error
-	for range dumpRetries {
-		var v []T
-		v, err = fn()
-		if err == nil {
-			return v, nil
-		}
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
-	return nil, fmt.Errorf("list %s: %w", what, err)
-}
-
-func (n *Node) snapshot() (*snapshot, error) {
-	links, err := dump("links", n.h.LinkList)
-	if err != nil {
-		return nil, err
-	}
-	routes, err := dump("routes", func() ([]netlink.Route, error) { return n.h.RouteList(nil, netlink.FAMILY_ALL) })
-	if err != nil {
-		return nil, err
-	}
-	addrs, err := dump("addresses", func() ([]netlink.Addr, error) { return n.h.AddrList(nil, netlink.FAMILY_ALL) })
-	if err != nil {
-		return nil, err
-	}
-	s := &snapshot{
-		links:  make(map[int]netlink.Link, len(links)),
-		byName: make(map[string]netlink.Link, len(links)),
-		addrs:  addrs,
-	}
-	for _, l := range links {
-		s.links[l.Attrs().Index] = l
-		s.byName[l.Attrs().Name] = l
-	}
-	local := make(map[netip.Addr]bool, len(addrs))
-	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP); ok {
-			local[ip.Unmap()] = true
-		}
-	}
-	for _, r := range routes {
-		if dst, ok := podRouteDst(&r); ok && !local[dst] {
-			s.routes = append(s.routes, hostRoute{dst: dst, r: r})
-		}
-	}
-	return s, nil
-}
-
-// podRouteDst reports whether r looks like the route a ptp CNI installs to
-// a pod address: main table, unicast, a single address, out of a device,
-// no gateway, scope link for IPv4 (IPv6 routes have no scope), not made by
-// the kernel for an address of the node (an IPv6 /128 on the uplink) —
-// and returns the address.
-func podRouteDst(r *netlink.Route) (netip.Addr, bool) {
-	if r.Dst == nil || r.LinkIndex <= 0 || r.Gw != nil || len(r.MultiPath) > 0 || r.Via != nil ||
-		r.Table != unix.RT_TABLE_MAIN || r.Type != unix.RTN_UNICAST || r.Encap != nil ||
-		r.Protocol == unix.RTPROT_KERNEL {
-		return netip.Addr{}, false
-	}
-	ones, bits := r.Dst.Mask.Size()
-	if bits == 0 || ones != bits {
-		return netip.Addr{}, false
-	}
-	a, ok := netip.AddrFromSlice(r.Dst.IP)
-	if !ok {
-		return netip.Addr{}, false
-	}
-	a = a.Unmap()
-	if a.BitLen() != bits || !a.IsGlobalUnicast() {
-		return netip.Addr{}, false
-	}
-	if a.Is4() && r.Scope != netlink.SCOPE_LINK {
-		return netip.Addr{}, false
-	}
-	return a, true
-}
-
-// isVeth reports whether l is a veth that is not the kernel leg.
-func (n *Node) isVeth(l netlink.Link) bool {
-	if l == nil || l.Type() != "veth" {
-		return false
-	}
-	name := l.Attrs().Name
-	return name != n.cfg.GatewayLink && name != n.cfg.KernelLink
-}
-
-// isPodVeth reports whether l may be a pod port: a veth, not the kernel
-// leg, not enslaved to a bridge or bond, with the configured prefix.
-func (n *Node) isPodVeth(l netlink.Link) bool {
-	return n.isVeth(l) && l.Attrs().MasterIndex == 0 && strings.HasPrefix(l.Attrs().Name, n.cfg.InterfacePrefix)
-}
 
 // reconcile brings the node to the state the kernel and the state file
 // call for. It is level-triggered and idempotent. retry is set when some
@@ -417,85 +305,6 @@ func (n *Node) stateOf(assign map[netip.Addr]assignment) state {
 		slices.SortFunc(st.Ports[i].Routes, func(a, b savedRoute) int { return a.Dst.Compare(b.Dst) })
 	}
 	return st
-}
-
-// anyOnKernel reports whether any address of p has a route on the kernel
-// leg in the snapshot.
-func (n *Node) anyOnKernel(p *podPort, pr podRoutes) bool {
-	for _, ip := range p.ips {
-		if len(pr.onKernel[ip]) > 0 {
-			return true
-		}
-	}
-	return false
-}
-
-// kernelRoute is the route to a pod address via the kernel leg: the CNI's
-// route with the device replaced, and the pod's MTU when it is below the
-// kernel leg's.
-func (n *Node) kernelRoute(p *podPort, a assignment) *netlink.Route {
-	mtu := 0
-	if p.mtu > 0 && p.mtu < n.kernel.mtu {
-		mtu = p.mtu
-	}
-	return a.route.route(n.kernel.kIndex, mtu)
-}
-
-// moveRoutes makes sure every address of p is routed via the kernel leg
-// with its saved attributes, and returns how many are.
-func (n *Node) moveRoutes(p *podPort, pr podRoutes, want map[netip.Addr]assignment) (int, error) {
-	var errs []error
-	ok := 0
-	for _, ip := range p.ips {
-		a := want[ip]
-		r := n.kernelRoute(p, a)
-		cur := pr.onKernel[ip]
-		_, onVeth := pr.onVeth[ip]
-		if !onVeth && len(cur) == 1 && sameRoute(&cur[0], r) {
-			ok++
-			continue
-		}
-		if err := n.h.RouteReplace(r); err != nil {
-			errs = append(errs, fmt.Errorf("move route %v to %s: %w", ip, n.cfg.KernelLink, err))
-			continue
-		}
-		ok++
-		n.log.Debug("route moved to kernel leg", "ip", ip, "port", p.name)
-		// Other routes to the address on the kernel leg (another metric
-		// or TOS: a CNI that changed its route) would shadow or outlive
-		// this one.
-		for _, c := range cur {
-			if !sameKey(&c, r) {
-				if err := n.h.RouteDel(&c); err != nil && !errors.Is(err, unix.ESRCH) {
-					errs = append(errs, fmt.Errorf("delete old route %v dev %s: %w", ip, n.cfg.KernelLink, err))
-				}
-			}
-		}
-	}
-	return ok, errors.Join(errs...)
-}
-
-// sameKey reports whether two routes have the same key in the kernel's
-// table (replace replaces one by the other).
-func sameKey(a, b *netlink.Route) bool {
-	return a.Tos == b.Tos && normPriority(a) == normPriority(b)
-}
-
-// normPriority is a route's metric as the kernel stores it (IPv6 routes
-// without one get 1024).
-func normPriority(r *netlink.Route) int {
-	if r.Priority == 0 && r.Dst != nil && r.Dst.IP.To4() == nil {
-		return 1024
-	}
-	return r.Priority
-}
-
-// sameRoute reports whether an existing route matches the wanted one in
-// the attributes the Node sets.
-func sameRoute(have, want *netlink.Route) bool {
-	return sameKey(have, want) && have.LinkIndex == want.LinkIndex && have.Scope == want.Scope &&
-		have.MTU == want.MTU && have.AdvMSS == want.AdvMSS && have.Protocol == want.Protocol &&
-		have.Src.Equal(want.Src)
 }
 
 // abandon gives a veth whose port could not be set up back to the kernel:
