@@ -136,25 +136,7 @@ func (l *lab) addPod(name, hostIf string, mtu int, ips ...netip.Addr) *labPod {
 		}
 		return err
 	})
-	var ln net.Listener
-	if err := p.ns.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp", ":80")
-		return err
-	}); err != nil {
-		l.t.Fatal(err)
-	}
-	l.t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = io.WriteString(c, name+"\n")
-			_ = c.Close()
-		}
-	}()
+	serveName(l.t, p.ns, ":80", name)
 	l.mu.Lock()
 	l.pods[name] = p
 	l.mu.Unlock()
@@ -321,6 +303,15 @@ func allowAll(t testing.TB, ips map[string][]netip.Addr) *table.Table {
 		t.Fatal(err)
 	}
 	return tab
+}
+
+// engineAllowing returns a running engine whose table knows the pods of
+// ips and allows everything among them, and the store it reads.
+func engineAllowing(t *testing.T, ips map[string][]netip.Addr) (*fastpath.Engine, *table.Store) {
+	t.Helper()
+	store := &table.Store{}
+	store.Publish(allowAll(t, ips))
+	return newEngine(t, store), store
 }
 
 // newEngine starts an engine on the store, stopped in cleanup (after the
@@ -656,26 +647,33 @@ func (fatalTB) Fatal(args ...any) {
 // answers "node", and returns addr.
 func (l *lab) nodeListener(addr netip.Addr) netip.Addr {
 	l.t.Helper()
+	serveName(l.t, l.node, netip.AddrPortFrom(addr, 80).String(), "node")
+	return addr
+}
+
+// serveName starts a TCP server on addr in ns that answers every
+// connection with name and closes it, until the test ends.
+func serveName(t *testing.T, ns *netns.Namespace, addr, name string) {
+	t.Helper()
 	var ln net.Listener
-	if err := l.node.Do(func() error {
+	if err := ns.Do(func() error {
 		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, 80).String())
+		ln, err = net.Listen("tcp", addr)
 		return err
 	}); err != nil {
-		l.t.Fatal(err)
+		t.Fatal(err)
 	}
-	l.t.Cleanup(func() { ln.Close() })
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			_, _ = io.WriteString(c, "node\n")
+			_, _ = io.WriteString(c, name+"\n")
 			_ = c.Close()
 		}
 	}()
-	return addr
 }
 
 // handle returns a netlink handle in the pod's namespace.

@@ -106,9 +106,8 @@ func TestCrashStateLost(t *testing.T) {
 	if err := os.Remove(filepath.Join(l.stateDir, node.StateFile)); err != nil {
 		t.Fatal(err)
 	}
-	store := &table.Store{}
-	store.Publish(allowAll(t, map[string][]netip.Addr{"a": {ipA, ipA6}, "b": {ipB}}))
-	rn := l.startNode(newEngine(t, store), nil)
+	e, store := engineAllowing(t, map[string][]netip.Addr{"a": {ipA, ipA6}, "b": {ipB}})
+	rn := l.startNode(e, nil)
 	rn.waitReady(t)
 	for _, ip := range []netip.Addr{ipA, ipA6, ipB} {
 		if dev := l.routeDev(ip); dev != node.DefaultKernelLink {

@@ -107,9 +107,7 @@ func TestLifecycle(t *testing.T) {
 	a := l.addPod("a", "vetha", 0, ipA)
 	b := l.addPod("b", "vethb", 0, ipB)
 	known := map[string][]netip.Addr{"a": {ipA}, "b": {ipB}, "c": {ipC}}
-	store := &table.Store{}
-	store.Publish(allowAll(t, known))
-	e := newEngine(t, store)
+	e, store := engineAllowing(t, known)
 	rn := l.startNode(e, nil)
 	rn.waitReady(t)
 	l.expectPlumbed(rn, a)
@@ -221,9 +219,7 @@ func TestIPv6(t *testing.T) {
 	b4, b6 := netip.MustParseAddr("10.0.2.2"), netip.MustParseAddr("fd00:2::2")
 	a := l.addPod("a", "veth6a", 0, a4, a6)
 	b := l.addPod("b", "veth6b", 0, b4, b6)
-	store := &table.Store{}
-	store.Publish(allowAll(t, map[string][]netip.Addr{"a": {a4, a6}, "b": {b4, b6}}))
-	e := newEngine(t, store)
+	e, _ := engineAllowing(t, map[string][]netip.Addr{"a": {a4, a6}, "b": {b4, b6}})
 	rn := l.startNode(e, nil)
 	rn.waitReady(t)
 	l.expectPlumbed(rn, a)
@@ -252,9 +248,7 @@ func TestPortFailure(t *testing.T) {
 	a := l.addPod("a", "vetha", 0, ipA)
 	big := l.addPod("big", "vethbig", 9000, ipBig)
 	small := l.addPod("small", "vethsmall", 1400, ipSmall)
-	store := &table.Store{}
-	store.Publish(allowAll(t, map[string][]netip.Addr{"a": {ipA}, "big": {ipBig}, "small": {ipSmall}, "mid": {ipMid}}))
-	e := newEngine(t, store)
+	e, _ := engineAllowing(t, map[string][]netip.Addr{"a": {ipA}, "big": {ipBig}, "small": {ipSmall}, "mid": {ipMid}})
 	rn := l.startNode(e, nil)
 	rn.waitReady(t)
 	l.expectPlumbed(rn, a)
@@ -372,9 +366,7 @@ func TestCrash(t *testing.T) {
 	l.expectBlocked(a.ns, "a", ipB)
 	l.expectBlocked(l.node, "node", ipA)
 
-	store := &table.Store{}
-	store.Publish(allowAll(t, map[string][]netip.Addr{"a": {ipA, ipA6}, "b": {ipB}}))
-	e := newEngine(t, store)
+	e, _ := engineAllowing(t, map[string][]netip.Addr{"a": {ipA, ipA6}, "b": {ipB}})
 	// Pod a floods while the new Node takes over: the stale program must
 	// be replaced in one step, never letting a frame reach the kernel
 	// unchecked.
@@ -454,9 +446,8 @@ func TestCrashOlderVersion(t *testing.T) {
 	if old == 0 {
 		t.Fatal("no netlink-attached program on pgw0")
 	}
-	store := &table.Store{}
-	store.Publish(allowAll(t, map[string][]netip.Addr{"a": {ipA}}))
-	rn := l.startNode(newEngine(t, store), nil)
+	e, _ := engineAllowing(t, map[string][]netip.Addr{"a": {ipA}})
+	rn := l.startNode(e, nil)
 	rn.waitReady(t)
 	l.expectPlumbed(rn, a)
 	if now := l.xdp(node.DefaultGatewayLink).Native; now == 0 || now == old {
@@ -488,9 +479,8 @@ func TestCrashPodGone(t *testing.T) {
 	if dev := l.routeDev(ipB); dev != node.DefaultKernelLink {
 		t.Fatalf("route to the deleted pod via %q, want it left on %s", dev, node.DefaultKernelLink)
 	}
-	store := &table.Store{}
-	store.Publish(allowAll(t, map[string][]netip.Addr{"a": {ipA}, "b": {ipB}}))
-	rn := l.startNode(newEngine(t, store), nil)
+	e, _ := engineAllowing(t, map[string][]netip.Addr{"a": {ipA}, "b": {ipB}})
+	rn := l.startNode(e, nil)
 	rn.waitReady(t)
 	l.expectPlumbed(rn, a)
 	if dev := l.routeDev(ipB); dev != "" {

@@ -376,22 +376,30 @@ func (b *builder) portName(n string) int32 {
 }
 
 func (b *builder) defaultPolicies(nps []*networkingv1.NetworkPolicy) ([]*networkingv1.NetworkPolicy, []error) {
+	return defaultAndSort("NetworkPolicy", nps, DefaultNetworkPolicy, b.validatePolicy)
+}
+
+// defaultAndSort applies the API server's defaults (def) to every object
+// of a kind and validates it, and returns the valid ones sorted by
+// namespace and name, with an error for every invalid object and every
+// object declared more than once.
+func defaultAndSort[T metav1.Object](kind string, objs []T, def func(T) T, validate func(T) field.ErrorList) ([]T, []error) {
 	var errs []error
-	out := make([]*networkingv1.NetworkPolicy, 0, len(nps))
-	for _, np := range nps {
-		d := DefaultNetworkPolicy(np)
-		if el := b.validatePolicy(d); len(el) > 0 {
-			errs = append(errs, invalid("NetworkPolicy", d.Namespace, d.Name, el.ToAggregate()))
+	out := make([]T, 0, len(objs))
+	for _, o := range objs {
+		d := def(o)
+		if el := validate(d); len(el) > 0 {
+			errs = append(errs, invalid(kind, d.GetNamespace(), d.GetName(), el.ToAggregate()))
 			continue
 		}
 		out = append(out, d)
 	}
-	slices.SortFunc(out, func(x, y *networkingv1.NetworkPolicy) int {
-		return cmp.Or(cmp.Compare(x.Namespace, y.Namespace), cmp.Compare(x.Name, y.Name))
+	slices.SortFunc(out, func(x, y T) int {
+		return cmp.Or(cmp.Compare(x.GetNamespace(), y.GetNamespace()), cmp.Compare(x.GetName(), y.GetName()))
 	})
 	for i := 1; i < len(out); i++ {
-		if out[i].Namespace == out[i-1].Namespace && out[i].Name == out[i-1].Name {
-			errs = append(errs, invalid("NetworkPolicy", out[i].Namespace, out[i].Name, errors.New("declared more than once")))
+		if out[i].GetNamespace() == out[i-1].GetNamespace() && out[i].GetName() == out[i-1].GetName() {
+			errs = append(errs, invalid(kind, out[i].GetNamespace(), out[i].GetName(), errors.New("declared more than once")))
 		}
 	}
 	return out, errs

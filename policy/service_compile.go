@@ -47,25 +47,8 @@ func (b *builder) validateEndpointSlice(es *discoveryv1.EndpointSlice) field.Err
 // EndpointSlices that carry the kubernetes.io/service-name label. It runs
 // after addPods, whose address index resolves backends to pods.
 func (b *builder) addServices(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice) []error {
-	var errs []error
 	spec := b.spec
-	sorted := make([]*corev1.Service, 0, len(svcs))
-	for _, s := range svcs {
-		d := DefaultService(s)
-		if el := b.validateService(d); len(el) > 0 {
-			errs = append(errs, invalid("Service", d.Namespace, d.Name, el.ToAggregate()))
-			continue
-		}
-		sorted = append(sorted, d)
-	}
-	slices.SortFunc(sorted, func(x, y *corev1.Service) int {
-		return cmp.Or(cmp.Compare(x.Namespace, y.Namespace), cmp.Compare(x.Name, y.Name))
-	})
-	for i := 1; i < len(sorted); i++ {
-		if sorted[i].Namespace == sorted[i-1].Namespace && sorted[i].Name == sorted[i-1].Name {
-			errs = append(errs, invalid("Service", sorted[i].Namespace, sorted[i].Name, errors.New("declared more than once")))
-		}
-	}
+	sorted, errs := defaultAndSort("Service", svcs, DefaultService, b.validateService)
 	// EndpointSlices by the Service they belong to.
 	type svcKey struct{ ns, name string }
 	bySvc := map[svcKey][]*discoveryv1.EndpointSlice{}

@@ -93,6 +93,37 @@ func (n *node) deleteVeth(ep *lab.Endpoint) {
 	}
 }
 
+// recreateVeth creates the endpoint's veth again, as the CNI would.
+func (n *node) recreateVeth(ep *lab.Endpoint) error {
+	_, err := netns.AddPod(netns.PodConfig{
+		Pod: ep.NS, PodIf: "eth0", Node: n.l.Node().NS, HostIf: ep.HostIf,
+		IPs: ep.IPs, MTU: lab.DefaultMTU, StaticGateway: true, NodeNeighbors: true,
+	})
+	return err
+}
+
+// waitPortBack waits until the agent has a port for the endpoint again
+// (podPorts pod ports) and its routes are on the kernel leg.
+func (n *node) waitPortBack(ep *lab.Endpoint, podPorts float64) {
+	n.t.Helper()
+	h := n.nodeHandle()
+	testutil.Eventually(n.t, 10*time.Second, "the new veth of "+ep.Name+" plumbed", func() error {
+		m, err := n.scrape()
+		if err != nil {
+			return err
+		}
+		if got := m.Get("podgate_ports", "kind", "pod"); got != podPorts {
+			return fmt.Errorf("podgate_ports{kind=pod} = %v, want %v", got, podPorts)
+		}
+		for _, a := range ep.IPs {
+			if devs := n.routeDevs(h, a); !slices.Equal(devs, []string{"pgk0"}) {
+				return fmt.Errorf("routes to %s on %v", a, devs)
+			}
+		}
+		return nil
+	})
+}
+
 // waitPortGone waits until the agent no longer has a port for the
 // endpoint: no series for its interface, one pod port less, no route to
 // its addresses, no entry in the state file.
@@ -219,31 +250,14 @@ func TestVethRemovedUnderAgent(t *testing.T) {
 	}
 	stop, sent, wg := sendUntil(in, frames, time.Millisecond)
 	created := time.Now()
-	if _, err := netns.AddPod(netns.PodConfig{
-		Pod: n.b.NS, PodIf: "eth0", Node: n.l.Node().NS, HostIf: n.b.HostIf,
-		IPs: n.b.IPs, MTU: lab.DefaultMTU, StaticGateway: true, NodeNeighbors: true,
-	}); err != nil {
+	if err := n.recreateVeth(n.b); err != nil {
 		close(stop)
 		wg.Wait()
 		t.Fatal(err)
 	}
 	sniff := n.sniffer(n.b, hasMarker)
 	sniffStarted := time.Since(created)
-	testutil.Eventually(t, 10*time.Second, "the new veth of b plumbed", func() error {
-		m, err := n.scrape()
-		if err != nil {
-			return err
-		}
-		if got := m.Get("podgate_ports", "kind", "pod"); got != pods {
-			return fmt.Errorf("podgate_ports{kind=pod} = %v, want %v", got, pods)
-		}
-		for _, a := range n.b.IPs {
-			if devs := n.routeDevs(h, a); !slices.Equal(devs, []string{"pgk0"}) {
-				return fmt.Errorf("routes to %s on %v", a, devs)
-			}
-		}
-		return nil
-	})
+	n.waitPortBack(n.b, pods)
 	plumbed := time.Since(created)
 	time.Sleep(200 * time.Millisecond)
 	close(stop)

@@ -2,16 +2,11 @@ package hostile
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"testing"
 	"time"
-
-	"github.com/podgate/podgate/internal/lab"
-	"github.com/podgate/podgate/internal/netns"
-	"github.com/podgate/podgate/internal/test/testutil"
 )
 
 // TestIngressJudgedWhenPortReturns: a flow that a pod starts while its
@@ -69,28 +64,10 @@ func TestIngressJudgedWhenPortReturns(t *testing.T) {
 	t.Logf("while b had no port: flows_new +%v, drops %v", after.Get("podgate_flows_new_total")-before.Get("podgate_flows_new_total"), dropDeltas(before, after))
 
 	// The CNI creates b's veth again; the agent takes it over.
-	if _, err := netns.AddPod(netns.PodConfig{
-		Pod: n.b.NS, PodIf: "eth0", Node: n.l.Node().NS, HostIf: n.b.HostIf,
-		IPs: n.b.IPs, MTU: lab.DefaultMTU, StaticGateway: true, NodeNeighbors: true,
-	}); err != nil {
+	if err := n.recreateVeth(n.b); err != nil {
 		t.Fatal(err)
 	}
-	h := n.nodeHandle()
-	testutil.Eventually(t, 10*time.Second, "b's new veth plumbed", func() error {
-		m, err := n.scrape()
-		if err != nil {
-			return err
-		}
-		if got := m.Get("podgate_ports", "kind", "pod"); got != pods {
-			return fmt.Errorf("podgate_ports{kind=pod} = %v, want %v", got, pods)
-		}
-		for _, a := range n.b.IPs {
-			if devs := n.routeDevs(h, a); !slices.Equal(devs, []string{"pgk0"}) {
-				return fmt.Errorf("routes to %s on %v", a, devs)
-			}
-		}
-		return nil
-	})
+	n.waitPortBack(n.b, pods)
 	sniff := n.sniffer(n.b, hasMarker)
 	before = n.metrics()
 	if _, err := in.SendAll([][]byte{udpEarly, udpLate}, 0, 0); err != nil {
