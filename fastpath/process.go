@@ -179,11 +179,7 @@ func (e *Engine) fromPod(fr rxFrame, in *port, p *packet.Packet, i int) {
 			e.replyNA(fr, in, p, packet.NARouter|packet.NAOverride)
 			return
 		}
-		d := DropNeighbor
-		if p.ICMPType != packet.ICMPv6NeighborAdvert && p.ICMPType != packet.ICMPv6NeighborSolicit {
-			d = DropNotRouted
-		}
-		e.drop(fr, d)
+		e.dropNDP(fr, p)
 		return
 	}
 	if !in.owns(p.Src) {
@@ -238,11 +234,7 @@ func (e *Engine) fromKernel(fr rxFrame, p *packet.Packet, i int) {
 			e.replyNA(fr, in, p, packet.NAOverride)
 			return
 		}
-		d := DropNeighbor
-		if p.ICMPType != packet.ICMPv6NeighborAdvert && p.ICMPType != packet.ICMPv6NeighborSolicit {
-			d = DropNotRouted
-		}
-		e.drop(fr, d)
+		e.dropNDP(fr, p)
 		return
 	}
 	out := e.local(p.Dst)
@@ -345,6 +337,17 @@ func (e *Engine) emit(fr rxFrame, n int, out *port, path Path) {
 	fr.rx.Port.Release(fr.f)
 	fr.rx.dirty = true
 	e.send(out, nf, n, path)
+}
+
+// dropNDP drops an NDP message that the gateway does not answer: a
+// neighbor solicitation or advertisement counts as DropNeighbor, the other
+// NDP messages (router and redirect ones) as DropNotRouted.
+func (e *Engine) dropNDP(fr rxFrame, p *packet.Packet) {
+	d := DropNeighbor
+	if p.ICMPType != packet.ICMPv6NeighborAdvert && p.ICMPType != packet.ICMPv6NeighborSolicit {
+		d = DropNotRouted
+	}
+	e.drop(fr, d)
 }
 
 // forward rewrites the IP packet of fr (parsed into p) for out (TTL or hop

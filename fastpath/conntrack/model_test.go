@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/podgate/podgate/fastpath/packet"
 	"github.com/podgate/podgate/policy/table"
 )
 
@@ -170,7 +171,7 @@ func (m *model) update(f *modelFlow, dir Dir, flags uint8, length int, now int64
 			if st == TCPSynSent && (f.State == TCPTimeWait || f.State == TCPClose) {
 				f.Packets, f.Bytes, f.Replied, f.fin = [2]uint64{}, [2]uint64{}, false, 0
 			}
-			if flags&TCPFlagFIN != 0 {
+			if flags&packet.TCPFlagFIN != 0 {
 				f.fin |= 1 << dir
 			}
 			f.State = st
@@ -252,7 +253,7 @@ func (s *byteSource) next() uint32 {
 }
 func (s *byteSource) done() bool { return len(s.b) == 0 }
 
-var modelFlags = []uint8{syn, synAck, ack, psh, fin, rst, rstAck, 0, syn | TCPFlagFIN}
+var modelFlags = []uint8{syn, synAck, ack, psh, fin, rst, rstAck, 0, syn | packet.TCPFlagFIN}
 
 // universe returns n distinct keys over a few addresses, IPv4 and IPv6,
 // with TCP, UDP, ICMP and another protocol.

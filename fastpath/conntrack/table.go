@@ -7,6 +7,7 @@ import (
 	"math"
 	"unsafe"
 
+	"github.com/podgate/podgate/fastpath/packet"
 	"github.com/podgate/podgate/policy/table"
 )
 
@@ -428,7 +429,7 @@ func (t *Table) Update(e *Entry, dir Dir, tcpFlags uint8, length int, now int64)
 				e.Packets, e.Bytes = [2]uint64{}, [2]uint64{}
 				e.bits &= bitSwapped
 			}
-			if tcpFlags&TCPFlagFIN != 0 {
+			if tcpFlags&packet.TCPFlagFIN != 0 {
 				e.bits |= 1 << (finShift + dir)
 			}
 			e.state = st

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/podgate/podgate/fastpath/packet"
 	"github.com/podgate/podgate/policy/table"
 )
 
@@ -674,9 +675,9 @@ func TestTombstone(t *testing.T) {
 	now := 10 * sec
 	e := mustInsert(t, ct, k, now)
 	e.Flags = FlagAllowed | 1<<4
-	ct.Update(e, Original, TCPFlagSYN, 60, now)
-	ct.Update(e, Reply, TCPFlagSYN|TCPFlagACK, 60, now)
-	ct.Update(e, Original, TCPFlagACK, 52, now)
+	ct.Update(e, Original, packet.TCPFlagSYN, 60, now)
+	ct.Update(e, Reply, packet.TCPFlagSYN|packet.TCPFlagACK, 60, now)
+	ct.Update(e, Original, packet.TCPFlagACK, 52, now)
 	if e.State() != TCPEstablished {
 		t.Fatalf("state %v", e.State())
 	}
@@ -701,7 +702,7 @@ func TestTombstone(t *testing.T) {
 		k     Key
 		dir   Dir
 		flags uint8
-	}{{k, Original, TCPFlagACK}, {k.Reverse(), Reply, TCPFlagACK | TCPFlagPSH}, {k.Reverse(), Reply, TCPFlagFIN}, {k, Original, TCPFlagSYN | TCPFlagACK}} {
+	}{{k, Original, packet.TCPFlagACK}, {k.Reverse(), Reply, packet.TCPFlagACK | packet.TCPFlagPSH}, {k.Reverse(), Reply, packet.TCPFlagFIN}, {k, Original, packet.TCPFlagSYN | packet.TCPFlagACK}} {
 		now += 100 * sec
 		got, dir := ct.Lookup(pk.k, now)
 		if got != e || dir != pk.dir {
@@ -857,9 +858,9 @@ func TestTouchAndScan(t *testing.T) {
 
 // establish runs the handshake on a fresh TCP flow.
 func establish(ct *Table, e *Entry, now int64) {
-	ct.Update(e, Original, TCPFlagSYN, 60, now)
-	ct.Update(e, Reply, TCPFlagSYN|TCPFlagACK, 60, now)
-	ct.Update(e, Original, TCPFlagACK, 52, now)
+	ct.Update(e, Original, packet.TCPFlagSYN, 60, now)
+	ct.Update(e, Reply, packet.TCPFlagSYN|packet.TCPFlagACK, 60, now)
+	ct.Update(e, Original, packet.TCPFlagACK, 52, now)
 }
 
 // A full table evicts flows that are not assured (half-open, unreplied)
@@ -879,7 +880,7 @@ func TestEvictionTiers(t *testing.T) {
 	now += sec
 	syn := tcpKey("10.0.0.1", 1001, "10.0.0.2", 80)
 	e, _ = ct.InsertFor(syn, 1, false, now)
-	ct.Update(e, Original, TCPFlagSYN, 60, now)
+	ct.Update(e, Original, packet.TCPFlagSYN, 60, now)
 	now += sec
 	udp := udpKey("10.0.0.1", 1002, "10.0.0.2", 53)
 	e, _ = ct.InsertFor(udp, 1, false, now)
@@ -955,7 +956,7 @@ func TestFairShare(t *testing.T) {
 			t.Fatalf("flood insert %d refused: the flooder still has flows of its own at the tails", i)
 		}
 		owners[k] = 1
-		ct.Update(e, Original, TCPFlagSYN, 60, now)
+		ct.Update(e, Original, packet.TCPFlagSYN, 60, now)
 	}
 	for _, k := range quiet {
 		if e, _ := ct.Lookup(k, now); e == nil {

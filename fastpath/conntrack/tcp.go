@@ -1,18 +1,9 @@
 package conntrack
 
-import "fmt"
+import (
+	"fmt"
 
-// TCP flags as found in byte 13 of the TCP header (the same values as the
-// packet parser's TCPFlag constants).
-const (
-	TCPFlagFIN = 0x01
-	TCPFlagSYN = 0x02
-	TCPFlagRST = 0x04
-	TCPFlagPSH = 0x08
-	TCPFlagACK = 0x10
-	TCPFlagURG = 0x20
-	TCPFlagECE = 0x40
-	TCPFlagCWR = 0x80
+	"github.com/podgate/podgate/fastpath/packet"
 )
 
 // TCPState is the connection-tracking state of a TCP flow, with the numbers
@@ -104,14 +95,14 @@ func (r Result) String() string {
 
 // tcpFlagMask keeps the flags that decide validity and state: FIN, SYN,
 // RST, ACK and URG. PSH, ECE and CWR may accompany any combination.
-const tcpFlagMask = TCPFlagFIN | TCPFlagSYN | TCPFlagRST | TCPFlagACK | TCPFlagURG
+const tcpFlagMask = packet.TCPFlagFIN | packet.TCPFlagSYN | packet.TCPFlagRST | packet.TCPFlagACK | packet.TCPFlagURG
 
 // validTCPFlags has bit f set for each valid value f of flags&tcpFlagMask:
 // the combinations the kernel accepts (tcp_valid_flags) and nothing else.
-const validTCPFlags uint64 = 1<<TCPFlagSYN | 1<<(TCPFlagSYN|TCPFlagURG) | 1<<(TCPFlagSYN|TCPFlagACK) |
-	1<<TCPFlagRST | 1<<(TCPFlagRST|TCPFlagACK) |
-	1<<(TCPFlagFIN|TCPFlagACK) | 1<<(TCPFlagFIN|TCPFlagACK|TCPFlagURG) |
-	1<<TCPFlagACK | 1<<(TCPFlagACK|TCPFlagURG)
+const validTCPFlags uint64 = 1<<packet.TCPFlagSYN | 1<<(packet.TCPFlagSYN|packet.TCPFlagURG) | 1<<(packet.TCPFlagSYN|packet.TCPFlagACK) |
+	1<<packet.TCPFlagRST | 1<<(packet.TCPFlagRST|packet.TCPFlagACK) |
+	1<<(packet.TCPFlagFIN|packet.TCPFlagACK) | 1<<(packet.TCPFlagFIN|packet.TCPFlagACK|packet.TCPFlagURG) |
+	1<<packet.TCPFlagACK | 1<<(packet.TCPFlagACK|packet.TCPFlagURG)
 
 // ValidTCPFlags reports whether a TCP header's flags are a combination that
 // a TCP stack may send: SYN, SYN-ACK, RST, RST-ACK, FIN-ACK or ACK, each
@@ -165,9 +156,9 @@ func ClassifyNewTCP(flags uint8) NewTCP {
 		return NewTCPInvalid
 	}
 	switch {
-	case flags&(TCPFlagSYN|TCPFlagACK) == TCPFlagSYN:
+	case flags&(packet.TCPFlagSYN|packet.TCPFlagACK) == packet.TCPFlagSYN:
 		return NewTCPOpen
-	case flags&(TCPFlagSYN|TCPFlagFIN|TCPFlagRST) == 0: // valid, so ACK is set
+	case flags&(packet.TCPFlagSYN|packet.TCPFlagFIN|packet.TCPFlagRST) == 0: // valid, so ACK is set
 		return NewTCPPickup
 	}
 	return NewTCPNoFlow
@@ -185,10 +176,10 @@ func tcpStep(st TCPState, dir Dir, flags uint8, finSeen uint8) (TCPState, Result
 	}
 	ownFin := finSeen>>(dir&1)&1 != 0
 	switch {
-	case flags&TCPFlagRST != 0:
+	case flags&packet.TCPFlagRST != 0:
 		return TCPClose, Accepted
 
-	case flags&(TCPFlagSYN|TCPFlagACK) == TCPFlagSYN:
+	case flags&(packet.TCPFlagSYN|packet.TCPFlagACK) == packet.TCPFlagSYN:
 		if dir == Original {
 			switch st {
 			case TCPSynSent, TCPSynSent2: // retransmitted SYN
@@ -206,7 +197,7 @@ func tcpStep(st TCPState, dir Dir, flags uint8, finSeen uint8) (TCPState, Result
 		}
 		return st, Invalid
 
-	case flags&TCPFlagSYN != 0: // SYN-ACK
+	case flags&packet.TCPFlagSYN != 0: // SYN-ACK
 		switch st {
 		case TCPSynSent:
 			if dir == Reply {
@@ -218,7 +209,7 @@ func tcpStep(st TCPState, dir Dir, flags uint8, finSeen uint8) (TCPState, Result
 		}
 		return st, Ignored // retransmitted or late SYN-ACK
 
-	case flags&TCPFlagFIN != 0: // FIN-ACK
+	case flags&packet.TCPFlagFIN != 0: // FIN-ACK
 		switch st {
 		case TCPSynSent, TCPSynSent2:
 			return st, Invalid

@@ -5,16 +5,18 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/podgate/podgate/fastpath/packet"
 )
 
 const (
-	syn    = TCPFlagSYN
-	synAck = TCPFlagSYN | TCPFlagACK
-	ack    = TCPFlagACK
-	psh    = TCPFlagPSH | TCPFlagACK
-	fin    = TCPFlagFIN | TCPFlagACK
-	rst    = TCPFlagRST
-	rstAck = TCPFlagRST | TCPFlagACK
+	syn    = packet.TCPFlagSYN
+	synAck = packet.TCPFlagSYN | packet.TCPFlagACK
+	ack    = packet.TCPFlagACK
+	psh    = packet.TCPFlagPSH | packet.TCPFlagACK
+	fin    = packet.TCPFlagFIN | packet.TCPFlagACK
+	rst    = packet.TCPFlagRST
+	rstAck = packet.TCPFlagRST | packet.TCPFlagACK
 )
 
 const (
@@ -168,12 +170,12 @@ func TestTCPStateMachine(t *testing.T) {
 			name: "invalid flags",
 			steps: []step{
 				{o, syn, Accepted, TCPSynSent, tSS},
-				{o, syn | TCPFlagFIN, Invalid, TCPSynSent, tSS - 1*time.Second},
-				{o, syn | TCPFlagRST, Invalid, TCPSynSent, tSS - 2*time.Second},
+				{o, syn | packet.TCPFlagFIN, Invalid, TCPSynSent, tSS - 1*time.Second},
+				{o, syn | packet.TCPFlagRST, Invalid, TCPSynSent, tSS - 2*time.Second},
 				{o, 0, Invalid, TCPSynSent, tSS - 3*time.Second},
 				{o, 0xff, Invalid, TCPSynSent, tSS - 4*time.Second},
-				{o, TCPFlagFIN, Invalid, TCPSynSent, tSS - 5*time.Second},
-				{o, TCPFlagFIN | TCPFlagPSH | TCPFlagURG, Invalid, TCPSynSent, tSS - 6*time.Second}, // Xmas
+				{o, packet.TCPFlagFIN, Invalid, TCPSynSent, tSS - 5*time.Second},
+				{o, packet.TCPFlagFIN | packet.TCPFlagPSH | packet.TCPFlagURG, Invalid, TCPSynSent, tSS - 6*time.Second}, // Xmas
 			},
 		},
 		{
@@ -271,14 +273,14 @@ func TestTCPReopenResetsCounters(t *testing.T) {
 
 func TestValidTCPFlags(t *testing.T) {
 	valid := map[uint8]bool{
-		syn: true, syn | TCPFlagURG: true, synAck: true,
+		syn: true, syn | packet.TCPFlagURG: true, synAck: true,
 		rst: true, rstAck: true,
-		fin: true, fin | TCPFlagURG: true,
-		ack: true, ack | TCPFlagURG: true,
+		fin: true, fin | packet.TCPFlagURG: true,
+		ack: true, ack | packet.TCPFlagURG: true,
 	}
 	for f := 0; f < 256; f++ {
 		flags := uint8(f)
-		want := valid[flags&^(TCPFlagPSH|TCPFlagECE|TCPFlagCWR)]
+		want := valid[flags&^(packet.TCPFlagPSH|packet.TCPFlagECE|packet.TCPFlagCWR)]
 		if got := ValidTCPFlags(flags); got != want {
 			t.Errorf("ValidTCPFlags(%#02x) = %v, want %v", flags, got, want)
 		}
@@ -291,7 +293,7 @@ func TestClassifyNewTCP(t *testing.T) {
 		want  NewTCP
 	}{
 		{syn, NewTCPOpen},
-		{syn | TCPFlagECE | TCPFlagCWR, NewTCPOpen},
+		{syn | packet.TCPFlagECE | packet.TCPFlagCWR, NewTCPOpen},
 		{ack, NewTCPPickup},
 		{psh, NewTCPPickup},
 		{synAck, NewTCPNoFlow},
@@ -300,10 +302,10 @@ func TestClassifyNewTCP(t *testing.T) {
 		{rstAck, NewTCPNoFlow},
 		{0, NewTCPInvalid},
 		{0xff, NewTCPInvalid},
-		{syn | TCPFlagFIN, NewTCPInvalid},
-		{syn | TCPFlagRST, NewTCPInvalid},
-		{TCPFlagFIN, NewTCPInvalid},
-		{TCPFlagPSH, NewTCPInvalid},
+		{syn | packet.TCPFlagFIN, NewTCPInvalid},
+		{syn | packet.TCPFlagRST, NewTCPInvalid},
+		{packet.TCPFlagFIN, NewTCPInvalid},
+		{packet.TCPFlagPSH, NewTCPInvalid},
 	}
 	for _, tc := range tests {
 		if got := ClassifyNewTCP(tc.flags); got != tc.want {
