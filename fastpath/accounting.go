@@ -28,14 +28,7 @@ type portCounters struct {
 	shared    [numPortCounters]atomic.Uint64
 }
 
-func (c *portCounters) publish() {
-	for i := range c.local {
-		if c.local[i] != c.published[i] {
-			c.published[i] = c.local[i]
-			c.shared[i].Store(c.local[i])
-		}
-	}
-}
+func (c *portCounters) publish() { publish(c.local[:], c.published[:], c.shared[:]) }
 
 // PortStats are the counters of one port. Denied counts are packets that a
 // policy of this port's pod denied (the isolated side).

@@ -176,11 +176,16 @@ func (c *counters) drop(d Drop)         { c.local[cDrops+int(d)]++ }
 func (c *counters) add(i int, n uint64) { c.local[i] += n }
 
 // publish stores the counters that changed since the last publication.
-func (c *counters) publish() {
-	for i := range c.local {
-		if c.local[i] != c.published[i] {
-			c.published[i] = c.local[i]
-			c.shared[i].Store(c.local[i])
+func (c *counters) publish() { publish(c.local[:], c.published[:], c.shared[:]) }
+
+// publish stores in shared the local counters that differ from their last
+// published value, and records them as published. It runs once per batch
+// on the worker; the three slices have the same length.
+func publish(local, published []uint64, shared []atomic.Uint64) {
+	for i := range local {
+		if local[i] != published[i] {
+			published[i] = local[i]
+			shared[i].Store(local[i])
 		}
 	}
 }
