@@ -11,11 +11,11 @@ import (
 )
 
 // maxPoll is the longest pause between two calls of a condition.
-const maxPoll = 50 * time.Millisecond
+const maxPoll = 10 * time.Millisecond
 
 // Eventually calls cond until it returns nil, and fails the test with
 // what and cond's last error if timeout passes first. It calls cond at
-// once, then after pauses that grow from 1 ms to 50 ms, so that a
+// once, then after pauses that grow from 1 ms to 10 ms, so that a
 // condition that holds soon is seen soon and a slow one costs little.
 func Eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
