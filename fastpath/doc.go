@@ -1,12 +1,30 @@
 // Package fastpath is podgate's data plane: one worker goroutine that owns
-// every port (an AF_XDP socket on a local pod's host-side veth, and one on
-// the gateway end of the kernel leg), the connection-tracking table and the
-// counters, and forwards or drops every frame.
+// the ports (AF_XDP sockets: the one on the gateway end of the kernel leg,
+// which receives every frame the engine handles, and a transmit-only one
+// on each local pod's host-side veth), the connection-tracking table and
+// the counters, and forwards or drops every frame it receives. The node's
+// plumbing (veths, routes, programs) is package node's; this package sees
+// only ports and frames.
+//
+// # Reading order
+//
+// engine.go: the [Engine], its ports and the commands that change them;
+// process.go: a frame's way from receive to forward or drop; verdict.go:
+// how a packet is judged (conntrack, the policy table, cuts); and then the
+// packages below: packet (parsing and rewriting), conntrack (the flow
+// table), xsk (AF_XDP sockets and the XDP program), offload (the kernel's
+// established-flow table, programmed from kernelflows.go). Around them:
+// accounting.go and counters.go (what is counted), metrics.go, events.go
+// and flowlog.go (flow records), idle.go (waiting for work).
 //
 // # Topology
 //
+// A pod's frames reach the worker on the kernel port: the offload's TC
+// program on the pod's veth punts every frame it does not forward itself
+// to the kernel leg, marked with the veth's index ([offload.PuntedFrom]).
 // A pod's default gateway is its host-side veth: the worker answers the
-// pod's ARP and neighbor solicitations with that veth's MAC. Frames between
+// pod's ARP and neighbor solicitations with that veth's MAC, out of the
+// pod's port. Frames between
 // two local pods are switched here after one policy decision (the source's
 // egress and the destination's ingress). Everything else goes through the
 // kernel leg: frames from pods to other addresses leave on the kernel port
