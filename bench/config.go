@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -115,12 +116,8 @@ func QuickConfig() Config {
 
 func (c Config) withDefaults() Config {
 	d := FullConfig()
-	if c.Namespaces == 0 {
-		c.Namespaces = d.Namespaces
-	}
-	if c.PodsPerNamespace == 0 {
-		c.PodsPerNamespace = d.PodsPerNamespace
-	}
+	c.Namespaces = cmp.Or(c.Namespaces, d.Namespaces)
+	c.PodsPerNamespace = cmp.Or(c.PodsPerNamespace, d.PodsPerNamespace)
 	if c.Policies == nil {
 		c.Policies = d.Policies
 	}
@@ -130,45 +127,23 @@ func (c Config) withDefaults() Config {
 	if c.BusyFlows == nil {
 		c.BusyFlows = c.Flows
 	}
-	if c.Step == 0 {
-		c.Step = d.Step
-	}
-	if c.MaxTrials == 0 {
-		c.MaxTrials = d.MaxTrials
-	}
-	if c.MeasureFlows == 0 {
-		c.MeasureFlows = d.MeasureFlows
-	}
-	if c.TCPDuration == 0 {
-		c.TCPDuration = d.TCPDuration
-	}
-	if c.ConnDuration == 0 {
-		c.ConnDuration = d.ConnDuration
-	}
-	if c.LatencyDuration == 0 {
-		c.LatencyDuration = d.LatencyDuration
-	}
-	if c.ConnWorkers == 0 {
-		c.ConnWorkers = d.ConnWorkers
-	}
-	if c.LatencyRate == 0 {
-		c.LatencyRate = d.LatencyRate
-	}
-	if c.Prefix == "" {
-		c.Prefix = d.Prefix
-	}
+	c.Step = cmp.Or(c.Step, d.Step)
+	c.MaxTrials = cmp.Or(c.MaxTrials, d.MaxTrials)
+	c.MeasureFlows = cmp.Or(c.MeasureFlows, d.MeasureFlows)
+	c.TCPDuration = cmp.Or(c.TCPDuration, d.TCPDuration)
+	c.ConnDuration = cmp.Or(c.ConnDuration, d.ConnDuration)
+	c.LatencyDuration = cmp.Or(c.LatencyDuration, d.LatencyDuration)
+	c.ConnWorkers = cmp.Or(c.ConnWorkers, d.ConnWorkers)
+	c.LatencyRate = cmp.Or(c.LatencyRate, d.LatencyRate)
+	c.Prefix = cmp.Or(c.Prefix, d.Prefix)
 	if c.Variants == nil {
 		c.Variants = DefaultVariants()
 	}
 	if c.Enforcers == nil {
 		c.Enforcers = c.knownEnforcers()
 	}
-	if c.IdlePods == 0 {
-		c.IdlePods = d.IdlePods
-	}
-	if c.IdleDuration == 0 {
-		c.IdleDuration = d.IdleDuration
-	}
+	c.IdlePods = cmp.Or(c.IdlePods, d.IdlePods)
+	c.IdleDuration = cmp.Or(c.IdleDuration, d.IdleDuration)
 	if c.Log == nil {
 		c.Log = io.Discard
 	}
