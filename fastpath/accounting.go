@@ -186,7 +186,10 @@ func (e *Engine) recordDenial(p *packet.Packet, v verdict) {
 			port.stats.local[pDeniedIngress]++
 		}
 	}
-	if a := e.allow.Load(); a != nil && d != DropUnknownEndpoint {
+	// The NetworkPolicies that isolate the pod share a denial that they
+	// made (no rule of theirs allowed the flow); a cluster policy's is its
+	// own, named in the flow log.
+	if a := e.allow.Load(); a != nil && d != DropUnknownEndpoint && !v.byCluster {
 		dir := table.Ingress
 		if d == DropDeniedEgress {
 			dir = table.Egress
@@ -202,7 +205,7 @@ func (e *Engine) recordDenial(p *packet.Packet, v verdict) {
 		return
 	}
 	ev := FlowEvent{Mono: e.now, Src: p.Src, Dst: p.Dst, Proto: table.Protocol(p.Proto), SrcPort: key.SrcPort, DstPort: key.DstPort,
-		Drop: d, Isolated: v.isolated, Cut: v.cut,
+		Drop: d, Isolated: v.isolated, Cut: v.cut, ByCluster: v.byCluster,
 		Egress: table.RuleRef{Policy: -1, Index: -1}, Ingress: table.RuleRef{Policy: -1, Index: -1}}
 	if e.tab != nil {
 		ev.Generation = e.tab.Generation()

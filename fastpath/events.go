@@ -28,6 +28,9 @@ type FlowEvent struct {
 	// Cut: the packet belongs to a flow that was allowed and that a newer
 	// policy table denied.
 	Cut bool
+	// ByCluster: a rule of a cluster policy (Admin or Baseline tier)
+	// denied the flow ([table.Table.ClusterRuleOf] names it).
+	ByCluster bool
 	// Evicted: the flow was allowed and tracked, and was evicted to make
 	// room in a full flow table (its later packets are judged as a new
 	// flow's, or dropped if they cannot start one); EvictedState is its

@@ -258,11 +258,19 @@ func (l *FlowLog) record(ev *FlowEvent) FlowRecord {
 	case DropDeniedIngress:
 		r.Direction = "ingress"
 	}
-	if i, ok := t.EndpointByAddr(side); ok {
-		dir := table.Ingress
-		if r.Direction == "egress" {
-			dir = table.Egress
+	dir := table.Ingress
+	if r.Direction == "egress" {
+		dir = table.Egress
+	}
+	if ev.ByCluster {
+		// The rule of the cluster policy that denied, found again on
+		// the table the flow was judged with.
+		if ref, ok := t.ClusterRuleOf(dir, ev.Src, ev.Dst, ev.Proto, ev.DstPort); ok && t.Generation() == ev.Generation {
+			r.Policies = append(r.Policies, t.ClusterRule(ref).String())
 		}
+		return r
+	}
+	if i, ok := t.EndpointByAddr(side); ok {
 		for _, p := range t.Selecting(i, dir) {
 			r.Policies = append(r.Policies, t.Policy(p).String())
 		}

@@ -8,9 +8,12 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/podgate/podgate/policy"
 )
 
 func TestFlowLog(t *testing.T) {
@@ -97,6 +100,40 @@ func TestFlowLog(t *testing.T) {
 		}
 		if resp.StatusCode != want {
 			t.Fatalf("follower %d: status %d, want %d", i+1, resp.StatusCode, want)
+		}
+	}
+}
+
+// A denial made by a cluster policy names its rule in the flow log, and is
+// not counted against the NetworkPolicies that isolate the pod.
+func TestFlowLogClusterPolicyDenial(t *testing.T) {
+	m, err := policy.Load(article, article+"/cluster-network-policies")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, err := policy.Compile(&m.Cluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, tab, nil)
+	fl, err := NewFlowLog(FlowLogConfig{Engine: r.e, Store: r.store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := r.e.Stats()
+	r.expectDrop(r.send("api", syn(t, wire("api"), netip.MustParseAddr("169.254.169.254"), 80)), DropDeniedEgress, before)
+	fl.drain()
+	recs := fl.Recent(FlowFilter{Verdict: "deny"})
+	if len(recs) != 1 {
+		t.Fatalf("%d denied records, want 1: %+v", len(recs), recs)
+	}
+	want := `ClusterNetworkPolicy deny-instance-metadata egress[0] "deny-imds" (Admin tier, priority 10)`
+	if got := strings.Join(recs[0].Policies, ";"); got != want || recs[0].Direction != "egress" {
+		t.Errorf("record names %q (%s), want %q (egress)", got, recs[0].Direction, want)
+	}
+	for name, c := range r.e.PolicyCounts() {
+		if c.DeniedPackets != [2]uint64{} {
+			t.Errorf("the cluster policy's denial was counted against NetworkPolicy %v", name)
 		}
 	}
 }

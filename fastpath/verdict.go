@@ -45,6 +45,9 @@ type verdict struct {
 	// earlier: its tombstone). A TCP sender may be told with a reset
 	// ([Config.CutReset]).
 	cut bool
+	// byCluster: a cluster policy's rule (Admin or Baseline tier) denied
+	// the new flow, not the NetworkPolicies that isolate the pod.
+	byCluster bool
 	// ent is the flow of a packet that passes, if it has one, and dir the
 	// packet's direction in it.
 	ent *conntrack.Entry
@@ -353,7 +356,7 @@ func (e *Engine) decide(src, dst netip.Addr, proto uint8, dport uint16, s sides)
 		case dec.Reason == table.NotPod:
 			return deny(DropUnknownEndpoint), none, none
 		case !dec.Allowed():
-			return verdict{drop: DropDeniedEgress, isolated: src}, none, none
+			return verdict{drop: DropDeniedEgress, isolated: src, byCluster: dec.Reason != table.Denied}, none, none
 		}
 		eg = dec.Rule
 	}
@@ -369,7 +372,7 @@ func (e *Engine) decide(src, dst netip.Addr, proto uint8, dport uint16, s sides)
 		case dec.Reason == table.NotPod:
 			return deny(DropUnknownEndpoint), none, none
 		case !dec.Allowed():
-			return verdict{drop: DropDeniedIngress, isolated: dst}, none, none
+			return verdict{drop: DropDeniedIngress, isolated: dst, byCluster: dec.Reason != table.Denied}, none, none
 		}
 		ing = dec.Rule
 	}
