@@ -108,7 +108,9 @@ type Config struct {
 	// BatchSize is the number of frames received from a port at a time.
 	BatchSize int
 	// IdleWait is how long the worker sleeps when no port has frames
-	// before it looks for commands and expired flows again.
+	// (default 100 ms): an expired flow waits for at most that long on an
+	// idle node. Commands, a new table in Store and the end of Run's
+	// context wake the worker at once.
 	IdleWait time.Duration
 	// BusyPoll keeps the worker polling its rings without sleeping for
 	// this long after the last frame, instead of waiting in poll(2):
@@ -132,6 +134,8 @@ type Config struct {
 type Engine struct {
 	cfg      Config
 	cmds     chan command
+	wake     *waker // ends the idle wait when a command is queued
+	applied  atomic.Uint64
 	counters counters
 	done     chan struct{}
 	events   *eventRing
@@ -196,7 +200,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.BatchSize = 64
 	}
 	if cfg.IdleWait <= 0 {
-		cfg.IdleWait = 20 * time.Millisecond
+		cfg.IdleWait = 100 * time.Millisecond
 	}
 	if cfg.ReversePickup == 0 {
 		cfg.ReversePickup = 2 * time.Minute
@@ -220,7 +224,8 @@ func New(cfg Config) (*Engine, error) {
 		events:     &eventRing{},
 		allowTotal: make(map[PolicyName]PolicyCounts),
 		cfg:        cfg,
-		cmds:       make(chan command),
+		cmds:       make(chan command, cmdQueue),
+		wake:       newWaker(),
 		done:       make(chan struct{}),
 		ct:         ct,
 		byAddr:     addrmap.New[*port](0, 0),
@@ -237,6 +242,7 @@ func New(cfg Config) (*Engine, error) {
 		ct.SetReleaseHook(e.released)
 	}
 	ct.SetEvictHook(e.evicted)
+	cfg.Store.OnPublish(e.wake.wake) // an idle worker takes a new table at once
 	return e, nil
 }
 
@@ -245,6 +251,9 @@ type command struct {
 	fn    func(e *Engine) error
 	reply chan error
 }
+
+// cmdQueue is how many commands wait for the worker before do blocks.
+const cmdQueue = 16
 
 func (e *Engine) do(ctx context.Context, fn func(e *Engine) error) error {
 	c := command{fn: fn, reply: make(chan error, 1)}
@@ -255,6 +264,10 @@ func (e *Engine) do(ctx context.Context, fn func(e *Engine) error) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	// Wake the worker only now that the command is queued: a wake before
+	// it could be consumed by a worker that then finds no command and
+	// sleeps for the whole idle wait.
+	e.wake.wake()
 	select {
 	case err := <-c.reply:
 		return err
@@ -286,6 +299,11 @@ func (e *Engine) Wall(mono int64) time.Time { return e.wallBase.Add(time.Duratio
 
 // Stats returns the counters as of the last batch.
 func (e *Engine) Stats() Stats { return e.counters.snapshot() }
+
+// AppliedGeneration returns the generation of the policy table the worker
+// enforces: every offloaded flow has been re-checked against it. It is safe
+// to call from any goroutine and does not wake the worker.
+func (e *Engine) AppliedGeneration() uint64 { return e.applied.Load() }
 
 // ConntrackStats returns the flow table's counters. It is safe to call
 // from any goroutine.
@@ -426,6 +444,9 @@ func (e *Engine) removePort(name string) error {
 // Run runs the worker until ctx is done. It must be called once.
 func (e *Engine) Run(ctx context.Context) error {
 	defer close(e.done)
+	defer e.wake.close()
+	stop := context.AfterFunc(ctx, e.wake.wake) // the end of ctx ends an idle wait
+	defer stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -452,6 +473,9 @@ func (e *Engine) runOnce() bool {
 		e.tab = t
 		e.tableChanged()
 		e.recheckOffloaded()
+		if t != nil {
+			e.applied.Store(t.Generation())
+		}
 	}
 	worked := false
 	for _, p := range e.rxPorts {

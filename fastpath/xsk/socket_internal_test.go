@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
@@ -411,5 +412,31 @@ func BenchmarkForwardBatch(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(frames), "ns/frame")
 		})
+	}
+}
+
+// TestPollerWakeOn: a readable wake descriptor ends Wait at once, is
+// reported by Woken, and is not counted as a ready socket.
+func TestPollerWakeOn(t *testing.T) {
+	fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	p := NewPoller()
+	p.WakeOn(fd)
+	if n, err := p.Wait(0); err != nil || n != 0 || p.Woken() {
+		t.Fatalf("before a wake: Wait = %d, %v; Woken = %v", n, err, p.Woken())
+	}
+	one := [8]byte{1}
+	if _, err := unix.Write(fd, one[:]); err != nil {
+		t.Fatal(err)
+	}
+	// An hour: only the wake (or a signal, EINTR, which Wait reports as
+	// 0 ready and no error) can end this Wait.
+	for i := 0; !p.Woken(); i++ {
+		if n, err := p.Wait(time.Hour); err != nil || n != 0 || i == 100 {
+			t.Fatalf("after a wake: Wait = %d, %v; Woken = %v", n, err, p.Woken())
+		}
 	}
 }

@@ -14,6 +14,16 @@ type Store struct {
 	cur atomic.Pointer[Table]
 	mu  sync.Mutex // serializes publishers
 	gen uint64
+	on  []func() // called after each publication
+}
+
+// OnPublish makes fn run after every later [Store.Publish], in the
+// publisher's goroutine, with the new table already loadable. fn must not
+// block or publish: a reader that sleeps while idle uses it to wake up.
+func (s *Store) OnPublish(fn func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.on = append(s.on, fn)
 }
 
 // Load returns the current table, or nil before the first publication.
@@ -28,6 +38,9 @@ func (s *Store) Publish(t *Table) uint64 {
 	s.gen++
 	t.generation = s.gen
 	s.cur.Store(t)
+	for _, fn := range s.on {
+		fn()
+	}
 	return s.gen
 }
 
