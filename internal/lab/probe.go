@@ -119,6 +119,12 @@ func (l *Lab) Probe(ctx context.Context, from, to string, p table.PortSpec) (boo
 // The destination's echo server for the port is started if it is not
 // running yet.
 func (l *Lab) ProbeResult(ctx context.Context, from, to string, p table.PortSpec) (Result, error) {
+	return l.ProbeResultWithin(ctx, from, to, p, l.spec.ProbeTimeout)
+}
+
+// ProbeResultWithin is [Lab.ProbeResult] with its own timeout instead of
+// Spec.ProbeTimeout.
+func (l *Lab) ProbeResultWithin(ctx context.Context, from, to string, p table.PortSpec, timeout time.Duration) (Result, error) {
 	src, dst, sip, dip, err := l.pair(from, to)
 	if err != nil {
 		return Result{}, err
@@ -133,7 +139,7 @@ func (l *Lab) ProbeResult(ctx context.Context, from, to string, p table.PortSpec
 	}
 	start := time.Now()
 	r.Started = start
-	pctx, cancel := context.WithTimeout(ctx, l.spec.ProbeTimeout)
+	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	token := probeToken(src.Name, dst.Name, p)
 	switch p.Protocol {

@@ -226,13 +226,22 @@ func TestFloodFasterThanWorker(t *testing.T) {
 			}
 		}()
 	}
-	// Meanwhile, new connections between other pods.
+	// Meanwhile, new connections between other pods. Their handshakes are
+	// punted to the fastpath through the kernel leg's one socket, which
+	// the flood's own punted frames (its flows' first packets, until
+	// they are offloaded) can overrun: a SYN may be lost and retransmitted
+	// after 1 s. The probe allows one retransmission, and the log says how
+	// many needed it.
 	var probeFailures []string
+	var probes, retransmitted int
 	for time.Now().Before(stop) {
 		for _, p := range [][2]string{{"app/c", "app/b"}, {"app/b", "app/c"}} {
-			r := n.expect("during the flood", p[0], p[1], tcpPort(81))
+			r := n.expectWithin("during the flood", p[0], p[1], tcpPort(81), 3*time.Second)
+			probes++
 			if !r.Observed {
 				probeFailures = append(probeFailures, r.String())
+			} else if r.Elapsed >= time.Second {
+				retransmitted++
 			}
 		}
 	}
@@ -259,7 +268,7 @@ func TestFloodFasterThanWorker(t *testing.T) {
 	t.Logf("%d threads sent %d frames in %v (%.0f/s); the worker received %v from %s (%.0f/s), the kernel forwarded %v on offloaded flows; xsk on %s: rx_dropped +%v, fill_ring_empty +%v, rx_ring_full +%v; tx_ring_full drops +%v",
 		threads, sent.Load(), duration, float64(sent.Load())/duration.Seconds(), aRx, n.a.HostIf, aRx/duration.Seconds(), offloaded,
 		gw, rxDropped, fillEmpty, ringFull, dropDeltas(before, after)["tx_ring_full"])
-	t.Logf("open connection c -> b: %d echoes, %d failed (last: %v), slowest %v; new connections c <-> b: %d failed", rounds, failures, lastErr, slowest.Round(time.Microsecond), len(probeFailures))
+	t.Logf("open connection c -> b: %d echoes, %d failed (last: %v), slowest %v; new connections c <-> b: %d of %d failed, %d took a retransmission (>= 1 s)", rounds, failures, lastErr, slowest.Round(time.Microsecond), len(probeFailures), probes, retransmitted)
 	switch {
 	case rxDropped+fillEmpty+ringFull > 0:
 	case aRx+offloaded >= 0.95*float64(sent.Load()):

@@ -94,6 +94,12 @@ type node struct {
 	a, b, c, d, ext *lab.Endpoint
 }
 
+// probeTimeout bounds the node's probes: a denied probe takes this long, so
+// it is short. It is as long as TCP's first SYN retransmission timeout, so
+// an allowed TCP probe whose first SYN is lost fails; probes that may lose
+// a packet to a flood use expectWithin.
+const probeTimeout = time.Second
+
 // newNode builds the lab and starts the agent with args (and its own state
 // directory).
 func newNode(t *testing.T, args ...string) *node {
@@ -102,7 +108,7 @@ func newNode(t *testing.T, args ...string) *node {
 	l := lab.NewForTest(t, lab.Spec{
 		Manifests:    []string{nodeManifests},
 		Prefix:       labPrefix,
-		ProbeTimeout: time.Second,
+		ProbeTimeout: probeTimeout,
 	})
 	n := &node{t: t, l: l, bin: bin}
 	n.args = append([]string{"--state-dir", filepath.Join(l.Dir(), "agent-state")}, args...)
@@ -209,7 +215,13 @@ func (n *node) logLines(skip ...string) string {
 // what the lab's policy table expects; it returns the result.
 func (n *node) expect(when, from, to string, p table.PortSpec) lab.Result {
 	n.t.Helper()
-	r, err := n.l.ProbeResult(context.Background(), from, to, p)
+	return n.expectWithin(when, from, to, p, probeTimeout)
+}
+
+// expectWithin is expect with its own probe timeout.
+func (n *node) expectWithin(when, from, to string, p table.PortSpec, timeout time.Duration) lab.Result {
+	n.t.Helper()
+	r, err := n.l.ProbeResultWithin(context.Background(), from, to, p, timeout)
 	if err != nil {
 		n.t.Fatalf("%s: %v", when, err)
 	}
