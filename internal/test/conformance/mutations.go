@@ -163,4 +163,3 @@ func init() {
 		"Should support an 'deny-gress' policy across different protocols": {both("default", 0, 1, 0, 1)},
 	}
 }
-
