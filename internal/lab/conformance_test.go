@@ -50,10 +50,13 @@ type confStep struct {
 	probes   []conformance.Probe
 }
 
-// confNodeIPs are the addresses the lab gives the two nodes on its
-// default underlay subnet (172.18.0.0/24), which the world's Node objects
-// and hostNetwork pods must have.
-var confNodeIPs = []string{"172.18.0.1", "172.18.0.2"}
+// confNodeIPs and confNodeIPs6 are the addresses the lab gives the two
+// nodes on its default underlay subnets (172.18.0.0/24, fd00:18::/64),
+// which the world's Node objects and hostNetwork pods must have.
+var (
+	confNodeIPs  = []string{"172.18.0.1", "172.18.0.2"}
+	confNodeIPs6 = []string{"fd00:18::1", "fd00:18::2"}
+)
 
 // TestUpstreamConformanceLab runs upstream conformance tests through the
 // lab: a probe passes when the real connection does what the upstream test
@@ -77,7 +80,19 @@ func TestUpstreamConformanceLab(t *testing.T) {
 			t.Fatalf("%s=%s: no such upstream test", labConformanceEnv, sel)
 		}
 	}
-	opts := conformance.Options{NodeIPs: confNodeIPs}
+	for _, fam := range []string{"IPv4", "IPv6"} {
+		t.Run(fam, func(t *testing.T) { conformanceLab(t, bin, extra, tests, fam == "IPv6") })
+	}
+}
+
+// conformanceLab builds the base topology of one IP family as a lab of two
+// nodes with an agent on each and runs the tests through it.
+func conformanceLab(t *testing.T, bin string, extra func(*Lab) []string, tests []conformance.Test, ipv6 bool) {
+	nodeIPs := confNodeIPs
+	if ipv6 {
+		nodeIPs = confNodeIPs6
+	}
+	opts := conformance.Options{IPv6: ipv6, NodeIPs: nodeIPs}
 
 	// The base topology: namespaces, nodes and pods, no policy.
 	base := conformance.NewWorld(t, opts, nil)
@@ -93,8 +108,8 @@ func TestUpstreamConformanceLab(t *testing.T) {
 	l := NewForTest(t, Spec{Manifests: []string{dir}, Prefix: testPrefix})
 	for i, name := range conformance.NodeNames {
 		n, ok := l.NodeNamed(name)
-		if !ok || !slices.Equal(n.IPs(), []netip.Addr{netip.MustParseAddr(confNodeIPs[i])}) {
-			t.Fatalf("node %s: the lab gives it %v, the world %s", name, n, confNodeIPs[i])
+		if !ok || !slices.Equal(n.IPs(), []netip.Addr{netip.MustParseAddr(nodeIPs[i])}) {
+			t.Fatalf("node %s: the lab gives it %v, the world %s", name, n, nodeIPs[i])
 		}
 	}
 	names, err := l.ManifestNames()
@@ -154,8 +169,15 @@ func TestUpstreamConformanceLab(t *testing.T) {
 			total.Add(res)
 		})
 	}
-	t.Logf("IPv4, through the lab: %d upstream tests, %d of %d probes pass (%d unported mutations, %d disagreements of the lab's table), in %v",
-		len(tests), total.Passed, total.Probes, len(total.Unported), disagree, time.Since(start).Round(time.Second))
+	t.Logf("%s, through the lab: %d upstream tests, %d of %d probes pass (%d unported mutations, %d disagreements of the lab's table), in %v",
+		family(ipv6), len(tests), total.Passed, total.Probes, len(total.Unported), disagree, time.Since(start).Round(time.Second))
+}
+
+func family(ipv6 bool) string {
+	if ipv6 {
+		return "IPv6"
+	}
+	return "IPv4"
 }
 
 // applyAndWait writes the manifest file name (the agents' whole cluster)
