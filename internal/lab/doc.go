@@ -39,7 +39,10 @@
 // are the first free address of the /24 (IPv6: /64) of the pods'
 // addresses (Spec.NodeIPs). Outside hosts (kind OutsideHost, apiVersion
 // lab.podgate.dev/v1alpha1, spec.ips) share the outside namespace; each is
-// an endpoint of its own, bound to its own addresses.
+// an endpoint of its own, bound to its own addresses. An outside address
+// may be IPv4 link-local, like a cloud's instance metadata service at
+// 169.254.169.254, as long as it is not one of the lab's gateways
+// (169.254.1.1, 169.254.0.2); IPv6 link-local addresses are not routed.
 //
 // # Topology of several nodes
 //

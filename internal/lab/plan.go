@@ -482,8 +482,8 @@ func parseOutsideHost(o policy.Object) (Endpoint, error) {
 			return fail("spec.ips[%d]: Invalid value: %q: must be an IP address", i, s)
 		}
 		a = a.Unmap()
-		if a.IsLoopback() || a.IsMulticast() || a.IsLinkLocalUnicast() || a.IsUnspecified() {
-			return fail("spec.ips[%d]: Invalid value: %q: must be a unicast address", i, s)
+		if err := checkOutsideAddr(a); err != nil {
+			return fail("spec.ips[%d]: Invalid value: %q: %v", i, s, err)
 		}
 		if slices.Contains(ep.IPs, a) {
 			return fail("spec.ips[%d]: Duplicate value: %q", i, s)
