@@ -552,6 +552,7 @@ func TestClusterWriteToEnforce(t *testing.T) {
 	}
 
 	var total, gens []time.Duration
+	byWay := map[bool][]time.Duration{} // by whether the write labels (allows)
 	perNode := make([][]time.Duration, len(pairs))
 	for i := range writes {
 		on := i%2 == 0
@@ -584,6 +585,7 @@ func TestClusterWriteToEnforce(t *testing.T) {
 			perNode[j] = append(perNode[j], d)
 		}
 		total = append(total, slices.Max(took))
+		byWay[on] = append(byWay[on], slices.Max(took))
 		for _, p := range published {
 			if !p.IsZero() {
 				gens = append(gens, p.Sub(start))
@@ -593,6 +595,7 @@ func TestClusterWriteToEnforce(t *testing.T) {
 	host, _ := os.Hostname()
 	t.Logf("API write -> every agent enforcing, %d writes (label the API pod role=client and back), 3 agents, one verdict per node, %d CPUs, host %s:", writes, runtime.NumCPU(), host)
 	t.Logf("  all three nodes enforcing (real probes): %s", quantiles(total))
+	t.Logf("    label added (denied -> allowed): %s; label removed (allowed -> denied): %s", quantiles(byWay[true]), quantiles(byWay[false]))
 	for j, n := range judges {
 		t.Logf("  %s (%s): %s", n.Name(), pairs[j].From+" -> "+pairs[j].To, quantiles(perNode[j]))
 	}
