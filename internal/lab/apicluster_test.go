@@ -283,7 +283,7 @@ func (c *apiCluster) stepPairs(t *testing.T, what string, affected []Result, wri
 	}
 	start := time.Now()
 	took := converge(t, c.l, affected, start, probing{timeout: 500 * time.Millisecond, interval: 500 * time.Millisecond, inFlight: 1}, 30*time.Second)
-	t.Logf("%s: %d probe(s) changed (judged at %s), all as expected %v after the API write",
+	t.Logf("%s: %d probe(s) changed (pairs on %s), all as expected %v after the API write",
 		what, len(affected), strings.Join(nodesOf(affected), ", "), slices.Max(took).Round(time.Millisecond))
 	return checkMatrix(t, c.l, what)
 }
