@@ -10,7 +10,7 @@ VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 ARTICLE     := deploy/examples/aks-network-policies
 
-.PHONY: help build test lint demo bench bench-policy clean
+.PHONY: help build test lint demo bench bench-policy bench-cluster clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -49,6 +49,16 @@ bench: build ## podgate vs. kernel routing and iptables/ipset in a netns lab, qu
 
 bench-policy: ## policy table lookup and compile benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem ./policy/
+
+# CLUSTER_WRITES API writes (120 by default; the test's own default in
+# `make test` is 10), each timed until real probes show all three agents
+# enforcing it.
+CLUSTER_WRITES ?= 120
+
+bench-cluster: ## API write -> every agent enforcing, p50/p99: 3 agents on one real kube-apiserver in a netns lab (root; CLUSTER_WRITES)
+	@bash hack/deps.sh test
+	@bash hack/kube-binaries.sh >/dev/null
+	PODGATE_REQUIRE_KUBE=1 PODGATE_CLUSTER_WRITES=$(CLUSTER_WRITES) $(GO) test -run '^TestClusterWriteToEnforce$$' -count=1 -v ./internal/lab/
 
 .PHONY: image deploy-check
 

@@ -49,6 +49,11 @@ type Node struct {
 	// binary and args of the last StartAgent, for RestartAgent.
 	binary string
 	args   []string
+	// kubeconfig is the agent's --kubeconfig with Spec.AgentKubeconfig,
+	// once decided, and relay the relay to a loopback API server it
+	// names ([Node.agentKubeconfig]).
+	kubeconfig string
+	relay      *apiRelay
 }
 
 // agentProc is a running agent.
@@ -125,7 +130,9 @@ func (n *Node) BPFDir() string { return filepath.Join(n.lab.dir, "bpf-"+n.name) 
 //
 //	BINARY agent --manifests MANIFESTDIR --node-name NODE --metrics-addr 127.0.0.1:PORT [--state-dir DIR] ARGS...
 //
-// (--kubeconfig instead of --manifests with Spec.AgentKubeconfig). In a
+// (--kubeconfig instead of --manifests with Spec.AgentKubeconfig; a
+// server on the loopback is relayed into the node's namespace, see
+// Spec.AgentKubeconfig). In a
 // lab of several nodes the lab adds --state-dir ([Node.StateDir]), and
 // args must not have one: agents that share a state directory undo each
 // other's work. The agent's output is appended to [Node.AgentLog] (and
@@ -160,7 +167,12 @@ func (n *Node) startLocked(ctx context.Context, binary string, args []string) er
 	l := n.lab
 	source := []string{"--manifests", l.ManifestDir()}
 	if l.spec.AgentKubeconfig != "" {
-		source = []string{"--kubeconfig", l.spec.AgentKubeconfig}
+		kc, err := n.agentKubeconfig()
+		if err != nil {
+			_ = logf.Close()
+			return fmt.Errorf("start agent on node %s: %w", n.name, err)
+		}
+		source = []string{"--kubeconfig", kc}
 	}
 	argv := append(append([]string{"agent"}, source...),
 		"--node-name", n.name,

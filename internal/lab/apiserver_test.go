@@ -2,72 +2,52 @@ package lab
 
 import (
 	"context"
-	"io"
-	"net"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/podgate/podgate/internal/netns"
 	"github.com/podgate/podgate/internal/test/kubetest"
 	"github.com/podgate/podgate/policy"
 	"github.com/podgate/podgate/policy/table"
 )
 
-// relayIntoNetns listens on 127.0.0.1 inside ns and relays every
-// connection to target (host:port) on this process's loopback. It returns
-// the listener's address; it stops with the test.
-func relayIntoNetns(t *testing.T, ns *netns.Namespace, target string) string {
-	t.Helper()
-	var ln net.Listener
-	if err := ns.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp", "127.0.0.1:0")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				up, err := net.Dial("tcp", target)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				go func() { _, _ = io.Copy(up, c); up.(*net.TCPConn).CloseWrite() }()
-				_, _ = io.Copy(c, up)
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
-
 // articleThroughAPI starts a real kube-apiserver (Service range
 // 10.1.0.0/24, the article's --service-cidr), creates the article's
-// namespaces, pods (status written through the status subresource, as a
-// kubelet would), policies, and the db Service with its EndpointSlice (no
-// controller-manager runs: the test writes the slice the EndpointSlice
-// controller would) in it, builds the article's lab and starts the agent
-// on the API instead of files.
+// objects in it ([createManifests]), builds the article's lab and starts
+// the agent on the API instead of files.
 func articleThroughAPI(t *testing.T) (*Lab, kubernetes.Interface) {
 	t.Helper()
 	bin, extra := buildPodgate(t)
 	env := kubetest.StartWithOptions(t, kubetest.Options{APIServerFlags: []string{"--service-cluster-ip-range=10.1.0.0/24"}})
 	ctx := context.Background()
-	client := env.Client()
+	createManifests(t, env, articleDir)
+	// The API server listens on this namespace's loopback: the lab relays
+	// to it from the node's namespace (Spec.AgentKubeconfig).
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := kubetest.WriteKubeconfig(kubeconfig, env.Config()); err != nil {
+		t.Fatal(err)
+	}
+	l := NewForTest(t, Spec{Manifests: []string{articleDir}, Prefix: testPrefix, AgentKubeconfig: kubeconfig})
+	if err := l.StartAgent(ctx, bin, extra(l)...); err != nil {
+		t.Fatal(err)
+	}
+	return l, env.Client()
+}
 
-	m, err := policy.Load(articleDir)
+// createManifests creates the objects of the manifests in dir through the
+// API of env: namespaces, pods (status written through the status
+// subresource, as a kubelet would), policies, and the one Service with
+// its EndpointSlice (no controller-manager runs: the test writes the
+// slice the EndpointSlice controller would). The Service must get the
+// ClusterIP of the manifests (start env with the article's Service range).
+func createManifests(t *testing.T, env *kubetest.Env, dir string) {
+	t.Helper()
+	ctx := context.Background()
+	client := env.Client()
+	m, err := policy.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,20 +94,6 @@ func articleThroughAPI(t *testing.T) (*Lab, kubernetes.Interface) {
 			t.Fatal(err)
 		}
 	}
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	l := NewForTest(t, Spec{Manifests: []string{articleDir}, Prefix: testPrefix, AgentKubeconfig: kubeconfig})
-	// The agent runs in the node netns; the API server listens on the
-	// host's loopback. Listen on 127.0.0.1 inside the node netns and relay
-	// to the API server from here, so that neither netns changes.
-	cfg := env.Config()
-	cfg.Host = "https://" + relayIntoNetns(t, l.Node().NS, strings.TrimPrefix(env.Host(), "https://"))
-	if err := kubetest.WriteKubeconfig(kubeconfig, cfg); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.StartAgent(ctx, bin, extra(l)...); err != nil {
-		t.Fatal(err)
-	}
-	return l, client
 }
 
 // TestArticleThroughAPIServer is the article's scenario end to end with

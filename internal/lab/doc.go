@@ -94,13 +94,22 @@
 // their state directories (several nodes) and an owner record. Nothing in
 // the caller's own network namespace is changed.
 //
+// [Lab.MovePod] moves a pod to another node with new addresses, as a pod
+// deleted and created again there looks on the wire: its veth is deleted
+// from the old node and a new one made on the new node (same namespace),
+// and the underlay's routes follow.
+//
 // # Agents
 //
 // [Node.StartAgent] runs `podgate agent --manifests DIR --node-name NODE
 // --metrics-addr 127.0.0.1:PORT` in a node's namespace and waits for
 // /readyz, asked from inside that namespace ([Node.HTTPClient]); all nodes
 // read the same manifest directory, as a DaemonSet's agents watch one
-// cluster. [Lab.StartAgent] starts one on every node at once;
+// cluster. With Spec.AgentKubeconfig the agents watch a Kubernetes API
+// server instead (--kubeconfig): one whose address is on the loopback of
+// the lab's own namespace (a test's kube-apiserver) is relayed into each
+// node's namespace, each agent getting a kubeconfig that names its
+// node's relay. [Lab.StartAgent] starts one on every node at once;
 // [Lab.StopAgent], [Lab.KillAgent] and [Lab.RestartAgent] (and the same
 // methods of [Node]) stop, kill and restart them. In a lab of one node
 // give the agent its own state directory (`--state-dir` under [Lab.Dir],

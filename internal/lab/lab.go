@@ -411,6 +411,11 @@ func (l *Lab) Close() error {
 		if err := l.StopAgent(unix.SIGTERM); err != nil && !errors.Is(err, ErrNoAgent) {
 			errs = append(errs, err)
 		}
+		for _, n := range l.nodes {
+			if err := n.closeRelay(); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		l.closeStreams()
 		if err := l.servers.close(); err != nil {
 			errs = append(errs, err)

@@ -87,7 +87,13 @@ type Spec struct {
 	// AgentKubeconfig, when set, makes StartAgent run the agents against
 	// the Kubernetes API of this kubeconfig instead of the lab's manifest
 	// directory. The caller creates the objects in the API; the lab's
-	// expectations still come from Manifests.
+	// expectations still come from Manifests (keep them in step with
+	// [Lab.Apply]). A server on a loopback address (a test's
+	// kube-apiserver on 127.0.0.1) is out of reach of the node
+	// namespaces: the lab then listens on the same loopback address in
+	// each node's namespace, relays to the server from its own, and
+	// gives each node's agent a copy of the kubeconfig that names its
+	// relay (kubeconfig-NODE in [Lab.Dir]).
 	AgentKubeconfig string
 	// ProbeTimeout bounds each probe (default 3s, so that one TCP SYN
 	// retransmission, after 1s, fits). A probe that is denied
