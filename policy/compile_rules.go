@@ -43,7 +43,7 @@ func (b *builder) addPolicies(nps []*networkingv1.NetworkPolicy) error {
 		}
 		spec.Policies[pi] = info
 		nsi := b.namespace(np.Namespace)
-		sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+		sel, err := b.selector(&np.Spec.PodSelector)
 		if err != nil {
 			return invalid("NetworkPolicy", np.Namespace, np.Name, fmt.Errorf("spec.podSelector: %w", err))
 		}
@@ -141,6 +141,18 @@ func (b *builder) compileRule(np *networkingv1.NetworkPolicy, ref table.RuleRef,
 	return r, nil
 }
 
+// selector parses a label selector. A trusted selector of matchLabels
+// only, which the API server validated, is built without validating its
+// keys and values again (the regular expressions of that validation were
+// the largest part of compiling the policies); it matches and prints
+// exactly as the validated one.
+func (b *builder) selector(s *metav1.LabelSelector) (labels.Selector, error) {
+	if b.opts.Trusted && s != nil && len(s.MatchExpressions) == 0 {
+		return labels.SelectorFromValidatedSet(s.MatchLabels), nil
+	}
+	return metav1.LabelSelectorAsSelector(s)
+}
+
 // peerSet returns the identities a pod/namespace selector peer of a policy
 // in namespace ns matches. Results are shared between equal peers.
 func (b *builder) peerSet(ns string, nsSel, podSel *metav1.LabelSelector) (table.Bitset, error) {
@@ -150,7 +162,7 @@ func (b *builder) peerSet(ns string, nsSel, podSel *metav1.LabelSelector) (table
 		nsKey = "ns=" + ns
 		namespaces = []int32{b.namespace(ns)}
 	} else {
-		sel, err := metav1.LabelSelectorAsSelector(nsSel)
+		sel, err := b.selector(nsSel)
 		if err != nil {
 			return nil, fmt.Errorf("namespaceSelector: %w", err)
 		}
@@ -168,7 +180,7 @@ func (b *builder) peerSet(ns string, nsSel, podSel *metav1.LabelSelector) (table
 	var podMatch labels.Selector
 	podKey := "*"
 	if podSel != nil {
-		sel, err := metav1.LabelSelectorAsSelector(podSel)
+		sel, err := b.selector(podSel)
 		if err != nil {
 			return nil, fmt.Errorf("podSelector: %w", err)
 		}
