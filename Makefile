@@ -50,6 +50,11 @@ bench: build ## podgate vs. kernel routing and iptables/ipset in a netns lab, qu
 bench-policy: ## policy table lookup and compile benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem ./policy/
 
+.PHONY: bench-scale
+bench-scale: ## control plane at scale: API server with 10,000 pods and 2,000 NetworkPolicies; one agent's memory, time to ready, write-to-table latency under churn (docs/control-plane-at-scale.md)
+	@bash hack/kube-binaries.sh >/dev/null
+	PODGATE_SCALE=1 PODGATE_REQUIRE_KUBE=1 $(GO) test -count=1 -run '^TestControlPlaneAtScale$$' -v -timeout 30m ./k8swatch/
+
 .PHONY: image deploy-check
 
 image: ## container image with podman (FROM scratch + bin/podgate), then `podgate version` in it
