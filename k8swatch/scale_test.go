@@ -48,9 +48,11 @@ import (
 const (
 	// envScale=1 runs TestControlPlaneAtScale (make bench-scale).
 	envScale = "PODGATE_SCALE"
-	// envScaleTransforms lists the informer transforms to measure the
-	// agent with, comma-separated: "trim" (TrimForPolicy, as the agent
-	// runs) and "strip" (StripManagedFields only). Default "trim".
+	// envScaleTransforms lists the agents to measure, comma-separated, by
+	// informer transform: "trim" (TrimForPolicy, as the agent runs) or
+	// "strip" (StripManagedFields only), with "+json" for reading the
+	// built-in types as JSON instead of protobuf (ProtobufConfig), as
+	// the agent did before. Default "trim".
 	envScaleTransforms = "PODGATE_SCALE_TRANSFORMS"
 	// envScaleChurn is how long the churn lasts, as a Go duration;
 	// default 30s.
@@ -104,7 +106,7 @@ func TestControlPlaneAtScale(t *testing.T) {
 	}
 	transforms := cmpOr(os.Getenv(envScaleTransforms), "trim")
 	for _, tr := range strings.Split(transforms, ",") {
-		t.Run("transform="+tr, func(t *testing.T) {
+		t.Run("agent="+tr, func(t *testing.T) {
 			args := []string{"-test.run=^TestControlPlaneAtScaleAgent$", "-test.v", "-test.count=1", "-test.timeout=15m"}
 			cmd := exec.CommandContext(ctx, os.Args[0], args...)
 			cmd.Env = append(os.Environ(), envScaleAgent+"="+kubeconfig, envScaleTransform+"="+tr)
@@ -434,7 +436,13 @@ func TestControlPlaneAtScaleAgent(t *testing.T) {
 	}
 	var counter requestCounter
 	restCfg.WrapTransport = counter.wrap
-	client, err := kubernetes.NewForConfig(restCfg)
+	variant := cmpOr(os.Getenv(envScaleTransform), "trim")
+	tr, json := strings.CutSuffix(variant, "+json")
+	kubeCfg := restCfg
+	if !json {
+		kubeCfg = ProtobufConfig(restCfg)
+	}
+	client, err := kubernetes.NewForConfig(kubeCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -443,10 +451,12 @@ func TestControlPlaneAtScaleAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	transform := TrimForPolicy
-	if tr := os.Getenv(envScaleTransform); tr == "strip" {
+	switch tr {
+	case "trim":
+	case "strip":
 		transform = StripManagedFields
-	} else if tr != "trim" && tr != "" {
-		t.Fatalf("unknown transform %q (trim or strip)", tr)
+	default:
+		t.Fatalf("unknown transform %q (trim or strip, with +json)", tr)
 	}
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(transform))
 	store := &table.Store{}
@@ -495,8 +505,8 @@ func TestControlPlaneAtScaleAgent(t *testing.T) {
 	ready := time.Since(begin)
 	st := src.Status()
 	stats := store.Load().Stats()
-	t.Logf("transform %s: ready in %v (first table: %d endpoints, %d identities, %d policies, %d rules; compile %v, rebuild %v); %d requests, %.1f MiB received",
-		cmpOr(os.Getenv(envScaleTransform), "trim"), ready.Round(time.Millisecond), stats.Endpoints, stats.Identities, stats.Policies, stats.Rules,
+	t.Logf("agent %s: ready in %v (first table: %d endpoints, %d identities, %d policies, %d rules; compile %v, rebuild %v); %d requests, %.1f MiB received",
+		variant, ready.Round(time.Millisecond), stats.Endpoints, stats.Identities, stats.Policies, stats.Rules,
 		stats.Duration.Round(time.Millisecond), st.LastRebuild.Round(time.Millisecond), counter.requests.Load(), float64(counter.bytes.Load())/(1<<20))
 	t.Logf("memory when ready: %s", memory())
 

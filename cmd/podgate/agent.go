@@ -282,7 +282,9 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		client, err := kubernetes.NewForConfig(restCfg)
+		// Protobuf for the built-in types; the cluster policies are
+		// custom resources, served as JSON only.
+		client, err := kubernetes.NewForConfig(k8swatch.ProtobufConfig(restCfg))
 		if err != nil {
 			return fmt.Errorf("create Kubernetes client: %w", err)
 		}
