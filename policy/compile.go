@@ -189,8 +189,11 @@ type builder struct {
 	// selected[p] are the identities policy p selects.
 	selected [][]int32
 
-	nsSel    map[string][]int32      // namespace selector string -> namespaces
-	peerSets map[string]table.Bitset // peer key -> identities
+	nsSel map[string][]int32 // namespace selector string -> namespaces
+	// labelKeys and labelValues remember which label keys and values of
+	// trusted selectors are valid.
+	labelKeys, labelValues map[string]bool
+	peerSets               map[string]table.Bitset // peer key -> identities
 
 	// compiled[p][dir] are the rules of policy p.
 	compiled [][2][]table.Rule

@@ -7,9 +7,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/validate/content"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/podgate/podgate/policy/table"
 )
@@ -142,15 +144,43 @@ func (b *builder) compileRule(np *networkingv1.NetworkPolicy, ref table.RuleRef,
 }
 
 // selector parses a label selector. A trusted selector of matchLabels
-// only, which the API server validated, is built without validating its
-// keys and values again (the regular expressions of that validation were
-// the largest part of compiling the policies); it matches and prints
-// exactly as the validated one.
+// only is built from keys and values validated once per compile (the
+// regular expressions of that validation were the largest part of
+// compiling the policies, and policies share a few keys and values); it
+// matches and prints exactly as one that metav1.LabelSelectorAsSelector
+// builds, and an invalid key or value is still an error.
 func (b *builder) selector(s *metav1.LabelSelector) (labels.Selector, error) {
-	if b.opts.Trusted && s != nil && len(s.MatchExpressions) == 0 {
-		return labels.SelectorFromValidatedSet(s.MatchLabels), nil
+	if !b.opts.Trusted || s == nil || len(s.MatchExpressions) > 0 {
+		return metav1.LabelSelectorAsSelector(s)
 	}
-	return metav1.LabelSelectorAsSelector(s)
+	for k, v := range s.MatchLabels {
+		if !b.validLabel(k, v) {
+			return metav1.LabelSelectorAsSelector(s)
+		}
+	}
+	return labels.SelectorFromValidatedSet(s.MatchLabels), nil
+}
+
+// validLabel reports whether k is a valid label key and v a valid label
+// value, as labels.NewRequirement checks them, remembering the answers.
+func (b *builder) validLabel(k, v string) bool {
+	if b.labelKeys == nil {
+		b.labelKeys, b.labelValues = make(map[string]bool), make(map[string]bool)
+	}
+	ok, seen := b.labelKeys[k]
+	if !seen {
+		ok = len(content.IsLabelKey(k)) == 0
+		b.labelKeys[k] = ok
+	}
+	if !ok {
+		return false
+	}
+	ok, seen = b.labelValues[v]
+	if !seen {
+		ok = len(validation.IsValidLabelValue(v)) == 0
+		b.labelValues[v] = ok
+	}
+	return ok
 }
 
 // peerSet returns the identities a pod/namespace selector peer of a policy
