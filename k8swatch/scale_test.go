@@ -62,6 +62,11 @@ const (
 	envScaleAgent = "PODGATE_SCALE_AGENT_KUBECONFIG"
 	// envScaleTransform is the transform of the agent subprocess.
 	envScaleTransform = "PODGATE_SCALE_TRANSFORM"
+	// envScaleRun is "i/n": the agent subprocess is the i-th of n on one
+	// API server, and its churn changes only the namespaces n%n == i and
+	// creates pods of its own names and addresses, so that it knows the
+	// pods it changes whatever the agents before it did.
+	envScaleRun = "PODGATE_SCALE_RUN"
 )
 
 // scaleSize is the cluster that TestControlPlaneAtScale loads.
@@ -105,11 +110,12 @@ func TestControlPlaneAtScale(t *testing.T) {
 		t.Fatal(err)
 	}
 	transforms := cmpOr(os.Getenv(envScaleTransforms), "trim")
-	for _, tr := range strings.Split(transforms, ",") {
+	variants := strings.Split(transforms, ",")
+	for i, tr := range variants {
 		t.Run("agent="+tr, func(t *testing.T) {
 			args := []string{"-test.run=^TestControlPlaneAtScaleAgent$", "-test.v", "-test.count=1", "-test.timeout=15m"}
 			cmd := exec.CommandContext(ctx, os.Args[0], args...)
-			cmd.Env = append(os.Environ(), envScaleAgent+"="+kubeconfig, envScaleTransform+"="+tr)
+			cmd.Env = append(os.Environ(), envScaleAgent+"="+kubeconfig, envScaleTransform+"="+tr, fmt.Sprintf("%s=%d/%d", envScaleRun, i, len(variants)))
 			var out bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &out
 			err := cmd.Run()
@@ -388,6 +394,16 @@ func procStatus(field string) float64 {
 	return -1
 }
 
+// loadavg returns the first three fields of /proc/loadavg: the machine
+// is shared, and the numbers mean little under load.
+func loadavg() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.Join(strings.Fields(string(data))[:3], " ")
+}
+
 // memory describes the process's memory: resident as it runs, and the
 // live heap after a collection.
 func memory() string {
@@ -426,7 +442,7 @@ func TestControlPlaneAtScaleAgent(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	t.Logf("agent process at start: VmRSS %.0f MiB", procStatus("VmRSS"))
+	t.Logf("agent process at start: VmRSS %.0f MiB; load average %s", procStatus("VmRSS"), loadavg())
 
 	// The source, wired as `podgate agent` wires it, with its requests
 	// counted.
@@ -487,15 +503,18 @@ func TestControlPlaneAtScaleAgent(t *testing.T) {
 	}
 	begin := time.Now()
 	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
+	// Stop the source, then the informers, which stop with ctx.
+	defer func() {
+		cancel()
+		wg.Wait()
+		factory.Shutdown()
+	}()
 	wg.Go(func() {
 		if err := src.Run(ctx); err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	})
 	factory.Start(ctx.Done())
-	defer factory.Shutdown()
 	for !src.Ready() {
 		if time.Since(begin) > 5*time.Minute {
 			t.Fatalf("not ready after 5 minutes: %v", src.Status().Err())
@@ -537,7 +556,7 @@ func TestControlPlaneAtScaleAgent(t *testing.T) {
 	t.Logf("  rebuild (list, compile, publish) during the churn: %s", quantiles(rb))
 	t.Logf("  source requests during the churn and the drain: %d (%.2f/s), %.1f MiB received (%.0f KiB/s); source events %d, rebuilds %d",
 		r1-r0, float64(r1-r0)/churn.Seconds(), float64(b1-b0)/(1<<20), float64(b1-b0)/1024/churn.Seconds(), st.Events, st.Rebuilds)
-	t.Logf("memory after the churn: %s", memory())
+	t.Logf("memory after the churn: %s; load average %s", memory(), loadavg())
 	if failed > 0 {
 		t.Errorf("%d changes never reached the table", failed)
 	}
@@ -574,8 +593,14 @@ func runChurn(ctx context.Context, t *testing.T, kubeconfig string, store *table
 		t.Fatal(err)
 	}
 	s := defaultScale
+	run, runs := 0, 1
+	if v := os.Getenv(envScaleRun); v != "" {
+		if _, err := fmt.Sscanf(v, "%d/%d", &run, &runs); err != nil || run < 0 || run >= runs {
+			t.Fatalf("%s=%q: want i/n", envScaleRun, v)
+		}
+	}
 	var pods []*churnPod
-	for n := range s.namespaces {
+	for n := run; n < s.namespaces; n += runs {
 		for p := range s.podsPerNS {
 			pods = append(pods, &churnPod{ns: fmt.Sprintf("ns-%d", n), name: fmt.Sprintf("pod-%d", p), ip: netip.MustParseAddr(scalePodIP(s, n, p)), present: true})
 		}
@@ -617,8 +642,8 @@ func runChurn(ctx context.Context, t *testing.T, kubeconfig string, store *table
 		case 0: // create a pod, then give it an address
 			pmu.Lock()
 			n := rng.IntN(s.namespaces)
-			slot := &churnPod{ns: fmt.Sprintf("ns-%d", n), name: fmt.Sprintf("churn-%d", created),
-				ip: netip.MustParseAddr(fmt.Sprintf("10.100.%d.%d", created>>8, created&255)), busy: true}
+			slot := &churnPod{ns: fmt.Sprintf("ns-%d", n), name: fmt.Sprintf("churn-%d-%d", run, created),
+				ip: netip.MustParseAddr(fmt.Sprintf("10.%d.%d.%d", 100+run, created>>8, created&255)), busy: true}
 			created++
 			pmu.Unlock()
 			pod, err := client.CoreV1().Pods(slot.ns).Create(ctx, scalePod(slot.ns, slot.name, fmt.Sprintf("node-%d", i%s.nodes), i), metav1.CreateOptions{})
