@@ -345,6 +345,8 @@ func loadScaleCluster(ctx context.Context, t *testing.T, env *kubetest.Env, clie
 // responses (watch streams included), through rest.Config.WrapTransport.
 type requestCounter struct {
 	requests, watches, bytes atomic.Int64
+	// protobuf counts the responses in protobuf.
+	protobuf atomic.Int64
 }
 
 func (c *requestCounter) wrap(rt http.RoundTripper) http.RoundTripper {
@@ -354,6 +356,9 @@ func (c *requestCounter) wrap(rt http.RoundTripper) http.RoundTripper {
 			c.watches.Add(1)
 		}
 		resp, err := rt.RoundTrip(req)
+		if err == nil && strings.HasPrefix(resp.Header.Get("Content-Type"), "application/vnd.kubernetes.protobuf") {
+			c.protobuf.Add(1)
+		}
 		if err == nil && resp.Body != nil {
 			resp.Body = &countingBody{ReadCloser: resp.Body, n: &c.bytes}
 		}
@@ -524,9 +529,9 @@ func TestControlPlaneAtScaleAgent(t *testing.T) {
 	ready := time.Since(begin)
 	st := src.Status()
 	stats := store.Load().Stats()
-	t.Logf("agent %s: ready in %v (first table: %d endpoints, %d identities, %d policies, %d rules; compile %v, rebuild %v); %d requests, %.1f MiB received",
+	t.Logf("agent %s: ready in %v (first table: %d endpoints, %d identities, %d policies, %d rules; compile %v, rebuild %v); %d requests (%d answered in protobuf), %.1f MiB received",
 		variant, ready.Round(time.Millisecond), stats.Endpoints, stats.Identities, stats.Policies, stats.Rules,
-		stats.Duration.Round(time.Millisecond), st.LastRebuild.Round(time.Millisecond), counter.requests.Load(), float64(counter.bytes.Load())/(1<<20))
+		stats.Duration.Round(time.Millisecond), st.LastRebuild.Round(time.Millisecond), counter.requests.Load(), counter.protobuf.Load(), float64(counter.bytes.Load())/(1<<20))
 	t.Logf("memory when ready: %s", memory())
 
 	// Idle: what the source asks of the API server when nothing changes.
