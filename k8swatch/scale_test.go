@@ -50,9 +50,8 @@ const (
 	envScale = "PODGATE_SCALE"
 	// envScaleTransforms lists the agents to measure, comma-separated, by
 	// informer transform: "trim" (TrimForPolicy, as the agent runs) or
-	// "strip" (StripManagedFields only), with "+json" for reading the
-	// built-in types as JSON instead of protobuf (ProtobufConfig), as
-	// the agent did before. Default "trim".
+	// "strip" (StripManagedFields only, as it ran before). Default
+	// "trim".
 	envScaleTransforms = "PODGATE_SCALE_TRANSFORMS"
 	// envScaleChurn is how long the churn lasts, as a Go duration;
 	// default 30s.
@@ -457,13 +456,9 @@ func TestControlPlaneAtScaleAgent(t *testing.T) {
 	}
 	var counter requestCounter
 	restCfg.WrapTransport = counter.wrap
+	// client-go's generated clients ask for protobuf by default.
 	variant := cmpOr(os.Getenv(envScaleTransform), "trim")
-	tr, json := strings.CutSuffix(variant, "+json")
-	kubeCfg := restCfg
-	if !json {
-		kubeCfg = ProtobufConfig(restCfg)
-	}
-	client, err := kubernetes.NewForConfig(kubeCfg)
+	client, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -472,12 +467,12 @@ func TestControlPlaneAtScaleAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	transform := TrimForPolicy
-	switch tr {
+	switch variant {
 	case "trim":
 	case "strip":
 		transform = StripManagedFields
 	default:
-		t.Fatalf("unknown transform %q (trim or strip, with +json)", tr)
+		t.Fatalf("unknown transform %q (trim or strip)", variant)
 	}
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(transform))
 	store := &table.Store{}

@@ -3,7 +3,6 @@ package k8swatch
 import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 )
 
 // TrimForPolicy is an informer transform (a cache.TransformFunc, for
@@ -78,18 +77,4 @@ func trimNode(n *corev1.Node) *corev1.Node {
 		ObjectMeta: keepMeta(&n.ObjectMeta),
 		Status:     corev1.NodeStatus{Addresses: n.Status.Addresses},
 	}
-}
-
-// ProtobufConfig returns a copy of cfg whose clients ask the API server for
-// protobuf, falling back to JSON, and send protobuf. For built-in types
-// protobuf is several times cheaper to decode than JSON and smaller on the
-// wire, which matters when an agent lists and watches every Pod of the
-// cluster. Use it only for clients of built-in types (the Kubernetes
-// clientset): the API server serves custom resources, such as the cluster
-// policies, as JSON only.
-func ProtobufConfig(cfg *rest.Config) *rest.Config {
-	out := rest.CopyConfig(cfg)
-	out.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
-	out.ContentType = "application/vnd.kubernetes.protobuf"
-	return out
 }

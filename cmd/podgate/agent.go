@@ -282,9 +282,7 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		// Protobuf for the built-in types; the cluster policies are
-		// custom resources, served as JSON only.
-		client, err := kubernetes.NewForConfig(k8swatch.ProtobufConfig(restCfg))
+		client, err := kubernetes.NewForConfig(restCfg)
 		if err != nil {
 			return fmt.Errorf("create Kubernetes client: %w", err)
 		}
