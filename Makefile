@@ -60,6 +60,11 @@ bench-cluster: ## API write -> every agent enforcing, p50/p99: 3 agents on one r
 	@bash hack/kube-binaries.sh >/dev/null
 	PODGATE_REQUIRE_KUBE=1 PODGATE_CLUSTER_WRITES=$(CLUSTER_WRITES) $(GO) test -run '^TestClusterWriteToEnforce$$' -count=1 -v ./internal/lab/
 
+.PHONY: bench-scale
+bench-scale: ## control plane at scale: API server with 10,000 pods and 2,000 NetworkPolicies; one agent's memory, time to ready, write-to-table latency under churn (docs/control-plane-at-scale.md)
+	@bash hack/kube-binaries.sh >/dev/null
+	PODGATE_SCALE=1 PODGATE_REQUIRE_KUBE=1 $(GO) test -count=1 -run '^TestControlPlaneAtScale$$' -v -timeout 30m ./k8swatch/
+
 .PHONY: image deploy-check
 
 image: ## container image with podman (FROM scratch + bin/podgate), then `podgate version` in it

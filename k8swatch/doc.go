@@ -9,8 +9,10 @@
 //
 //   - [APISource] watches the Kubernetes API through typed client-go
 //     shared informers that the caller creates from one
-//     informers.SharedInformerFactory (with [StripManagedFields] as its
-//     transform) and hands to [NewAPISource] before starting the factory.
+//     informers.SharedInformerFactory (with [TrimForPolicy] as its
+//     transform, which keeps of Pods and Nodes only what the table reads,
+//     or at least [StripManagedFields]) and hands to [NewAPISource] before
+//     starting the factory.
 //     Event handlers only note that the view changed and trigger a rebuild;
 //     rebuilds list the informer caches, compile and publish. A
 //     bounded-frequency runner coalesces bursts: the first change after a

@@ -23,7 +23,7 @@ import (
 )
 
 // apiSetup is an APISource wired as cmd wires it: one informer factory
-// with StripManagedFields, the source created before the factory starts.
+// with TrimForPolicy, the source created before the factory starts.
 type apiSetup struct {
 	src   *APISource
 	store *table.Store
@@ -38,7 +38,7 @@ func startAPISource(t testing.TB, client kubernetes.Interface, nodeName string) 
 // startAPISourceWith is startAPISource with a change to the config.
 func startAPISourceWith(t testing.TB, client kubernetes.Interface, nodeName string, change func(*APIConfig)) *apiSetup {
 	t.Helper()
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(StripManagedFields))
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(TrimForPolicy))
 	s := &apiSetup{store: &table.Store{}}
 	log, logs := testLogger(t)
 	s.logs = logs

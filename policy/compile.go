@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/podgate/podgate/internal/addrmap"
@@ -15,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apimachineryvalidation "k8s.io/apimachinery/pkg/api/validation"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -189,8 +189,11 @@ type builder struct {
 	// selected[p] are the identities policy p selects.
 	selected [][]int32
 
-	nsSel    map[string][]int32      // namespace selector string -> namespaces
-	peerSets map[string]table.Bitset // peer key -> identities
+	nsSel map[string][]int32 // namespace selector string -> namespaces
+	// labelKeys and labelValues remember which label keys and values of
+	// trusted selectors are valid.
+	labelKeys, labelValues map[string]bool
+	peerSets               map[string]table.Bitset // peer key -> identities
 
 	// compiled[p][dir] are the rules of policy p.
 	compiled [][2][]table.Rule
@@ -246,21 +249,24 @@ func (b *builder) addNamespaces(nss []*corev1.Namespace) []error {
 	return errs
 }
 
-// canonicalLabels is a stable string form of a label set.
-func canonicalLabels(l map[string]string) string {
-	keys := make([]string, 0, len(l))
+// appendIdentityKey appends the identity key of a pod, its namespace and
+// a stable form of its labels, to buf; keys is scratch space for sorting
+// the label keys, returned for reuse.
+func appendIdentityKey(buf []byte, keys []string, ns string, l map[string]string) ([]byte, []string) {
+	keys = keys[:0]
 	for k := range l {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	var sb strings.Builder
+	buf = append(buf, ns...)
+	buf = append(buf, 0)
 	for _, k := range keys {
-		sb.WriteString(k)
-		sb.WriteByte(0)
-		sb.WriteString(l[k])
-		sb.WriteByte(0)
+		buf = append(buf, k...)
+		buf = append(buf, 0)
+		buf = append(buf, l[k]...)
+		buf = append(buf, 0)
 	}
-	return sb.String()
+	return buf, keys
 }
 
 func (b *builder) addPods(pods []*corev1.Pod) []error {
@@ -289,7 +295,8 @@ func (b *builder) addPods(pods []*corev1.Pod) []error {
 			pc = p.DeepCopy()
 			pc.Namespace = ns
 		}
-		if el := b.validatePod(pc); len(el) > 0 {
+		ips, el := podIPs(p)
+		if el = append(b.validatePod(pc), el...); len(el) > 0 {
 			errs = append(errs, invalid("Pod", ns, p.Name, el.ToAggregate()))
 			continue
 		}
@@ -297,7 +304,6 @@ func (b *builder) addPods(pods []*corev1.Pod) []error {
 			errs = append(errs, invalid("Pod", ns, p.Name, errors.New("declared more than once")))
 			continue
 		}
-		ips, _ := podIPs(p)
 		for _, a := range ips {
 			if a.Is4() {
 				n4++
@@ -310,14 +316,16 @@ func (b *builder) addPods(pods []*corev1.Pod) []error {
 	spec := b.spec
 	spec.ByAddr = addrmap.New[int32](n4, n6)
 	spec.Endpoints = make([]table.Endpoint, 0, len(ok))
+	var keyBuf []byte
+	var keys []string
 	for _, pp := range ok {
 		p, ns := pp.pod, pp.ns
 		nsi := b.namespace(ns)
-		key := ns + "\x00" + canonicalLabels(p.Labels)
-		id, found := b.idIndex[key]
+		keyBuf, keys = appendIdentityKey(keyBuf[:0], keys, ns, p.Labels)
+		id, found := b.idIndex[string(keyBuf)]
 		if !found {
 			id = int32(len(spec.Identities))
-			b.idIndex[key] = id
+			b.idIndex[string(keyBuf)] = id
 			spec.Identities = append(spec.Identities, table.Identity{Groups: [2]int32{-1, -1}})
 			b.idLabels = append(b.idLabels, labels.Set(p.Labels))
 			b.nsIDs[nsi] = append(b.nsIDs[nsi], id)
@@ -376,7 +384,31 @@ func (b *builder) portName(n string) int32 {
 }
 
 func (b *builder) defaultPolicies(nps []*networkingv1.NetworkPolicy) ([]*networkingv1.NetworkPolicy, []error) {
-	return defaultAndSort("NetworkPolicy", nps, DefaultNetworkPolicy, b.validatePolicy)
+	return defaultAndSort("NetworkPolicy", nps, defaultedNetworkPolicy, b.validatePolicy)
+}
+
+// defaultedNetworkPolicy is [DefaultNetworkPolicy] without the copy when
+// np needs no default, as objects from the API server never do: compiling
+// only reads the policies it defaulted.
+func defaultedNetworkPolicy(np *networkingv1.NetworkPolicy) *networkingv1.NetworkPolicy {
+	if np.Namespace == "" || len(np.Spec.PolicyTypes) == 0 {
+		return DefaultNetworkPolicy(np)
+	}
+	for _, r := range np.Spec.Ingress {
+		for _, p := range r.Ports {
+			if p.Protocol == nil {
+				return DefaultNetworkPolicy(np)
+			}
+		}
+	}
+	for _, r := range np.Spec.Egress {
+		for _, p := range r.Ports {
+			if p.Protocol == nil {
+				return DefaultNetworkPolicy(np)
+			}
+		}
+	}
+	return np
 }
 
 // defaultAndSort applies the API server's defaults (def) to every object
@@ -412,11 +444,15 @@ func (b *builder) validateNamespace(ns *corev1.Namespace) field.ErrorList {
 	return validateNamespace(ns)
 }
 
+// validatePod checks a pod but not its addresses, which the caller
+// parses.
 func (b *builder) validatePod(p *corev1.Pod) field.ErrorList {
+	el := validateContainerPorts(p)
 	if b.opts.Trusted {
-		return validatePodPorts(p)
+		return el
 	}
-	return validatePod(p)
+	return append(apimachineryvalidation.ValidateObjectMeta(&p.ObjectMeta, true,
+		apimachineryvalidation.NameIsDNSSubdomain, field.NewPath("metadata")), el...)
 }
 
 // validatePolicy checks a defaulted policy. Trusted policies are checked

@@ -7,9 +7,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/validate/content"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/podgate/podgate/policy/table"
 )
@@ -43,7 +45,7 @@ func (b *builder) addPolicies(nps []*networkingv1.NetworkPolicy) error {
 		}
 		spec.Policies[pi] = info
 		nsi := b.namespace(np.Namespace)
-		sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+		sel, err := b.selector(&np.Spec.PodSelector)
 		if err != nil {
 			return invalid("NetworkPolicy", np.Namespace, np.Name, fmt.Errorf("spec.podSelector: %w", err))
 		}
@@ -141,6 +143,46 @@ func (b *builder) compileRule(np *networkingv1.NetworkPolicy, ref table.RuleRef,
 	return r, nil
 }
 
+// selector parses a label selector. A trusted selector of matchLabels
+// only is built from keys and values validated once per compile (the
+// regular expressions of that validation were the largest part of
+// compiling the policies, and policies share a few keys and values); it
+// matches and prints exactly as one that metav1.LabelSelectorAsSelector
+// builds, and an invalid key or value is still an error.
+func (b *builder) selector(s *metav1.LabelSelector) (labels.Selector, error) {
+	if !b.opts.Trusted || s == nil || len(s.MatchExpressions) > 0 {
+		return metav1.LabelSelectorAsSelector(s)
+	}
+	for k, v := range s.MatchLabels {
+		if !b.validLabel(k, v) {
+			return metav1.LabelSelectorAsSelector(s)
+		}
+	}
+	return labels.SelectorFromValidatedSet(s.MatchLabels), nil
+}
+
+// validLabel reports whether k is a valid label key and v a valid label
+// value, as labels.NewRequirement checks them, remembering the answers.
+func (b *builder) validLabel(k, v string) bool {
+	if b.labelKeys == nil {
+		b.labelKeys, b.labelValues = make(map[string]bool), make(map[string]bool)
+	}
+	ok, seen := b.labelKeys[k]
+	if !seen {
+		ok = len(content.IsLabelKey(k)) == 0
+		b.labelKeys[k] = ok
+	}
+	if !ok {
+		return false
+	}
+	ok, seen = b.labelValues[v]
+	if !seen {
+		ok = len(validation.IsValidLabelValue(v)) == 0
+		b.labelValues[v] = ok
+	}
+	return ok
+}
+
 // peerSet returns the identities a pod/namespace selector peer of a policy
 // in namespace ns matches. Results are shared between equal peers.
 func (b *builder) peerSet(ns string, nsSel, podSel *metav1.LabelSelector) (table.Bitset, error) {
@@ -150,7 +192,7 @@ func (b *builder) peerSet(ns string, nsSel, podSel *metav1.LabelSelector) (table
 		nsKey = "ns=" + ns
 		namespaces = []int32{b.namespace(ns)}
 	} else {
-		sel, err := metav1.LabelSelectorAsSelector(nsSel)
+		sel, err := b.selector(nsSel)
 		if err != nil {
 			return nil, fmt.Errorf("namespaceSelector: %w", err)
 		}
@@ -168,7 +210,7 @@ func (b *builder) peerSet(ns string, nsSel, podSel *metav1.LabelSelector) (table
 	var podMatch labels.Selector
 	podKey := "*"
 	if podSel != nil {
-		sel, err := metav1.LabelSelectorAsSelector(podSel)
+		sel, err := b.selector(podSel)
 		if err != nil {
 			return nil, fmt.Errorf("podSelector: %w", err)
 		}

@@ -317,6 +317,12 @@ func TestTrustedCompileStillRejectsMalformedValues(t *testing.T) {
 		"operator": func(c *policy.Cluster) {
 			c.Policies = append(c.Policies, mustPolicy(t, npHeader+"spec: {podSelector: {matchExpressions: [{key: a, operator: Equals}]}}"))
 		},
+		"matchLabels key": func(c *policy.Cluster) {
+			c.Policies = append(c.Policies, mustPolicy(t, npHeader+"spec: {podSelector: {matchLabels: {'not a key!': x}}}"))
+		},
+		"matchLabels value": func(c *policy.Cluster) {
+			c.Policies = append(c.Policies, mustPolicy(t, npHeader+"spec: {podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {team: 'not a value!'}}}]}]}"))
+		},
 		"port": func(c *policy.Cluster) {
 			c.Policies = append(c.Policies, mustPolicy(t, npHeader+"spec: {podSelector: {}, ingress: [{ports: [{port: 70000}]}]}"))
 		},

@@ -206,28 +206,35 @@ func validatePod(pod *corev1.Pod) field.ErrorList {
 // validatePodPorts checks a Pod's addresses and container ports: what
 // compiling reads from it besides names and labels.
 func validatePodPorts(pod *corev1.Pod) field.ErrorList {
+	allErrs := validateContainerPorts(pod)
+	_, errs := podIPs(pod)
+	return append(allErrs, errs...)
+}
+
+// validateContainerPorts checks a Pod's container ports. Field paths are
+// made only for errors: compiling checks every pod of the cluster.
+func validateContainerPorts(pod *corev1.Pod) field.ErrorList {
 	var allErrs field.ErrorList
-	spec := field.NewPath("spec")
 	for i, c := range pod.Spec.Containers {
-		cp := spec.Child("containers").Index(i)
 		for j, p := range c.Ports {
-			pp := cp.Child("ports").Index(j)
+			pp := func() *field.Path {
+				return field.NewPath("spec").Child("containers").Index(i).Child("ports").Index(j)
+			}
 			if p.Name != "" {
 				for _, msg := range validation.IsValidPortName(p.Name) {
-					allErrs = append(allErrs, field.Invalid(pp.Child("name"), p.Name, msg))
+					allErrs = append(allErrs, field.Invalid(pp().Child("name"), p.Name, msg))
 				}
 			}
 			for _, msg := range validation.IsValidPortNum(int(p.ContainerPort)) {
-				allErrs = append(allErrs, field.Invalid(pp.Child("containerPort"), p.ContainerPort, msg))
+				allErrs = append(allErrs, field.Invalid(pp().Child("containerPort"), p.ContainerPort, msg))
 			}
 			if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP && p.Protocol != corev1.ProtocolUDP && p.Protocol != corev1.ProtocolSCTP {
-				allErrs = append(allErrs, field.NotSupported(pp.Child("protocol"), p.Protocol,
+				allErrs = append(allErrs, field.NotSupported(pp().Child("protocol"), p.Protocol,
 					[]string{string(corev1.ProtocolTCP), string(corev1.ProtocolUDP), string(corev1.ProtocolSCTP)}))
 			}
 		}
 	}
-	_, errs := podIPs(pod)
-	return append(allErrs, errs...)
+	return allErrs
 }
 
 // podIPs returns a pod's addresses, primary first, from status.podIPs or,

@@ -290,7 +290,7 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("create network-policy-api client: %w", err)
 		}
-		factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(k8swatch.StripManagedFields))
+		factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(k8swatch.TrimForPolicy))
 		// Services and EndpointSlices: a pod's egress to a ClusterIP is
 		// judged against the Service's ready backends, as after
 		// kube-proxy's DNAT (which happens after the gateway).
