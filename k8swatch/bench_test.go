@@ -199,31 +199,39 @@ func scaleObjects(nsCount, perNS, policies int) ([]*corev1.Namespace, []*corev1.
 			pods = append(pods, pod)
 		}
 	}
-	udp := corev1.ProtocolUDP
 	for i := range policies {
 		n := i % nsCount
 		team := map[string]string{"team": fmt.Sprintf("team-%d", n%50)}
-		p80, p443, named, dns := intstr.FromInt32(80), intstr.FromInt32(443), intstr.FromString("http"), intstr.FromInt32(53)
 		nps = append(nps, &networkingv1.NetworkPolicy{
 			ObjectMeta: metav1.ObjectMeta{Namespace: fmt.Sprintf("ns-%d", n), Name: fmt.Sprintf("np-%d", i)},
-			Spec: networkingv1.NetworkPolicySpec{
-				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": fmt.Sprintf("app-%d", (i/nsCount)%5)}},
-				PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
-				Ingress: []networkingv1.NetworkPolicyIngressRule{{
-					From: []networkingv1.NetworkPolicyPeer{
-						{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"tier": "web"}}},
-						{NamespaceSelector: &metav1.LabelSelector{MatchLabels: team}, PodSelector: &metav1.LabelSelector{}},
-						{IPBlock: &networkingv1.IPBlock{CIDR: "192.168.0.0/16", Except: []string{"192.168.1.0/24"}}},
-					},
-					Ports: []networkingv1.NetworkPolicyPort{{Port: &p80}, {Port: &p443}, {Port: &named}},
-				}},
-				Egress: []networkingv1.NetworkPolicyEgressRule{
-					{To: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{MatchLabels: team}}}},
-					{Ports: []networkingv1.NetworkPolicyPort{{Port: &dns, Protocol: &udp}}},
-					{To: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "172.16.0.0/12"}}}},
-				},
-			},
+			Spec:       appPolicySpec(fmt.Sprintf("app-%d", (i/nsCount)%5), team),
 		})
 	}
 	return nss, pods, nps
+}
+
+// appPolicySpec isolates pods labelled app for ingress (from tier=web pods,
+// the team's namespaces and a CIDR with an exception, on two numbered and
+// a named port) and egress (to the team, DNS and a CIDR): the common
+// policy of the large synthetic clusters.
+func appPolicySpec(app string, team map[string]string) networkingv1.NetworkPolicySpec {
+	udp := corev1.ProtocolUDP
+	p80, p443, named, dns := intstr.FromInt32(80), intstr.FromInt32(443), intstr.FromString("http"), intstr.FromInt32(53)
+	return networkingv1.NetworkPolicySpec{
+		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": app}},
+		PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
+		Ingress: []networkingv1.NetworkPolicyIngressRule{{
+			From: []networkingv1.NetworkPolicyPeer{
+				{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"tier": "web"}}},
+				{NamespaceSelector: &metav1.LabelSelector{MatchLabels: team}, PodSelector: &metav1.LabelSelector{}},
+				{IPBlock: &networkingv1.IPBlock{CIDR: "192.168.0.0/16", Except: []string{"192.168.1.0/24"}}},
+			},
+			Ports: []networkingv1.NetworkPolicyPort{{Port: &p80}, {Port: &p443}, {Port: &named}},
+		}},
+		Egress: []networkingv1.NetworkPolicyEgressRule{
+			{To: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{MatchLabels: team}}}},
+			{Ports: []networkingv1.NetworkPolicyPort{{Port: &dns, Protocol: &udp}}},
+			{To: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "172.16.0.0/12"}}}},
+		},
+	}
 }

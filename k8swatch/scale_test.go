@@ -196,30 +196,13 @@ func scalePod(ns, name, node string, p int) *corev1.Pod {
 func scalePolicies(n, count int) []*networkingv1.NetworkPolicy {
 	ns := fmt.Sprintf("ns-%d", n)
 	team := map[string]string{"team": fmt.Sprintf("team-%d", n%50)}
-	udp := corev1.ProtocolUDP
-	p80, p443, http, dns, metrics := intstr.FromInt32(80), intstr.FromInt32(443), intstr.FromString("http"), intstr.FromInt32(53), intstr.FromString("metrics")
+	metrics := intstr.FromString("metrics")
 	var out []*networkingv1.NetworkPolicy
 	for i := range count {
 		np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("np-%d", i)}}
 		switch {
 		case i%2 == 0:
-			np.Spec = networkingv1.NetworkPolicySpec{
-				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": fmt.Sprintf("app-%d", (n+i)%5)}},
-				PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
-				Ingress: []networkingv1.NetworkPolicyIngressRule{{
-					From: []networkingv1.NetworkPolicyPeer{
-						{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"tier": "web"}}},
-						{NamespaceSelector: &metav1.LabelSelector{MatchLabels: team}, PodSelector: &metav1.LabelSelector{}},
-						{IPBlock: &networkingv1.IPBlock{CIDR: "192.168.0.0/16", Except: []string{"192.168.1.0/24"}}},
-					},
-					Ports: []networkingv1.NetworkPolicyPort{{Port: &p80}, {Port: &p443}, {Port: &http}},
-				}},
-				Egress: []networkingv1.NetworkPolicyEgressRule{
-					{To: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{MatchLabels: team}}}},
-					{Ports: []networkingv1.NetworkPolicyPort{{Port: &dns, Protocol: &udp}}},
-					{To: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "172.16.0.0/12"}}}},
-				},
-			}
+			np.Spec = appPolicySpec(fmt.Sprintf("app-%d", (n+i)%5), team)
 		case n%2 == 0:
 			np.Spec = networkingv1.NetworkPolicySpec{
 				PodSelector: metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
