@@ -293,6 +293,16 @@ func checkResult(t *testing.T, pass string, x *Result, enforcer string, policies
 		if x.PrefillSent < uint64(flows) || !finite(x.ConntrackBefore) || x.ConntrackBefore < 0 || !finite(x.ConntrackAfter) || x.ConntrackAfter < 0 {
 			t.Errorf("%s: %.0f → %.0f flows tracked after sending %d", name, x.ConntrackBefore, x.ConntrackAfter, x.PrefillSent)
 		}
+		var sent uint64
+		for _, p := range x.Prefill {
+			sent += p.Sent
+			if !finite(p.Rate) || p.Rate <= 0 || !finite(p.Admitted) || !finite(p.Seconds) || p.Seconds <= 0 {
+				t.Errorf("%s: prefill pass %+v", name, p)
+			}
+		}
+		if len(x.Prefill) == 0 || sent != x.PrefillSent || x.Prefill[len(x.Prefill)-1].Tracked != x.ConntrackBefore {
+			t.Errorf("%s: prefill passes %+v do not add up to %d sent, %.0f tracked", name, x.Prefill, x.PrefillSent, x.ConntrackBefore)
+		}
 		if x.TCP != nil || x.Conn != nil || x.Latency != nil {
 			t.Errorf("%s: a flow-table result has only the forwarding rate", name)
 		}

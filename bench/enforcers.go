@@ -152,14 +152,20 @@ func (e *env) measureEnforcer(ctx context.Context, enforcer string, p int, flows
 		}
 	}
 	rate = max(rate, 1000)
-	// Up to six passes, each at half the rate of the one before, until
-	// 99% of the flows are tracked, a pass adds less than 1% (a full
-	// kernel table: nf_conntrack_max is host-wide and left alone), or a
-	// pass would take longer than half the UDP timeout. An enforcer that
-	// judges first packets in user space admits new flows more slowly
-	// than the kernel does, and when offered them faster than that it
-	// admits fewer still: later, slower passes fill its table.
-	for pass := range 6 {
+	// Passes until 99% of the flows are tracked or a pass adds less than
+	// 1% of them (a full kernel table: nf_conntrack_max is host-wide and
+	// left alone). Each pass goes at half the rate of the one before
+	// until a pass would take longer than half the UDP timeout (every
+	// pass sends every flow, so none of the tracked ones expires); then
+	// at that rate, for at most prefillBudget. An enforcer that judges
+	// first packets in user space admits new flows more slowly than the
+	// kernel does, and when offered them faster than that it admits
+	// fewer still (each pass's admission rate is in the report): later,
+	// slower passes fill its table.
+	minRate := float64(*flows) / prefillPassMax.Seconds()
+	rate = max(rate, minRate)
+	prefillStart := time.Now()
+	for pass := 0; ; pass++ {
 		e.logf("%s, %d policies, %d flows: prefill pass %d at %.0f pps", enforcer, p, *flows, pass+1, rate)
 		s, err := e.prefill(ctx, *flows, rate)
 		if err != nil {
@@ -174,14 +180,12 @@ func (e *env) measureEnforcer(ctx context.Context, enforcer string, p int, flows
 		}
 		grew := n - r.ConntrackBefore
 		r.ConntrackBefore = n
-		e.logf("  %d sent in %.1fs, %.0f tracked", s.Frames, s.Elapsed.Seconds(), n)
-		if n >= 0.99*float64(*flows) || (pass > 0 && grew < 0.01*float64(*flows)) {
+		r.Prefill = append(r.Prefill, PrefillPass{Rate: rate, Sent: s.Frames, Seconds: s.Elapsed.Seconds(), Tracked: n, Admitted: grew / s.Elapsed.Seconds()})
+		e.logf("  %d sent in %.1fs, %.0f tracked (%.0f new flows/s admitted)", s.Frames, s.Elapsed.Seconds(), n, grew/s.Elapsed.Seconds())
+		if n >= 0.99*float64(*flows) || (pass > 0 && grew < 0.01*float64(*flows)) || time.Since(prefillStart) > prefillBudget {
 			break
 		}
-		rate /= 2
-		if float64(*flows)/rate > 15 {
-			break // unreplied UDP flows expire after 30 s
-		}
+		rate = max(rate/2, minRate)
 	}
 	// The search goes round-robin through all the flows, so that they
 	// stay tracked (unreplied UDP flows expire after 30 s) and every
@@ -199,6 +203,14 @@ func (e *env) measureEnforcer(ctx context.Context, enforcer string, p int, flows
 	e.add(r)
 	return nil
 }
+
+// prefillPassMax is the longest prefill pass: half the agent's UDP
+// timeout (30 s), so that no flow of a pass expires before the next pass
+// sends it again. prefillBudget bounds the prefill's passes.
+const (
+	prefillPassMax = 15 * time.Second
+	prefillBudget  = 2 * time.Minute
+)
 
 // defaultConntrackMax is the agent's --conntrack-max default, which the
 // bench passes unless the flow table needs more.

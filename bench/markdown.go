@@ -325,6 +325,21 @@ func (r *Report) writeFlowTable(b *strings.Builder, busy bool) {
 		b.WriteString("\n")
 	}
 	b.WriteString("\n")
+	b.WriteString("Prefill passes (offered rate → new flows admitted per second, flows tracked after the pass):\n\n")
+	for _, f := range flows {
+		for _, e := range append([]string{EnforcerIPTables}, pgs...) {
+			x := r.lookup(busy, e, last, f)
+			if x == nil || len(x.Prefill) == 0 {
+				continue
+			}
+			passes := make([]string, len(x.Prefill))
+			for i, p := range x.Prefill {
+				passes[i] = fmt.Sprintf("%.0f pps → %.0f/s, %.0f", p.Rate, p.Admitted, p.Tracked)
+			}
+			fmt.Fprintf(b, "- %s, %d flows: %s\n", e, f, strings.Join(passes, "; "))
+		}
+	}
+	b.WriteString("\n")
 }
 
 // writeBusy writes the busy-node pass: the hogs, the same tables as the

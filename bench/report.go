@@ -127,20 +127,34 @@ type Check struct {
 // Result is what one enforcer did with one policy count (and, when Flows
 // is not 0, with that many flows tracked: then only Forwarding is set).
 type Result struct {
-	Enforcer        string        `json:"enforcer"`
-	Policies        int           `json:"policies"`
-	Flows           int           `json:"flows,omitempty"`
-	Forwarding      *SearchResult `json:"forwarding,omitempty"`
-	TCP             *IPerf        `json:"tcp,omitempty"`
-	Conn            *ConnRate     `json:"connections,omitempty"`
-	Latency         *Latency      `json:"latency,omitempty"`
-	PrefillSent     uint64        `json:"prefill_sent,omitempty"`
+	Enforcer    string        `json:"enforcer"`
+	Policies    int           `json:"policies"`
+	Flows       int           `json:"flows,omitempty"`
+	Forwarding  *SearchResult `json:"forwarding,omitempty"`
+	TCP         *IPerf        `json:"tcp,omitempty"`
+	Conn        *ConnRate     `json:"connections,omitempty"`
+	Latency     *Latency      `json:"latency,omitempty"`
+	PrefillSent uint64        `json:"prefill_sent,omitempty"`
+	// Prefill describes each pass of the prefill, in order.
+	Prefill         []PrefillPass `json:"prefill,omitempty"`
 	ConntrackBefore float64       `json:"conntrack_entries_before,omitempty"`
 	ConntrackAfter  float64       `json:"conntrack_entries_after,omitempty"`
 	Load            [3]float64    `json:"load_average"`
 	// HogShare is set in busy results only: the CPU hogs' mean CPU share
 	// while this result was measured (see [BusyNode]).
 	HogShare float64 `json:"hog_cpu_share,omitempty"`
+}
+
+// PrefillPass is one pass of a flow-table prefill: every flow sent once
+// at Rate. Tracked is the enforcer's conntrack size after the pass;
+// Admitted is the flows it added per second of the pass (its new-flow
+// admission rate at that offered rate).
+type PrefillPass struct {
+	Rate     float64 `json:"rate_pps"`
+	Sent     uint64  `json:"sent"`
+	Seconds  float64 `json:"seconds"`
+	Tracked  float64 `json:"tracked"`
+	Admitted float64 `json:"admitted_per_second"`
 }
 
 // Control is the control-plane cost of one enforcer at one size.

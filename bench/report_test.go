@@ -29,6 +29,7 @@ func flowResult(enforcer string, policies, flows int, fwd float64) Result {
 		Enforcer: enforcer, Policies: policies, Flows: flows,
 		Forwarding:      &SearchResult{Rate: fwd, Saturated: fwd, Trials: []Trial{{Sent: 1}}},
 		PrefillSent:     uint64(flows),
+		Prefill:         []PrefillPass{{Rate: 2 * fwd, Sent: uint64(flows), Seconds: float64(flows) / (2 * fwd), Tracked: float64(flows), Admitted: 2 * fwd}},
 		ConntrackBefore: float64(flows), ConntrackAfter: float64(flows),
 	}
 }
