@@ -98,12 +98,22 @@ func (o *Offload) Take(slot uint32) [2]Counter {
 	}
 	for d := DirAB; d <= DirBA; d++ {
 		r[d] = Counter{
-			Packets:    atomic.SwapUint64(c.field(slot, d, fieldPackets), 0),
-			Bytes:      atomic.SwapUint64(c.field(slot, d, fieldBytes), 0),
+			Packets:    takeUint64(c.field(slot, d, fieldPackets)),
+			Bytes:      takeUint64(c.field(slot, d, fieldBytes)),
 			LastSeenNS: atomic.LoadUint64(c.field(slot, d, fieldLastSeen)),
 		}
 	}
 	return r
+}
+
+// takeUint64 swaps *p with 0 and returns the old value; a counter that is
+// 0 is only read, so that sweeping idle flows writes nothing (an atomic
+// swap costs a locked instruction and dirties the cache line).
+func takeUint64(p *uint64) uint64 {
+	if atomic.LoadUint64(p) == 0 {
+		return 0
+	}
+	return atomic.SwapUint64(p, 0)
 }
 
 // ResetCounters zeroes both directions' counters of a slot, last-seen
