@@ -98,7 +98,33 @@ type FlowLog struct {
 	next   int
 	full   bool
 	subs   map[chan FlowRecord]FlowFilter
-	tables map[uint64]*table.Table // recent tables by generation
+	tables map[uint64]*logTable // recent tables by generation
+}
+
+// logTable is a table the flow log resolves events against, with the
+// names of the rules it has named so far: every allowed flow names its
+// two rules, and formatting them again for each flow was most of the log's
+// cost during a burst of new flows. Only the goroutine that drains the
+// events uses rules.
+type logTable struct {
+	t     *table.Table
+	rules map[logRule]string
+}
+
+type logRule struct {
+	dir table.Direction
+	ref table.RuleRef
+}
+
+// rule returns the name of rule ref of direction dir.
+func (lt *logTable) rule(dir table.Direction, ref table.RuleRef) string {
+	k := logRule{dir, ref}
+	if s, ok := lt.rules[k]; ok {
+		return s
+	}
+	s := lt.t.Rule(dir, ref).String()
+	lt.rules[k] = s
+	return s
 }
 
 // NewFlowLog returns a flow log; start it with Run.
@@ -126,7 +152,7 @@ func NewFlowLog(cfg FlowLogConfig) (*FlowLog, error) {
 		limiter: rate.NewLimiter(rate.Limit(cfg.LogRate), cfg.LogBurst),
 		recent:  make([]FlowRecord, cfg.Keep),
 		subs:    make(map[chan FlowRecord]FlowFilter),
-		tables:  make(map[uint64]*table.Table),
+		tables:  make(map[uint64]*logTable),
 	}, nil
 }
 
@@ -154,7 +180,7 @@ func (l *FlowLog) drain() {
 	if t := l.cfg.Store.Load(); t != nil {
 		l.mu.Lock()
 		if _, ok := l.tables[t.Generation()]; !ok {
-			l.tables[t.Generation()] = t
+			l.tables[t.Generation()] = &logTable{t: t, rules: make(map[logRule]string)}
 			for g := range l.tables {
 				if g+4 <= t.Generation() {
 					delete(l.tables, g)
@@ -208,8 +234,12 @@ func (l *FlowLog) add(rec FlowRecord) {
 // record resolves an event against the table it was decided with.
 func (l *FlowLog) record(ev *FlowEvent) FlowRecord {
 	l.mu.Lock()
-	t := l.tables[ev.Generation]
+	lt := l.tables[ev.Generation]
 	l.mu.Unlock()
+	var t *table.Table
+	if lt != nil {
+		t = lt.t
+	}
 	r := FlowRecord{
 		Time:     l.cfg.Engine.Wall(ev.Mono),
 		Verdict:  "allow",
@@ -245,7 +275,11 @@ func (l *FlowLog) record(ev *FlowEvent) FlowRecord {
 			ref table.RuleRef
 		}{{table.Egress, ev.Egress}, {table.Ingress, ev.Ingress}} {
 			if x.ref.Policy >= 0 && int(x.ref.Policy) < len(t.Policies()) && t.Generation() == ev.Generation {
-				r.Policies = append(r.Policies, t.Rule(x.dir, x.ref).String())
+				if lt != nil {
+					r.Policies = append(r.Policies, lt.rule(x.dir, x.ref))
+				} else {
+					r.Policies = append(r.Policies, t.Rule(x.dir, x.ref).String())
+				}
 			}
 		}
 		return r
