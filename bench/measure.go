@@ -185,13 +185,42 @@ func waitListening(ctx context.Context, ns *netns.Namespace, port int) error {
 	}
 }
 
-// ConnRate is the outcome of a connection-rate run.
+// ConnRate is the outcome of a connection-rate run: with several trials
+// ([connTrials]), PerSecond is the median trial's rate and Completed,
+// Failed and Seconds are summed over the trials.
 type ConnRate struct {
 	PerSecond float64 `json:"connections_per_second"`
 	Completed uint64  `json:"completed"`
 	Failed    uint64  `json:"failed"`
 	Workers   int     `json:"workers"`
 	Seconds   float64 `json:"seconds"`
+	// Trials are the rates of the trials, in the order they ran.
+	Trials []float64 `json:"trials_per_second,omitempty"`
+}
+
+// connTrials is how many connection-rate trials a measurement runs: one
+// short run on a shared machine moved by ±30% between runs, more than
+// the enforcers differ; the median of three moves less.
+const connTrials = 3
+
+// runConnRateTrials runs runConnRate n times and reports the median
+// trial's rate.
+func runConnRateTrials(ctx context.Context, n int, client, server *netns.Namespace, sIP netip.Addr, workers int, d time.Duration) (ConnRate, error) {
+	var out ConnRate
+	for range n {
+		cr, err := runConnRate(ctx, client, server, sIP, workers, d)
+		if err != nil {
+			return ConnRate{}, err
+		}
+		out.Completed += cr.Completed
+		out.Failed += cr.Failed
+		out.Seconds += cr.Seconds
+		out.Workers = cr.Workers
+		out.Trials = append(out.Trials, cr.PerSecond)
+	}
+	sorted := slices.Sorted(slices.Values(out.Trials))
+	out.PerSecond = sorted[len(sorted)/2]
+	return out, nil
 }
 
 // runConnRate serves TCP on the server's ConnPort (accept, read a byte,

@@ -342,6 +342,8 @@ func (r *Report) explain(cfg Config) {
 	r.note("Loss locations per trial (report.json, trials[].drops) are the veths' drop counters; for podgate, \"node-client-veth rx_dropped\" is frames the XDP program could not put into the agent's socket because the worker had not posted free frames in time.")
 	r.note(fmt.Sprintf("Forwarding: the generator offers %d-byte UDP frames over %d flows (source ports %d-%d) for %.0f s per step; a step passes below %.1f%% loss; the rate is the highest passing one (min of target and what the generator could offer: the path's work partly runs in the generator's own sendto).",
 		FrameLen, cfg.MeasureFlows, FloodSrcBase, FloodSrcBase+FloodSrcN-1, cfg.Step.Seconds(), 100*DefaultMaxLoss))
+	r.note(fmt.Sprintf("New TCP connections/s: %d client threads open, use and reset connections for %.0f s, %d times; the rate is the median trial (all trials in report.json, connections.trials_per_second).",
+		cfg.ConnWorkers, cfg.ConnDuration.Seconds(), connTrials))
 	if cfg.BusyNode {
 		r.note("Busy node: the hogs share every CPU, the load CPU of the generator, clients, servers and iperf3 included, so the baselines slow down too; busy / quiet compares each enforcer with itself, the busy tables compare the enforcers under the same load.")
 		if len(cfg.BusyFlows) == 0 && len(cfg.Flows) > 0 {

@@ -325,12 +325,12 @@ func (e *env) measureAll(ctx context.Context, r *Result) error {
 	}
 	r.TCP = &ip
 	e.logf("  iperf3 %.2f Gbit/s, %d retransmits", ip.BitsPerSecond/1e9, ip.Retransmits)
-	cr, err := runConnRate(ctx, e.client.NS, e.server.NS, e.server.IPs[0], e.cfg.ConnWorkers, e.cfg.ConnDuration)
+	cr, err := runConnRateTrials(ctx, connTrials, e.client.NS, e.server.NS, e.server.IPs[0], e.cfg.ConnWorkers, e.cfg.ConnDuration)
 	if err != nil {
 		return fmt.Errorf("bench: %s: %w", r.Enforcer, err)
 	}
 	r.Conn = &cr
-	e.logf("  %.0f connections/s (%d failed)", cr.PerSecond, cr.Failed)
+	e.logf("  %.0f connections/s, median of %.0f (%d failed)", cr.PerSecond, cr.Trials, cr.Failed)
 	if err := e.steer(ctx, false); err != nil {
 		return err
 	}
