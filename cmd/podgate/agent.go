@@ -41,6 +41,7 @@ type agentConfig struct {
 	Manifests       []string
 	MetricsAddr     string
 	HealthAddr      string
+	PprofAddr       string
 	AllowNodeToPod  bool
 	KeepEstablished bool
 	ReversePickup   time.Duration
@@ -95,6 +96,13 @@ func (c *agentConfig) validate() error {
 	} else if c.HealthAddr == c.MetricsAddr {
 		errs = append(errs, fmt.Errorf("--health-addr %q: must differ from --metrics-addr", c.HealthAddr))
 	}
+	if c.PprofAddr != "" {
+		if _, _, err := net.SplitHostPort(c.PprofAddr); err != nil {
+			errs = append(errs, fmt.Errorf("--pprof-addr %q: %w", c.PprofAddr, err))
+		} else if c.PprofAddr == c.MetricsAddr || c.PprofAddr == c.HealthAddr {
+			errs = append(errs, fmt.Errorf("--pprof-addr %q: must differ from --metrics-addr and --health-addr", c.PprofAddr))
+		}
+	}
 	if len(c.Manifests) > 0 && c.Kubeconfig != "" {
 		errs = append(errs, errors.New("--manifests and --kubeconfig: give one source, not both"))
 	}
@@ -136,6 +144,7 @@ their connectivity, without enforcement.`,
 	f.StringArrayVar(&cfg.Manifests, "manifests", nil, "manifest file or directory to read policies from instead of the API (repeatable)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9402", "address for /metrics and /flows (and /healthz, /readyz)")
 	f.StringVar(&cfg.HealthAddr, "health-addr", "127.0.0.1:9403", "address for /healthz and /readyz only, for the kubelet's probes (keep it on loopback)")
+	f.StringVar(&cfg.PprofAddr, "pprof-addr", "", "address for Go's profiles under /debug/pprof/ (off when empty; keep it on loopback, e.g. 127.0.0.1:6060)")
 	f.BoolVar(&cfg.AllowNodeToPod, "allow-node-to-pod", true, "let the node's own addresses reach its pods whatever their policies (kubelet probes)")
 	f.BoolVar(&cfg.KeepEstablished, "keep-established", false, "keep connections that a new policy would deny (default: cut them)")
 	f.DurationVar(&cfg.ReversePickup, "reverse-pickup", 2*time.Minute, "after a start, how long TCP connections that were open across a restart are picked up from a segment without SYN (judged from client to server, whichever end sent it); later such segments are dropped; 0 disables")
@@ -350,7 +359,7 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 	// Bounded serving (see serve.go): a client that reaches the metrics
 	// address cannot exhaust the agent nor delay its health probes.
 	srv, err := newServers(serveConfig{
-		MetricsAddr: cfg.MetricsAddr, HealthAddr: cfg.HealthAddr,
+		MetricsAddr: cfg.MetricsAddr, HealthAddr: cfg.HealthAddr, PprofAddr: cfg.PprofAddr,
 		MaxConns: cfg.MaxConns, MaxConnsPerClient: cfg.MaxConnsClient,
 		Registry: reg, Source: src, Node: nd, Store: store, Flows: flows,
 	})
@@ -370,8 +379,12 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 	})
 	g.Go(func() error { return flows.Run(gctx) })
 	g.Go(func() error { return srv.Serve(gctx) })
-	logger.Info("agent started", "metricsAddr", srv.metricsLn.Addr().String(), "healthAddr", srv.healthLn.Addr().String(),
-		"manifests", strings.Join(cfg.Manifests, ","))
+	attrs := []any{"metricsAddr", srv.metricsLn.Addr().String(), "healthAddr", srv.healthLn.Addr().String(),
+		"manifests", strings.Join(cfg.Manifests, ",")}
+	if srv.pprofLn != nil {
+		attrs = append(attrs, "pprofAddr", srv.pprofLn.Addr().String())
+	}
+	logger.Info("agent started", attrs...)
 	err = g.Wait()
 	stopEngine()
 	if eerr := <-engineDone; eerr != nil {

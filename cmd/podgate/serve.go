@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"strings"
 	"sync"
@@ -53,15 +54,26 @@ const (
 	healthMaxConns = 64
 )
 
-// servers are the agent's two HTTP servers and their listeners.
+// pprofWriteTimeout bounds writing a profile: a CPU profile or trace
+// takes the seconds asked for (30 by default, net/http/pprof refuses
+// longer than the server's WriteTimeout) before it is written.
+const pprofWriteTimeout = 65 * time.Second
+
+// servers are the agent's HTTP servers and their listeners; pprof is nil
+// unless --pprof-addr is set.
 type servers struct {
 	metrics, health     *http.Server
 	metricsLn, healthLn net.Listener
+	pprof               *http.Server
+	pprofLn             net.Listener
 }
 
 // serveConfig is what newServers needs.
 type serveConfig struct {
 	MetricsAddr, HealthAddr string
+	// PprofAddr, when set, serves Go's runtime profiles
+	// (net/http/pprof) on a listener of their own.
+	PprofAddr string
 	// MaxConns bounds the metrics server's connections, MaxConnsPerClient
 	// those from one source address.
 	MaxConns, MaxConnsPerClient int
@@ -126,18 +138,51 @@ func newServers(cfg serveConfig) (*servers, error) {
 		return nil, fmt.Errorf("listen on --health-addr: %w", err)
 	}
 	s.healthLn = netutil.LimitListener(hln, healthMaxConns)
+	if cfg.PprofAddr != "" {
+		pln, err := net.Listen("tcp", cfg.PprofAddr)
+		if err != nil {
+			_, _ = ln.Close(), hln.Close()
+			return nil, fmt.Errorf("listen on --pprof-addr: %w", err)
+		}
+		s.pprofLn = netutil.LimitListener(pln, healthMaxConns)
+		s.pprof = &http.Server{
+			Handler:           pprofMux(),
+			ReadHeaderTimeout: metricsReadHeaderTimeout,
+			WriteTimeout:      pprofWriteTimeout,
+			IdleTimeout:       metricsIdleTimeout,
+			MaxHeaderBytes:    maxHeaderBytes,
+		}
+	}
 	return s, nil
+}
+
+// pprofMux serves net/http/pprof's handlers on a mux of their own (the
+// package registers them on http.DefaultServeMux too, which no server of
+// the agent uses).
+func pprofMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }
 
 // Serve serves both servers until ctx is done, then shuts them down
 // (giving open requests 5 seconds).
 func (s *servers) Serve(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
-	for _, x := range []struct {
+	type server struct {
 		name string
 		srv  *http.Server
 		ln   net.Listener
-	}{{"--metrics-addr", s.metrics, s.metricsLn}, {"--health-addr", s.health, s.healthLn}} {
+	}
+	all := []server{{"--metrics-addr", s.metrics, s.metricsLn}, {"--health-addr", s.health, s.healthLn}}
+	if s.pprof != nil {
+		all = append(all, server{"--pprof-addr", s.pprof, s.pprofLn})
+	}
+	for _, x := range all {
 		g.Go(func() error {
 			if err := x.srv.Serve(x.ln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("serve %s %s: %w", x.name, x.ln.Addr(), err)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -150,6 +151,51 @@ func TestStreamWriteDeadline(t *testing.T) {
 		_ = c2.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := c2.Read(buf); err != nil {
 			t.Fatalf("reading client after %v: %v", time.Since(start).Round(time.Millisecond), err)
+		}
+	}
+}
+
+// TestPprofServer serves Go's profiles on --pprof-addr only: the metrics
+// server has none, and without the flag there is no third listener.
+func TestPprofServer(t *testing.T) {
+	for _, addr := range []string{"", "127.0.0.1:0"} {
+		s, err := newServers(serveConfig{
+			MetricsAddr: "127.0.0.1:0", HealthAddr: "127.0.0.1:0", PprofAddr: addr,
+			MaxConns: 8, MaxConnsPerClient: 8, Registry: prometheus.NewRegistry(),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- s.Serve(ctx) }()
+		get := func(ln net.Listener, path string) int {
+			t.Helper()
+			resp, err := http.Get("http://" + ln.Addr().String() + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		if code := get(s.metricsLn, "/debug/pprof/heap"); code != http.StatusNotFound {
+			t.Errorf("metrics server /debug/pprof/heap: %d, want 404", code)
+		}
+		if addr == "" {
+			if s.pprof != nil || s.pprofLn != nil {
+				t.Error("a pprof server without --pprof-addr")
+			}
+		} else {
+			for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap?debug=1", "/debug/pprof/goroutine?debug=1", "/debug/pprof/profile?seconds=1"} {
+				if code := get(s.pprofLn, path); code != http.StatusOK {
+					t.Errorf("pprof server %s: %d, want 200", path, code)
+				}
+			}
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
 		}
 	}
 }
