@@ -110,9 +110,14 @@
 // iptables and podgate with its default flags, each with enforcer,
 // policies, flows (0 or absent: the 1,000 measured flows), forwarding
 // (rate_pps: the highest rate below 0.1% loss, saturated_pps, every
-// trial), tcp (bits_per_second), connections (connections_per_second),
+// trial), tcp (bits_per_second), connections (connections_per_second:
+// since be6eb5d the median of three trials, each in trials_per_second),
 // latency (p50_us, p99_us, ...) and load_average; a flow-table entry has
-// forwarding only. Everything else is added beside it, never in it:
+// forwarding only, with prefill_sent, conntrack_entries_before and _after
+// and (since 230bb52) prefill[]: per prefill pass rate_pps, sent,
+// seconds, tracked and admitted_per_second (the new flows the enforcer
+// added per second of the pass). Everything else is added beside it,
+// never in it:
 //
 //   - variants[]: {name, agent_args} of each variant;
 //   - variant_results[]: the variants' quiet results, entries shaped as
