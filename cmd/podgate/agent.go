@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -49,6 +51,7 @@ type agentConfig struct {
 	Offload         string
 	BPFDir          string
 	BusyPoll        time.Duration
+	WorkerNice      int
 	RingSize        int
 	MaxConns        int
 	MaxConnsClient  int
@@ -72,6 +75,9 @@ func (c *agentConfig) validate() error {
 	}
 	if c.MaxConnsClient < 1 {
 		errs = append(errs, fmt.Errorf("--metrics-max-conns-per-client %d: must be at least 1", c.MaxConnsClient))
+	}
+	if c.WorkerNice < -20 || c.WorkerNice > 19 {
+		errs = append(errs, fmt.Errorf("--worker-nice %d: must be between -20 and 19", c.WorkerNice))
 	}
 	if c.BusyPoll < 0 {
 		errs = append(errs, fmt.Errorf("--busy-poll %v: must not be negative", c.BusyPoll))
@@ -151,6 +157,7 @@ their connectivity, without enforcement.`,
 	f.StringVar(&cfg.Offload, "offload", "tc", "tc: established flows the fastpath allowed are forwarded by the kernel (TC programs and a BPF flow table the fastpath programs); none: every packet goes through the fastpath (for comparison)")
 	f.StringVar(&cfg.BPFDir, "bpf-dir", "/sys/fs/bpf", "a bpffs (one is mounted if it is not) where the agent pins its TC programs and maps in podgate/, so that a crashed agent's node keeps failing closed")
 	f.BoolVar(&cfg.CutReset, "cut-reset", true, "answer segments of TCP connections that a policy change cut with a reset, so applications fail at once instead of retransmitting (new connections that policy denies are always dropped silently)")
+	f.IntVar(&cfg.WorkerNice, "worker-nice", 0, "nice value of the fastpath worker's thread (-20 to 19; below 0 needs CAP_SYS_NICE): on a busy node a lower value lets it preempt the node's other work sooner")
 	f.DurationVar(&cfg.BusyPoll, "busy-poll", 0, "keep polling for this long after the last frame instead of sleeping (lower latency, a CPU kept busy while traffic flows)")
 	f.IntVar(&cfg.RingSize, "xsk-ring-size", xsk.DefaultRingSize, "descriptors per AF_XDP ring and frames posted for receiving per port; each port's UMEM is twice this many 2 KiB frames (deeper rings absorb longer worker stalls at the cost of memory)")
 	f.IntVar(&cfg.MaxConns, "metrics-max-conns", 1024, "connections the --metrics-addr server accepts at once")
@@ -255,7 +262,21 @@ func runAgent(ctx context.Context, cfg agentConfig, stderr io.Writer) error {
 	engineCtx, stopEngine := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopEngine()
 	engineDone := make(chan error, 1)
-	go func() { engineDone <- engine.Run(engineCtx) }()
+	workerStarted := make(chan error, 1)
+	go func() {
+		if cfg.WorkerNice != 0 {
+			if err := niceThread(cfg.WorkerNice); err != nil {
+				workerStarted <- fmt.Errorf("--worker-nice %d: %w", cfg.WorkerNice, err)
+				engineDone <- nil
+				return
+			}
+		}
+		workerStarted <- nil
+		engineDone <- engine.Run(engineCtx)
+	}()
+	if err := <-workerStarted; err != nil {
+		return err
+	}
 
 	setNodeAddrs := func(addrs []netip.Addr) {
 		c, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -423,4 +444,17 @@ func kubeConfig(path string) (*rest.Config, error) {
 		return nil, fmt.Errorf("in-cluster config (give --kubeconfig or --manifests outside a cluster): %w", err)
 	}
 	return c, nil
+}
+
+// niceThread locks the calling goroutine to its thread and sets the
+// thread's nice value (Linux schedules threads, and setpriority with a
+// thread ID changes that thread alone). The goroutine must never unlock
+// it: one that exits locked takes its thread with it, so no other
+// goroutine runs at that priority.
+func niceThread(nice int) error {
+	runtime.LockOSThread()
+	if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), nice); err != nil {
+		return fmt.Errorf("set the worker thread's nice value: %w", err)
+	}
+	return nil
 }
