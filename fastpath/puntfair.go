@@ -22,20 +22,20 @@ import (
 //   - every puntTick it reads the socket's drop counters (the kernel's
 //     XDP statistics: frames dropped for an empty fill ring or a full RX
 //     ring) and how many punted frames it drained from each pod;
-//   - when the socket dropped frames, what the worker drained in that
-//     tick is what it can drain: its capacity estimate follows it, and
-//     the budget is the max-min fair share of puntShare of the capacity
-//     among the pods that punted in the tick (those that punted less get
-//     what they punted, the others the rest in equal parts; so one pod
-//     flooding alone keeps most of the worker, and the others what they
-//     need), at least puntFloor frames per second; a budget in force
-//     that did not end the congestion is cut by a quarter at least;
+//   - when the socket dropped frames, the budget is the max-min fair
+//     share of puntShare of the worker's capacity (the most it drained in
+//     a step of the last second) among the pods that punted in the tick:
+//     those that punted less get what they punted, the others the rest in
+//     equal parts, so one pod flooding alone keeps most of the worker and
+//     the others what they need; at least puntFloor frames per second.
+//     While congested, a budget in force only goes down when more pods
+//     need a share (the fair share of the whole capacity is lower);
 //   - after a hold without congestion (puntHold, longer when probes keep
 //     ending in congestion), a budget that still limits someone grows by
-//     a step each puntStep (probing whether the worker now drains more, so a
-//     stale estimate does not cap a pod for long), and it is lifted once
-//     nobody was limited for puntHold or it reaches the worker's whole
-//     capacity.
+//     a step each puntStep (probing whether the worker drains more than
+//     it showed at that budget), and is cut back by a quarter if that
+//     ends in congestion; it is lifted once nobody was limited for
+//     puntHold.
 //
 // A busy pod on an uncongested node is never limited: the budget only
 // exists after the socket dropped frames.
@@ -73,6 +73,9 @@ const (
 	// in force before a congestion cuts it: ten ticks, so that what the
 	// worker drains at the new budget is measured over enough frames.
 	puntStep = int64(100e6)
+	// puntWindow is how many steps the capacity estimate looks back: one
+	// second.
+	puntWindow = 10
 	// puntHold is how long a budget stays after the last congestion
 	// before it may grow: one SYN retransmission timeout, and ten ticks,
 	// so that one quiet tick in a flood does not lift it (the flood would
@@ -109,10 +112,10 @@ const (
 	// 1/puntGrowth each puntStep: it doubles in about 0.6 s, small enough
 	// steps that the probe overshoots the worker's capacity by little.
 	puntGrowth = 8
-	// puntCut: a budget in force for puntStep, or just raised, that did
-	// not stop the congestion is cut by 1/puntCut at least (a
-	// multiplicative decrease: a probe that overshot falls back below the
-	// capacity at once).
+	// puntCut: a raise that ends in congestion is undone, and a little
+	// more: the budget is cut by 1/puntCut at least (a multiplicative
+	// decrease: a probe that overshot falls back below the capacity at
+	// once).
 	puntCut = 4
 )
 
@@ -131,20 +134,45 @@ type puntSample struct {
 // puntCtl decides the per-pod punt budget from the ticks' samples. It is
 // pure (no system call, no allocation), for tests.
 type puntCtl struct {
-	// capacity is the estimate of how many punted frames per second the
-	// worker drains.
-	capacity float64
+	// steps are the rates (frames per second) at which the worker drained
+	// punted frames in the last puntWindow steps of puntStep, a ring at
+	// next; step and stepStart accumulate the current one.
+	steps     [puntWindow]float64
+	next      int
+	step      uint64
+	stepStart int64
+	started   bool
 	// rate is the budget in force, frames per second per pod; 0: none.
 	rate uint64
 	// congested and limited are when the socket last dropped frames and
 	// when the kernel last limited a pod; changed when rate last changed,
-	// probed when it was last raised (grown or lifted while limiting).
+	// probed when it was last raised while limiting.
 	congested, limited, changed, probed int64
 	// hold is the current hold time: puntHold, doubled (up to
 	// puntMaxHold) each time a probe ends in congestion.
 	hold int64
-	// raised: the last change of rate raised it.
+	// raised: the last change of rate was a probe's raise.
 	raised bool
+}
+
+// capacity is the estimate of how many punted frames per second the
+// worker drains: the most it drained in a step of the last second (and
+// in the current step so far). Not an average: with a budget in force,
+// the worker drains no more than the budget, and an average of that
+// would pull the budget down step after step, while drops that the
+// budget's level did not cause (the worker descheduled: the machine's
+// other work, the flood's own softirq on its CPU) go on; with the
+// maximum, the budget follows a worker that got slower within a second,
+// and never falls below what the worker showed it can do.
+func (c *puntCtl) capacity(now int64) float64 {
+	m := 0.0
+	for _, r := range c.steps {
+		m = max(m, r)
+	}
+	if d := now - c.stepStart; d >= puntTick && c.started {
+		m = max(m, float64(c.step)*1e9/float64(d))
+	}
+	return m
 }
 
 // decide takes the sample of the tick that ended at now and returns the
@@ -154,22 +182,21 @@ func (c *puntCtl) decide(now int64, s puntSample) (rate, burst uint64) {
 		return c.rate, c.burst()
 	}
 	perSec := 1e9 / float64(s.dt)
-	var drained uint64
+	if !c.started {
+		c.started, c.stepStart = true, now-s.dt
+	}
 	for _, d := range s.demand {
-		drained += d
+		c.step += d
+	}
+	if d := now - c.stepStart; d >= puntStep {
+		c.steps[c.next] = float64(c.step) * 1e9 / float64(d)
+		c.next = (c.next + 1) % puntWindow
+		c.step, c.stepStart = 0, now
 	}
 	if s.limited > 0 {
 		c.limited = now
 	}
 	if s.drops > 0 {
-		// What the worker drained while frames were left over is what it
-		// can drain; a moving average (a quarter per tick, about ten
-		// ticks to settle) smooths odd ticks (the worker descheduled).
-		if c.capacity == 0 {
-			c.capacity = float64(drained) * perSec
-		} else {
-			c.capacity += (float64(drained)*perSec - c.capacity) / 4
-		}
 		c.congested = now
 		switch {
 		case c.hold == 0:
@@ -179,23 +206,36 @@ func (c *puntCtl) decide(now int64, s puntSample) (rate, burst uint64) {
 			c.hold = min(2*c.hold, puntMaxHold)
 			c.probed = 0
 		}
-		rate := uint64(fairShare(c.capacity*puntShare, s.demand, perSec))
-		if c.rate != 0 {
-			// Congested with a budget in force. Just lowered, it may not
-			// have taken effect yet (the socket drains what came before
-			// it); otherwise it is too large (it grew past the capacity,
-			// or the pods that used less than it now use more).
-			if c.raised || now-c.changed >= puntStep {
-				rate = min(rate, c.rate-c.rate/puntCut)
-			} else {
-				rate = min(rate, c.rate)
-			}
+		capacity := c.capacity(now)
+		target := uint64(fairShare(capacity*puntShare, s.demand, perSec))
+		var rate uint64
+		switch {
+		case c.rate == 0:
+			rate = target
+		case c.raised:
+			// The last raise overshot: back below it.
+			rate = min(target, c.rate-c.rate/puntCut)
+		default:
+			// A budget in force goes down only if more pods need their
+			// share of the worker now (the fair share of the whole
+			// capacity is lower), not by puntShare again: the capacity
+			// measured under the budget is the budget itself, and the
+			// congestion may not be its doing (the worker descheduled).
+			// It goes up to the target: the worker showed it drains more.
+			rate = max(min(uint64(fairShare(capacity, s.demand, perSec)), c.rate), target)
 		}
-		c.set(now, max(rate, puntFloor))
+		c.set(now, max(rate, puntFloor), false)
 		return c.rate, c.burst()
 	}
-	// Uncongested: the worker drained all it was given, at least this.
-	c.capacity = max(c.capacity, float64(drained)*perSec)
+	if c.rate != 0 {
+		// The worker showed it drains more than the budget assumed (a
+		// budget set at the first congested tick, the worker barely
+		// awake): up to the target at once.
+		if target := uint64(fairShare(c.capacity(now)*puntShare, s.demand, perSec)); target > c.rate {
+			c.set(now, target, false)
+			return c.rate, c.burst()
+		}
+	}
 	if c.rate == 0 || now-c.congested < c.hold {
 		return c.rate, c.burst()
 	}
@@ -203,25 +243,22 @@ func (c *puntCtl) decide(now int64, s puntSample) (rate, burst uint64) {
 		// Nobody needs more: lifting changes nothing until the load
 		// rises, and then a congestion sets a budget again.
 		c.hold = puntHold
-		c.set(now, 0)
+		c.set(now, 0, false)
 		return 0, 0
 	}
 	if now-c.changed < puntStep {
 		return c.rate, c.burst()
 	}
+	// Probe: the worker may drain more than it showed at this budget.
 	c.probed = now
-	if float64(c.rate) >= c.capacity {
-		// A budget of the worker's whole capacity protects nobody.
-		c.set(now, 0)
-		return 0, 0
-	}
-	c.set(now, c.rate+max(c.rate/puntGrowth, 1))
+	c.set(now, c.rate+max(c.rate/puntGrowth, 1), true)
 	return c.rate, c.burst()
 }
 
-func (c *puntCtl) set(now int64, rate uint64) {
+// set makes rate the budget; probe says it is a probe's raise.
+func (c *puntCtl) set(now int64, rate uint64, probe bool) {
 	if rate != c.rate {
-		c.raised = c.rate != 0 && rate > c.rate
+		c.raised = probe
 		c.rate, c.changed = rate, now
 	}
 }
