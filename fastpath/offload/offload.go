@@ -115,13 +115,12 @@ type tcx struct {
 // sizes or flags differ (a new MaxFlows, a podgate build whose map layouts
 // changed), Open starts afresh: it unpins every map of the previous run
 // and creates new ones ([Offload.Replaced] says why; the caller should
-// log it). The previous run's links are kept either way, running their
-// program on its own maps until attached again, so that the pods stay
-// behind a program (punting to a fastpath, or dropping when none runs)
-// and the node does not open while a new agent starts. It also takes over the TCX
-// links a previous run pinned ([Offload.Attachments] lists them): they keep
-// running the previous program until attached again, and links whose
-// interface is gone are removed.
+// log it). It also takes over the TCX links a previous run pinned
+// ([Offload.Attachments] lists them), whether or not it replaced the
+// maps: they keep running the previous program (on its own maps) until
+// attached again, so that the pods stay behind a program and the node
+// does not open while a new agent starts; links whose interface is gone
+// are removed.
 func Open(cfg Config) (*Offload, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("open offload: %w", err)
