@@ -127,6 +127,8 @@ type offloader struct {
 	cut []cutFlow
 	// err is the last error of the flow table, for [Engine.OffloadError].
 	err atomic.Pointer[string]
+	// fair is the punt budget's state; nil when ft is no [PuntLimiter].
+	fair *puntFair
 }
 
 type cutFlow struct {
@@ -156,6 +158,7 @@ func newOffloader(ft FlowTable) *offloader {
 		ft:       ft,
 		installs: make([]KernelFlow, 0, offloadBatch),
 		removes:  make([]KernelFlow, 0, offloadBatch),
+		fair:     newPuntFair(ft),
 	}
 }
 
@@ -307,9 +310,14 @@ func (e *Engine) renewLease() {
 }
 
 // sweep folds the kernel's counters of a part of the flow table into the
-// flows, so that the whole table is swept once per sweepPeriod.
+// flows, so that the whole table is swept once per sweepPeriod. The punt
+// budget's ticks run at its cadence too (controlPunts).
 func (e *Engine) sweep() {
-	if e.off == nil || e.now-e.off.swept < sweepInterval {
+	if e.off == nil {
+		return
+	}
+	e.controlPunts()
+	if e.now-e.off.swept < sweepInterval {
 		return
 	}
 	e.off.swept = e.now

@@ -31,6 +31,7 @@ type Collector struct {
 	eventsLost, logLines, logSuppressed                *prometheus.Desc
 	tableGen, tablePolicies, tableEndpoints            *prometheus.Desc
 	tableRules, tableCompile                           *prometheus.Desc
+	puntLimit                                          *prometheus.Desc
 }
 
 // NewCollector returns a collector for e, whose table comes from store;
@@ -59,6 +60,7 @@ func NewCollector(e *Engine, store *table.Store, flows *FlowLog) *Collector {
 		offloadInstalls:  d("offload_installs_total", "Flows installed in the kernel's table."),
 		offloadRemoves:   d("offload_removes_total", "Flows removed from the kernel's table (ended, cut, expired, evicted, or their pod port changed)."),
 		offloadErrors:    d("offload_errors_total", "Failed calls of the kernel's flow table (its flows stay with the fastpath)."),
+		puntLimit:        d("punt_limit_frames_per_second", "The per-pod punt budget in force: how many frames per second each pod's TC program may send to the fastpath, set while the kernel leg's socket is congested; 0: unlimited."),
 		portPackets:      d("port_packets_total", "Frames per port and direction (rx from the interface, tx to it).", "interface", "direction"),
 		portBytes:        d("port_bytes_total", "Bytes per port and direction.", "interface", "direction"),
 		batches:          d("batches_total", "Receive batches that had frames."),
@@ -118,6 +120,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.offloadInstalls, s.OffloadInstalls)
 	counter(c.offloadRemoves, s.OffloadRemoves)
 	counter(c.offloadErrors, s.OffloadErrors)
+	gauge(c.puntLimit, float64(c.e.PuntLimit()))
 	counter(c.resets, s.Resets)
 	counter(c.batches, s.Batches)
 

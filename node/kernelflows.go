@@ -99,3 +99,17 @@ func (k *kernelFlows) Take(slot uint32) fastpath.KernelCounters {
 
 // Lease implements [fastpath.FlowTable].
 func (k *kernelFlows) Lease(until int64) error { return k.o.Lease(until) }
+
+// SetPuntLimit implements [fastpath.PuntLimiter].
+func (k *kernelFlows) SetPuntLimit(rate, burst uint64) error {
+	return k.o.SetPuntLimit(offload.PuntLimit{Rate: rate, Burst: burst})
+}
+
+// PuntLimited implements [fastpath.PuntLimiter].
+func (k *kernelFlows) PuntLimited() (uint64, error) {
+	s, err := k.o.Stats()
+	if err != nil {
+		return 0, err
+	}
+	return s.PuntLimited, nil
+}

@@ -211,6 +211,11 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	if err := n.cfg.Offload.Replaced(); err != nil {
+		// An upgrade that changed the maps' layouts, or a new flow table
+		// size: the agent starts afresh rather than not at all.
+		n.log.Warn("the offload's pinned maps did not fit this agent and were replaced", "err", err)
+	}
 
 	h, err := netlink.NewHandle()
 	if err != nil {

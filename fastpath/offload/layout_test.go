@@ -35,10 +35,14 @@ func TestLayout(t *testing.T) {
 		{"counter", reflect.TypeFor[Counter](), map[string]string{
 			"packets": "Packets", "bytes": "Bytes", "last_seen_ns": "LastSeenNS",
 		}},
-		{"config", reflect.TypeFor[config](), map[string]string{"punt_ifindex": "PuntIfindex", "flags": "Flags", "lease_until_ns": "LeaseUntilNS"}},
+		{"config", reflect.TypeFor[config](), map[string]string{
+			"punt_ifindex": "PuntIfindex", "flags": "Flags", "lease_until_ns": "LeaseUntilNS",
+			"punt_interval_ns": "PuntIntervalNS", "punt_tolerance_ns": "PuntToleranceNS",
+		}},
 		{"stats", reflect.TypeFor[Stats](), map[string]string{
 			"hit": "Hit", "punt": "Punt", "pass": "Pass", "punt_unset": "PuntUnset", "egress_marked": "EgressMarked",
 			"redirect_err": "RedirectErrors", "short_frame": "ShortFrames", "vlan_dropped": "VLANDropped",
+			"punt_limited": "PuntLimited",
 		}},
 	} {
 		t.Run(tc.c, func(t *testing.T) {

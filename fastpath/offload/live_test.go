@@ -476,8 +476,8 @@ func tcxPrograms(t *testing.T, l *lab, ifindex int) []link.AttachedProgram {
 // TestLivePinning: with PinDir, Close leaves the programs forwarding; the
 // next Open reuses the maps (flows, counters) and takes the links over,
 // updating them in place; links of interfaces that went away meanwhile are
-// dropped; a different MaxFlows is refused; Unpin and Close remove
-// everything.
+// dropped; Unpin and Close remove everything. (TestLiveReplaceIncompatible
+// opens with pinned maps that do not fit.)
 func TestLivePinning(t *testing.T) {
 	l := newLab(t)
 	// A directory in the bpffs: its root has files of its own (progs.debug).
@@ -529,10 +529,6 @@ func TestLivePinning(t *testing.T) {
 	h := netns.HandleForTest(t, l.node)
 	if err := h.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: gone.Index}}); err != nil {
 		t.Fatal(err)
-	}
-
-	if _, err := Open(Config{MaxFlows: 32, PinDir: dir}); !errors.Is(err, ebpf.ErrMapIncompatible) {
-		t.Errorf("Open with another MaxFlows = %v, want ErrMapIncompatible", err)
 	}
 
 	o2, err := Open(cfg)
@@ -641,4 +637,84 @@ func TestLiveDetach(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestLiveReplaceIncompatible: maps pinned by a run with another MaxFlows,
+// or by a build with other map layouts (an upgrade), do not stop Open: it
+// replaces them, says why (Replaced), and keeps the previous run's links,
+// so that the pods stay behind a program until attached again.
+func TestLiveReplaceIncompatible(t *testing.T) {
+	l := newLab(t)
+	dir := filepath.Join(mountBPF(t), "podgate")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	o1, err := Open(Config{MaxFlows: 64, PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o1.Replaced() != nil {
+		t.Errorf("first Open: Replaced() = %v", o1.Replaced())
+	}
+	l.do(t, func() error { return errors.Join(o1.AttachPod(l.podA.Index), o1.AttachKernel(l.pgk)) })
+	flow, _ := l.peerFlow(ipA4, ipB4, ProtoUDP, 5000, 6000, 3)
+	if _, err := o1.Install([]Flow{flow}); err != nil {
+		t.Fatal(err)
+	}
+	if err := o1.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	reopen := func(what string, maxFlows int) *Offload {
+		t.Helper()
+		o, err := Open(Config{MaxFlows: maxFlows, PinDir: dir})
+		if err != nil {
+			t.Fatalf("%s: Open = %v, want the pinned maps replaced", what, err)
+		}
+		t.Cleanup(func() { o.Close() })
+		if err := o.Replaced(); !errors.Is(err, ebpf.ErrMapIncompatible) {
+			t.Errorf("%s: Replaced() = %v, want ErrMapIncompatible", what, err)
+		}
+		if pods, kernel := o.Attachments(); fmt.Sprint(pods) != fmt.Sprint([]int{l.podA.Index}) || kernel != l.pgk {
+			t.Errorf("%s: Attachments = %v, %d; want the pinned links [%d], %d", what, pods, kernel, l.podA.Index, l.pgk)
+		}
+		if progs := tcxPrograms(t, l, l.podA.Index); len(progs) != 1 {
+			t.Errorf("%s: %d programs on A's TCX ingress, want the pinned one", what, len(progs))
+		}
+		n := 0
+		if err := o.Range(func(Key, Value) bool { n++; return true }); err != nil || n != 0 {
+			t.Errorf("%s: %d flows in the new maps (%v), want none", what, n, err)
+		}
+		return o
+	}
+
+	// Another MaxFlows.
+	o2 := reopen("another MaxFlows", 32)
+	if err := o2.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The config map of the build before the punt budget (16 bytes).
+	if err := os.Remove(filepath.Join(dir, "config")); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "config", Type: ebpf.Array, KeySize: 4, ValueSize: 16, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(filepath.Join(dir, "config")); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	o3 := reopen("an older layout", 32)
+	if got, want := o3.objs.Config.ValueSize(), uint32(binary.Size(config{})); got != want {
+		t.Errorf("config map value size %d, want %d", got, want)
+	}
+	l.do(t, func() error { return errors.Join(o3.AttachPod(l.podA.Index), o3.AttachKernel(l.pgk)) })
+	if err := errors.Join(o3.Unpin(), o3.Close()); err != nil {
+		t.Fatal(err)
+	}
+	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 0 {
+		t.Errorf("pin dir after Unpin: %v, %v", entries, err)
+	}
 }

@@ -19,7 +19,7 @@ func NewCollector(o *Offload) *Collector {
 		hits:        d("forwarded_packets_total", "Packets the kernel forwarded on offloaded flows, by action (kernel: left to the kernel's routing; peer: into a local pod; redirect: from the kernel leg to a local pod).", "action"),
 		punts:       d("punted_packets_total", "Frames of pods that the TC program sent to the fastpath instead of forwarding, by reason.", "reason"),
 		passes:      d("passed_packets_total", "Frames on the kernel leg that the TC program left to the fastpath, by reason.", "reason"),
-		drops:       d("dropped_packets_total", "Frames of pods that the TC program dropped, by reason (vlan: VLAN-tagged; also in punted_packets_total).", "reason"),
+		drops:       d("dropped_packets_total", "Frames of pods that the TC program dropped, by reason (vlan: VLAN-tagged; punt_limited: over the pod's punt budget while the fastpath was congested; both also in punted_packets_total).", "reason"),
 		redirectErr: d("redirect_errors_total", "Frames dropped because a redirect failed."),
 	}
 }
@@ -45,5 +45,6 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.passes, s.Pass[r], r.String())
 	}
 	counter(c.drops, s.VLANDropped, ReasonVLAN.String())
+	counter(c.drops, s.PuntLimited, "punt_limited")
 	counter(c.redirectErr, s.RedirectErrors)
 }

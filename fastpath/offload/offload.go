@@ -94,6 +94,9 @@ type Offload struct {
 	closed bool
 	// done is closed, readable without mu.
 	done atomic.Bool
+	// replaced is why Open replaced the maps a previous run pinned, or
+	// nil.
+	replaced error
 }
 
 // tcx is an attached program: a TCX link, maybe pinned.
@@ -108,12 +111,16 @@ type tcx struct {
 
 // Open loads the programs and creates the maps. With Config.PinDir it
 // reuses maps pinned there by a previous run (their flows, counters and
-// config stay) and pins the ones it creates; a pinned map whose type,
-// sizes or flags differ (a new MaxFlows, another podgate build) is an
-// error wrapping [ebpf.ErrMapIncompatible]. It also takes over the TCX
-// links a previous run pinned ([Offload.Attachments] lists them): they keep
-// running the previous program until attached again, and links whose
-// interface is gone are removed.
+// config stay) and pins the ones it creates. If a pinned map's type,
+// sizes or flags differ (a new MaxFlows, a podgate build whose map layouts
+// changed), Open starts afresh: it unpins every map of the previous run
+// and creates new ones ([Offload.Replaced] says why; the caller should
+// log it). It also takes over the TCX links a previous run pinned
+// ([Offload.Attachments] lists them), whether or not it replaced the
+// maps: they keep running the previous program (on its own maps) until
+// attached again, so that the pods stay behind a program and the node
+// does not open while a new agent starts; links whose interface is gone
+// are removed.
 func Open(cfg Config) (*Offload, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("open offload: %w", err)
@@ -132,12 +139,16 @@ func Open(cfg Config) (*Offload, error) {
 		opts.Maps.PinPath = cfg.PinDir
 	}
 	o := &Offload{cfg: cfg, pods: make(map[int]*tcx)}
-	if err := spec.LoadAndAssign(&o.objs, &opts); err != nil {
-		if errors.Is(err, ebpf.ErrMapIncompatible) {
-			return nil, fmt.Errorf("open offload: maps pinned in %s do not match MaxFlows %d or this build; "+
-				"remove the directory's files to start afresh (this also detaches the programs pinned there): %w",
-				cfg.PinDir, cfg.MaxFlows, err)
+	err = spec.LoadAndAssign(&o.objs, &opts)
+	if errors.Is(err, ebpf.ErrMapIncompatible) && cfg.PinDir != "" {
+		o.replaced = fmt.Errorf("maps pinned in %s do not match MaxFlows %d or this build, replaced by new ones (the previous run's flows, counters and punt budgets are gone): %w",
+			cfg.PinDir, cfg.MaxFlows, err)
+		if uerr := unpinMaps(cfg.PinDir, spec); uerr != nil {
+			return nil, fmt.Errorf("open offload: %w: %w", o.replaced, uerr)
 		}
+		err = spec.LoadAndAssign(&o.objs, &opts)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("open offload: load programs and maps: %w", err)
 	}
 	o.counters, err = mapCounters(o.objs.Counters, cfg.MaxFlows)
@@ -155,6 +166,26 @@ func Open(cfg Config) (*Offload, error) {
 	}
 	return o, nil
 }
+
+// unpinMaps removes the pins of spec's maps from dir (a missing one is no
+// error). A map stays alive as long as a program uses it.
+func unpinMaps(dir string, spec *ebpf.CollectionSpec) error {
+	var errs []error
+	for name := range spec.Maps {
+		if strings.HasPrefix(name, ".") {
+			continue // .rodata and the like: never pinned
+		}
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("unpin incompatible map %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Replaced returns why [Open] replaced the maps pinned by a previous run
+// (an error wrapping [ebpf.ErrMapIncompatible]), or nil if it reused them
+// or there were none.
+func (o *Offload) Replaced() error { return o.replaced }
 
 // PinDir returns Config.PinDir: where links of other programs that must
 // outlive a crash with this Offload's (the kernel port's XDP link) are
@@ -275,7 +306,7 @@ func (o *Offload) Unpin() error {
 	if o.kernel != nil {
 		errs = append(errs, unpin(o.kernel))
 	}
-	for _, m := range []*ebpf.Map{o.objs.Flows, o.objs.Counters, o.objs.Config, o.objs.Stats} {
+	for _, m := range []*ebpf.Map{o.objs.Flows, o.objs.Counters, o.objs.Config, o.objs.Stats, o.objs.PuntBudget} {
 		if m.IsPinned() {
 			if err := m.Unpin(); err != nil {
 				errs = append(errs, fmt.Errorf("unpin map %v: %w", m, err))
@@ -434,13 +465,16 @@ func (s *Stats) add(o *Stats) {
 	s.RedirectErrors += o.RedirectErrors
 	s.ShortFrames += o.ShortFrames
 	s.VLANDropped += o.VLANDropped
+	s.PuntLimited += o.PuntLimited
 }
 
 // config mirrors struct config.
 type config struct {
-	PuntIfindex  uint32
-	Flags        uint32
-	LeaseUntilNS uint64
+	PuntIfindex     uint32
+	Flags           uint32
+	LeaseUntilNS    uint64
+	PuntIntervalNS  uint64
+	PuntToleranceNS uint64
 }
 
 // setPuntIfindex sets the punt interface, keeping the lease. The caller
@@ -476,4 +510,46 @@ func (o *Offload) Lease(until int64) error {
 	}
 	o.conf = c
 	return nil
+}
+
+// PuntLimit is the punt budget of each pod: how many frames per second
+// pod_ingress may send to the fastpath from one pod's host veth, on
+// average (Rate), and back to back (Burst). Frames over it are dropped in
+// TC and counted in [Stats].PuntLimited. Rate 0 is unlimited.
+type PuntLimit struct {
+	Rate  uint64 // frames per second; 0: unlimited
+	Burst uint64 // frames; at least 1 is used
+}
+
+// SetPuntLimit sets every pod's punt budget (see [PuntLimit]); a pod's
+// state (how much of its burst it used) is kept across changes. One system
+// call.
+func (o *Offload) SetPuntLimit(l PuntLimit) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		return fmt.Errorf("set punt limit: %w", ErrClosed)
+	}
+	c := o.conf
+	c.PuntIntervalNS, c.PuntToleranceNS = puntGCRA(l)
+	if c == o.conf {
+		return nil
+	}
+	if err := o.objs.Config.Put(uint32(0), c); err != nil {
+		return fmt.Errorf("set punt limit %d/s, burst %d: %w", l.Rate, l.Burst, err)
+	}
+	o.conf = c
+	return nil
+}
+
+// puntGCRA converts a rate and a burst to the GCRA's emission interval and
+// tolerance: interval 1e9/rate ns (at least 1), tolerance (burst-1)
+// intervals, so that burst frames conform back to back.
+func puntGCRA(l PuntLimit) (interval, tolerance uint64) {
+	if l.Rate == 0 {
+		return 0, 0
+	}
+	interval = max(uint64(1e9)/l.Rate, 1)
+	burst := min(max(l.Burst, 1), 1<<20)
+	return interval, (burst - 1) * interval
 }

@@ -19,6 +19,7 @@ const (
 	offloadMapConfig        = "config"
 	offloadMapCounters      = "counters"
 	offloadMapFlows         = "flows"
+	offloadMapPuntBudget    = "punt_budget"
 	offloadMapStats         = "stats"
 	offloadProgKernelEgress = "kernel_egress"
 	offloadProgPodIngress   = "pod_ingress"
@@ -74,10 +75,11 @@ type offloadProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type offloadMapSpecs struct {
-	Config   *ebpf.MapSpec `ebpf:"config"`
-	Counters *ebpf.MapSpec `ebpf:"counters"`
-	Flows    *ebpf.MapSpec `ebpf:"flows"`
-	Stats    *ebpf.MapSpec `ebpf:"stats"`
+	Config     *ebpf.MapSpec `ebpf:"config"`
+	Counters   *ebpf.MapSpec `ebpf:"counters"`
+	Flows      *ebpf.MapSpec `ebpf:"flows"`
+	PuntBudget *ebpf.MapSpec `ebpf:"punt_budget"`
+	Stats      *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // offloadVariableSpecs contains global variables before they are loaded into the kernel.
@@ -106,10 +108,11 @@ func (o *offloadObjects) Close() error {
 //
 // It can be passed to loadOffloadObjects or ebpf.CollectionSpec.LoadAndAssign.
 type offloadMaps struct {
-	Config   *ebpf.Map `ebpf:"config"`
-	Counters *ebpf.Map `ebpf:"counters"`
-	Flows    *ebpf.Map `ebpf:"flows"`
-	Stats    *ebpf.Map `ebpf:"stats"`
+	Config     *ebpf.Map `ebpf:"config"`
+	Counters   *ebpf.Map `ebpf:"counters"`
+	Flows      *ebpf.Map `ebpf:"flows"`
+	PuntBudget *ebpf.Map `ebpf:"punt_budget"`
+	Stats      *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *offloadMaps) Close() error {
@@ -117,6 +120,7 @@ func (m *offloadMaps) Close() error {
 		m.Config,
 		m.Counters,
 		m.Flows,
+		m.PuntBudget,
 		m.Stats,
 	)
 }

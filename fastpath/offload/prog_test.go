@@ -777,9 +777,110 @@ func TestPodAttachedClearAndMetrics(t *testing.T) {
 	if err := e.o.Range(func(Key, Value) bool { left++; return true }); err != nil || left != 0 {
 		t.Errorf("%d flows left after Clear (%v)", left, err)
 	}
-	// One series per action, per reason for punts and passes, and the
-	// redirect errors.
-	if n := testutil.CollectAndCount(NewCollector(e.o)); n != 3+2*int(NumReasons)+2 {
+	// One series per action, per reason for punts and passes, two of
+	// drops (vlan, punt_limited) and the redirect errors.
+	if n := testutil.CollectAndCount(NewCollector(e.o)); n != 3+2*int(NumReasons)+3 {
 		t.Errorf("collector: %d series", n)
+	}
+}
+
+// TestPodIngressPuntLimit: with a punt budget, a pod's punts beyond its
+// burst are dropped (TC_ACT_SHOT, the frame unchanged) and counted in
+// PuntLimited and under their reason, while another pod's budget is its
+// own; rate 0 never drops. The bounds allow for the time the runs take:
+// at 1 frame/s, a budget grows by one frame per second of the test.
+func TestPodIngressPuntLimit(t *testing.T) {
+	e := newProgEnv(t)
+	e.setPunt(t, e.kern)
+	const burst, frames = 3, 50
+	in := udpA(v4A, v4B, 1, 2).bytes(t)
+	send := func(ifindex, n int) (redirected, shot int) {
+		t.Helper()
+		for range n {
+			ret, out := e.run(t, e.o.objs.PodIngress, ifindex, in)
+			switch ret {
+			case tcRedirect:
+				redirected++
+			case tcShot:
+				shot++
+				if !bytes.Equal(out, in) {
+					t.Errorf("a limited frame was changed: % x", out)
+				}
+			default:
+				t.Fatalf("verdict %#x, want redirect or shot", ret)
+			}
+		}
+		return redirected, shot
+	}
+
+	// Unlimited: nothing is dropped.
+	before := e.stats(t)
+	if r, s := send(e.podA, frames); r != frames || s != 0 {
+		t.Errorf("rate 0: %d redirected, %d dropped of %d; want all redirected", r, s, frames)
+	}
+	if after := e.stats(t); after.PuntLimited != before.PuntLimited {
+		t.Errorf("rate 0: PuntLimited %d -> %d", before.PuntLimited, after.PuntLimited)
+	}
+
+	if err := e.o.SetPuntLimit(PuntLimit{Rate: 1, Burst: burst}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	before = e.stats(t)
+	r, s := send(e.podA, frames)
+	elapsed := time.Since(start)
+	after := e.stats(t)
+	// burst back to back, plus one per second the runs took (and one for
+	// the partly elapsed second).
+	most := burst + int(elapsed/time.Second) + 1
+	if r < burst || r > most {
+		t.Errorf("rate 1/s, burst %d: %d of %d frames redirected in %v, want %d to %d", burst, r, frames, elapsed, burst, most)
+	}
+	if got := after.PuntLimited - before.PuntLimited; got != uint64(s) {
+		t.Errorf("PuntLimited grew by %d, %d frames were dropped", got, s)
+	}
+	if got := after.Punt[ReasonMiss] - before.Punt[ReasonMiss]; got != frames {
+		t.Errorf("Punt[miss] grew by %d, want all %d (limited frames count as punts too)", got, frames)
+	}
+	if after.RedirectErrors != before.RedirectErrors || after.ShortFrames != before.ShortFrames {
+		t.Errorf("other drops counted: %+v -> %+v", before, after)
+	}
+
+	// Pod B has a budget of its own.
+	if r, _ := send(e.podB, burst); r != burst {
+		t.Errorf("pod B: %d of its %d-frame burst redirected after A used up its budget", r, burst)
+	}
+
+	// Lifting the limit drops nothing again.
+	if err := e.o.SetPuntLimit(PuntLimit{}); err != nil {
+		t.Fatal(err)
+	}
+	before = e.stats(t)
+	if r, s := send(e.podA, frames); r != frames || s != 0 {
+		t.Errorf("lifted: %d redirected, %d dropped of %d", r, s, frames)
+	}
+	if after := e.stats(t); after.PuntLimited != before.PuntLimited {
+		t.Errorf("lifted: PuntLimited %d -> %d", before.PuntLimited, after.PuntLimited)
+	}
+}
+
+// TestPuntGCRA checks the conversion of a rate and a burst to the GCRA's
+// interval and tolerance.
+func TestPuntGCRA(t *testing.T) {
+	for _, tc := range []struct {
+		l                   PuntLimit
+		interval, tolerance uint64
+	}{
+		{PuntLimit{}, 0, 0},
+		{PuntLimit{Burst: 10}, 0, 0},
+		{PuntLimit{Rate: 1, Burst: 1}, 1e9, 0},
+		{PuntLimit{Rate: 1000, Burst: 0}, 1e6, 0},
+		{PuntLimit{Rate: 1000, Burst: 32}, 1e6, 31e6},
+		{PuntLimit{Rate: 1 << 40, Burst: 2}, 1, 1},
+	} {
+		i, tol := puntGCRA(tc.l)
+		if i != tc.interval || tol != tc.tolerance {
+			t.Errorf("puntGCRA(%+v) = %d, %d; want %d, %d", tc.l, i, tol, tc.interval, tc.tolerance)
+		}
 	}
 }

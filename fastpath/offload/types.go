@@ -311,6 +311,10 @@ type Stats struct {
 	// kernel holds the tag outside the frame, and a punt would lose it);
 	// also in Punt[ReasonVLAN].
 	VLANDropped uint64
+	// PuntLimited counts frames pod_ingress dropped instead of punting
+	// because their pod was over its punt budget ([Offload.SetPuntLimit]);
+	// also in Punt.
+	PuntLimited uint64
 }
 
 // Punt marker: pod_ingress sets a punted frame's destination MAC to

@@ -60,6 +60,19 @@ struct {
 } stats SEC(".maps");
 
 /*
+ * The punt budget's state: per pod host veth (skb->ifindex), the GCRA's
+ * theoretical arrival time of its next punt (bpf_ktime_get_ns). LRU: a
+ * node has far fewer pods than entries, and a forgotten veth only starts
+ * again with a full budget.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, __u64);
+} punt_budget SEC(".maps");
+
+/*
  * Frames the programs do not redirect continue with TCX_NEXT (TC_ACT_UNSPEC)
  * rather than TC_ACT_OK: the programs are attached first in the TCX chain,
  * and NEXT lets programs behind them (a CNI's, say) run; when there are
@@ -302,11 +315,48 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct flow_dir 
 }
 
 /*
+ * over_budget reports whether the veth ifindex has used up its punt budget
+ * (config punt_interval_ns, punt_tolerance_ns), and charges the frame to
+ * it if not. GCRA, the virtual-scheduling form of a token bucket: one
+ * 64-bit theoretical arrival time (tat) per veth; a frame conforms if tat
+ * is at most tolerance ahead of now, and then pushes tat one interval on.
+ * Concurrent frames of one veth on several CPUs race on tat without
+ * atomics: at worst a few extra frames conform, never fewer.
+ */
+static __always_inline int over_budget(const struct config *cfg, __u32 ifindex)
+{
+	__u64 interval = cfg->punt_interval_ns;
+
+	if (interval == 0)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 *tat = bpf_map_lookup_elem(&punt_budget, &ifindex);
+
+	if (!tat) {
+		__u64 next = now + interval;
+
+		/* On failure (never for an LRU map) the frame goes unlimited. */
+		bpf_map_update_elem(&punt_budget, &ifindex, &next, BPF_ANY);
+		return 0;
+	}
+	__u64 t = *tat;
+
+	if (t < now)
+		t = now;
+	if (t - now > cfg->punt_tolerance_ns)
+		return 1;
+	*tat = t + interval;
+	return 0;
+}
+
+/*
  * punt sends a pod's frame to the Go fastpath: the destination MAC becomes
  * the marker 06:70 + the pod's host veth ifindex (big-endian), and the frame
  * is redirected to the egress of config.punt_ifindex (pgk0), whose peer
  * pgw0 feeds the AF_XDP socket. Without a punt interface (0: tests, or no
- * kernel leg attached) the frame goes to the kernel unchanged.
+ * kernel leg attached) the frame goes to the kernel unchanged. A frame over
+ * the veth's punt budget (over_budget) is dropped before it takes a place
+ * in the fastpath's socket.
  */
 static __always_inline int punt(struct __sk_buff *skb, struct stats *st, int reason)
 {
@@ -321,6 +371,13 @@ static __always_inline int punt(struct __sk_buff *skb, struct stats *st, int rea
 		return TC_NEXT;
 	}
 	__u32 out = cfg->punt_ifindex;
+	__u32 ifindex = skb->ifindex;
+
+	if (over_budget(cfg, ifindex)) {
+		if (st)
+			st->punt_limited++;
+		return TC_ACT_SHOT;
+	}
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
@@ -331,7 +388,6 @@ static __always_inline int punt(struct __sk_buff *skb, struct stats *st, int rea
 			st->short_frame++;
 		return TC_ACT_SHOT;
 	}
-	__u32 ifindex = skb->ifindex;
 
 	eth->h_dest[0] = PUNT_MARK0;
 	eth->h_dest[1] = PUNT_MARK1;

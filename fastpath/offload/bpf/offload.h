@@ -86,6 +86,15 @@ struct config {
 	 * verdicts within the lease. 0: no lease (the flows are always used).
 	 */
 	__u64 lease_until_ns;
+	/*
+	 * The punt budget of each pod's host veth (GCRA, see punt() in
+	 * offload.c): a veth may punt one frame per punt_interval_ns on
+	 * average, and punt_tolerance_ns / punt_interval_ns + 1 frames back
+	 * to back. 0: unlimited (the default). The Go side sets both from a
+	 * rate and a burst.
+	 */
+	__u64 punt_interval_ns;
+	__u64 punt_tolerance_ns;
 };
 
 /* Why a frame was not forwarded by an offloaded flow. */
@@ -116,6 +125,7 @@ struct stats {
 	__u64 redirect_err;        /* redirect helpers that failed (frame dropped) */
 	__u64 short_frame;         /* pod_ingress: frames without an Ethernet header, dropped */
 	__u64 vlan_dropped;        /* pod_ingress: VLAN-tagged frames, dropped (also in punt[REASON_VLAN]) */
+	__u64 punt_limited;        /* pod_ingress: punts over the veth's budget, dropped (also in punt[]) */
 };
 
 /* Punt marker: destination MAC 06:70:ii:ii:ii:ii, ii = ifindex big-endian. */

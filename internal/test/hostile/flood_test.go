@@ -35,6 +35,10 @@ func udpFlood(tb testing.TB, w wire, n int, firstPort, dport uint16) [][]byte {
 	return frames
 }
 
+// limitedMetric counts, with reason="punt_limited", the frames the punt
+// budget dropped in TC.
+const limitedMetric = "podgate_offload_dropped_packets_total"
+
 // sendPaced writes frames with sendmmsg in batches of 64, sleeping pause
 // between batches, and returns how many the kernel accepted.
 func sendPaced(in *Injector, frames [][]byte, pause time.Duration) (int, error) {
@@ -146,14 +150,18 @@ func TestConntrackFlood(t *testing.T) {
 		after.Get("podgate_conntrack_entries"), after.Get("podgate_conntrack_capacity"), delta("podgate_flows_new_total"),
 		n.a.HostIf, after.Get("podgate_xsk_rx_dropped_total", "interface", n.a.HostIf)-before.Get("podgate_xsk_rx_dropped_total", "interface", n.a.HostIf))
 	t.Logf("open connection c -> b during the flood: %d echoes, %d failed (last: %v), slowest %v", rounds, failures, lastErr, slowest.Round(time.Microsecond))
+	// If the flood congests the kernel leg's socket, the punt budget
+	// drops some of its first packets in TC: those flows are never seen.
+	limited := after.Get(limitedMetric, "reason", "punt_limited") - before.Get(limitedMetric, "reason", "punt_limited")
+	t.Logf("frames limited by the punt budget: +%v", limited)
 
 	if got := after.Get("podgate_conntrack_entries"); got > capacity {
 		t.Errorf("conntrack entries %v > capacity %d", got, capacity)
 	}
-	if got := delta("podgate_conntrack_inserts_total"); got < 0.9*flows {
-		t.Errorf("only %v of %d flows were inserted", got, flows)
+	if got := delta("podgate_conntrack_inserts_total"); got+limited < 0.9*flows {
+		t.Errorf("only %v of %d flows were inserted (and %v frames limited)", got, flows, limited)
 	}
-	if got, want := delta("podgate_conntrack_evictions_total"), 0.9*flows-capacity; got < want {
+	if got, want := delta("podgate_conntrack_evictions_total"), 0.9*flows-capacity-limited; got < want {
 		t.Errorf("evictions grew by %v, want at least %v", got, want)
 	}
 	if failures > 0 {
@@ -173,9 +181,11 @@ func TestConntrackFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	after = n.waitDrops(before, map[string]float64{"denied_ingress": 0.9 * 10000}, 5*time.Second)
-	t.Logf("10000 denied flows: denied_ingress +%v, conntrack inserts +%v", dropDeltas(before, after)["denied_ingress"], delta("podgate_conntrack_inserts_total"))
-	if got := dropDeltas(before, after)["denied_ingress"]; got < 0.9*10000 {
-		t.Errorf("denied_ingress grew by %v, want about 10000", got)
+	dd := dropDeltas(before, after)
+	t.Logf("10000 denied flows: denied_ingress +%v, limited by the punt budget +%v, conntrack inserts +%v",
+		dd["denied_ingress"], dd["offload_punt_limited"], delta("podgate_conntrack_inserts_total"))
+	if got := dd["denied_ingress"] + dd["offload_punt_limited"]; got < 0.9*10000 {
+		t.Errorf("denied_ingress and punt_limited grew by %v, want about 10000", got)
 	}
 	if got := delta("podgate_conntrack_inserts_total"); got != 0 {
 		t.Errorf("denied flows were inserted into conntrack: +%v", got)
@@ -187,11 +197,16 @@ func TestConntrackFlood(t *testing.T) {
 	}
 }
 
-// TestFloodFasterThanWorker has pod a flood pod d with small allowed UDP
-// frames from several threads, faster than the fastpath's one worker
-// drains a's socket, and checks that the kernel counts what it could not
-// deliver (the node's AF_XDP statistics), that the agent stays up, and
-// that the other pods' traffic keeps flowing.
+// TestFloodFasterThanWorker has pod a flood pod d with new UDP flows from
+// several threads, faster than the fastpath's one worker drains the
+// kernel leg's socket, which carries every frame the pods' TC programs
+// punt (first packets, handshakes). What matters: the other pods' new
+// connections keep succeeding during the flood (the punt budget, set
+// while the socket is congested, keeps a's flood from taking the whole
+// socket), their open connection keeps working, and the agent stays up.
+// The log has the socket's drops, the frames the budget limited and how
+// many of the other pods' handshakes took a retransmission; none of them
+// is asserted, since they depend on the machine's speed and load.
 func TestFloodFasterThanWorker(t *testing.T) {
 	n := newNode(t)
 	w := wire{srcMAC: n.podMAC(n.a), dstMAC: n.gatewayMAC(n.a), src: n.a.IPs[0], dst: n.d.IPs[0]}
@@ -200,9 +215,10 @@ func TestFloodFasterThanWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 	const threads, duration = 3, 3 * time.Second
-	// 256 flows, sent over and over: the cost is the worker's, not the
-	// flow table's.
-	frames := udpFlood(t, w, 256, 40000, 9)
+	// 131,072 flows (source ports 1024 to 65535 to port 9, then to port
+	// 8), sent over and over: far more new flows than the worker decides
+	// in the flood's time, so that their first packets keep being punted.
+	frames := udpFlood(t, w, 1<<17, 1024, 9)
 	before := n.metrics()
 	watch := watchConn(conn, 50*time.Millisecond, 2*time.Second)
 	var wg sync.WaitGroup
@@ -228,21 +244,26 @@ func TestFloodFasterThanWorker(t *testing.T) {
 	}
 	// Meanwhile, new connections between other pods. Their handshakes are
 	// punted to the fastpath through the kernel leg's one socket, which
-	// the flood's own punted frames (its flows' first packets, until
-	// they are offloaded) can overrun: a SYN may be lost and retransmitted
-	// after 1 s. The probe allows one retransmission, and the log says how
-	// many needed it.
+	// the flood's own punted frames can overrun until the punt budget
+	// limits a (the first tenth of a second, and briefly whenever the
+	// budget probes for more): a SYN may then be lost and retransmitted
+	// after 1 s. The probe allows two retransmissions (a shared, loaded
+	// machine), and the log says how many needed one.
 	var probeFailures []string
 	var probes, retransmitted int
+	var slowestProbe time.Duration
 	for time.Now().Before(stop) {
 		for _, p := range [][2]string{{"app/c", "app/b"}, {"app/b", "app/c"}} {
-			r := n.expectWithin("during the flood", p[0], p[1], tcpPort(81), 3*time.Second)
+			r := n.expectWithin("during the flood", p[0], p[1], tcpPort(81), 4*time.Second)
 			probes++
 			if !r.Observed {
 				probeFailures = append(probeFailures, r.String())
-			} else if r.Elapsed >= time.Second {
+				continue
+			}
+			if r.Elapsed >= time.Second {
 				retransmitted++
 			}
+			slowestProbe = max(slowestProbe, r.Elapsed)
 		}
 	}
 	wg.Wait()
@@ -268,10 +289,17 @@ func TestFloodFasterThanWorker(t *testing.T) {
 	t.Logf("%d threads sent %d frames in %v (%.0f/s); the worker received %v from %s (%.0f/s), the kernel forwarded %v on offloaded flows; xsk on %s: rx_dropped +%v, fill_ring_empty +%v, rx_ring_full +%v; tx_ring_full drops +%v",
 		threads, sent.Load(), duration, float64(sent.Load())/duration.Seconds(), aRx, n.a.HostIf, aRx/duration.Seconds(), offloaded,
 		gw, rxDropped, fillEmpty, ringFull, dropDeltas(before, after)["tx_ring_full"])
-	t.Logf("open connection c -> b: %d echoes, %d failed (last: %v), slowest %v; new connections c <-> b: %d of %d failed, %d took a retransmission (>= 1 s)", rounds, failures, lastErr, slowest.Round(time.Microsecond), len(probeFailures), probes, retransmitted)
+	limited := delta(limitedMetric, "reason", "punt_limited")
+	t.Logf("punt budget: %v frames of pods limited in TC (%.0f/s), budget now %v frames/s per pod",
+		limited, limited/duration.Seconds(), after.Get("podgate_punt_limit_frames_per_second"))
+	t.Logf("open connection c -> b: %d echoes, %d failed (last: %v), slowest %v; new connections c <-> b: %d of %d failed, %d took a retransmission (>= 1 s), slowest %v",
+		rounds, failures, lastErr, slowest.Round(time.Microsecond), len(probeFailures), probes, retransmitted, slowestProbe.Round(time.Millisecond))
+	if len(probeFailures) > 0 {
+		t.Errorf("%d of %d new connections between c and b failed during the flood: %v", len(probeFailures), probes, probeFailures)
+	}
 	switch {
 	case rxDropped+fillEmpty+ringFull > 0:
-	case aRx+offloaded >= 0.95*float64(sent.Load()):
+	case aRx+offloaded+limited >= 0.95*float64(sent.Load()):
 		t.Logf("the worker and the kernel kept up with %d sender threads on this machine: nothing to exhaust", threads)
 	default:
 		t.Errorf("%d frames sent, %v received by the worker and %v forwarded by the kernel, but no xsk drops counted on %s", sent.Load(), aRx, offloaded, gw)
