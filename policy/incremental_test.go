@@ -442,7 +442,7 @@ func fallbackReason(err error) string {
 }
 
 func TestIncrementalAgreesWithFullCompile(t *testing.T) {
-	seeds, steps := 200, 40
+	seeds, steps := 120, 40
 	if testing.Short() {
 		seeds = 50
 	}
