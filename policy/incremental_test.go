@@ -576,3 +576,59 @@ func TestUpdatePodsNeedsCompileFirst(t *testing.T) {
 		t.Fatalf("Compile with an invalid pod: %v, want ErrInvalid", err)
 	}
 }
+
+// TestUpdatePodsAsksForCompileAfterManyDeadIdentities relabels one pod
+// to a new identity again and again: the identities it leaves behind are
+// kept until there are more than live ones (and at least 1,024), and then
+// an update asks for the full compile that drops them.
+func TestUpdatePodsAsksForCompileAfterManyDeadIdentities(t *testing.T) {
+	c := &policy.Cluster{
+		Namespaces: []*corev1.Namespace{newNamespace("a")},
+		Pods:       []*corev1.Pod{newPod("a", "x", []string{"10.1.0.1"}, "app", "x"), newPod("a", "y", []string{"10.1.0.2"}, "app", "y")},
+		Policies: []*networkingv1.NetworkPolicy{mustPolicy(t, `
+metadata: {name: p, namespace: a}
+spec:
+  podSelector: {matchLabels: {app: x}}
+  ingress: [{from: [{podSelector: {matchExpressions: [{key: rev, operator: Exists}]}}]}]
+`)},
+	}
+	comp := policy.NewCompiler(policy.Options{})
+	if _, err := comp.Compile(c); err != nil {
+		t.Fatal(err)
+	}
+	var tab *table.Table
+	var err error
+	updates := 0
+	for rev := 0; ; rev++ {
+		y := newPod("a", "y", []string{"10.1.0.2"}, "app", "y", "rev", fmt.Sprint(rev))
+		c.Pods[1] = y
+		tab, err = comp.UpdatePods([]policy.PodChange{{Pod: y}})
+		if err != nil {
+			break
+		}
+		updates++
+		// x admits y in its new identity.
+		if v := tab.Lookup(addr(t, "10.1.0.2"), addr(t, "10.1.0.1"), table.TCP, 80); !v.Allowed() {
+			t.Fatalf("update %d: y -> x: %+v, want allowed", updates, v)
+		}
+		if rev > 5000 {
+			t.Fatal("5,000 dead identities and no full compile asked for")
+		}
+	}
+	if !errors.Is(err, policy.ErrNeedCompile) || !strings.Contains(err.Error(), "identities no pod has") {
+		t.Fatalf("after %d updates: %v, want ErrNeedCompile for dead identities", updates, err)
+	}
+	if updates < 1024 {
+		t.Errorf("full compile asked for after %d updates, want at least 1,024", updates)
+	}
+	if tab, err = comp.Compile(c); err != nil {
+		t.Fatal(err)
+	}
+	if n := tab.Stats().Identities; n != 2 {
+		t.Errorf("identities after the full compile: %d, want 2", n)
+	}
+	// x admits y, whatever its rev.
+	if v := tab.Lookup(addr(t, "10.1.0.2"), addr(t, "10.1.0.1"), table.TCP, 80); !v.Allowed() {
+		t.Errorf("y -> x: %+v, want allowed", v)
+	}
+}
