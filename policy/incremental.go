@@ -70,9 +70,12 @@ type PodChange struct {
 
 // Compiler compiles tables as [CompileWith] does and remembers what it
 // learned, so that the next table can be derived from the last one when
-// only pods changed ([Compiler.UpdatePods]), in time that grows with the
-// change rather than with the cluster. A Compiler is not safe for
-// concurrent use; the tables it returns are, as any [table.Table].
+// only pods changed ([Compiler.UpdatePods]): the selectors are evaluated
+// only for the identities that are new, and only the rules and groups
+// they join are copied, but the endpoint slice is still copied whole (at
+// 10,000 pods, about a millisecond per update against 50 ms for a full
+// compile). A Compiler is not safe for concurrent use; the tables it
+// returns are, as any [table.Table].
 type Compiler struct {
 	opts Options
 	st   *incrState // nil before the first compile and after a failure
@@ -128,8 +131,8 @@ func comparePodKeys(a, b podKey) int {
 	return cmp.Or(cmp.Compare(a.ns, b.ns), cmp.Compare(a.name, b.name))
 }
 
-// ruleLoc is rule index of policy (or cluster policy) policy's rules for
-// dir.
+// ruleLoc names rule number index of policy (or cluster policy)
+// policy's rules for dir.
 type ruleLoc struct {
 	policy int32
 	dir    table.Direction
