@@ -25,8 +25,9 @@ import (
 // node's own addresses.
 
 // policyHandler returns the event handler of an informer whose objects
-// make up the table: it counts the change and triggers a rebuild, nothing
-// more. Objects that are not in the table (present false: a pod without
+// make up the table: it counts the change, records it (which pod, or
+// that a full compile is needed: [APISource.changed]) and triggers a
+// rebuild, nothing more. Objects that are not in the table (present false: a pod without
 // an address) and updates that do not change what the table is compiled
 // from (status conditions, annotations, resyncs) are ignored. A deletion
 // may arrive as a cache.DeletedFinalStateUnknown tombstone (the watch
