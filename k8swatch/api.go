@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/labels"
 	coreinformers "k8s.io/client-go/informers/core/v1"
@@ -174,6 +175,11 @@ type APISource struct {
 	clock  clock.Clock
 	pub    *publisher
 	runner *runner
+	// pending is what changed since the last rebuild; compiler compiles
+	// the tables and updates the last one for pod changes. The compiler
+	// is used on the runner's goroutine only.
+	pending  *pendingChanges
+	compiler *policy.Compiler
 
 	pods       corelisters.PodLister
 	namespaces corelisters.NamespaceLister
@@ -237,6 +243,9 @@ func NewAPISource(cfg APIConfig) (*APISource, error) {
 	// The API server validated every object it serves.
 	s.pub.opts = policy.Options{Trusted: true}
 	s.pub.onPublish = cfg.OnPublish
+	s.pending = newPendingChanges()
+	s.compiler = policy.NewCompiler(s.pub.opts)
+	s.pub.compile = s.compiler.Compile
 	s.runner = newRunner(s.rebuild, cfg.MinInterval, cfg.Clock)
 	if cfg.ClusterPolicies != nil {
 		s.cluster = &clusterWatch{cfg: *cfg.ClusterPolicies, rediscover: make(chan struct{}, 1), crs: map[string]*crWatch{}}
@@ -317,9 +326,15 @@ func (s *APISource) Run(ctx context.Context) error {
 	s.pub.setSynced()
 	s.log.Info("informer caches synced")
 	s.updateNodeAddrs()
-	s.runner.trigger()
+	s.triggerFull()
 	s.runner.run(ctx)
 	return nil
+}
+
+// triggerFull asks for a rebuild that compiles everything.
+func (s *APISource) triggerFull() {
+	s.pending.other()
+	s.runner.trigger()
 }
 
 // Ready reports whether every informer synced, a table was published and
@@ -339,11 +354,23 @@ func (s *APISource) NodeAddrs() []netip.Addr {
 	return nil
 }
 
-// rebuild lists the informer caches, compiles and publishes. It runs on
-// the runner's goroutine only.
+// rebuild publishes a table of the informer caches: when only pods
+// changed since the last rebuild, the last table updated for them
+// ([policy.Compiler.UpdatePods]), otherwise (or when the update cannot
+// be derived) a full compile of everything listed from the caches. It
+// runs on the runner's goroutine only.
 func (s *APISource) rebuild() {
 	start := s.clock.Now()
 	current := !s.pub.stale()
+	full, changed := s.pending.take()
+	if !full {
+		if len(changed) == 0 {
+			return // a trigger whose changes an earlier rebuild read
+		}
+		if s.updatePods(changed, start, current) {
+			return
+		}
+	}
 	nss, err1 := s.namespaces.List(labels.Everything())
 	pods, err2 := s.pods.List(labels.Everything())
 	nps, err3 := s.policies.List(labels.Everything())
@@ -360,8 +387,36 @@ func (s *APISource) rebuild() {
 		err7 = s.clusterPolicies(c)
 	}
 	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7); err != nil {
+		// What this rebuild should have compiled is not in the last
+		// table: the next one compiles everything too.
+		s.compiler.Reset()
 		s.pub.fail(fmt.Errorf("list informer caches: %w", err))
 		return
 	}
 	s.pub.publish(c, start, current)
+}
+
+// updatePods reads the pods from the cache and publishes the last table
+// updated for them. It reports false when the update could not be
+// derived and the caller must compile everything.
+func (s *APISource) updatePods(pods []cache.ObjectName, start time.Time, current bool) bool {
+	changes := make([]policy.PodChange, 0, len(pods))
+	for _, k := range pods {
+		pod, err := s.pods.Pods(k.Namespace).Get(k.Name)
+		switch {
+		case apierrors.IsNotFound(err):
+			pod = nil
+		case err != nil:
+			s.log.Debug("read pod from cache; compiling everything", "pod", k.String(), "error", err)
+			return false
+		}
+		changes = append(changes, policy.PodChange{Namespace: k.Namespace, Name: k.Name, Pod: pod})
+	}
+	t, err := s.compiler.UpdatePods(changes)
+	if err != nil {
+		s.log.Debug("pod changes need a full compile", "pods", len(pods), "reason", err)
+		return false
+	}
+	s.pub.publishTable(t, start, current, true)
+	return true
 }

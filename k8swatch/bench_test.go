@@ -121,8 +121,9 @@ func reportLatency(b *testing.B, lat []time.Duration) {
 	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
 }
 
-// BenchmarkRebuild measures one rebuild (list the informer caches, build
-// the Cluster, compile, publish) of a cluster of 10,000 pods in 1,000
+// BenchmarkRebuild measures one full rebuild (list the informer caches,
+// build the Cluster, compile, publish), as after a policy change, of a
+// cluster of 10,000 pods in 1,000
 // namespaces with 2,000 policies. The informers' indexers are filled
 // directly, without an API server.
 func BenchmarkRebuild(b *testing.B) {
@@ -163,6 +164,7 @@ func BenchmarkRebuild(b *testing.B) {
 				start := time.Now()
 				_, _ = s.pods.List(labels.Everything())
 				list += time.Since(start)
+				s.pending.other() // as after a policy change: a full compile
 				s.rebuild()
 			}
 			st := s.Status()
@@ -233,5 +235,132 @@ func appPolicySpec(app string, team map[string]string) networkingv1.NetworkPolic
 			{Ports: []networkingv1.NetworkPolicyPort{{Port: &dns, Protocol: &udp}}},
 			{To: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "172.16.0.0/12"}}}},
 		},
+	}
+}
+
+// BenchmarkIncrementalPodChange measures one rebuild for one pod change
+// (read the pod from the cache, update the last table, publish) in the
+// cluster of TestControlPlaneAtScale held in memory: 10,000 pods (as
+// TrimForPolicy leaves them) in 1,000 namespaces with 2,000 policies of
+// the scale test's three shapes. The changes are those of its churn: a
+// relabel to a label no pod has (a new identity each time), a relabel
+// to an existing identity, a pod created with an address, and one
+// deleted. Compare with BenchmarkRebuild, the full compile.
+func BenchmarkIncrementalPodChange(b *testing.B) {
+	s := defaultScale
+	factory := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
+	store := &table.Store{}
+	src, err := NewAPISource(APIConfig{
+		Pods:            factory.Core().V1().Pods(),
+		Namespaces:      factory.Core().V1().Namespaces(),
+		NetworkPolicies: factory.Networking().V1().NetworkPolicies(),
+		Store:           store,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	podIdx := factory.Core().V1().Pods().Informer().GetIndexer()
+	add := func(idx interface{ Add(any) error }, obj any) {
+		if err := idx.Add(obj); err != nil {
+			b.Fatal(err)
+		}
+	}
+	trimmed := func(p *corev1.Pod) *corev1.Pod {
+		obj, err := TrimForPolicy(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return obj.(*corev1.Pod)
+	}
+	for n := range s.namespaces {
+		env := "prod"
+		if n%3 == 0 {
+			env = "staging"
+		}
+		add(factory.Core().V1().Namespaces().Informer().GetIndexer(),
+			newNamespace(fmt.Sprintf("ns-%d", n), map[string]string{"team": fmt.Sprintf("team-%d", n%50), "env": env}))
+		for p := range s.podsPerNS {
+			pod := scalePod(fmt.Sprintf("ns-%d", n), fmt.Sprintf("pod-%d", p), fmt.Sprintf("node-%d", (n*s.podsPerNS+p)%s.nodes), p)
+			ip := scalePodIP(s, n, p)
+			pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}}
+			add(podIdx, trimmed(pod))
+		}
+		for _, np := range scalePolicies(n, s.policiesPerNS) {
+			add(factory.Networking().V1().NetworkPolicies().Informer().GetIndexer(), np)
+		}
+	}
+	src.rebuild() // the full compile
+	if st := src.Status(); st.LastError != nil || st.Rebuilds != 1 {
+		b.Fatalf("first rebuild: %+v", st)
+	}
+	b.Logf("first table: %+v", store.Load().Stats())
+
+	// change applies one change to the cache and rebuilds for it.
+	change := func(b *testing.B, pod *corev1.Pod, deleted bool) {
+		if deleted {
+			if err := podIdx.Delete(pod); err != nil {
+				b.Fatal(err)
+			}
+		} else if err := podIdx.Update(pod); err != nil {
+			b.Fatal(err)
+		}
+		src.pending.pod(pod)
+		src.rebuild()
+	}
+	get := func(b *testing.B, ns, name string) *corev1.Pod {
+		pod, err := src.pods.Pods(ns).Get(name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return pod.DeepCopy()
+	}
+	rev := 0
+	for _, kind := range []string{"relabel-new-identity", "relabel-existing-identity", "create-delete"} {
+		b.Run(kind, func(b *testing.B) {
+			before := src.Status()
+			ops := 0
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				n := i % s.namespaces
+				ns := fmt.Sprintf("ns-%d", n)
+				switch kind {
+				case "relabel-new-identity":
+					pod := get(b, ns, "pod-0")
+					rev++
+					pod.Labels["rev"] = fmt.Sprint(rev)
+					change(b, pod, false)
+					ops++
+				case "relabel-existing-identity":
+					// pod-0 and pod-5 differ only in their tier
+					// label (app-0, web and db): swap it.
+					pod := get(b, ns, "pod-0")
+					delete(pod.Labels, "rev")
+					pod.Labels["tier"] = map[string]string{"web": "db", "db": "web"}[pod.Labels["tier"]]
+					change(b, pod, false)
+					ops++
+				case "create-delete":
+					// Half the iterations create a pod, half delete it.
+					name := fmt.Sprintf("churn-%d", i/2)
+					if i%2 == 0 {
+						pod := scalePod(ns, name, "node-1", i)
+						ip := fmt.Sprintf("10.200.%d.%d", (i/2)>>8&255, (i/2)&255)
+						pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}}
+						change(b, trimmed(pod), false)
+					} else {
+						change(b, get(b, fmt.Sprintf("ns-%d", (i-1)%s.namespaces), name), true)
+					}
+					ops++
+				}
+			}
+			st := src.Status()
+			if st.LastError != nil {
+				b.Fatal(st.LastError)
+			}
+			if inc := st.Incremental - before.Incremental; inc != uint64(ops) {
+				b.Fatalf("%d of %d changes updated the table incrementally", inc, ops)
+			}
+			stats := store.Load().Stats()
+			b.ReportMetric(float64(stats.Identities), "identities")
+		})
 	}
 }

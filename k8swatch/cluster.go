@@ -156,7 +156,7 @@ func (s *APISource) discover(ctx context.Context) ([]*crWatch, error) {
 		started = append(started, c)
 	}
 	if changed {
-		s.runner.trigger()
+		s.triggerFull()
 	}
 	return started, nil
 }
@@ -205,7 +205,7 @@ func (s *APISource) startClusterInformer(res clusterResource, version string) (*
 	c.done.Go(func() { inf.RunWithContext(ctx) })
 	c.done.Go(func() {
 		if cache.WaitForCacheSync(ctx.Done(), reg.HasSynced) {
-			s.runner.trigger()
+			s.triggerFull()
 		}
 	})
 	cw.crs[res.resource] = c

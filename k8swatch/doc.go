@@ -13,8 +13,12 @@
 //     transform, which keeps of Pods and Nodes only what the table reads,
 //     or at least [StripManagedFields]) and hands to [NewAPISource] before
 //     starting the factory.
-//     Event handlers only note that the view changed and trigger a rebuild;
-//     rebuilds list the informer caches, compile and publish. A
+//     Event handlers only note what changed (which pods, or that
+//     something else did) and trigger a rebuild. A rebuild after pod
+//     changes only reads those pods from the cache and updates the last
+//     table for them ([policy.Compiler.UpdatePods]); any other change, or
+//     a pod change it cannot derive, lists the informer caches and
+//     compiles everything. Either way it publishes a new table. A
 //     bounded-frequency runner coalesces bursts: the first change after a
 //     quiet period is rebuilt at once, later ones at most every
 //     [APIConfig.MinInterval]. The source also follows the addresses of

@@ -1,11 +1,13 @@
 package k8swatch
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"maps"
 	"net/netip"
 	"slices"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -23,8 +25,9 @@ import (
 // node's own addresses.
 
 // policyHandler returns the event handler of an informer whose objects
-// make up the table: it counts the change and triggers a rebuild, nothing
-// more. Objects that are not in the table (present false: a pod without
+// make up the table: it counts the change, records it (which pod, or
+// that a full compile is needed: [APISource.changed]) and triggers a
+// rebuild, nothing more. Objects that are not in the table (present false: a pod without
 // an address) and updates that do not change what the table is compiled
 // from (status conditions, annotations, resyncs) are ignored. A deletion
 // may arrive as a cache.DeletedFinalStateUnknown tombstone (the watch
@@ -35,6 +38,10 @@ func (s *APISource) policyHandler(kind string, present func(obj any) bool, chang
 		AddFunc: func(obj any) {
 			if present(obj) {
 				s.changed(kind, "added", obj)
+			} else if kind == "pod" {
+				// Not in the table, but counted in its Stats.Pods:
+				// noted for the next rebuild, not worth one.
+				s.pending.pod(obj)
 			}
 		},
 		UpdateFunc: func(old, cur any) {
@@ -49,6 +56,8 @@ func (s *APISource) policyHandler(kind string, present func(obj any) bool, chang
 			}
 			if last == nil || present(last) {
 				s.changed(kind, "deleted", obj)
+			} else if kind == "pod" {
+				s.pending.pod(obj)
 			}
 		},
 	}
@@ -64,13 +73,84 @@ func podPresent(obj any) bool {
 	return !ok || policy.PodTakesPart(p)
 }
 
+// changed records a change of an object of kind and triggers a rebuild:
+// for a pod, which pod, so that the rebuild can update the last table
+// for it; for every other kind, that the rebuild must compile everything.
 func (s *APISource) changed(kind, what string, obj any) {
 	s.pub.event()
+	if kind == "pod" {
+		s.pending.pod(obj)
+	} else {
+		s.pending.other()
+	}
 	s.runner.trigger()
 	if s.log.Enabled(context.Background(), slog.LevelDebug) {
 		key, _ := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
 		s.log.Debug("policy input changed", "kind", kind, "change", what, "object", key)
 	}
+}
+
+// maxPendingPods is the number of changed pods beyond which a rebuild
+// compiles everything instead of updating the last table pod by pod (a
+// relist, a mass rollout): each new identity costs a pass over the
+// selectors of its namespace and the peer sets, and copies the groups
+// they touch, and the full compile does that once for all.
+const maxPendingPods = 1000
+
+// pendingChanges is what changed since a rebuild last read the informer
+// caches: the keys of the pods that changed, or that something else
+// did, which needs a full compile. Safe for concurrent use.
+type pendingChanges struct {
+	mu   sync.Mutex
+	full bool
+	pods map[cache.ObjectName]struct{}
+}
+
+func newPendingChanges() *pendingChanges {
+	// The first rebuild compiles everything.
+	return &pendingChanges{full: true, pods: make(map[cache.ObjectName]struct{})}
+}
+
+// pod records a change of the pod obj (or a tombstone of it).
+func (p *pendingChanges) pod(obj any) {
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+	name, err2 := cache.ParseObjectName(key)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.full:
+		// The full compile reads every pod.
+	case err != nil || err2 != nil || len(p.pods) >= maxPendingPods:
+		p.full = true
+		clear(p.pods)
+	default:
+		p.pods[name] = struct{}{}
+	}
+}
+
+// other records a change that needs a full compile.
+func (p *pendingChanges) other() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.full = true
+	clear(p.pods)
+}
+
+// take returns what changed and forgets it: full, or the pods that
+// changed (sorted). The caller must read the caches after take, so that
+// it sees at least the changes it was told about; later ones are
+// recorded again.
+func (p *pendingChanges) take() (full bool, pods []cache.ObjectName) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	full, p.full = p.full, false
+	if !full {
+		pods = slices.SortedFunc(maps.Keys(p.pods), func(a, b cache.ObjectName) int {
+			return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+		})
+	}
+	clear(p.pods)
+	return full, pods
 }
 
 // sameVersion reports whether an update is a resync of an unchanged

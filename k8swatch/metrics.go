@@ -9,6 +9,7 @@ import (
 type Collector struct {
 	src                                          Source
 	ready, stale, rebuilds, failures, events     *prometheus.Desc
+	incremental                                  *prometheus.Desc
 	lastPublish, lastSync, lastRebuild, errSince *prometheus.Desc
 }
 
@@ -23,6 +24,7 @@ func NewCollector(src Source) *Collector {
 		stale:       d("stale", "1 when the source's view may be out of date (API server unreachable, watch errors); enforcement continues on the last table."),
 		rebuilds:    d("rebuilds_total", "Rebuild attempts (successful or not: see rebuild_failures_total)."),
 		failures:    d("rebuild_failures_total", "Rebuilds that failed (invalid input); the last table stays."),
+		incremental: d("incremental_rebuilds_total", "Rebuilds that updated the last table for pod changes instead of compiling everything (included in rebuilds_total)."),
 		events:      d("events_total", "Changes seen (informer events or file changes)."),
 		lastPublish: d("last_publish_timestamp_seconds", "When the last table was published."),
 		lastSync:    d("last_sync_timestamp_seconds", "When the source last published a table from a view known to be current."),
@@ -57,6 +59,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	g(c.stale, b(st.Stale))
 	k(c.rebuilds, float64(st.Rebuilds))
 	k(c.failures, float64(st.Failures))
+	k(c.incremental, float64(st.Incremental))
 	k(c.events, float64(st.Events))
 	g(c.lastPublish, ts(st.LastPublish, st.LastPublish.IsZero()))
 	g(c.lastSync, ts(st.LastSync, st.LastSync.IsZero()))

@@ -14,6 +14,17 @@ import (
 // run took, so that rebuilding never takes more than half of a CPU however
 // many events arrive.
 //
+// The pause is proportional to the work done, which is what keeps it
+// cheap for the common case: a rebuild that only updates the last table
+// for a few pod changes (policy.Compiler.UpdatePods) takes about a
+// millisecond at 10,000 pods, so the pause after it is about as long and
+// minInterval bounds the rate instead (at most 1/minInterval runs per
+// second, each a small fraction of a CPU); only a full compile (100 ms
+// and more) makes the next change wait as long again. The bound stays
+// "half a CPU" in both cases: no separate rule for cheap runs is needed,
+// and none that could let a stream of changes that each force a full
+// compile take the whole CPU.
+//
 // Neither k8s.io/utils nor client-go has such a runner: the one in
 // kube-proxy (k8s.io/kubernetes/pkg/util/async) is not meant to be
 // imported, and client-go's workqueue coalesces keys but does not bound how

@@ -29,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	npaclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 
@@ -484,6 +485,18 @@ func TestControlPlaneAtScaleAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// When the informer delivered each pod's latest change, to split the
+	// latency into the API server's part (write, watch) and the
+	// source's (rebuild, publish): a handler of its own on the source's
+	// pod informer.
+	seen := &podSeen{at: map[string]time.Time{}}
+	if _, err := factory.Core().V1().Pods().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    seen.note,
+		UpdateFunc: func(_, cur any) { seen.note(cur) },
+		DeleteFunc: seen.note,
+	}); err != nil {
+		t.Fatal(err)
+	}
 	begin := time.Now()
 	var wg sync.WaitGroup
 	// Stop the source, then the informers, which stop with ctx.
@@ -525,7 +538,7 @@ func TestControlPlaneAtScaleAgent(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	lat, byKind, gens, failed := runChurn(ctx, t, kubeconfig, store, published, &mu, churn)
+	lat, byKind, gens, failed := runChurn(ctx, t, kubeconfig, store, published, &mu, churn, seen)
 	r1, b1 := counter.requests.Load(), counter.bytes.Load()
 	st = src.Status()
 	mu.Lock()
@@ -536,13 +549,42 @@ func TestControlPlaneAtScaleAgent(t *testing.T) {
 	for _, k := range []string{"relabel", "create", "delete"} {
 		t.Logf("  %s (%d): %s", k, len(byKind[k]), quantiles(byKind[k]))
 	}
-	t.Logf("  rebuild (list, compile, publish) during the churn: %s", quantiles(rb))
+	for _, k := range []string{"write→informer", "informer→table"} {
+		t.Logf("  %s: %s", k, quantiles(byKind[k]))
+	}
+	t.Logf("  rebuild (list, compile, publish; or update the last table) during the churn: %s; %d of %d rebuilds incremental",
+		quantiles(rb), st.Incremental, st.Rebuilds)
 	t.Logf("  source requests during the churn and the drain: %d (%.2f/s), %.1f MiB received (%.0f KiB/s); source events %d, rebuilds %d",
 		r1-r0, float64(r1-r0)/churn.Seconds(), float64(b1-b0)/(1<<20), float64(b1-b0)/1024/churn.Seconds(), st.Events, st.Rebuilds)
 	t.Logf("memory after the churn: %s; load average %s", memory(), loadavg())
 	if failed > 0 {
 		t.Errorf("%d changes never reached the table", failed)
 	}
+}
+
+// podSeen records when an informer delivered the latest change of each
+// pod (by namespace/name).
+type podSeen struct {
+	mu sync.Mutex
+	at map[string]time.Time
+}
+
+func (s *podSeen) note(obj any) {
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.at[key] = now
+}
+
+func (s *podSeen) get(key string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.at[key]
+	return t, ok
 }
 
 // quantiles formats p50, p90, p99 and max of d.
@@ -565,7 +607,7 @@ func quantiles(d []time.Duration) string {
 // the number of tables published meanwhile, and how many changes never
 // reached the table within 30 s after the churn.
 func runChurn(ctx context.Context, t *testing.T, kubeconfig string, store *table.Store, published map[uint64]time.Time, mu *sync.Mutex,
-	d time.Duration) ([]time.Duration, map[string][]time.Duration, uint64, int) {
+	d time.Duration, seen *podSeen) ([]time.Duration, map[string][]time.Duration, uint64, int) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		t.Fatal(err)
@@ -715,6 +757,10 @@ func runChurn(ctx context.Context, t *testing.T, kubeconfig string, store *table
 				l := max(at.Sub(op.start), 0)
 				lat = append(lat, l)
 				byKind[op.kind] = append(byKind[op.kind], l)
+				if when, ok := seen.get(op.slot.ns + "/" + op.slot.name); ok && !when.Before(op.start) && !when.After(at) {
+					byKind["write→informer"] = append(byKind["write→informer"], when.Sub(op.start))
+					byKind["informer→table"] = append(byKind["informer→table"], at.Sub(when))
+				}
 				op.slot.busy = false
 				switch op.kind {
 				case "create":

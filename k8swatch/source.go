@@ -50,8 +50,10 @@ type Status struct {
 	// successful read of the manifests (FileSource).
 	LastSync time.Time
 	// Rebuilds counts rebuild attempts, Failures those that published
-	// nothing.
-	Rebuilds, Failures uint64
+	// nothing. Incremental counts the rebuilds (among Rebuilds) that
+	// updated the last table for pod changes instead of compiling
+	// everything.
+	Rebuilds, Failures, Incremental uint64
 	// LastRebuild is how long the last successful rebuild took, from
 	// reading the inputs to publishing.
 	LastRebuild time.Duration
@@ -105,8 +107,10 @@ func (s Status) Err() error {
 // tables and keeps the status.
 type publisher struct {
 	// opts compile the tables: the API source's objects are Trusted, as
-	// the API server validated them.
-	opts policy.Options
+	// the API server validated them. compile, when set, compiles instead
+	// of policy.CompileWith with opts.
+	opts    policy.Options
+	compile func(*policy.Cluster) (*table.Table, error)
 	// onPublish is called after each publication, outside the lock.
 	onPublish func(generation uint64, rebuild time.Duration)
 	store     *table.Store
@@ -144,11 +148,23 @@ func (p *publisher) event() {
 // not. start is when reading the inputs began; current says whether the
 // view was believed current when read.
 func (p *publisher) publish(c *policy.Cluster, start time.Time, current bool) {
-	t, err := policy.CompileWith(c, p.opts)
+	var t *table.Table
+	var err error
+	if p.compile != nil {
+		t, err = p.compile(c)
+	} else {
+		t, err = policy.CompileWith(c, p.opts)
+	}
 	if err != nil {
 		p.fail(fmt.Errorf("compile policy table: %w", err))
 		return
 	}
+	p.publishTable(t, start, current, false)
+}
+
+// publishTable publishes t, compiled (or, incremental, updated) from
+// inputs read since start.
+func (p *publisher) publishTable(t *table.Table, start time.Time, current, incremental bool) {
 	p.mu.Lock()
 	var gen uint64
 	var rebuild time.Duration
@@ -163,6 +179,9 @@ func (p *publisher) publish(c *policy.Cluster, start time.Time, current bool) {
 	st := &p.st
 	first, recovered := st.Generation == 0, st.LastError != nil
 	st.Rebuilds++
+	if incremental {
+		st.Incremental++
+	}
 	st.Generation = gen
 	st.LastPublish = now
 	st.LastRebuild = now.Sub(start)
@@ -177,7 +196,7 @@ func (p *publisher) publish(c *policy.Cluster, start time.Time, current bool) {
 		level = slog.LevelInfo
 	}
 	p.log.Log(context.Background(), level, "published policy table",
-		"generation", gen, "endpoints", stats.Endpoints, "policies", stats.Policies,
+		"generation", gen, "incremental", incremental, "endpoints", stats.Endpoints, "policies", stats.Policies,
 		"rules", stats.Rules, "clusterPolicies", stats.ClusterPolicies, "compile", stats.Duration, "rebuild", st.LastRebuild)
 	if w := t.Warnings(); !slices.Equal(w, p.warnings) {
 		for _, msg := range w {

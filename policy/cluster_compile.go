@@ -116,6 +116,8 @@ func (b *builder) addClusterPolicies(cps []cpolicy) {
 	spec := b.spec
 	b.cpSelected = make([][]int32, len(cps))
 	b.cpCompiled = make([][2][]table.ClusterRule, len(cps))
+	b.cpSubject = make([]int32, len(cps))
+	b.cpPeers = make([][2][][]int32, len(cps))
 	for pi := range cps {
 		p := &cps[pi]
 		spec.ClusterPolicies = append(spec.ClusterPolicies, table.ClusterPolicyInfo{Kind: p.kind, Name: p.name, Tier: p.tier, Priority: p.priority,
@@ -123,10 +125,11 @@ func (b *builder) addClusterPolicies(cps []cpolicy) {
 		for _, w := range clusterPolicyWarnings(p) {
 			spec.Warnings = append(spec.Warnings, fmt.Sprintf("%s: %s", p, w))
 		}
-		subject, err := b.selectorSet(p.subject)
+		subject, set, err := b.selectorSet(p.subject)
 		if err != nil {
 			spec.Warnings = append(spec.Warnings, fmt.Sprintf("%s: spec.subject: %v: the policy selects no pod", p, err))
 		}
+		b.cpSubject[pi] = set
 		for id := range spec.Identities {
 			if subject.Has(int32(id)) {
 				b.cpSelected[pi] = append(b.cpSelected[pi], int32(id))
@@ -134,22 +137,31 @@ func (b *builder) addClusterPolicies(cps []cpolicy) {
 		}
 		for dir := table.Ingress; dir <= table.Egress; dir++ {
 			for ri := range p.rules[dir] {
-				b.cpCompiled[pi][dir] = append(b.cpCompiled[pi][dir], b.compileClusterRule(p, dir, ri))
+				cr, sets := b.compileClusterRule(p, dir, ri)
+				b.cpCompiled[pi][dir] = append(b.cpCompiled[pi][dir], cr)
+				b.cpPeers[pi][dir] = append(b.cpPeers[pi][dir], sets)
 			}
 		}
 	}
 }
 
 // selectorSet returns the identities a namespaces or pods selector
-// matches.
-func (b *builder) selectorSet(s cselector) (table.Bitset, error) {
+// matches, and its peer set (an index into b.psets), or -1 for a selector
+// that selects nothing.
+func (b *builder) selectorSet(s cselector) (table.Bitset, int32, error) {
 	if s.ns == nil {
-		return table.NewBitset(len(b.spec.Identities)), nil
+		return table.NewBitset(len(b.spec.Identities)), -1, nil
 	}
-	return b.peerSet("", s.ns, s.pod)
+	id, err := b.peerSet("", s.ns, s.pod)
+	if err != nil {
+		return nil, -1, err
+	}
+	return b.psets[id].bits, id, nil
 }
 
-func (b *builder) compileClusterRule(p *cpolicy, dir table.Direction, ri int) table.ClusterRule {
+// compileClusterRule compiles one rule of a cluster policy; it also
+// returns the peer sets (indexes into b.psets) its Peers are the union of.
+func (b *builder) compileClusterRule(p *cpolicy, dir table.Direction, ri int) (table.ClusterRule, []int32) {
 	spec := b.spec
 	r := &p.rules[dir][ri]
 	info := table.ClusterRuleInfo{Kind: p.kind, Policy: p.name, Tier: p.tier, Priority: p.priority, Direction: dir, Index: ri, Name: r.name, Action: r.action}
@@ -190,17 +202,21 @@ func (b *builder) compileClusterRule(p *cpolicy, dir table.Direction, ri int) ta
 		}
 	}
 	var sets []table.Bitset
+	var ids []int32
 	for j := range r.peers {
 		peer := &r.peers[j]
 		pw := fmt.Sprintf("%s[%d]", peersField(dir), j)
 		switch {
 		case peer.pods != nil:
-			s, err := b.selectorSet(*peer.pods)
+			s, id, err := b.selectorSet(*peer.pods)
 			if err != nil {
 				failClosed(fmt.Sprintf("%s: %v", pw, err))
 				continue
 			}
 			sets = append(sets, s)
+			if id >= 0 {
+				ids = append(ids, id)
+			}
 		case peer.nodes != nil:
 			sel, err := metav1.LabelSelectorAsSelector(peer.nodes)
 			if err != nil {
@@ -243,7 +259,7 @@ func (b *builder) compileClusterRule(p *cpolicy, dir table.Direction, ri int) ta
 			cr.Peers.Or(s)
 		}
 	}
-	return cr
+	return cr, ids
 }
 
 // buildTierGroups gives each identity, per tier and direction, the group
@@ -265,26 +281,32 @@ func (b *builder) buildTierGroups(cps []cpolicy) {
 			}
 		}
 	}
-	groups := groupIndex{index: make(map[string]int32)}
+	b.tierGroups = groupIndex{index: make(map[string]int32)}
 	idGroups := make([][2][2]int32, len(spec.Identities))
 	for id := range perID {
 		for tier := table.AdminTier; tier <= table.BaselineTier; tier++ {
 			for dir := table.Ingress; dir <= table.Egress; dir++ {
-				pols := perID[id][tier][dir]
-				idGroups[id][tier][dir] = -1
-				if len(pols) == 0 {
-					continue
-				}
-				idGroups[id][tier][dir] = groups.get(dir, pols, func() int32 {
-					rules := concat(pols, func(p int32) []table.ClusterRule { return b.cpCompiled[p][dir] })
-					spec.TierGroups = append(spec.TierGroups, table.TierGroup{Policies: pols, Rules: rules})
-					return int32(len(spec.TierGroups) - 1)
-				})
+				idGroups[id][tier][dir] = b.tierGroup(dir, perID[id][tier][dir])
 			}
 		}
 	}
 	spec.ClusterSelected, spec.CompiledClusterRules = b.cpSelected, b.cpCompiled
 	spec.IdentityTiers = idGroups
+}
+
+// tierGroup returns the tier group of the rules of the cluster policies
+// pols (in precedence order, all of one tier) for dir, making it the
+// first time, or -1 when pols is empty.
+func (b *builder) tierGroup(dir table.Direction, pols []int32) int32 {
+	if len(pols) == 0 {
+		return -1
+	}
+	return b.tierGroups.get(dir, pols, func() int32 {
+		rules := concat(pols, func(p int32) []table.ClusterRule { return b.cpCompiled[p][dir] })
+		b.spec.TierGroups = append(b.spec.TierGroups, table.TierGroup{Policies: pols, Rules: rules})
+		b.tierGroupDir = append(b.tierGroupDir, dir)
+		return int32(len(b.spec.TierGroups) - 1)
+	})
 }
 
 // ClusterNetworkPolicyKinds are the apiVersions [Load] reads for each

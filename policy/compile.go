@@ -126,6 +126,13 @@ func Compile(c *Cluster) (*table.Table, error) { return CompileWith(c, Options{}
 
 // CompileWith is [Compile] with options.
 func CompileWith(c *Cluster, opts Options) (*table.Table, error) {
+	t, _, err := compile(c, opts)
+	return t, err
+}
+
+// compile is [CompileWith]; it also returns the builder, which a
+// [Compiler] keeps to derive later tables from.
+func compile(c *Cluster, opts Options) (*table.Table, *builder, error) {
 	start := time.Now()
 	b := &builder{
 		opts:      opts,
@@ -134,10 +141,11 @@ func CompileWith(c *Cluster, opts Options) (*table.Table, error) {
 		idIndex:   make(map[string]int32),
 		portNames: make(map[string]int32),
 		nsSel:     make(map[string][]int32),
-		peerSets:  make(map[string]table.Bitset),
+		peerSets:  make(map[string]int32),
 	}
 	var errs []error
 	errs = append(errs, b.addNamespaces(c.Namespaces)...)
+	b.declaredNS = int32(len(b.nsNames))
 	errs = append(errs, b.addPods(c.Pods)...)
 	errs = append(errs, b.addServices(c.Services, c.EndpointSlices)...)
 	pols, perrs := b.defaultPolicies(c.Policies)
@@ -146,10 +154,10 @@ func CompileWith(c *Cluster, opts Options) (*table.Table, error) {
 	cps, cerrs := b.clusterPolicies(c)
 	errs = append(errs, cerrs...)
 	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+		return nil, nil, errors.Join(errs...)
 	}
 	if err := b.addPolicies(pols); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	b.addClusterPolicies(cps)
 	b.buildGroups()
@@ -169,7 +177,7 @@ func CompileWith(c *Cluster, opts Options) (*table.Table, error) {
 	spec.Stats.ClusterPolicies = len(spec.ClusterPolicies)
 	spec.Stats.ClusterRules = len(spec.ClusterRules)
 	spec.Stats.Nodes = len(b.nodes)
-	return table.New(spec), nil
+	return table.New(spec), b, nil
 }
 
 type builder struct {
@@ -179,30 +187,55 @@ type builder struct {
 	nsNames  []string
 	nsLabels []labels.Set
 	nsIndex  map[string]int32
-	nsIDs    [][]int32 // identities per namespace
+	nsIDs    [][]int32 // identities per namespace (while compiling)
+	// declaredNS is the number of namespaces that Namespace objects
+	// declare; they come first in nsNames.
+	declaredNS int32
 
 	idIndex  map[string]int32
 	idLabels []labels.Set
 
 	portNames map[string]int32
 
-	// selected[p] are the identities policy p selects.
+	// selected[p] are the identities policy p selects, polSel[p] its
+	// pod selector and polNS[p] its namespace.
 	selected [][]int32
+	polSel   []labels.Selector
+	polNS    []int32
 
 	nsSel map[string][]int32 // namespace selector string -> namespaces
 	// labelKeys and labelValues remember which label keys and values of
 	// trusted selectors are valid.
 	labelKeys, labelValues map[string]bool
-	peerSets               map[string]table.Bitset // peer key -> identities
+	peerSets               map[string]int32 // peer key -> index into psets
+	psets                  []peerSetInfo
 
-	// compiled[p][dir] are the rules of policy p.
-	compiled [][2][]table.Rule
+	// compiled[p][dir] are the rules of policy p, compiledPeers[p][dir]
+	// the peer sets that each rule's Peers are the union of.
+	compiled      [][2][]table.Rule
+	compiledPeers [][2][][]int32
+	// groups numbers the rule groups (spec.Groups) by their policies;
+	// groupDir is the direction of each.
+	groups   groupIndex
+	groupDir []table.Direction
+	// podWarnings is set when pod addresses made warnings (two pods with
+	// one address, a pod with a ClusterIP).
+	podWarnings bool
 
 	nodes []nodeInfo
 	// cpSelected[p] are the identities cluster policy p selects,
 	// cpCompiled[p][dir] its rules.
 	cpSelected [][]int32
 	cpCompiled [][2][]table.ClusterRule
+	// cpSubject[p] is the peer set of cluster policy p's subject, or -1
+	// when it selects no pod; cpPeers[p][dir] are the peer sets of each
+	// of its rules.
+	cpSubject []int32
+	cpPeers   [][2][][]int32
+	// tierGroups numbers spec.TierGroups; tierGroupDir is the direction
+	// of each.
+	tierGroups   groupIndex
+	tierGroupDir []table.Direction
 }
 
 func invalid(kind, ns, name string, err error) error {
@@ -341,6 +374,7 @@ func (b *builder) addPods(pods []*corev1.Pod) []error {
 		for _, a := range pp.ips {
 			if !spec.ByAddr.Insert(a, idx) {
 				prev, _ := spec.ByAddr.Get(a)
+				b.podWarnings = true
 				spec.Warnings = append(spec.Warnings, fmt.Sprintf("pods %s and %s/%s both have IP %s; the address belongs to %s",
 					spec.Endpoints[prev].String(), ns, p.Name, a, spec.Endpoints[prev].String()))
 				continue

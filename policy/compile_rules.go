@@ -28,6 +28,8 @@ func (b *builder) addPolicies(nps []*networkingv1.NetworkPolicy) error {
 	spec := b.spec
 	spec.Policies = make([]table.PolicyInfo, len(nps))
 	b.selected = make([][]int32, len(nps))
+	b.polSel = make([]labels.Selector, len(nps))
+	b.polNS = make([]int32, len(nps))
 	for pi, np := range nps {
 		info := table.PolicyInfo{
 			Namespace:  np.Namespace,
@@ -49,6 +51,7 @@ func (b *builder) addPolicies(nps []*networkingv1.NetworkPolicy) error {
 		if err != nil {
 			return invalid("NetworkPolicy", np.Namespace, np.Name, fmt.Errorf("spec.podSelector: %w", err))
 		}
+		b.polSel[pi], b.polNS[pi] = sel, nsi
 		for _, id := range b.nsIDs[nsi] {
 			if sel.Matches(b.idLabels[id]) {
 				b.selected[pi] = append(b.selected[pi], id)
@@ -58,24 +61,27 @@ func (b *builder) addPolicies(nps []*networkingv1.NetworkPolicy) error {
 	// Rules are compiled per policy, then copied into the groups of the
 	// identities the policy selects.
 	compiled := make([][2][]table.Rule, len(nps))
+	b.compiledPeers = make([][2][][]int32, len(nps))
 	for pi, np := range nps {
 		info := spec.Policies[pi]
 		if info.Ingress {
 			for ri, r := range np.Spec.Ingress {
-				cr, err := b.compileRule(np, table.RuleRef{Policy: int32(pi), Index: int32(ri)}, r.From, r.Ports)
+				cr, sets, err := b.compileRule(np, table.RuleRef{Policy: int32(pi), Index: int32(ri)}, r.From, r.Ports)
 				if err != nil {
 					return invalid("NetworkPolicy", np.Namespace, np.Name, fmt.Errorf("spec.ingress[%d]: %w", ri, err))
 				}
 				compiled[pi][table.Ingress] = append(compiled[pi][table.Ingress], cr)
+				b.compiledPeers[pi][table.Ingress] = append(b.compiledPeers[pi][table.Ingress], sets)
 			}
 		}
 		if info.Egress {
 			for ri, r := range np.Spec.Egress {
-				cr, err := b.compileRule(np, table.RuleRef{Policy: int32(pi), Index: int32(ri)}, r.To, r.Ports)
+				cr, sets, err := b.compileRule(np, table.RuleRef{Policy: int32(pi), Index: int32(ri)}, r.To, r.Ports)
 				if err != nil {
 					return invalid("NetworkPolicy", np.Namespace, np.Name, fmt.Errorf("spec.egress[%d]: %w", ri, err))
 				}
 				compiled[pi][table.Egress] = append(compiled[pi][table.Egress], cr)
+				b.compiledPeers[pi][table.Egress] = append(b.compiledPeers[pi][table.Egress], sets)
 			}
 		}
 	}
@@ -83,7 +89,9 @@ func (b *builder) addPolicies(nps []*networkingv1.NetworkPolicy) error {
 	return nil
 }
 
-func (b *builder) compileRule(np *networkingv1.NetworkPolicy, ref table.RuleRef, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) (table.Rule, error) {
+// compileRule compiles one rule of np; it also returns the peer sets
+// (indexes into builder.psets) that the rule's peers are the union of.
+func (b *builder) compileRule(np *networkingv1.NetworkPolicy, ref table.RuleRef, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) (table.Rule, []int32, error) {
 	r := table.Rule{Ref: ref}
 	if len(ports) == 0 {
 		r.Ports.All = true
@@ -104,31 +112,33 @@ func (b *builder) compileRule(np *networkingv1.NetworkPolicy, ref table.RuleRef,
 	}
 	if len(peers) == 0 {
 		r.AllPeers = true
-		return r, nil
+		return r, nil, nil
 	}
 	var sets []table.Bitset
+	var ids []int32
 	for i, peer := range peers {
 		if peer.IPBlock != nil {
 			cidr, err := parseCIDR(peer.IPBlock.CIDR)
 			if err != nil {
-				return table.Rule{}, fmt.Errorf("peer %d: ipBlock.cidr: %w", i, err)
+				return table.Rule{}, nil, fmt.Errorf("peer %d: ipBlock.cidr: %w", i, err)
 			}
 			blk := table.IPBlock{CIDR: cidr}
 			for _, e := range peer.IPBlock.Except {
 				ex, err := parseCIDR(e)
 				if err != nil {
-					return table.Rule{}, fmt.Errorf("peer %d: ipBlock.except: %w", i, err)
+					return table.Rule{}, nil, fmt.Errorf("peer %d: ipBlock.except: %w", i, err)
 				}
 				blk.Except = append(blk.Except, ex)
 			}
 			r.Blocks = append(r.Blocks, blk)
 			continue
 		}
-		set, err := b.peerSet(np.Namespace, peer.NamespaceSelector, peer.PodSelector)
+		id, err := b.peerSet(np.Namespace, peer.NamespaceSelector, peer.PodSelector)
 		if err != nil {
-			return table.Rule{}, fmt.Errorf("peer %d: %w", i, err)
+			return table.Rule{}, nil, fmt.Errorf("peer %d: %w", i, err)
 		}
-		sets = append(sets, set)
+		sets = append(sets, b.psets[id].bits)
+		ids = append(ids, id)
 	}
 	switch len(sets) {
 	case 0:
@@ -140,7 +150,7 @@ func (b *builder) compileRule(np *networkingv1.NetworkPolicy, ref table.RuleRef,
 			r.Peers.Or(s)
 		}
 	}
-	return r, nil
+	return r, ids, nil
 }
 
 // selector parses a label selector. A trusted selector of matchLabels
@@ -183,9 +193,18 @@ func (b *builder) validLabel(k, v string) bool {
 	return ok
 }
 
-// peerSet returns the identities a pod/namespace selector peer of a policy
-// in namespace ns matches. Results are shared between equal peers.
-func (b *builder) peerSet(ns string, nsSel, podSel *metav1.LabelSelector) (table.Bitset, error) {
+// peerSetInfo is a pod/namespace selector peer: the namespaces it
+// selects, its pod selector, and the identities it matches.
+type peerSetInfo struct {
+	namespaces []int32
+	pod        labels.Selector // nil: every pod of the namespaces
+	bits       table.Bitset
+}
+
+// peerSet returns the peer set (an index into b.psets) of a pod/namespace
+// selector peer of a policy in namespace ns: the identities it matches.
+// Equal peers share one set.
+func (b *builder) peerSet(ns string, nsSel, podSel *metav1.LabelSelector) (int32, error) {
 	var nsKey string
 	var namespaces []int32
 	if nsSel == nil {
@@ -194,7 +213,7 @@ func (b *builder) peerSet(ns string, nsSel, podSel *metav1.LabelSelector) (table
 	} else {
 		sel, err := b.selector(nsSel)
 		if err != nil {
-			return nil, fmt.Errorf("namespaceSelector: %w", err)
+			return -1, fmt.Errorf("namespaceSelector: %w", err)
 		}
 		nsKey = "sel=" + sel.String()
 		var ok bool
@@ -212,13 +231,13 @@ func (b *builder) peerSet(ns string, nsSel, podSel *metav1.LabelSelector) (table
 	if podSel != nil {
 		sel, err := b.selector(podSel)
 		if err != nil {
-			return nil, fmt.Errorf("podSelector: %w", err)
+			return -1, fmt.Errorf("podSelector: %w", err)
 		}
 		podMatch, podKey = sel, sel.String()
 	}
 	key := nsKey + "\x00" + podKey
-	if s, ok := b.peerSets[key]; ok {
-		return s, nil
+	if id, ok := b.peerSets[key]; ok {
+		return id, nil
 	}
 	s := table.NewBitset(len(b.spec.Identities))
 	for _, nsi := range namespaces {
@@ -228,8 +247,10 @@ func (b *builder) peerSet(ns string, nsSel, podSel *metav1.LabelSelector) (table
 			}
 		}
 	}
-	b.peerSets[key] = s
-	return s, nil
+	id := int32(len(b.psets))
+	b.psets = append(b.psets, peerSetInfo{namespaces: namespaces, pod: podMatch, bits: s})
+	b.peerSets[key] = id
+	return id, nil
 }
 
 // buildGroups gives each identity, per direction, the group of rules of
@@ -248,20 +269,25 @@ func (b *builder) buildGroups() {
 			}
 		}
 	}
-	groups := groupIndex{index: make(map[string]int32)}
+	b.groups = groupIndex{index: make(map[string]int32)}
 	for id := range perID {
 		for dir := table.Ingress; dir <= table.Egress; dir++ {
-			pols := perID[id][dir]
-			if len(pols) == 0 {
-				continue
+			if pols := perID[id][dir]; len(pols) > 0 {
+				spec.Identities[id].Groups[dir] = b.group(dir, pols)
 			}
-			spec.Identities[id].Groups[dir] = groups.get(dir, pols, func() int32 {
-				rules := concat(pols, func(p int32) []table.Rule { return b.compiled[p][dir] })
-				spec.Groups = append(spec.Groups, table.Group{Policies: pols, Rules: rules})
-				return int32(len(spec.Groups) - 1)
-			})
 		}
 	}
+}
+
+// group returns the group of the rules of the policies pols (ascending)
+// for dir, making it the first time.
+func (b *builder) group(dir table.Direction, pols []int32) int32 {
+	return b.groups.get(dir, pols, func() int32 {
+		rules := concat(pols, func(p int32) []table.Rule { return b.compiled[p][dir] })
+		b.spec.Groups = append(b.spec.Groups, table.Group{Policies: pols, Rules: rules})
+		b.groupDir = append(b.groupDir, dir)
+		return int32(len(b.spec.Groups) - 1)
+	})
 }
 
 // groupIndex numbers groups of rules by the list of policies (of one

@@ -48,6 +48,11 @@
 //     into identities (namespace and labels), selectors are evaluated once
 //     into bitsets over identities, and each identity points at the
 //     compiled rules of the policies that select it ([table.Spec]).
+//   - A [Compiler] compiles as Compile does and keeps what it learned, so
+//     that [Compiler.UpdatePods] can derive the next table from the last
+//     when only pods changed: new identities are matched against the
+//     selectors once and added to the peer sets, rules and groups they
+//     join, copy-on-write (incremental.go).
 //   - [Lint] reports what users commonly get wrong in a cluster that
 //     compiled.
 //

@@ -135,6 +135,7 @@ func (b *builder) addServices(svcs []*corev1.Service, eps []*discoveryv1.Endpoin
 			continue
 		}
 		if pod, isPod := spec.ByAddr.Get(ip.addr); isPod {
+			b.podWarnings = true
 			spec.Warnings = append(spec.Warnings, fmt.Sprintf("Service %s has ClusterIP %s, which is pod %s's address; the address is treated as the pod's",
 				spec.Services[ip.svc], ip.addr, spec.Endpoints[pod].String()))
 		}
