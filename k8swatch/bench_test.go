@@ -129,17 +129,7 @@ func reportLatency(b *testing.B, lat []time.Duration) {
 func BenchmarkRebuild(b *testing.B) {
 	for _, size := range []struct{ ns, perNS, pols int }{{100, 10, 100}, {1000, 10, 2000}} {
 		b.Run(fmt.Sprintf("pods=%d/policies=%d", size.ns*size.perNS, size.pols), func(b *testing.B) {
-			factory := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
-			store := &table.Store{}
-			s, err := NewAPISource(APIConfig{
-				Pods:            factory.Core().V1().Pods(),
-				Namespaces:      factory.Core().V1().Namespaces(),
-				NetworkPolicies: factory.Networking().V1().NetworkPolicies(),
-				Store:           store,
-			})
-			if err != nil {
-				b.Fatal(err)
-			}
+			s, factory, store := newBenchSource(b)
 			add := func(inf interface{ Add(any) error }, obj any) {
 				if err := inf.Add(obj); err != nil {
 					b.Fatal(err)
@@ -248,17 +238,7 @@ func appPolicySpec(app string, team map[string]string) networkingv1.NetworkPolic
 // deleted. Compare with BenchmarkRebuild, the full compile.
 func BenchmarkIncrementalPodChange(b *testing.B) {
 	s := defaultScale
-	factory := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
-	store := &table.Store{}
-	src, err := NewAPISource(APIConfig{
-		Pods:            factory.Core().V1().Pods(),
-		Namespaces:      factory.Core().V1().Namespaces(),
-		NetworkPolicies: factory.Networking().V1().NetworkPolicies(),
-		Store:           store,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
+	src, factory, store := newBenchSource(b)
 	podIdx := factory.Core().V1().Pods().Informer().GetIndexer()
 	add := func(idx interface{ Add(any) error }, obj any) {
 		if err := idx.Add(obj); err != nil {
@@ -363,4 +343,23 @@ func BenchmarkIncrementalPodChange(b *testing.B) {
 			b.ReportMetric(float64(stats.Identities), "identities")
 		})
 	}
+}
+
+// newBenchSource returns an APISource of Pods, Namespaces and
+// NetworkPolicies on fake informers whose indexers the benchmark fills,
+// publishing into the returned store.
+func newBenchSource(b *testing.B) (*APISource, informers.SharedInformerFactory, *table.Store) {
+	b.Helper()
+	factory := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
+	store := &table.Store{}
+	s, err := NewAPISource(APIConfig{
+		Pods:            factory.Core().V1().Pods(),
+		Namespaces:      factory.Core().V1().Namespaces(),
+		NetworkPolicies: factory.Networking().V1().NetworkPolicies(),
+		Store:           store,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s, factory, store
 }

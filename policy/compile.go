@@ -381,19 +381,7 @@ func (b *builder) addPods(pods []*corev1.Pod) []error {
 			}
 			ep.IPs = append(ep.IPs, a)
 		}
-		for _, c := range p.Spec.Containers {
-			for _, cp := range c.Ports {
-				if cp.Name == "" {
-					continue
-				}
-				proto := cp.Protocol
-				ep.NamedPorts = append(ep.NamedPorts, table.NamedPort{
-					Name:  b.portName(cp.Name),
-					Proto: protocolOf(&proto),
-					Port:  uint16(cp.ContainerPort),
-				})
-			}
-		}
+		ep.NamedPorts = b.namedPorts(p, ep.NamedPorts)
 		spec.Endpoints = append(spec.Endpoints, ep)
 	}
 	return errs
@@ -405,6 +393,24 @@ func (b *builder) resolve(a netip.Addr) int32 {
 		return i
 	}
 	return -1
+}
+
+// namedPorts appends the named container ports of pod p to ports.
+func (b *builder) namedPorts(p *corev1.Pod, ports []table.NamedPort) []table.NamedPort {
+	for _, c := range p.Spec.Containers {
+		for _, cp := range c.Ports {
+			if cp.Name == "" {
+				continue
+			}
+			proto := cp.Protocol
+			ports = append(ports, table.NamedPort{
+				Name:  b.portName(cp.Name),
+				Proto: protocolOf(&proto),
+				Port:  uint16(cp.ContainerPort),
+			})
+		}
+	}
+	return ports
 }
 
 func (b *builder) portName(n string) int32 {

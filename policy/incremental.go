@@ -380,19 +380,7 @@ func (st *incrState) endpoint(pod *corev1.Pod, k podKey, nsi int32) (table.Endpo
 		Labels:    pod.Labels,
 		IPs:       ips,
 	}
-	for _, c := range pod.Spec.Containers {
-		for _, cp := range c.Ports {
-			if cp.Name == "" {
-				continue
-			}
-			proto := cp.Protocol
-			ep.NamedPorts = append(ep.NamedPorts, table.NamedPort{
-				Name:  b.portName(cp.Name),
-				Proto: protocolOf(&proto),
-				Port:  uint16(cp.ContainerPort),
-			})
-		}
-	}
+	ep.NamedPorts = b.namedPorts(pod, ep.NamedPorts)
 	key, _ := appendIdentityKey(nil, nil, k.ns, pod.Labels)
 	id, found := b.idIndex[string(key)]
 	if !found {

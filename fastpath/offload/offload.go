@@ -482,8 +482,17 @@ type config struct {
 func (o *Offload) setPuntIfindex(ifindex int) error {
 	c := o.conf
 	c.PuntIfindex = uint32(ifindex)
-	if err := o.objs.Config.Put(uint32(0), c); err != nil {
+	if err := o.putConfig(c); err != nil {
 		return fmt.Errorf("set punt ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// putConfig writes c to the config map (one system call) and keeps it as
+// o.conf. The caller holds o.mu.
+func (o *Offload) putConfig(c config) error {
+	if err := o.objs.Config.Put(uint32(0), c); err != nil {
+		return err
 	}
 	o.conf = c
 	return nil
@@ -505,10 +514,9 @@ func (o *Offload) Lease(until int64) error {
 	}
 	c := o.conf
 	c.LeaseUntilNS = uint64(max(until, 0))
-	if err := o.objs.Config.Put(uint32(0), c); err != nil {
+	if err := o.putConfig(c); err != nil {
 		return fmt.Errorf("renew lease: %w", err)
 	}
-	o.conf = c
 	return nil
 }
 
@@ -535,10 +543,9 @@ func (o *Offload) SetPuntLimit(l PuntLimit) error {
 	if c == o.conf {
 		return nil
 	}
-	if err := o.objs.Config.Put(uint32(0), c); err != nil {
+	if err := o.putConfig(c); err != nil {
 		return fmt.Errorf("set punt limit %d/s, burst %d: %w", l.Rate, l.Burst, err)
 	}
-	o.conf = c
 	return nil
 }
 
