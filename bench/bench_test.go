@@ -316,6 +316,17 @@ func checkResult(t *testing.T, pass string, x *Result, enforcer string, policies
 	}
 	if l := x.Latency; l == nil || len(l.Samples) == 0 || l.P50 <= 0 || l.P99 < l.P50 || l.Max < l.P99 || l.Sent < len(l.Samples) {
 		t.Errorf("%s: latency %+v", name, x.Latency)
+	} else {
+		sent := 0
+		for _, tr := range l.Trials {
+			sent += tr.Sent
+			if tr.P50 <= 0 || tr.P99 < tr.P50 || tr.Max < tr.P99 || tr.Max > l.Max {
+				t.Errorf("%s: latency trial %+v (pooled max %.1f)", name, tr, l.Max)
+			}
+		}
+		if len(l.Trials) != latencyTrials || sent != l.Sent {
+			t.Errorf("%s: %d latency trials sending %d, want %d trials sending %d", name, len(l.Trials), sent, latencyTrials, l.Sent)
+		}
 	}
 }
 

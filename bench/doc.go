@@ -46,7 +46,10 @@
 //     connect, send a byte, read the answer and reset (SO_LINGER 0) as
 //     fast as they can against a server in the server's namespace.
 //   - Latency: UDP ping-pong at ~1,000/s with blocking system calls on
-//     locked threads; p50, p90, p99, max and every sample.
+//     locked threads, in three trials spread over the enforcer's
+//     measurements (after the forwarding search, after iperf3, after the
+//     connection rate); p50, p90, p99, max and every sample of the trials
+//     pooled, and each trial's own.
 //   - Flow table: the generator sends 100,000 or 1,000,000 distinct
 //     allowed flows once (up to six passes, each at half the rate), then the forwarding rate is
 //     searched round-robin over all of them, which keeps them tracked and
@@ -112,7 +115,9 @@
 // (rate_pps: the highest rate below 0.1% loss, saturated_pps, every
 // trial), tcp (bits_per_second), connections (connections_per_second:
 // since be6eb5d the median of three trials, each in trials_per_second),
-// latency (p50_us, p99_us, ...) and load_average; a flow-table entry has
+// latency (p50_us, p99_us, ...: since this change of all three trials'
+// samples pooled, each trial in trials[] with p50_us, p99_us, max_us,
+// sent, lost) and load_average; a flow-table entry has
 // forwarding only, with prefill_sent, conntrack_entries_before and _after
 // and (since 230bb52) prefill[]: per prefill pass rate_pps, sent,
 // seconds, tracked and admitted_per_second (the new flows the enforcer

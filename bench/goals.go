@@ -135,6 +135,15 @@ func (r *Report) evaluate() {
 		base, false, vs(rowConn, EnforcerIPTables), func(v float64) bool { return v >= goalConnVsIPTables }, nil)
 	ratioGoal("UDP round trip p99 vs iptables/ipset", fmt.Sprintf("≤ %.1f×", goalP99VsIPTables),
 		base, true, vs(rowP99, EnforcerIPTables), func(v float64) bool { return v <= goalP99VsIPTables }, nil)
+	if _, at, ok := worstOf(base, true, vs(rowP99, EnforcerIPTables)); ok {
+		a, b := r.lookup(false, EnforcerPodgate, at.policies, 0), r.lookup(false, EnforcerIPTables, at.policies, 0)
+		if lo, hi, ok := trialP99Range(a); ok {
+			if lo2, hi2, ok := trialP99Range(b); ok {
+				g := &r.Goals[len(r.Goals)-1]
+				g.Value += fmt.Sprintf("; trials' p99 there: podgate %.1f–%.1f µs, iptables %.1f–%.1f µs", lo, hi, lo2, hi2)
+			}
+		}
+	}
 
 	// p50 added to routing, in µs.
 	none := r.lookup(false, EnforcerNone, 0, 0)
@@ -168,6 +177,18 @@ func (r *Report) evaluate() {
 			Value:  fmt.Sprintf("%.2f× (%.0f → %.0f pps)", q, b, a), Met: q >= 0.95,
 		})
 	}
+}
+
+// trialP99Range returns the lowest and highest p99 of x's latency trials.
+func trialP99Range(x *Result) (lo, hi float64, ok bool) {
+	if x == nil || x.Latency == nil || len(x.Latency.Trials) == 0 {
+		return 0, 0, false
+	}
+	lo, hi = math.Inf(1), math.Inf(-1)
+	for _, t := range x.Latency.Trials {
+		lo, hi = min(lo, t.P99), max(hi, t.P99)
+	}
+	return lo, hi, true
 }
 
 // busyRatio is one row of one enforcer at one point: its busy value over

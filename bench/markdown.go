@@ -286,6 +286,38 @@ func (r *Report) writeLatencyAdded(b *strings.Builder, busy bool) {
 		}
 	}
 	b.WriteString("\n\n")
+	r.writeLatencyTrials(b, busy)
+}
+
+// writeLatencyTrials writes each latency trial's p50 and p99: how far the
+// machine moved one enforcer's latency between its own trials, against
+// how far the enforcers differ.
+func (r *Report) writeLatencyTrials(b *strings.Builder, busy bool) {
+	var parts []string
+	add := func(e string, p int, x *Result) {
+		if x == nil || x.Latency == nil || len(x.Latency.Trials) == 0 {
+			return
+		}
+		var t []string
+		for _, tr := range x.Latency.Trials {
+			t = append(t, fmt.Sprintf("%.1f / %.1f", tr.P50, tr.P99))
+		}
+		where := fmt.Sprintf(" at %d policies", p)
+		if e == EnforcerNone {
+			where = ""
+		}
+		parts = append(parts, fmt.Sprintf("%s%s %s", e, where, strings.Join(t, ", ")))
+	}
+	add(EnforcerNone, 0, r.lookup(busy, EnforcerNone, 0, 0))
+	for _, p := range r.Settings.Policies {
+		for _, e := range append([]string{EnforcerIPTables}, r.measuredPodgates(busy)...) {
+			add(e, p, r.lookup(busy, e, p, 0))
+		}
+	}
+	if len(parts) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "Round trip per latency trial (p50 / p99 µs; the trials are spread over each enforcer's measurements and pooled in the tables): %s.\n\n", strings.Join(parts, "; "))
 }
 
 // writeFlowTable writes the forwarding rates with the flow table full.

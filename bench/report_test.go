@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -472,5 +473,44 @@ func TestWriteFilesSample(t *testing.T) {
 		if !strings.HasSuffix(p, "/"+want[i]) {
 			t.Errorf("wrote %s, want %s", p, want[i])
 		}
+	}
+}
+
+// TestMergeLatency: trials are pooled (percentiles of every sample, counts
+// summed) and each keeps its own percentiles.
+func TestMergeLatency(t *testing.T) {
+	trial := func(lo, n int) Latency {
+		l := Latency{Rate: 1000, Sent: n + 1, Lost: 1}
+		for i := range n {
+			l.Samples = append(l.Samples, float64(lo+i))
+		}
+		l.P50, l.P99, l.Max = quantile(l.Samples, 0.5), quantile(l.Samples, 0.99), l.Samples[n-1]
+		return l
+	}
+	// 1..100, 101..200, 201..300: pooled, the samples 1..300.
+	got := mergeLatency([]Latency{trial(1, 100), trial(101, 100), trial(201, 100)})
+	if got.Sent != 303 || got.Lost != 3 || len(got.Samples) != 300 || got.Rate != 1000 {
+		t.Errorf("counts: sent %d lost %d samples %d rate %v", got.Sent, got.Lost, len(got.Samples), got.Rate)
+	}
+	if got.P50 != 150 || got.P90 != 270 || got.P99 != 297 || got.Max != 300 {
+		t.Errorf("pooled p50 %v p90 %v p99 %v max %v, want 150 270 297 300", got.P50, got.P90, got.P99, got.Max)
+	}
+	want := []LatencyTrial{{50, 99, 100, 101, 1}, {150, 199, 200, 101, 1}, {250, 299, 300, 101, 1}}
+	if !slices.Equal(got.Trials, want) {
+		t.Errorf("trials %+v, want %+v", got.Trials, want)
+	}
+	r := sampleReport()
+	for i := range r.Results {
+		if r.Results[i].Latency != nil && r.Results[i].Flows == 0 {
+			l := mergeLatency([]Latency{*r.Results[i].Latency, *r.Results[i].Latency})
+			r.Results[i].Latency = &l
+		}
+	}
+	var buf bytes.Buffer
+	if err := r.WriteMarkdown(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "Round trip per latency trial (p50 / p99 µs;") || !strings.Contains(buf.String(), "podgate at 2000 policies ") {
+		t.Errorf("report.md lacks the latency trials:\n%s", buf.String())
 	}
 }

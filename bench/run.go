@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -309,9 +310,19 @@ func (e *env) measureGenerator(ctx context.Context) (err error) {
 }
 
 // measureAll runs the forwarding-rate search, iperf3, the connection rate
-// and the latency for one enforcer set-up.
+// and the latency for one enforcer set-up. The latency is measured in
+// latencyTrials trials spread between the others (see [latencyTrials]).
 func (e *env) measureAll(ctx context.Context, r *Result) error {
 	ph := e.begin()
+	var lats []Latency
+	latency := func() error {
+		lat, err := e.latencyTrial(ctx)
+		if err != nil {
+			return fmt.Errorf("bench: %s: %w", r.Enforcer, err)
+		}
+		lats = append(lats, lat)
+		return nil
+	}
 	e.logf("%s, %d policies: forwarding rate", r.Enforcer, r.Policies)
 	fw, err := e.searchRate(ctx, e.cfg.MeasureFlows)
 	if err != nil {
@@ -319,32 +330,50 @@ func (e *env) measureAll(ctx context.Context, r *Result) error {
 	}
 	r.Forwarding = &fw
 	e.logf("  %.0f pps (saturated %.0f, %d trials)", fw.Rate, fw.Saturated, len(fw.Trials))
+	if err := latency(); err != nil {
+		return err
+	}
 	ip, err := runIPerf(ctx, e.client.NS, e.server.NS, e.client.IPs[0], e.server.IPs[0], e.cfg.TCPDuration, e.loadSet())
 	if err != nil {
 		return fmt.Errorf("bench: %s: %w", r.Enforcer, err)
 	}
 	r.TCP = &ip
 	e.logf("  iperf3 %.2f Gbit/s, %d retransmits", ip.BitsPerSecond/1e9, ip.Retransmits)
+	if err := latency(); err != nil {
+		return err
+	}
 	cr, err := runConnRateTrials(ctx, connTrials, e.client.NS, e.server.NS, e.server.IPs[0], e.cfg.ConnWorkers, e.cfg.ConnDuration)
 	if err != nil {
 		return fmt.Errorf("bench: %s: %w", r.Enforcer, err)
 	}
 	r.Conn = &cr
 	e.logf("  %.0f connections/s, median of %.0f (%d failed)", cr.PerSecond, cr.Trials, cr.Failed)
+	for len(lats) < latencyTrials {
+		if err := latency(); err != nil {
+			return err
+		}
+	}
+	lat := mergeLatency(lats)
+	r.Latency = &lat
+	var trials []string
+	for _, t := range lat.Trials {
+		trials = append(trials, fmt.Sprintf("%.1f", t.P99))
+	}
+	e.logf("  latency p50 %.1f µs, p99 %.1f µs (trials' p99 %s µs; %d lost)", lat.P50, lat.P99, strings.Join(trials, ", "), lat.Lost)
+	e.end(ph, r)
+	return nil
+}
+
+// latencyTrial runs one latency trial with RPS off.
+func (e *env) latencyTrial(ctx context.Context) (Latency, error) {
 	if err := e.steer(ctx, false); err != nil {
-		return err
+		return Latency{}, err
 	}
 	lat, err := runLatency(ctx, e.client.NS, e.server.NS, e.client.IPs[0], e.server.IPs[0], e.cfg.LatencyRate, e.cfg.LatencyDuration)
 	if serr := e.steer(ctx, true); serr != nil {
 		err = errors.Join(err, serr)
 	}
-	if err != nil {
-		return fmt.Errorf("bench: %s: %w", r.Enforcer, err)
-	}
-	r.Latency = &lat
-	e.logf("  latency p50 %.1f µs, p99 %.1f µs (%d lost)", lat.P50, lat.P99, lat.Lost)
-	e.end(ph, r)
-	return nil
+	return lat, err
 }
 
 // searchRate attaches the sink to the server's eth0 and searches the
