@@ -109,7 +109,8 @@ func (r *Report) evaluate() {
 			return x / y, true
 		}
 	}
-	ratioGoal := func(name, target string, pts []point, lower bool, f func(point) (float64, bool), met func(float64) bool, stretch func(float64) bool) {
+	// ratioGoal adds a goal judged at its worst point, and returns it.
+	ratioGoal := func(name, target string, pts []point, lower bool, f func(point) (float64, bool), met func(float64) bool, stretch func(float64) bool) (*Goal, point, bool) {
 		v, at, ok := worstOf(pts, lower, f)
 		g := Goal{Name: name, Target: target}
 		if !ok {
@@ -122,6 +123,7 @@ func (r *Report) evaluate() {
 			}
 		}
 		r.Goals = append(r.Goals, g)
+		return &r.Goals[len(r.Goals)-1], at, ok
 	}
 	ratioGoal("forwarding at <0.1% loss vs iptables/ipset", fmt.Sprintf("≥ %.1f× (stretch ≥ %.1f×)", goalFwdVsIPTables, goalFwdVsIPTablesStr),
 		all, false, vs(rowForwarding, EnforcerIPTables),
@@ -133,15 +135,13 @@ func (r *Report) evaluate() {
 		base, false, vs(rowTCP, EnforcerNone), func(v float64) bool { return v >= goalTCPVsRouting }, nil)
 	ratioGoal("new TCP connections/s vs iptables/ipset", fmt.Sprintf("≥ %.1f×", goalConnVsIPTables),
 		base, false, vs(rowConn, EnforcerIPTables), func(v float64) bool { return v >= goalConnVsIPTables }, nil)
-	ratioGoal("UDP round trip p99 vs iptables/ipset", fmt.Sprintf("≤ %.1f×", goalP99VsIPTables),
+	p99, at, ok := ratioGoal("UDP round trip p99 vs iptables/ipset", fmt.Sprintf("≤ %.1f×", goalP99VsIPTables),
 		base, true, vs(rowP99, EnforcerIPTables), func(v float64) bool { return v <= goalP99VsIPTables }, nil)
-	if _, at, ok := worstOf(base, true, vs(rowP99, EnforcerIPTables)); ok {
-		a, b := r.lookup(false, EnforcerPodgate, at.policies, 0), r.lookup(false, EnforcerIPTables, at.policies, 0)
-		if lo, hi, ok := trialP99Range(a); ok {
-			if lo2, hi2, ok := trialP99Range(b); ok {
-				g := &r.Goals[len(r.Goals)-1]
-				g.Value += fmt.Sprintf("; trials' p99 there: podgate %.1f–%.1f µs, iptables %.1f–%.1f µs", lo, hi, lo2, hi2)
-			}
+	if ok {
+		lo, hi, ok1 := trialP99Range(r.lookup(false, EnforcerPodgate, at.policies, 0))
+		lo2, hi2, ok2 := trialP99Range(r.lookup(false, EnforcerIPTables, at.policies, 0))
+		if ok1 && ok2 {
+			p99.Value += fmt.Sprintf("; trials' p99 there: podgate %.1f–%.1f µs, iptables %.1f–%.1f µs", lo, hi, lo2, hi2)
 		}
 	}
 
